@@ -1,0 +1,69 @@
+#pragma once
+// tessera::cpu::Backend: the tag type layers take as their Backend parameter. It names the context
+// type and the kernels; a second backend (CUDA) provides the same names over device memory.
+#include "tessera/backend/cpu/batchnorm.hpp"
+#include "tessera/backend/cpu/context.hpp"
+#include "tessera/backend/cpu/conv.hpp"
+#include "tessera/backend/cpu/elementwise.hpp"
+#include "tessera/backend/cpu/linear.hpp"
+#include "tessera/backend/cpu/loss.hpp"
+#include "tessera/backend/cpu/pool.hpp"
+
+namespace tessera::cpu {
+
+struct Backend {
+    using Context = cpu::Context;
+    static constexpr const char* name = "cpu";
+
+    static void conv_forward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& y) {
+        cpu::conv_forward(ctx, x, w, g, y);
+    }
+    static void conv_backward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& dy,
+                              float* dw, const Tensor& dx) {
+        cpu::conv_backward(ctx, x, w, g, dy, dw, dx);
+    }
+    static void batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormParams& p, BatchNormSaved saved,
+                                  const Tensor& y) {
+        cpu::batchnorm_forward(ctx, x, p, saved, ctx.training, y);
+    }
+    static void batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& dy, const BatchNormParams& p,
+                                   BatchNormSaved saved, float* dgamma, float* dbeta, const Tensor& dx) {
+        cpu::batchnorm_backward(ctx, x, dy, p, saved, ctx.training, dgamma, dbeta, dx);
+    }
+    static void relu_forward(Context& ctx, const Tensor& x, const Tensor& y) { cpu::relu_forward(ctx, x, y); }
+    static void relu_backward(Context& ctx, const Tensor& y, const Tensor& dy, const Tensor& dx) {
+        cpu::relu_backward(ctx, y, dy, dx);
+    }
+    static void add(Context& ctx, const Tensor& a, const Tensor& b, const Tensor& y) { cpu::add(ctx, a, b, y); }
+    static void accumulate(Context& ctx, const Tensor& x, const Tensor& y) { cpu::accumulate(ctx, x, y); }
+    static void maxpool_forward(Context& ctx, const Tensor& x, const PoolGeometry& g, const Tensor& y,
+                                std::int32_t* argmax) {
+        cpu::maxpool_forward(ctx, x, g, y, argmax);
+    }
+    static void maxpool_backward(Context& ctx, const Tensor& dy, const std::int32_t* argmax, const Tensor& dx) {
+        cpu::maxpool_backward(ctx, dy, argmax, dx);
+    }
+    static void global_avgpool_forward(Context& ctx, const Tensor& x, const Tensor& y) {
+        cpu::global_avgpool_forward(ctx, x, y);
+    }
+    static void global_avgpool_backward(Context& ctx, const Tensor& dy, const Tensor& dx) {
+        cpu::global_avgpool_backward(ctx, dy, dx);
+    }
+    static void linear_forward(Context&, const Tensor& x, const float* w, const float* b, int out, const Tensor& y) {
+        cpu::linear_forward(x, w, b, out, y);
+    }
+    static void linear_backward(Context&, const Tensor& x, const float* w, const Tensor& dy, int out, float* dw,
+                                float* db, const Tensor& dx) {
+        cpu::linear_backward(x, w, dy, out, dw, db, dx);
+    }
+    static void normalize_images(Context& ctx, const std::uint8_t* pixels, const float* mean, const float* inv_std,
+                                 const Tensor& x) {
+        cpu::normalize_images(ctx, pixels, mean, inv_std, x);
+    }
+    static LossResult softmax_cross_entropy(Context&, const Tensor& logits, const std::int32_t* labels, float label_smoothing,
+                                            float* dlogits) {
+        return cpu::softmax_cross_entropy(logits, labels, label_smoothing, dlogits);
+    }
+};
+
+}  // namespace tessera::cpu

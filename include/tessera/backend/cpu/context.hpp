@@ -1,0 +1,19 @@
+#pragma once
+// The CPU backend's per-run state: the worker threads and the step's arena.
+#include "tessera/backend/cpu/gemm.hpp"
+#include "tessera/core/arena.hpp"
+#include "tessera/core/thread_pool.hpp"
+
+namespace tessera::cpu {
+
+struct Context {
+    explicit Context(int threads = ThreadPool::default_threads()) : pool(threads) { set_gemm_threads(threads); }
+
+    ThreadPool pool;
+    Arena arena;
+    bool training = true;
+    // The network's input needs no gradient: the first layer checks this and skips its dx.
+    const float* network_input = nullptr;
+};
+
+}  // namespace tessera::cpu

@@ -1,0 +1,114 @@
+#pragma once
+// Arena: the memory of one training step. Activations saved for backward, gradients flowing back and
+// scratch (im2col columns) are carved from it with a bump pointer and released all at once when the
+// step ends. The first step at a new batch shape measures what it needs; from then on the arena is
+// one block of that size and a step allocates nothing.
+#include <algorithm>
+#include <cstddef>
+#include <cstdlib>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "tessera/core/tensor.hpp"
+
+namespace tessera {
+
+class Arena {
+public:
+    static constexpr std::size_t alignment = 64;  // a cache line; also AVX-512 aligned
+
+    struct Mark {
+        std::size_t block, offset;
+    };
+
+    Arena() = default;
+    Arena(const Arena&) = delete;
+    Arena& operator=(const Arena&) = delete;
+
+    /// Room for `count` floats, aligned to a cache line.
+    float* allocate_floats(std::size_t count) {
+        std::size_t bytes = round_up(std::max<std::size_t>(count, 1) * sizeof(float));
+        if (blocks_.empty() || blocks_[current_].capacity - offset_ < bytes) next_block(bytes);
+        float* p = reinterpret_cast<float*>(blocks_[current_].data.get() + offset_);
+        offset_ += bytes;
+        peak_ = std::max(peak_, in_use());
+        return p;
+    }
+
+    Tensor tensor(Shape shape) { return Tensor{allocate_floats(shape.size()), shape}; }
+
+    /// Scratch space is released in LIFO order: mark, allocate, release(mark).
+    Mark mark() const { return {current_, offset_}; }
+    void release(Mark m) {
+        current_ = m.block;
+        offset_ = m.offset;
+    }
+
+    /// End of a step: everything is free again. If the step spilled into more than one block, the
+    /// blocks are merged into one that holds the whole step, so the next step allocates nothing.
+    void reset() {
+        if (blocks_.size() > 1) {
+            std::size_t total = capacity_bytes();
+            blocks_.clear();
+            blocks_.push_back(Block::make(total));
+        }
+        used_.assign(blocks_.size(), 0);
+        current_ = 0;
+        offset_ = 0;
+    }
+
+    std::size_t in_use() const {
+        std::size_t bytes = offset_;
+        for (std::size_t b = 0; b < current_; ++b) bytes += used_[b];
+        return bytes;
+    }
+
+    std::size_t capacity_bytes() const {
+        std::size_t total = 0;
+        for (auto& b : blocks_) total += b.capacity;
+        return total;
+    }
+    std::size_t peak_bytes() const { return peak_; }
+
+private:
+    struct Block {
+        struct Free {
+            void operator()(std::byte* p) const { std::free(p); }
+        };
+        std::unique_ptr<std::byte, Free> data;
+        std::size_t capacity = 0;
+        static Block make(std::size_t bytes) {
+            auto* p = static_cast<std::byte*>(std::aligned_alloc(alignment, round_up(bytes)));
+            if (!p) throw std::bad_alloc();
+            return Block{std::unique_ptr<std::byte, Free>(p), round_up(bytes)};
+        }
+    };
+
+    static std::size_t round_up(std::size_t bytes) { return (bytes + alignment - 1) / alignment * alignment; }
+
+    void next_block(std::size_t bytes) {
+        if (!blocks_.empty()) used_[current_] = offset_;
+        // Reuse a later block that fits (one left by release()), or append one that at least
+        // doubles what we hold, so a growing step needs few of them.
+        for (std::size_t b = blocks_.empty() ? 0 : current_ + 1; b < blocks_.size(); ++b) {
+            if (blocks_[b].capacity >= bytes) {
+                for (std::size_t skipped = current_ + 1; skipped < b; ++skipped) used_[skipped] = 0;
+                current_ = b;
+                offset_ = 0;
+                return;
+            }
+        }
+        for (std::size_t skipped = current_ + 1; skipped < blocks_.size(); ++skipped) used_[skipped] = 0;
+        blocks_.push_back(Block::make(std::max(bytes, capacity_bytes())));
+        used_.push_back(0);
+        current_ = blocks_.size() - 1;
+        offset_ = 0;
+    }
+
+    std::vector<Block> blocks_;
+    std::vector<std::size_t> used_;  // bytes used in each block when the step moved past it
+    std::size_t current_ = 0, offset_ = 0, peak_ = 0;
+};
+
+}  // namespace tessera

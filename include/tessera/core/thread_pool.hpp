@@ -1,0 +1,102 @@
+#pragma once
+// ThreadPool: a fixed set of workers for data-parallel loops over rows, pixels or channels.
+// parallel_for splits [0, n) into one contiguous chunk per thread (the caller's thread takes the
+// first), so results do not depend on timing. GEMMs do not go through here: OpenBLAS has its own
+// threads, sized to the same count (see backend/cpu/gemm.hpp).
+#include <algorithm>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdlib>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace tessera {
+
+class ThreadPool {
+public:
+    explicit ThreadPool(int threads = default_threads()) : size_(std::max(1, threads)) {
+        for (int t = 1; t < size_; ++t) workers_.emplace_back([this, t] { work(t); });
+    }
+    ~ThreadPool() {
+        {
+            std::lock_guard lock(mutex_);
+            stopping_ = true;
+        }
+        wake_.notify_all();
+        for (auto& w : workers_) w.join();
+    }
+    ThreadPool(const ThreadPool&) = delete;
+    ThreadPool& operator=(const ThreadPool&) = delete;
+
+    int size() const { return size_; }
+
+    /// Calls body(begin, end) over chunks of [0, n); chunks smaller than `grain` are not split further.
+    void parallel_for(std::size_t n, const std::function<void(std::size_t, std::size_t)>& body,
+                      std::size_t grain = 1) {
+        std::size_t chunks = std::min<std::size_t>(size_, std::max<std::size_t>(1, n / std::max<std::size_t>(grain, 1)));
+        if (chunks <= 1 || n == 0) {
+            if (n) body(0, n);
+            return;
+        }
+        {
+            std::lock_guard lock(mutex_);
+            body_ = &body;
+            n_ = n;
+            chunks_ = chunks;
+            pending_ = chunks - 1;
+            ++generation_;
+        }
+        wake_.notify_all();
+        body(0, chunk_end(0));
+        std::unique_lock lock(mutex_);
+        done_.wait(lock, [&] { return pending_ == 0; });
+        body_ = nullptr;
+    }
+
+    /// TESSERA_NUM_THREADS if set, else every core.
+    static int default_threads() {
+        if (const char* env = std::getenv("TESSERA_NUM_THREADS")) {
+            int t = std::atoi(env);
+            if (t > 0) return t;
+        }
+        return std::max(1u, std::thread::hardware_concurrency());
+    }
+
+private:
+    std::size_t chunk_end(std::size_t chunk) const { return n_ * (chunk + 1) / chunks_; }
+
+    void work(int index) {
+        std::size_t seen = 0;
+        for (;;) {
+            const std::function<void(std::size_t, std::size_t)>* body;
+            std::size_t begin, end;
+            {
+                std::unique_lock lock(mutex_);
+                wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+                if (stopping_) return;
+                seen = generation_;
+                if (std::size_t(index) >= chunks_) continue;
+                body = body_;
+                begin = n_ * index / chunks_;
+                end = chunk_end(index);
+            }
+            (*body)(begin, end);
+            {
+                std::lock_guard lock(mutex_);
+                if (--pending_ == 0) done_.notify_one();
+            }
+        }
+    }
+
+    int size_;
+    std::vector<std::thread> workers_;
+    std::mutex mutex_;
+    std::condition_variable wake_, done_;
+    const std::function<void(std::size_t, std::size_t)>* body_ = nullptr;
+    std::size_t n_ = 0, chunks_ = 0, pending_ = 0, generation_ = 0;
+    bool stopping_ = false;
+};
+
+}  // namespace tessera

@@ -1,0 +1,47 @@
+#pragma once
+// ReLU: y = max(x, 0). Backward needs only the output's sign, so the layer keeps y, not x.
+#include "tessera/layers/layer.hpp"
+
+namespace tessera::layers {
+
+template <class B>
+class ReLULayer {
+public:
+    using Context = typename B::Context;
+    static constexpr bool is_composite = false;
+
+    Shape output_shape(Shape in) const { return in; }
+
+    Tensor forward(Context& ctx, const Tensor& x) {
+        y_ = ctx.arena.tensor(x.shape);
+        B::relu_forward(ctx, x, y_);
+        return y_;
+    }
+    Tensor backward(Context& ctx, const Tensor& dy) {
+        Tensor dx = ctx.arena.tensor(dy.shape);
+        B::relu_backward(ctx, y_, dy, dx);
+        return dx;
+    }
+    void visit(ParamVisitor&) {}
+    void init(Rng&, const InitOptions&) {}
+    Shape describe(Describer& d, Shape in) const {
+        d.row("ReLU", in, 0);
+        return in;
+    }
+
+private:
+    Tensor y_;
+};
+
+struct ReLU {
+    template <int In>
+    static constexpr int out_channels = In;
+    template <int In, long Classes>
+    static constexpr long params = 0;
+    template <int In, class B>
+    static ReLULayer<B> bind(const BindOptions&) {
+        return {};
+    }
+};
+
+}  // namespace tessera::layers

@@ -1,0 +1,88 @@
+#pragma once
+// BatchNorm<Position>: batch statistics in training (running mean and variance updated with momentum
+// 0.1, as torch.nn.BatchNorm2d), running statistics in evaluation. BatchNorm<BlockOutput> marks a
+// residual block's last BN, whose gamma starts at zero when zero_init_residual is asked for, so that
+// each block starts as the identity.
+#include "tessera/layers/layer.hpp"
+
+namespace tessera::layers {
+
+enum class BatchNormPosition { inner, block_output };
+inline constexpr BatchNormPosition BlockOutput = BatchNormPosition::block_output;
+
+template <class B>
+class BatchNormLayer {
+public:
+    using Context = typename B::Context;
+    static constexpr bool is_composite = false;
+    static constexpr float eps = 1e-5f, momentum = 0.1f;
+
+    BatchNormLayer(int channels, BatchNormPosition position) : channels_(channels), position_(position) {}
+
+    Shape output_shape(Shape in) const { return in; }
+
+    Tensor forward(Context& ctx, const Tensor& x) {  // (N, H, W, C) -> same
+        x_ = x;
+        Tensor y = ctx.arena.tensor(x.shape);
+        saved_ = {nullptr, nullptr};
+        if (ctx.training) {
+            saved_ = {ctx.arena.allocate_floats(channels_), ctx.arena.allocate_floats(channels_)};
+            *num_batches_tracked_ += 1;
+        }
+        B::batchnorm_forward(ctx, x, params(), saved_, y);
+        return y;
+    }
+
+    Tensor backward(Context& ctx, const Tensor& dy) {
+        Tensor dx = ctx.arena.tensor(x_.shape);
+        B::batchnorm_backward(ctx, x_, dy, params(), saved_, gamma_grad_, beta_grad_, dx);
+        return dx;
+    }
+
+    void visit(ParamVisitor& v) {
+        v.param("weight", {channels_}, Role::bn_weight, gamma_, gamma_grad_);
+        v.param("bias", {channels_}, Role::bn_bias, beta_, beta_grad_);
+        v.buffer("running_mean", {channels_}, Role::running_mean, running_mean_);
+        v.buffer("running_var", {channels_}, Role::running_var, running_var_);
+        v.buffer("num_batches_tracked", {}, Role::num_batches_tracked, num_batches_tracked_);
+    }
+
+    void init(Rng&, const InitOptions& o) {
+        const float gamma = (o.zero_init_residual && position_ == BlockOutput) ? 0.f : 1.f;
+        std::fill(gamma_, gamma_ + channels_, gamma);
+        std::fill(beta_, beta_ + channels_, 0.f);
+        std::fill(running_mean_, running_mean_ + channels_, 0.f);
+        std::fill(running_var_, running_var_ + channels_, 1.f);
+        *num_batches_tracked_ = 0;
+    }
+
+    Shape describe(Describer& d, Shape in) const {
+        d.row("BatchNorm " + std::to_string(channels_), in, 2 * std::int64_t(channels_));
+        return in;
+    }
+
+private:
+    BatchNormParams params() const { return {gamma_, beta_, running_mean_, running_var_, eps, momentum}; }
+
+    int channels_;
+    BatchNormPosition position_;
+    float *gamma_ = nullptr, *beta_ = nullptr, *gamma_grad_ = nullptr, *beta_grad_ = nullptr;
+    float *running_mean_ = nullptr, *running_var_ = nullptr, *num_batches_tracked_ = nullptr;
+    BatchNormSaved saved_{nullptr, nullptr};
+    Tensor x_;
+};
+
+template <BatchNormPosition Position = BatchNormPosition::inner>
+struct BatchNorm {
+    template <int In>
+    static constexpr int out_channels = In;
+    template <int In, long Classes>
+    static constexpr long params = 2L * In;
+
+    template <int In, class B>
+    static BatchNormLayer<B> bind(const BindOptions&) {
+        return BatchNormLayer<B>(In, Position);
+    }
+};
+
+}  // namespace tessera::layers

@@ -1,0 +1,144 @@
+#pragma once
+// What every layer shares: how parameters are named and visited, how a layer describes itself, and
+// the options that binding and initialisation take.
+//
+// A *spec* (Conv<64, 3, 2>, Seq<…>) is a compile-time description: it states out_channels<In> and
+// params<In, Classes>, and bind<In, Backend>() makes the *layer* that runs. Layers are ordinary
+// classes templated on the backend only; channel counts reach them as constructor arguments, so
+// every ResNet depth shares the same few layer types and the same kernels.
+//
+// Every layer has:
+//   Shape  output_shape(Shape in) const
+//   Tensor forward(Context&, const Tensor& x)      // (N, H, W, C) in, (N, H', W', C') out
+//   Tensor backward(Context&, const Tensor& dy)    // returns dx; gradients of parameters accumulate
+//   void   visit(ParamVisitor&)                    // parameters and buffers, with torchvision names
+//   void   init(Rng&, const InitOptions&)
+//   Shape  describe(Describer&, Shape in) const    // a row per leaf for `runner info`
+#include <concepts>
+#include <type_traits>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tessera/core/error.hpp"
+#include "tessera/core/rng.hpp"
+#include "tessera/core/tensor.hpp"
+
+namespace tessera::layers {
+
+/// What a parameter is; decides its checkpoint layout, its initialisation and its weight decay.
+enum class Role { conv_weight, linear_weight, linear_bias, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked };
+
+inline const char* role_name(Role r) {
+    switch (r) {
+        case Role::conv_weight: return "conv_weight";
+        case Role::linear_weight: return "linear_weight";
+        case Role::linear_bias: return "linear_bias";
+        case Role::bn_weight: return "bn_weight";
+        case Role::bn_bias: return "bn_bias";
+        case Role::running_mean: return "running_mean";
+        case Role::running_var: return "running_var";
+        case Role::num_batches_tracked: return "num_batches_tracked";
+    }
+    return "?";
+}
+
+/// Names in the style of torchvision's state_dict: "layer2.0.downsample.1.running_mean".
+/// Named<"conv1", …> opens a segment; inside a Seq, a leaf without a name takes its position as its
+/// name, as in torch.nn.Sequential. Seq, Residual and Repeat add no segment of their own.
+class NameScope {
+public:
+    NameScope() { scopes_.push_back({"", 0}); }
+
+    void push(const std::string& segment) {
+        scopes_.push_back({scopes_.back().prefix + segment + ".", 0});
+    }
+    void pop() { scopes_.pop_back(); }
+    int take_index() { return scopes_.back().next_index++; }
+    std::string qualify(const std::string& leaf) const { return scopes_.back().prefix + leaf; }
+    /// The current segment without its trailing dot ("layer1.0.conv1"), for describing a layer.
+    std::string current() const {
+        const std::string& p = scopes_.back().prefix;
+        return p.empty() ? p : p.substr(0, p.size() - 1);
+    }
+
+private:
+    struct Scope {
+        std::string prefix;
+        int next_index;
+    };
+    std::vector<Scope> scopes_;
+};
+
+/// Sees every parameter (trainable, with a gradient) and buffer (running statistics). `dims` are in
+/// PyTorch's layout (conv weights OIHW), whatever the layout in memory (OHWI for conv weights).
+class ParamVisitor : public NameScope {
+public:
+    virtual ~ParamVisitor() = default;
+    void param(const std::string& leaf, const std::vector<std::int64_t>& dims, Role role, float*& value, float*& grad) {
+        on_param(qualify(leaf), dims, role, value, grad);
+    }
+    void buffer(const std::string& leaf, const std::vector<std::int64_t>& dims, Role role, float*& value) {
+        on_buffer(qualify(leaf), dims, role, value);
+    }
+
+protected:
+    virtual void on_param(const std::string& name, const std::vector<std::int64_t>& dims, Role role, float*& value,
+                          float*& grad) = 0;
+    virtual void on_buffer(const std::string& name, const std::vector<std::int64_t>& dims, Role role,
+                           float*& value) = 0;
+};
+
+/// Collects one row per leaf layer for `runner info`.
+class Describer : public NameScope {
+public:
+    struct Row {
+        std::string name, layer;
+        Shape output;
+        std::int64_t params;
+    };
+    void row(const std::string& layer, Shape output, std::int64_t params) {
+        rows_.push_back({current(), layer, output, params});
+    }
+    const std::vector<Row>& rows() const { return rows_; }
+
+private:
+    std::vector<Row> rows_;
+};
+
+/// Run-time choices made when a spec is bound to a backend.
+struct BindOptions {
+    int num_classes = 1000;  // for Linear<classes_from_recipe>
+};
+
+struct InitOptions {
+    bool zero_init_residual = false;  // gamma = 0 in each block's last BatchNorm (Goyal et al. 2017)
+};
+
+/// Opens a name segment (Named) or, for an unnamed leaf in a Seq, its position; composites add none.
+template <class Layer>
+concept Composite = Layer::is_composite;
+
+template <class Layer, class Visit>
+void visit_child(NameScope& scope, Layer& layer, Visit&& visit) {
+    const int index = scope.take_index();
+    if constexpr (Composite<std::remove_cvref_t<Layer>>) {
+        visit(layer);
+    } else {
+        scope.push(std::to_string(index));
+        visit(layer);
+        scope.pop();
+    }
+}
+
+/// Strings as template arguments: Named<"conv1", Conv<64, 7, 2>>.
+template <std::size_t N>
+struct FixedString {
+    char text[N]{};
+    constexpr FixedString(const char (&s)[N]) {
+        for (std::size_t i = 0; i < N; ++i) text[i] = s[i];
+    }
+    std::string str() const { return text; }
+};
+
+}  // namespace tessera::layers

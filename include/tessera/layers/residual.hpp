@@ -1,0 +1,95 @@
+#pragma once
+// Residual<Branch, Shortcut>: y = Branch(x) + Shortcut(x). Projection<Out, Stride> is ResNet's
+// shortcut: the identity when the block keeps shape, else a strided 1x1 conv and a BatchNorm, named
+// "downsample.0" and "downsample.1" as in torchvision.
+#include <type_traits>
+
+#include "tessera/layers/batchnorm.hpp"
+#include "tessera/layers/conv.hpp"
+#include "tessera/layers/sequential.hpp"
+
+namespace tessera::layers {
+
+template <class B, class BranchLayer, class ShortcutLayer>
+class ResidualLayer {
+public:
+    using Context = typename B::Context;
+    static constexpr bool is_composite = true;
+
+    ResidualLayer(BranchLayer branch, ShortcutLayer shortcut) : branch_(std::move(branch)), shortcut_(std::move(shortcut)) {}
+
+    Shape output_shape(Shape in) const { return branch_.output_shape(in); }
+
+    Tensor forward(Context& ctx, const Tensor& x) {
+        Tensor a = branch_.forward(ctx, x);
+        Tensor b = shortcut_.forward(ctx, x);
+        Tensor y = ctx.arena.tensor(a.shape);
+        B::add(ctx, a, b, y);
+        return y;
+    }
+    Tensor backward(Context& ctx, const Tensor& dy) {
+        Tensor dx = branch_.backward(ctx, dy);
+        Tensor dx_shortcut = shortcut_.backward(ctx, dy);
+        if (dx.data == dy.data) {  // both paths were the identity: never write into dy
+            Tensor sum = ctx.arena.tensor(dy.shape);
+            B::add(ctx, dx, dx_shortcut, sum);
+            return sum;
+        }
+        if (dx.data) B::accumulate(ctx, dx_shortcut, dx);
+        return dx;
+    }
+    void visit(ParamVisitor& v) {
+        branch_.visit(v);
+        shortcut_.visit(v);
+    }
+    void init(Rng& rng, const InitOptions& o) {
+        branch_.init(rng, o);
+        shortcut_.init(rng, o);
+    }
+    Shape describe(Describer& d, Shape in) const {
+        Shape out = branch_.describe(d, in);
+        shortcut_.describe(d, in);
+        d.row("Add", out, 0);
+        return out;
+    }
+
+private:
+    BranchLayer branch_;
+    ShortcutLayer shortcut_;
+};
+
+template <class Branch, class Shortcut>
+struct Residual {
+    template <int In>
+    static constexpr int out_channels = Branch::template out_channels<In>;
+    template <int In, long Classes>
+    static constexpr long params = Branch::template params<In, Classes> + Shortcut::template params<In, Classes>;
+
+    template <int In, class B>
+    static auto bind(const BindOptions& o) {
+        static_assert(Branch::template out_channels<In> == Shortcut::template out_channels<In>,
+                      "Residual<Branch, Shortcut>: the branch and the shortcut must give the same number of channels, "
+                      "or their sum is undefined; use Projection<Out, Stride> as the shortcut");
+        auto branch = Branch::template bind<In, B>(o);
+        auto shortcut = Shortcut::template bind<In, B>(o);
+        return ResidualLayer<B, decltype(branch), decltype(shortcut)>(std::move(branch), std::move(shortcut));
+    }
+};
+
+template <int Out, int Stride>
+struct Projection {
+    template <int In>
+    using Resolved = std::conditional_t<In == Out && Stride == 1, Identity,
+                                        Named<"downsample", Seq<Conv<Out, 1, Stride>, BatchNorm<>>>>;
+
+    template <int In>
+    static constexpr int out_channels = Out;
+    template <int In, long Classes>
+    static constexpr long params = Resolved<In>::template params<In, Classes>;
+    template <int In, class B>
+    static auto bind(const BindOptions& o) {
+        return Resolved<In>::template bind<In, B>(o);
+    }
+};
+
+}  // namespace tessera::layers

@@ -1,0 +1,249 @@
+#pragma once
+// Composition: Seq<Specs...> runs its children in order, Repeat<N, Block, First> runs N copies of a
+// block (named First, First+1, …), Named<"name", Spec> gives a spec its state_dict name, and Identity
+// passes its input through.
+//
+// The input channel count flows through a Seq at compile time: each child's in-channels are the
+// previous child's out_channels, so a mismatch is a compile error at the line that composes them.
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "tessera/layers/layer.hpp"
+
+namespace tessera::layers {
+
+// ---- Seq ---------------------------------------------------------------------------------------
+
+template <class B, class... Layers>
+class SeqLayer {
+public:
+    using Context = typename B::Context;
+    static constexpr bool is_composite = true;
+
+    explicit SeqLayer(std::tuple<Layers...> layers) : layers_(std::move(layers)) {}
+
+    Shape output_shape(Shape in) const {
+        std::apply([&](const auto&... l) { ((in = l.output_shape(in)), ...); }, layers_);
+        return in;
+    }
+    Tensor forward(Context& ctx, Tensor x) {
+        std::apply([&](auto&... l) { ((x = l.forward(ctx, x)), ...); }, layers_);
+        return x;
+    }
+    Tensor backward(Context& ctx, Tensor dy) {
+        backward_from<sizeof...(Layers)>(ctx, dy);
+        return dy;
+    }
+    void visit(ParamVisitor& v) {
+        std::apply([&](auto&... l) { (visit_child(v, l, [&](auto& c) { c.visit(v); }), ...); }, layers_);
+    }
+    void init(Rng& rng, const InitOptions& o) {
+        std::apply([&](auto&... l) { (l.init(rng, o), ...); }, layers_);
+    }
+    Shape describe(Describer& d, Shape in) const {
+        std::apply([&](const auto&... l) {
+            (visit_child(d, l, [&](const auto& c) { in = c.describe(d, in); }), ...);
+        }, layers_);
+        return in;
+    }
+
+    template <std::size_t I>
+    auto& get() { return std::get<I>(layers_); }
+
+private:
+    template <std::size_t I>
+    void backward_from(Context& ctx, Tensor& dy) {
+        if constexpr (I > 0) {
+            dy = std::get<I - 1>(layers_).backward(ctx, dy);
+            backward_from<I - 1>(ctx, dy);
+        }
+    }
+    std::tuple<Layers...> layers_;
+};
+
+namespace detail {
+template <int In, class... Specs>
+struct Chain {
+    static constexpr int out = In;
+    template <long Classes>
+    static constexpr long params = 0;
+    template <class B>
+    static std::tuple<> bind(const BindOptions&) { return {}; }
+};
+template <int In, class Spec, class... Rest>
+struct Chain<In, Spec, Rest...> {
+    static constexpr int next = Spec::template out_channels<In>;
+    static constexpr int out = Chain<next, Rest...>::out;
+    template <long Classes>
+    static constexpr long params = Spec::template params<In, Classes> + Chain<next, Rest...>::template params<Classes>;
+    template <class B>
+    static auto bind(const BindOptions& o) {
+        return std::tuple_cat(std::make_tuple(Spec::template bind<In, B>(o)), Chain<next, Rest...>::template bind<B>(o));
+    }
+};
+}  // namespace detail
+
+template <class... Specs>
+struct Seq {
+    template <int In>
+    static constexpr int out_channels = detail::Chain<In, Specs...>::out;
+    template <int In, long Classes>
+    static constexpr long params = detail::Chain<In, Specs...>::template params<Classes>;
+
+    template <int In, class B>
+    static auto bind(const BindOptions& o) {
+        return std::apply(
+            [](auto&&... layers) {
+                return SeqLayer<B, std::remove_cvref_t<decltype(layers)>...>(std::make_tuple(std::move(layers)...));
+            },
+            detail::Chain<In, Specs...>::template bind<B>(o));
+    }
+};
+
+// ---- Named ---------------------------------------------------------------------------------------
+
+template <class B, class Inner>
+class NamedLayer {
+public:
+    using Context = typename B::Context;
+    static constexpr bool is_composite = true;
+
+    NamedLayer(std::string name, Inner inner) : name_(std::move(name)), inner_(std::move(inner)) {}
+
+    Shape output_shape(Shape in) const { return inner_.output_shape(in); }
+    Tensor forward(Context& ctx, const Tensor& x) { return inner_.forward(ctx, x); }
+    Tensor backward(Context& ctx, const Tensor& dy) { return inner_.backward(ctx, dy); }
+    void visit(ParamVisitor& v) {
+        v.push(name_);
+        inner_.visit(v);
+        v.pop();
+    }
+    void init(Rng& rng, const InitOptions& o) { inner_.init(rng, o); }
+    Shape describe(Describer& d, Shape in) const {
+        d.push(name_);
+        Shape out = inner_.describe(d, in);
+        d.pop();
+        return out;
+    }
+    Inner& inner() { return inner_; }
+
+private:
+    std::string name_;
+    Inner inner_;
+};
+
+template <FixedString Name, class Spec>
+struct Named {
+    template <int In>
+    static constexpr int out_channels = Spec::template out_channels<In>;
+    template <int In, long Classes>
+    static constexpr long params = Spec::template params<In, Classes>;
+
+    template <int In, class B>
+    static auto bind(const BindOptions& o) {
+        auto inner = Spec::template bind<In, B>(o);
+        return NamedLayer<B, decltype(inner)>(Name.str(), std::move(inner));
+    }
+};
+
+// ---- Repeat --------------------------------------------------------------------------------------
+
+template <class B, class Block>
+class RepeatLayer {
+public:
+    using Context = typename B::Context;
+    static constexpr bool is_composite = true;
+
+    RepeatLayer(std::vector<Block> blocks, int first_index) : blocks_(std::move(blocks)), first_(first_index) {}
+
+    Shape output_shape(Shape in) const {
+        for (auto& b : blocks_) in = b.output_shape(in);
+        return in;
+    }
+    Tensor forward(Context& ctx, Tensor x) {
+        for (auto& b : blocks_) x = b.forward(ctx, x);
+        return x;
+    }
+    Tensor backward(Context& ctx, Tensor dy) {
+        for (auto b = blocks_.rbegin(); b != blocks_.rend(); ++b) dy = b->backward(ctx, dy);
+        return dy;
+    }
+    void visit(ParamVisitor& v) {
+        for (std::size_t i = 0; i < blocks_.size(); ++i) {
+            v.push(std::to_string(first_ + int(i)));
+            blocks_[i].visit(v);
+            v.pop();
+        }
+    }
+    void init(Rng& rng, const InitOptions& o) {
+        for (auto& b : blocks_) b.init(rng, o);
+    }
+    Shape describe(Describer& d, Shape in) const {
+        for (std::size_t i = 0; i < blocks_.size(); ++i) {
+            d.push(std::to_string(first_ + int(i)));
+            in = blocks_[i].describe(d, in);
+            d.pop();
+        }
+        return in;
+    }
+
+private:
+    std::vector<Block> blocks_;
+    int first_;
+};
+
+/// N copies of Block, named First, First+1, …: Stage = Seq<Named<"0", Down>, Repeat<N - 1, Block, 1>>.
+template <int N, class Block, int First = 0>
+struct Repeat {
+    static_assert(N >= 0, "Repeat<N, Block>: N must not be negative");
+
+    template <int In>
+    static constexpr int out_channels = In;
+    template <int In, long Classes>
+    static constexpr long params = N * Block::template params<In, Classes>;
+
+    template <int In, class B>
+    static auto bind(const BindOptions& o) {
+        static_assert(N == 0 || Block::template out_channels<In> == In,
+                      "Repeat<N, Block>: a repeated block must keep its channel count (its output feeds its next copy)");
+        using Layer = decltype(Block::template bind<In, B>(o));
+        std::vector<Layer> blocks;
+        blocks.reserve(N);
+        for (int i = 0; i < N; ++i) blocks.push_back(Block::template bind<In, B>(o));
+        return RepeatLayer<B, Layer>(std::move(blocks), First);
+    }
+};
+
+// ---- Identity ------------------------------------------------------------------------------------
+
+template <class B>
+class IdentityLayer {
+public:
+    using Context = typename B::Context;
+    static constexpr bool is_composite = true;  // no parameters, no name
+
+    Shape output_shape(Shape in) const { return in; }
+    Tensor forward(Context&, const Tensor& x) { return x; }
+    Tensor backward(Context&, const Tensor& dy) { return dy; }
+    void visit(ParamVisitor&) {}
+    void init(Rng&, const InitOptions&) {}
+    Shape describe(Describer&, Shape in) const { return in; }
+};
+
+struct Identity {
+    template <int In>
+    static constexpr int out_channels = In;
+    template <int In, long Classes>
+    static constexpr long params = 0;
+    template <int In, class B>
+    static IdentityLayer<B> bind(const BindOptions&) {
+        return {};
+    }
+};
+
+/// Parameters of a network spec for In input channels and Classes outputs, counted at compile time.
+template <class Net, int In, long Classes = 1000>
+inline constexpr long param_count = Net::template params<In, Classes>;
+
+}  // namespace tessera::layers

@@ -1,0 +1,158 @@
+#pragma once
+// Network<B>: a bound model behind a small virtual interface, so that `runner` can choose the
+// architecture from a recipe at run time while each model's composition stays a compile-time type.
+//
+// All trainable parameters live in one contiguous buffer, their gradients in a second, the
+// non-trainable buffers (BN running statistics) in a third; layers hold pointers into them. So an
+// all-reduce, an optimizer step or a checkpoint is one pass over one buffer.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tessera/layers/layer.hpp"
+
+namespace tessera::models {
+
+using layers::Role;
+
+/// One named tensor inside a flat buffer.
+struct ParamEntry {
+    std::string name;                // torchvision state_dict name
+    std::vector<std::int64_t> dims;  // PyTorch layout (conv weights OIHW)
+    Role role;
+    std::size_t offset = 0, size = 0;  // in floats, within its buffer
+};
+
+class ParamStore {
+public:
+    std::vector<float> values, grads, buffers;
+    std::vector<ParamEntry> params, buffer_entries;
+
+    /// Registers every parameter and buffer of `net`, allocates the flat buffers and points the
+    /// layers into them.
+    template <class Layer>
+    void bind(Layer& net) {
+        Collector collect(*this, Collector::Mode::count);
+        net.visit(collect);
+        values.assign(collect.param_floats, 0.f);
+        grads.assign(collect.param_floats, 0.f);
+        buffers.assign(collect.buffer_floats, 0.f);
+        Collector assign(*this, Collector::Mode::assign);
+        net.visit(assign);
+    }
+
+    void zero_grad() { std::fill(grads.begin(), grads.end(), 0.f); }
+
+    /// Every tensor of the state_dict, parameters first, as PyTorch's `state_dict()` would list it
+    /// (order within each group is the network's order).
+    const ParamEntry* find(const std::string& name, bool& is_buffer) const {
+        for (auto& e : params)
+            if (e.name == name) return is_buffer = false, &e;
+        for (auto& e : buffer_entries)
+            if (e.name == name) return is_buffer = true, &e;
+        return nullptr;
+    }
+
+private:
+    class Collector : public layers::ParamVisitor {
+    public:
+        enum class Mode { count, assign };
+        Collector(ParamStore& store, Mode mode) : store_(store), mode_(mode) {}
+        std::size_t param_floats = 0, buffer_floats = 0;
+
+    protected:
+        void on_param(const std::string& name, const std::vector<std::int64_t>& dims, Role role, float*& value,
+                      float*& grad) override {
+            const std::size_t size = elements(dims);
+            if (mode_ == Mode::count) {
+                store_.params.push_back({name, dims, role, param_floats, size});
+            } else {
+                value = store_.values.data() + param_floats;
+                grad = store_.grads.data() + param_floats;
+            }
+            param_floats += size;
+        }
+        void on_buffer(const std::string& name, const std::vector<std::int64_t>& dims, Role role, float*& value) override {
+            const std::size_t size = elements(dims);
+            if (mode_ == Mode::count) store_.buffer_entries.push_back({name, dims, role, buffer_floats, size});
+            else value = store_.buffers.data() + buffer_floats;
+            buffer_floats += size;
+        }
+
+    private:
+        static std::size_t elements(const std::vector<std::int64_t>& dims) {
+            std::size_t n = 1;
+            for (auto d : dims) n *= std::size_t(d);
+            return n;
+        }
+        ParamStore& store_;
+        Mode mode_;
+    };
+};
+
+template <class B>
+class Network {
+public:
+    using Context = typename B::Context;
+    virtual ~Network() = default;
+
+    /// logits (N, 1, 1, classes) from images (N, H, W, C). The step's arena must be reset by the caller.
+    virtual Tensor forward(Context& ctx, const Tensor& x) = 0;
+    /// Accumulates every parameter's gradient from dlogits (N, 1, 1, classes).
+    virtual void backward(Context& ctx, const Tensor& dlogits) = 0;
+    virtual Shape output_shape(Shape in) const = 0;
+    virtual std::vector<layers::Describer::Row> describe(Shape in) const = 0;
+    virtual void init(std::uint64_t seed, const layers::InitOptions& o) = 0;
+
+    const std::string& arch() const { return arch_; }
+    int in_channels() const { return in_channels_; }
+    int num_classes() const { return num_classes_; }
+    ParamStore& params() { return params_; }
+    const ParamStore& params() const { return params_; }
+
+protected:
+    Network(std::string arch, int in_channels, int num_classes)
+        : arch_(std::move(arch)), in_channels_(in_channels), num_classes_(num_classes) {}
+    ParamStore params_;
+
+private:
+    std::string arch_;
+    int in_channels_, num_classes_;
+};
+
+/// The Network for a spec, bound for In input channels on backend B.
+template <class Spec, int In, class B>
+class Model final : public Network<B> {
+public:
+    using Context = typename B::Context;
+    using Layer = decltype(Spec::template bind<In, B>(layers::BindOptions{}));
+
+    Model(std::string arch, int num_classes)
+        : Network<B>(std::move(arch), In, num_classes), net_(Spec::template bind<In, B>(layers::BindOptions{num_classes})) {
+        this->params_.bind(net_);
+    }
+    Model(const Model&) = delete;  // layers point into params_: the model stays where it is built
+
+    Tensor forward(Context& ctx, const Tensor& x) override {
+        ctx.network_input = x.data;
+        return net_.forward(ctx, x);
+    }
+    void backward(Context& ctx, const Tensor& dlogits) override { net_.backward(ctx, dlogits); }
+    Shape output_shape(Shape in) const override { return net_.output_shape(in); }
+    std::vector<layers::Describer::Row> describe(Shape in) const override {
+        layers::Describer d;
+        net_.describe(d, in);
+        return d.rows();
+    }
+    void init(std::uint64_t seed, const layers::InitOptions& o) override {
+        Rng rng(seed);
+        net_.init(rng, o);
+    }
+    Layer& layers() { return net_; }
+
+private:
+    Layer net_;
+};
+
+}  // namespace tessera::models

@@ -1,0 +1,211 @@
+#pragma once
+// The whole contract between tessera and its plugins. A plugin is one shared module that exports,
+// with TESSERA_PLUGIN(...) below:
+//   tessera_plugin_abi     int()                     abi_version it was built against
+//   tessera_plugin_info    plugin::Info()            kind, name, description, options and defaults
+//   tessera_plugin_create  std::unique_ptr<Kind>(const Options&)
+// The host checks the ABI version first, then validates the recipe's table against Info::options
+// (unknown keys, types) before calling create, so a factory sees every option it declared, with
+// its default where the recipe gave none. Factories report a user's mistake (a missing file) by
+// throwing tessera::Error from user_error(); the host prints it and exits 2.
+//
+// Only standard types cross this boundary. Change anything here and bump abi_version.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "tessera/core/error.hpp"
+
+namespace tessera::plugin {
+
+inline constexpr int abi_version = 1;
+
+// ---- options -------------------------------------------------------------------------------------
+
+using Value = std::variant<bool, std::int64_t, double, std::string, std::vector<double>>;
+
+inline const char* type_name(const Value& v) {
+    static const char* names[] = {"a boolean", "an integer", "a number", "a string", "a list of numbers"};
+    return names[v.index()];
+}
+
+struct Option {
+    std::string name;
+    Value default_value;
+    std::string help;
+};
+
+struct Info {
+    std::string kind;  // "scheduler", "optimizer", "data", "logger"
+    std::string name;
+    std::string description;
+    std::vector<Option> options;
+};
+
+/// A plugin's validated options: every declared option is present, with its declared type.
+class Options {
+public:
+    Options() = default;
+    explicit Options(std::map<std::string, Value> values) : values_(std::move(values)) {}
+
+    bool flag(const std::string& k) const { return get<bool>(k); }
+    std::int64_t integer(const std::string& k) const { return get<std::int64_t>(k); }
+    double number(const std::string& k) const { return get<double>(k); }
+    const std::string& text(const std::string& k) const { return get<std::string>(k); }
+    const std::vector<double>& list(const std::string& k) const { return get<std::vector<double>>(k); }
+    const std::map<std::string, Value>& values() const { return values_; }
+
+private:
+    template <class T>
+    const T& get(const std::string& k) const {
+        auto it = values_.find(k);
+        if (it == values_.end() || !std::holds_alternative<T>(it->second))
+            throw internal_error("plugin options", "option \"" + k + "\" was not declared with this type");
+        return std::get<T>(it->second);
+    }
+    std::map<std::string, Value> values_;
+};
+
+// ---- schedulers ----------------------------------------------------------------------------------
+
+/// Where training stands. Schedulers are pure functions of it, so a resumed run gets the same rates.
+struct Clock {
+    std::int64_t step = 0;  // optimizer steps taken so far, from 0
+    std::int64_t total_steps = 1;
+    std::int64_t steps_per_epoch = 1;
+};
+
+class Scheduler {
+public:
+    virtual ~Scheduler() = default;
+    /// The learning rate for the step about to be taken.
+    virtual double lr(const Clock& clock) const = 0;
+};
+
+// ---- optimizers ----------------------------------------------------------------------------------
+
+/// One named tensor in the flat buffers; role is "conv_weight", "linear_weight", "linear_bias",
+/// "bn_weight" or "bn_bias".
+struct Tensor {
+    std::string name;
+    std::string role;
+    std::size_t offset = 0, size = 0;
+};
+
+/// The model's trainable parameters and their gradients, each one flat buffer of `count` floats in
+/// host memory.
+struct Parameters {
+    float* values = nullptr;
+    const float* grads = nullptr;
+    std::size_t count = 0;
+    std::vector<Tensor> tensors;
+};
+
+class Optimizer {
+public:
+    virtual ~Optimizer() = default;
+    /// values -= update(grads, state, lr). Called once per optimizer step, with the same layout.
+    virtual void step(const Parameters& params, double lr) = 0;
+};
+
+// ---- data ----------------------------------------------------------------------------------------
+
+enum class Split { train, val };
+
+struct DatasetInfo {
+    int height = 0, width = 0, channels = 0;  // of the batches next() gives
+    int num_classes = 0;
+    std::int64_t train_size = 0, val_size = 0;
+    std::vector<double> mean, std;  // per channel, in [0, 1] units: x = (pixel / 255 - mean) / std
+    std::vector<std::string> class_names;  // may be empty
+};
+
+struct EpochPlan {
+    std::int64_t epoch = 0;
+    std::uint64_t seed = 0;
+    int batch_size = 1;
+    int rank = 0, world_size = 1;  // each rank sees its own shard (DistributedSampler semantics)
+    bool drop_last = false;        // true in training: every batch is full
+};
+
+struct Batch {
+    int count = 0, height = 0, width = 0, channels = 0;
+    std::vector<std::uint8_t> pixels;  // (count, height, width, channels)
+    std::vector<std::int32_t> labels;  // (count)
+};
+
+class DataSource {
+public:
+    virtual ~DataSource() = default;
+    virtual DatasetInfo info() const = 0;
+    /// Batches in this epoch's order for this rank.
+    virtual std::int64_t num_batches(Split split, const EpochPlan& plan) const = 0;
+    virtual void start_epoch(Split split, const EpochPlan& plan) = 0;
+    /// Fills the next batch; false when the epoch is done. `batch` is reused between calls.
+    virtual bool next(Batch& batch) = 0;
+};
+
+// ---- loggers -------------------------------------------------------------------------------------
+
+struct RunInfo {
+    std::string name, run_dir, arch;
+    int epochs = 0, batch_size = 0;
+    std::int64_t steps_per_epoch = 0, parameters = 0;
+};
+
+struct StepStats {
+    int epoch = 0;                             // from 1
+    std::int64_t step = 0, steps = 0;          // within the epoch, step from 1
+    double loss = 0, top1 = 0, lr = 0;         // loss and top-1 are running means over the epoch
+    double img_per_s = 0, elapsed_s = 0, eta_s = 0;
+};
+
+struct EpochStats {
+    int epoch = 0, epochs = 0;
+    double lr = 0, train_loss = 0, train_top1 = 0;
+    double val_loss = 0, val_top1 = 0, val_top5 = 0;
+    double img_per_s = 0, time_s = 0;
+};
+
+class Logger {
+public:
+    virtual ~Logger() = default;
+    virtual void on_run_begin(const RunInfo&) {}
+    virtual void on_step(const StepStats&) {}
+    virtual void on_epoch(const EpochStats&) {}
+    virtual void on_run_end() {}
+};
+
+template <class T>
+inline constexpr const char* kind_of = nullptr;
+template <> inline constexpr const char* kind_of<Scheduler> = "scheduler";
+template <> inline constexpr const char* kind_of<Optimizer> = "optimizer";
+template <> inline constexpr const char* kind_of<DataSource> = "data";
+template <> inline constexpr const char* kind_of<Logger> = "logger";
+
+}  // namespace tessera::plugin
+
+#ifndef BOOST_DLL_USE_STD_FS
+#define BOOST_DLL_USE_STD_FS
+#endif
+#include <boost/dll/alias.hpp>
+
+/// Exports a plugin: TESSERA_PLUGIN(Scheduler, info_function, create_function).
+#define TESSERA_PLUGIN(Kind, info_function, create_function)                                           \
+    namespace tessera_plugin_exports {                                                                 \
+    inline int exported_abi() { return ::tessera::plugin::abi_version; }                                        \
+    inline ::tessera::plugin::Info exported_info() {                                                            \
+        ::tessera::plugin::Info i = info_function();                                                   \
+        i.kind = ::tessera::plugin::kind_of<::tessera::plugin::Kind>;                                  \
+        return i;                                                                                      \
+    }                                                                                                  \
+    inline std::unique_ptr<::tessera::plugin::Kind> exported_create(const ::tessera::plugin::Options& o) {      \
+        return create_function(o);                                                                     \
+    }                                                                                                  \
+    }                                                                                                  \
+    BOOST_DLL_ALIAS(tessera_plugin_exports::exported_abi, tessera_plugin_abi)                                   \
+    BOOST_DLL_ALIAS(tessera_plugin_exports::exported_info, tessera_plugin_info)                                 \
+    BOOST_DLL_ALIAS(tessera_plugin_exports::exported_create, tessera_plugin_create)

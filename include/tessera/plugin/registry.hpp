@@ -1,0 +1,135 @@
+#pragma once
+// Registry: finds plugin modules, checks them, and creates plugins by kind and name.
+//
+// Modules (*.so) are looked for, in this order, in: the recipe's plugin_path, $TESSERA_PLUGIN_PATH
+// (colon-separated), the folder of the running binary and its plugins/ and ../plugins/ (a build
+// tree), and the install prefix's plugin folder. The first module to provide a (kind, name) wins.
+// A module is kept loaded for as long as anything it created lives: each object holds a reference
+// to its library.
+#ifndef BOOST_DLL_USE_STD_FS
+#define BOOST_DLL_USE_STD_FS
+#endif
+#include <boost/dll/import.hpp>
+#include <boost/dll/runtime_symbol_info.hpp>
+#include <boost/dll/shared_library.hpp>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tessera/plugin/api.hpp"
+
+#ifndef TESSERA_PLUGIN_INSTALL_DIR
+#define TESSERA_PLUGIN_INSTALL_DIR ""
+#endif
+
+namespace tessera::plugin {
+
+namespace fs = std::filesystem;
+
+class Registry {
+public:
+    struct Entry {
+        Info info;
+        fs::path path;
+        std::shared_ptr<boost::dll::shared_library> library;
+    };
+
+    /// Scans the folders; `extra` (the recipe's plugin_path) comes first.
+    explicit Registry(const std::vector<fs::path>& extra = {}) {
+        for (auto& dir : search_path(extra)) scan(dir);
+    }
+
+    static std::vector<fs::path> search_path(const std::vector<fs::path>& extra) {
+        std::vector<fs::path> dirs = extra;
+        if (const char* env = std::getenv("TESSERA_PLUGIN_PATH")) {
+            std::string list = env;
+            for (std::size_t begin = 0, end; begin <= list.size(); begin = end + 1) {
+                end = std::min(list.find(':', begin), list.size());
+                if (end > begin) dirs.emplace_back(list.substr(begin, end - begin));
+            }
+        }
+        const fs::path exe_dir = boost::dll::program_location().parent_path();
+        for (const char* sub : {"plugins", "../plugins", "../lib/tessera/plugins"}) dirs.push_back(exe_dir / sub);
+        if (*TESSERA_PLUGIN_INSTALL_DIR) dirs.emplace_back(TESSERA_PLUGIN_INSTALL_DIR);
+        return dirs;
+    }
+
+    /// Loads one module, checking that it is a tessera plugin of this ABI. Throws a user error
+    /// naming the file otherwise.
+    static Entry load(const fs::path& path) {
+        auto library = std::make_shared<boost::dll::shared_library>();
+        boost::dll::fs::error_code ec;
+        library->load(path, ec, boost::dll::load_mode::rtld_local | boost::dll::load_mode::rtld_now);
+        if (ec) throw user_error(path.string(), "cannot load plugin module: " + ec.message(),
+                                 "is it a shared library built for this machine?");
+        if (!library->has("tessera_plugin_abi") || !library->has("tessera_plugin_info") ||
+            !library->has("tessera_plugin_create"))
+            throw user_error(path.string(), "not a tessera plugin (it exports no tessera_plugin_abi/info/create)",
+                             "build it with TESSERA_PLUGIN(...) from tessera/plugin/api.hpp");
+        const int abi = library->get_alias<int()>("tessera_plugin_abi")();
+        if (abi != abi_version)
+            throw user_error(path.string(), "plugin ABI version " + std::to_string(abi) + " does not match tessera's " +
+                                                std::to_string(abi_version),
+                             "rebuild the plugin against this version of tessera's headers");
+        Entry entry{library->get_alias<Info()>("tessera_plugin_info")(), path, library};
+        return entry;
+    }
+
+    const std::vector<Entry>& entries() const { return entries_; }
+    const std::vector<std::string>& problems() const { return problems_; }
+
+    const Entry* find(const std::string& kind, const std::string& name) const {
+        for (auto& e : entries_)
+            if (e.info.kind == kind && e.info.name == name) return &e;
+        return nullptr;
+    }
+
+    std::vector<std::string> names(const std::string& kind) const {
+        std::vector<std::string> out;
+        for (auto& e : entries_)
+            if (e.info.kind == kind) out.push_back(e.info.name);
+        return out;
+    }
+
+    /// Creates a plugin; it keeps its module loaded for as long as it lives.
+    template <class Kind>
+    std::shared_ptr<Kind> create(const Entry& entry, const Options& options) const {
+        TESSERA_CHECK(entry.info.kind == kind_of<Kind>, "plugin kind mismatch for " + entry.info.name);
+        auto factory = entry.library->get_alias<std::unique_ptr<Kind>(const Options&)>("tessera_plugin_create");
+        std::unique_ptr<Kind> object = factory(options);
+        if (!object) throw user_error(entry.path.string(), "plugin factory returned nothing");
+        auto library = entry.library;
+        return std::shared_ptr<Kind>(object.release(), [library](Kind* p) { delete p; });
+    }
+
+private:
+    void scan(const fs::path& dir) {
+        std::error_code ec;
+        if (!fs::is_directory(dir, ec)) return;
+        std::vector<fs::path> modules;
+        for (auto& f : fs::directory_iterator(dir, ec))
+            if (f.path().extension() == ".so") modules.push_back(f.path());
+        std::sort(modules.begin(), modules.end());
+        for (auto& path : modules) {
+            const fs::path canonical = fs::weakly_canonical(path, ec);
+            if (std::any_of(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.path == canonical; }))
+                continue;
+            try {
+                Entry e = load(canonical);
+                if (!find(e.info.kind, e.info.name)) entries_.push_back(std::move(e));
+            } catch (const Error& error) {
+                problems_.push_back(error.what());  // shown by `runner plugins`; a recipe naming it fails clearly
+            }
+        }
+    }
+
+    std::vector<Entry> entries_;
+    std::vector<std::string> problems_;
+};
+
+}  // namespace tessera::plugin

@@ -1,0 +1,301 @@
+#pragma once
+// Recipes: TOML in, typed configuration out.
+//
+//   [run]        name, out_dir, seed, deterministic, plugin_path
+//   [model]      arch, num_classes (0: from the data), zero_init_residual, precision
+//   [data]       plugin, batch_size (per process), then the data plugin's own options
+//   [optimizer]  plugin, then its options            [scheduler]  plugin, then its options
+//   [[logger]]   plugin, then its options (none given: console and csv)
+//   [train]      epochs, label_smoothing, device, threads
+//   [checkpoint] every_epochs
+//
+// Every value is checked before any work starts. A mistake is reported as `file:line:col: message`;
+// an unknown key names the nearest known one. `--set section.key=value` overrides any value (the
+// value is read as TOML, else taken as a string); the effective recipe is what gets saved.
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "tessera/core/error.hpp"
+#include "tessera/plugin/api.hpp"
+#include "tessera/plugin/registry.hpp"
+
+namespace tessera::recipe {
+
+namespace fs = std::filesystem;
+using plugin::Option;
+using plugin::Options;
+using plugin::Value;
+
+/// A plugin chosen by a recipe table, with its validated options.
+struct PluginChoice {
+    const plugin::Registry::Entry* entry = nullptr;
+    Options options;
+    std::string where;  // the table's location, for messages
+};
+
+struct Recipe {
+    fs::path file;
+    Options run, model, train, checkpoint;
+    int batch_size = 0;
+    PluginChoice data, optimizer, scheduler;
+    std::vector<PluginChoice> loggers;
+    toml::table effective;  // the recipe after --set, as saved in the run folder
+};
+
+// ---- the core sections' keys ---------------------------------------------------------------------
+
+inline const std::map<std::string, std::vector<Option>>& core_sections() {
+    static const std::map<std::string, std::vector<Option>> sections = {
+        {"run",
+         {{"name", std::string("run"), "the run's folder name under out_dir"},
+          {"out_dir", std::string("runs"), "where run folders go"},
+          {"seed", std::int64_t(0), "seeds initialisation, data order and augmentation"},
+          {"deterministic", false, "bit-identical results at some cost in speed"},
+          {"plugin_path", std::string(""), "extra folders to search for plugins, colon-separated"}}},
+        {"model",
+         {{"arch", std::string("resnet20"), "resnet18/34/50/101/152, their _small variants, resnet20/32/44/56/110"},
+          {"num_classes", std::int64_t(0), "outputs of the classifier; 0 takes the data's"},
+          {"zero_init_residual", false, "start each block's last BatchNorm gamma at 0"},
+          {"precision", std::string("fp32"), "fp32 on the CPU"}}},
+        {"train",
+         {{"epochs", std::int64_t(1), "passes over the training data"},
+          {"label_smoothing", 0.0, "as torch.nn.CrossEntropyLoss(label_smoothing=…)"},
+          {"device", std::string("cpu"), "cpu"},
+          {"threads", std::int64_t(0), "CPU threads; 0: TESSERA_NUM_THREADS or every core"}}},
+        {"checkpoint", {{"every_epochs", std::int64_t(1), "save last.safetensors every N epochs"}}},
+        {"data", {{"batch_size", std::int64_t(128), "images per step per process"}}},
+        {"optimizer", {}},
+        {"scheduler", {}},
+        {"logger", {}},
+    };
+    return sections;
+}
+
+// ---- helpers ---------------------------------------------------------------------------------------
+
+inline std::string locate(const toml::source_region& src, const std::string& fallback) {
+    if (!src.path || src.begin.line == 0) return fallback;
+    return *src.path + ":" + std::to_string(src.begin.line) + ":" + std::to_string(src.begin.column);
+}
+
+inline std::size_t edit_distance(const std::string& a, const std::string& b) {
+    std::vector<std::size_t> row(b.size() + 1);
+    for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (std::size_t i = 1; i <= a.size(); ++i) {
+        std::size_t diagonal = row[0];
+        row[0] = i;
+        for (std::size_t j = 1; j <= b.size(); ++j) {
+            const std::size_t above = row[j];
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
+            diagonal = above;
+        }
+    }
+    return row[b.size()];
+}
+
+/// "did you mean 'epochs'?" or the list of known names.
+inline std::string suggest(const std::string& word, const std::vector<std::string>& known) {
+    if (known.empty()) return "this table takes no other keys";
+    auto best = std::min_element(known.begin(), known.end(), [&](auto& a, auto& b) {
+        return edit_distance(word, a) < edit_distance(word, b);
+    });
+    if (edit_distance(word, *best) <= std::max<std::size_t>(2, word.size() / 3)) return "did you mean '" + *best + "'?";
+    std::string list;
+    for (auto& k : known) list += (list.empty() ? "" : ", ") + k;
+    return "known keys: " + list;
+}
+
+/// A TOML value as an option value of the declared type, or a located error.
+inline Value convert(const toml::node& node, const Value& declared, const std::string& key, const std::string& where) {
+    auto wrong = [&]() -> Error {
+        return user_error(where, key + " must be " + plugin::type_name(declared), "");
+    };
+    switch (declared.index()) {
+        case 0:
+            if (auto v = node.value_exact<bool>()) return *v;
+            throw wrong();
+        case 1:
+            if (auto v = node.value_exact<std::int64_t>()) return *v;
+            throw wrong();
+        case 2:
+            if (node.is_integer() || node.is_floating_point()) return *node.value<double>();
+            throw wrong();
+        case 3:
+            if (auto v = node.value_exact<std::string>()) return *v;
+            throw wrong();
+        default: {
+            const toml::array* arr = node.as_array();
+            if (!arr) throw wrong();
+            std::vector<double> values;
+            for (auto& item : *arr) {
+                if (!item.is_integer() && !item.is_floating_point()) throw wrong();
+                values.push_back(*item.value<double>());
+            }
+            return values;
+        }
+    }
+}
+
+/// Checks a table against declared options (plus any of `reserved`) and fills in the defaults.
+inline Options validate(const toml::table& table, const std::vector<Option>& declared, const std::string& section,
+                        const std::vector<std::string>& reserved, const std::string& file) {
+    std::map<std::string, Value> values;
+    for (auto& o : declared) values[o.name] = o.default_value;
+    std::vector<std::string> known = reserved;
+    for (auto& o : declared) known.push_back(o.name);
+    for (auto& [key, node] : table) {
+        const std::string name(key.str());
+        const std::string where = locate(key.source().path ? key.source() : node.source(), file + " (--set " + section + "." + name + ")");
+        if (std::find(reserved.begin(), reserved.end(), name) != reserved.end()) continue;
+        auto it = std::find_if(declared.begin(), declared.end(), [&](auto& o) { return o.name == name; });
+        if (it == declared.end())
+            throw user_error(where, "unknown key '" + name + "' in [" + section + "]", suggest(name, known));
+        values[name] = convert(node, it->default_value, section + "." + name, locate(node.source(), where));
+    }
+    return Options(std::move(values));
+}
+
+inline PluginChoice choose_plugin(const toml::table& table, const std::string& kind, const std::string& section,
+                                  const std::vector<Option>& host_keys, const plugin::Registry& registry,
+                                  const std::string& file) {
+    const std::string where = locate(table.source(), file + " [" + section + "]");
+    const toml::node* name_node = table.get("plugin");
+    if (!name_node) throw user_error(where, "[" + section + "] needs plugin = \"name\"", "available " + kind + " plugins: " + [&] {
+        std::string s;
+        for (auto& n : registry.names(kind)) s += (s.empty() ? "" : ", ") + n;
+        return s.empty() ? std::string("none found") : s;
+    }());
+    auto name = name_node->value_exact<std::string>();
+    if (!name) throw user_error(locate(name_node->source(), where), section + ".plugin must be a string");
+    const plugin::Registry::Entry* entry = registry.find(kind, *name);
+    if (!entry) {
+        std::string available;
+        for (auto& n : registry.names(kind)) available += (available.empty() ? "" : ", ") + n;
+        throw user_error(locate(name_node->source(), where), "unknown " + kind + " plugin \"" + *name + "\"",
+                         "available: " + (available.empty() ? std::string("none found; set TESSERA_PLUGIN_PATH") : available));
+    }
+    std::vector<std::string> reserved = {"plugin"};
+    for (auto& o : host_keys) reserved.push_back(o.name);
+    return {entry, validate(table, entry->info.options, section, reserved, file), where};
+}
+
+/// Applies one `--set a.b=value` to the table.
+inline void apply_override(toml::table& root, const std::string& assignment) {
+    const auto eq = assignment.find('=');
+    if (eq == std::string::npos || eq == 0)
+        throw user_error("--set " + assignment, "expected section.key=value", "e.g. --set train.epochs=1");
+    const std::string path = assignment.substr(0, eq), text = assignment.substr(eq + 1);
+    std::vector<std::string> keys;
+    for (std::size_t begin = 0, end; begin <= path.size(); begin = end + 1) {
+        end = std::min(path.find('.', begin), path.size());
+        keys.push_back(path.substr(begin, end - begin));
+    }
+    toml::table* table = &root;
+    for (std::size_t k = 0; k + 1 < keys.size(); ++k) {
+        toml::node* child = table->get(keys[k]);
+        if (!child) child = &table->insert_or_assign(keys[k], toml::table{}).first->second;
+        if (auto* arr = child->as_array()) {  // logger.0.plugin
+            std::size_t index = std::stoul(keys[++k]);
+            if (index >= arr->size() || !arr->get(index)->is_table())
+                throw user_error("--set " + assignment, "no table at " + keys[k - 1] + "." + keys[k]);
+            table = arr->get(index)->as_table();
+            continue;
+        }
+        table = child->as_table();
+        if (!table) throw user_error("--set " + assignment, keys[k] + " is not a table");
+    }
+    toml::table parsed;
+    try {
+        parsed = toml::parse("value = " + text);
+    } catch (const toml::parse_error&) {
+        parsed.insert_or_assign("value", text);  // a bare word: take it as a string
+    }
+    table->insert_or_assign(keys.back(), *parsed.get("value"));
+}
+
+/// Reads a recipe and applies the overrides; resolve() then validates it.
+inline Recipe load(const fs::path& file, const std::vector<std::string>& overrides) {
+    Recipe r;
+    r.file = file;
+    const std::string name = file.string();
+    std::error_code ec;
+    if (!fs::is_regular_file(file, ec))
+        throw user_error(name, "no such recipe file", "give the path of a .toml recipe, e.g. recipes/quickstart.toml");
+    try {
+        r.effective = toml::parse_file(name);
+    } catch (const toml::parse_error& e) {
+        throw user_error(locate(e.source(), name), std::string(e.description()), "the recipe must be valid TOML (https://toml.io)");
+    }
+    for (auto& o : overrides) apply_override(r.effective, o);
+    return r;
+}
+
+/// Second half of loading: the plugin tables need the registry, which the recipe's plugin_path extends.
+inline void resolve(Recipe& r, const plugin::Registry& registry) {
+    const std::string name = r.file.string();
+    const auto& sections = core_sections();
+    for (auto& [key, node] : r.effective) {
+        if (!sections.count(std::string(key.str()))) {
+            std::vector<std::string> known;
+            for (auto& [s, _] : sections) known.push_back(s);
+            throw user_error(locate(key.source(), name), "unknown section [" + std::string(key.str()) + "]",
+                             suggest(std::string(key.str()), known));
+        }
+        const bool is_logger = key.str() == "logger";
+        if (is_logger ? !node.is_array_of_tables() : !node.is_table())
+            throw user_error(locate(node.source(), name),
+                             is_logger ? "logger must be an array of tables: [[logger]]" : "[" + std::string(key.str()) + "] must be a table");
+    }
+    auto table = [&](const std::string& section) -> const toml::table& {
+        static const toml::table empty;
+        const toml::table* t = r.effective[section].as_table();
+        return t ? *t : empty;
+    };
+    for (const char* section : {"run", "model", "train", "checkpoint"}) {
+        Options o = validate(table(section), sections.at(section), section, {}, name);
+        (section == std::string("run") ? r.run : section == std::string("model") ? r.model
+         : section == std::string("train") ? r.train : r.checkpoint) = std::move(o);
+    }
+    if (!r.effective.contains("data"))
+        throw user_error(name, "the recipe has no [data] table", "add [data] with plugin = \"idx\" or \"synthetic\"");
+    r.data = choose_plugin(table("data"), "data", "data", sections.at("data"), registry, name);
+    r.batch_size = int(validate(table("data"), sections.at("data"), "data", [&] {
+        std::vector<std::string> keys = {"plugin"};
+        for (auto& o : r.data.entry->info.options) keys.push_back(o.name);
+        return keys;
+    }(), name).integer("batch_size"));
+    if (r.batch_size < 1) throw user_error(locate(table("data")["batch_size"].node()->source(), name), "data.batch_size must be at least 1");
+    toml::table default_optimizer{{"plugin", "sgd"}}, default_scheduler{{"plugin", "constant"}};
+    r.optimizer = choose_plugin(r.effective.contains("optimizer") ? table("optimizer") : default_optimizer, "optimizer",
+                                "optimizer", {}, registry, name);
+    r.scheduler = choose_plugin(r.effective.contains("scheduler") ? table("scheduler") : default_scheduler, "scheduler",
+                                "scheduler", {}, registry, name);
+    if (const toml::array* loggers = r.effective["logger"].as_array()) {
+        for (auto& t : *loggers) r.loggers.push_back(choose_plugin(*t.as_table(), "logger", "logger", {}, registry, name));
+    } else {
+        for (const char* plugin_name : {"console", "csv"})
+            r.loggers.push_back(choose_plugin(toml::table{{"plugin", plugin_name}}, "logger", "logger", {}, registry, name));
+    }
+    if (r.train.integer("epochs") < 1) throw user_error(name, "train.epochs must be at least 1");
+}
+
+/// The recipe's extra plugin folders.
+inline std::vector<fs::path> plugin_path(const toml::table& effective) {
+    std::vector<fs::path> dirs;
+    if (auto list = effective["run"]["plugin_path"].value<std::string>()) {
+        for (std::size_t begin = 0, end; begin <= list->size(); begin = end + 1) {
+            end = std::min(list->find(':', begin), list->size());
+            if (end > begin) dirs.emplace_back(list->substr(begin, end - begin));
+        }
+    }
+    return dirs;
+}
+
+}  // namespace tessera::recipe

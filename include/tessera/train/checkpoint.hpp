@@ -1,0 +1,230 @@
+#pragma once
+// Weights in safetensors (https://github.com/huggingface/safetensors), with torchvision's state_dict
+// names and layouts: a file PyTorch wrote with save_file(model.state_dict()) loads here, and a file
+// written here loads in PyTorch.
+//
+// File: u64 little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, the data.
+// Conv weights are OHWI in memory and OIHW in the file; num_batches_tracked is I64 in the file.
+// Writes go to a temporary file that is renamed over the target, so a crash never leaves a
+// half-written file under the real name.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "tessera/core/error.hpp"
+#include "tessera/core/json.hpp"
+#include "tessera/models/network.hpp"
+
+namespace tessera::checkpoint {
+
+using models::ParamEntry;
+using models::ParamStore;
+
+inline constexpr std::uint64_t max_header_bytes = 100u << 20;  // as the safetensors reference reader
+
+namespace detail {
+
+inline std::size_t elements(const std::vector<std::int64_t>& dims) {
+    std::size_t n = 1;
+    for (auto d : dims) n *= std::size_t(d);
+    return n;
+}
+
+// OIHW (file) <-> OHWI (memory) for conv weights; other tensors are stored as they are.
+inline void oihw_to_ohwi(const float* in, float* out, const std::vector<std::int64_t>& d) {
+    const std::size_t o = d[0], i = d[1], h = d[2], w = d[3];
+    for (std::size_t a = 0; a < o; ++a)
+        for (std::size_t b = 0; b < i; ++b)
+            for (std::size_t y = 0; y < h; ++y)
+                for (std::size_t x = 0; x < w; ++x) out[((a * h + y) * w + x) * i + b] = in[((a * i + b) * h + y) * w + x];
+}
+inline void ohwi_to_oihw(const float* in, float* out, const std::vector<std::int64_t>& d) {
+    const std::size_t o = d[0], i = d[1], h = d[2], w = d[3];
+    for (std::size_t a = 0; a < o; ++a)
+        for (std::size_t b = 0; b < i; ++b)
+            for (std::size_t y = 0; y < h; ++y)
+                for (std::size_t x = 0; x < w; ++x) out[((a * i + b) * h + y) * w + x] = in[((a * h + y) * w + x) * i + b];
+}
+
+inline std::string dims_str(const std::vector<std::int64_t>& dims) {
+    std::string s = "[";
+    for (std::size_t k = 0; k < dims.size(); ++k) s += (k ? ", " : "") + std::to_string(dims[k]);
+    return s + "]";
+}
+
+struct Record {
+    const ParamEntry* entry;
+    const float* source;
+};
+
+}  // namespace detail
+
+/// Writes the model's state_dict (parameters and buffers) to `path`, atomically.
+inline void save(const ParamStore& store, const std::filesystem::path& path,
+                 const std::map<std::string, std::string>& metadata = {}) {
+    using namespace detail;
+    std::vector<Record> records;
+    for (auto& e : store.params) records.push_back({&e, store.values.data() + e.offset});
+    for (auto& e : store.buffer_entries) records.push_back({&e, store.buffers.data() + e.offset});
+    // As the reference writer: larger alignment first (I64 before F32), then by name.
+    std::sort(records.begin(), records.end(), [](const Record& a, const Record& b) {
+        const bool a64 = a.entry->role == layers::Role::num_batches_tracked;
+        const bool b64 = b.entry->role == layers::Role::num_batches_tracked;
+        return a64 != b64 ? a64 : a.entry->name < b.entry->name;
+    });
+
+    std::string header = "{";
+    if (!metadata.empty()) {
+        header += "\"__metadata__\":{";
+        bool first = true;
+        for (auto& [k, v] : metadata) header += (first ? "" : ",") + json::quote(k) + ":" + json::quote(v), first = false;
+        header += "},";
+    }
+    std::size_t offset = 0;
+    for (std::size_t r = 0; r < records.size(); ++r) {
+        const ParamEntry& e = *records[r].entry;
+        const bool is_i64 = e.role == layers::Role::num_batches_tracked;
+        const std::size_t bytes = e.size * (is_i64 ? 8 : 4);
+        header += (r ? "," : "") + json::quote(e.name) + ":{\"dtype\":\"" + (is_i64 ? "I64" : "F32") +
+                  "\",\"shape\":" + dims_str(e.dims) + ",\"data_offsets\":[" + std::to_string(offset) + "," +
+                  std::to_string(offset + bytes) + "]}";
+        offset += bytes;
+    }
+    header += "}";
+    header.append((8 - header.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
+
+    const std::filesystem::path tmp = path.string() + ".tmp";
+    {
+        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+        if (!out) throw user_error(tmp.string(), "cannot open for writing", "check that the folder exists and is writable");
+        const std::uint64_t length = header.size();
+        unsigned char le[8];
+        for (int b = 0; b < 8; ++b) le[b] = (length >> (8 * b)) & 0xFF;
+        out.write(reinterpret_cast<const char*>(le), 8);
+        out.write(header.data(), std::streamsize(header.size()));
+        std::vector<float> scratch;
+        for (auto& [entry, source] : records) {
+            if (entry->role == layers::Role::num_batches_tracked) {
+                const std::int64_t count = std::int64_t(*source);
+                out.write(reinterpret_cast<const char*>(&count), 8);
+            } else if (entry->role == layers::Role::conv_weight) {
+                scratch.resize(entry->size);
+                ohwi_to_oihw(source, scratch.data(), entry->dims);
+                out.write(reinterpret_cast<const char*>(scratch.data()), std::streamsize(entry->size * 4));
+            } else {
+                out.write(reinterpret_cast<const char*>(source), std::streamsize(entry->size * 4));
+            }
+        }
+        out.flush();
+        if (!out) throw user_error(tmp.string(), "write failed (disk full?)", "free some space and try again");
+    }
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    if (ec) throw user_error(path.string(), "cannot replace the checkpoint: " + ec.message());
+}
+
+/// Loads a state_dict into the model. Every tensor of the model must be in the file with the same
+/// shape, and the file must hold nothing else (as load_state_dict(strict=True)); F32 tensors, and
+/// I64 or F32 for num_batches_tracked.
+inline void load(ParamStore& store, const std::filesystem::path& path) {
+    using namespace detail;
+    const std::string where = path.string();
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw user_error(where, "cannot open the checkpoint", "check the path");
+    in.seekg(0, std::ios::end);
+    const std::uint64_t file_size = std::uint64_t(in.tellg());
+    in.seekg(0);
+    unsigned char le[8];
+    if (file_size < 8 || !in.read(reinterpret_cast<char*>(le), 8))
+        throw user_error(where, "not a safetensors file: shorter than its 8-byte header length");
+    std::uint64_t header_length = 0;
+    for (int b = 0; b < 8; ++b) header_length |= std::uint64_t(le[b]) << (8 * b);
+    if (header_length > max_header_bytes || header_length > file_size - 8)
+        throw user_error(where, "not a safetensors file: its header claims " + std::to_string(header_length) +
+                                    " bytes but the file has " + std::to_string(file_size) + " in all");
+    std::string header(header_length, '\0');
+    in.read(header.data(), std::streamsize(header_length));
+    const json::Value root = json::parse(header, where);
+    if (!root.is_object()) throw user_error(where, "the safetensors header is not a JSON object");
+    const std::uint64_t data_size = file_size - 8 - header_length;
+
+    // Read into copies: a file that fails half-way leaves the model as it was.
+    std::vector<float> values = store.values, buffers = store.buffers;
+    std::vector<std::string> seen;
+    std::vector<char> bytes;
+    std::vector<float> scratch;
+    for (auto& [name, info] : root.object()) {
+        if (name == "__metadata__") continue;
+        bool is_buffer = false;
+        const ParamEntry* e = store.find(name, is_buffer);
+        if (!e) throw user_error(where, "unexpected tensor \"" + name + "\": the model has no such parameter",
+                                 "was it saved from another architecture?");
+        if (!info.is_object()) throw user_error(where, "entry \"" + name + "\" is not an object");
+        const auto& fields = info.object();
+        auto field = [&](const char* key) -> const json::Value& {
+            auto it = fields.find(key);
+            if (it == fields.end()) throw user_error(where, "entry \"" + name + "\" has no " + key);
+            return it->second;
+        };
+        const json::Value& dtype = field("dtype");
+        const json::Value& shape = field("shape");
+        const json::Value& offsets = field("data_offsets");
+        if (!dtype.is_string() || !shape.is_array() || !offsets.is_array() || offsets.array().size() != 2)
+            throw user_error(where, "entry \"" + name + "\" is malformed");
+        std::vector<std::int64_t> dims;
+        for (auto& d : shape.array()) {
+            if (!d.is_number() || d.number() < 0 || d.number() > 1e12) throw user_error(where, "entry \"" + name + "\" has a bad shape");
+            dims.push_back(std::int64_t(d.number()));
+        }
+        if (dims != e->dims)
+            throw user_error(where, "tensor \"" + name + "\" has shape " + dims_str(dims) + " but the model expects " +
+                                        dims_str(e->dims),
+                             "was it saved from another architecture or number of classes?");
+        const std::string& type = dtype.string();
+        const std::size_t width = type == "F32" ? 4 : type == "I64" ? 8 : 0;
+        if (!width || (type == "I64" && e->role != layers::Role::num_batches_tracked))
+            throw user_error(where, "tensor \"" + name + "\" has dtype " + type + "; tessera reads F32 weights",
+                             "save the model in float32 (model.float()) before save_file");
+        for (auto& o : offsets.array())
+            if (!o.is_number() || o.number() < 0) throw user_error(where, "entry \"" + name + "\" has bad data_offsets");
+        const std::uint64_t begin = std::uint64_t(offsets.array()[0].number());
+        const std::uint64_t end = std::uint64_t(offsets.array()[1].number());
+        if (end < begin || end > data_size || end - begin != e->size * width)
+            throw user_error(where, "tensor \"" + name + "\" has data_offsets [" + std::to_string(begin) + ", " +
+                                        std::to_string(end) + "] that do not fit its shape or the file",
+                             "the file is truncated or corrupt");
+        bytes.resize(end - begin);
+        in.seekg(std::streamoff(8 + header_length + begin));
+        if (!in.read(bytes.data(), std::streamsize(bytes.size()))) throw user_error(where, "the file is truncated");
+
+        float* target = (is_buffer ? buffers.data() : values.data()) + e->offset;
+        if (type == "I64") {
+            std::int64_t count;
+            std::memcpy(&count, bytes.data(), 8);
+            *target = float(count);
+        } else if (e->role == layers::Role::conv_weight) {
+            scratch.resize(e->size);
+            std::memcpy(scratch.data(), bytes.data(), bytes.size());
+            oihw_to_ohwi(scratch.data(), target, e->dims);
+        } else {
+            std::memcpy(target, bytes.data(), bytes.size());
+        }
+        seen.push_back(name);
+    }
+    std::sort(seen.begin(), seen.end());
+    std::string missing;
+    for (auto* group : {&store.params, &store.buffer_entries})
+        for (auto& e : *group)
+            if (!std::binary_search(seen.begin(), seen.end(), e.name)) missing += (missing.empty() ? "" : ", ") + e.name;
+    if (!missing.empty())
+        throw user_error(where, "the checkpoint lacks " + missing, "was it saved from another architecture?");
+    std::copy(values.begin(), values.end(), store.values.begin());  // layers point into these buffers
+    std::copy(buffers.begin(), buffers.end(), store.buffers.begin());
+}
+
+}  // namespace tessera::checkpoint

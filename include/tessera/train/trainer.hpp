@@ -1,0 +1,153 @@
+#pragma once
+// Trainer: the training loop. Next batch, forward, loss, backward, step, log; validate every epoch;
+// save the weights. Everything it uses arrives from outside: the network, the plugins, the context.
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <vector>
+
+#include "tessera/models/network.hpp"
+#include "tessera/plugin/api.hpp"
+#include "tessera/train/checkpoint.hpp"
+#include "tessera/train/metrics.hpp"
+
+namespace tessera::train {
+
+struct TrainConfig {
+    int epochs = 1;
+    int batch_size = 128;
+    float label_smoothing = 0;
+    std::uint64_t seed = 0;
+    int checkpoint_every = 1;  // epochs
+    std::filesystem::path run_dir;
+};
+
+struct Evaluation {
+    double loss = 0, top1 = 0, top5 = 0;
+};
+
+/// The trainable parameters as the optimizer plugins see them.
+inline plugin::Parameters optimizer_view(models::ParamStore& store) {
+    plugin::Parameters p{store.values.data(), store.grads.data(), store.values.size(), {}};
+    for (auto& e : store.params) p.tensors.push_back({e.name, layers::role_name(e.role), e.offset, e.size});
+    return p;
+}
+
+template <class B>
+class Trainer {
+public:
+    using Context = typename B::Context;
+
+    Trainer(Context& ctx, models::Network<B>& net, plugin::DataSource& data, plugin::Optimizer& optimizer,
+            const plugin::Scheduler& scheduler, std::vector<std::shared_ptr<plugin::Logger>> loggers, TrainConfig config)
+        : ctx_(ctx), net_(net), data_(data), optimizer_(optimizer), scheduler_(scheduler), loggers_(std::move(loggers)),
+          config_(std::move(config)), info_(data.info()) {
+        for (std::size_t c = 0; c < info_.mean.size(); ++c) {
+            mean_.push_back(float(info_.mean[c]));
+            inv_std_.push_back(float(1.0 / info_.std[c]));
+        }
+    }
+
+    std::int64_t steps_per_epoch() const { return data_.num_batches(plugin::Split::train, plan(1, plugin::Split::train)); }
+
+    /// Trains for the configured epochs; returns the last epoch's figures.
+    plugin::EpochStats fit() {
+        const plugin::Clock base{0, steps_per_epoch() * config_.epochs, steps_per_epoch()};
+        plugin::Clock clock = base;
+        plugin::Parameters params = optimizer_view(net_.params());
+        plugin::EpochStats stats;
+        for (int epoch = 1; epoch <= config_.epochs; ++epoch) {
+            const auto start = std::chrono::steady_clock::now();
+            Meter meter;
+            data_.start_epoch(plugin::Split::train, plan(epoch, plugin::Split::train));
+            while (data_.next(batch_)) {
+                const double lr = scheduler_.lr(clock);
+                const auto loss = train_step(lr, params);
+                meter.add(loss.loss, loss.top1, loss.top5, batch_.count);
+                ++clock.step;
+                log_step(epoch, clock.step - (epoch - 1) * clock.steps_per_epoch, clock.steps_per_epoch, meter, lr, start);
+                stats.lr = lr;
+            }
+            const double seconds = seconds_since(start);
+            const Evaluation val = evaluate();
+            stats = {epoch, config_.epochs, stats.lr, meter.loss(), meter.top1_rate(), val.loss, val.top1, val.top5,
+                     double(meter.count) / seconds, seconds_since(start)};
+            for (auto& l : loggers_) l->on_epoch(stats);
+            if (epoch % config_.checkpoint_every == 0 || epoch == config_.epochs) save_weights();
+        }
+        return stats;
+    }
+
+    /// One optimizer step on the current batch.
+    auto train_step(double lr, const plugin::Parameters& params) {
+        ctx_.arena.reset();
+        ctx_.training = true;
+        net_.params().zero_grad();
+        const Tensor logits = net_.forward(ctx_, input(batch_));
+        const Tensor dlogits = ctx_.arena.tensor(logits.shape);
+        const auto loss = B::softmax_cross_entropy(ctx_, logits, batch_.labels.data(), config_.label_smoothing, dlogits.data);
+        net_.backward(ctx_, dlogits);
+        optimizer_.step(params, lr);
+        return loss;
+    }
+
+    /// Loss (without label smoothing), top-1 and top-5 on the validation split, in eval mode.
+    Evaluation evaluate() {
+        Meter meter;
+        data_.start_epoch(plugin::Split::val, plan(0, plugin::Split::val));
+        ctx_.training = false;
+        while (data_.next(batch_)) {
+            ctx_.arena.reset();
+            const Tensor logits = net_.forward(ctx_, input(batch_));
+            const auto loss = B::softmax_cross_entropy(ctx_, logits, batch_.labels.data(), 0.f, nullptr);
+            meter.add(loss.loss, loss.top1, loss.top5, batch_.count);
+        }
+        ctx_.training = true;
+        return {meter.loss(), meter.top1_rate(), meter.top5_rate()};
+    }
+
+    plugin::Batch& batch() { return batch_; }
+
+private:
+    plugin::EpochPlan plan(int epoch, plugin::Split split) const {
+        plugin::EpochPlan p;
+        p.epoch = epoch;
+        p.seed = config_.seed;
+        p.batch_size = config_.batch_size;
+        p.drop_last = split == plugin::Split::train;  // full batches keep BatchNorm's statistics sound
+        return p;
+    }
+
+    Tensor input(const plugin::Batch& b) {  // (N, H, W, C), normalised
+        Tensor x = ctx_.arena.tensor({b.count, b.height, b.width, b.channels});
+        B::normalize_images(ctx_, b.pixels.data(), mean_.data(), inv_std_.data(), x);
+        return x;
+    }
+
+    void log_step(int epoch, std::int64_t step, std::int64_t steps, const Meter& meter, double lr,
+                  std::chrono::steady_clock::time_point start) {
+        const double elapsed = seconds_since(start);
+        const plugin::StepStats s{epoch, step, steps, meter.loss(), meter.top1_rate(), lr, double(meter.count) / elapsed,
+                                  elapsed, elapsed / double(step) * double(steps - step)};
+        for (auto& l : loggers_) l->on_step(s);
+    }
+
+    void save_weights() { checkpoint::save(net_.params(), config_.run_dir / "last.safetensors", {{"arch", net_.arch()}}); }
+
+    static double seconds_since(std::chrono::steady_clock::time_point t) {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+    }
+
+    Context& ctx_;
+    models::Network<B>& net_;
+    plugin::DataSource& data_;
+    plugin::Optimizer& optimizer_;
+    const plugin::Scheduler& scheduler_;
+    std::vector<std::shared_ptr<plugin::Logger>> loggers_;
+    TrainConfig config_;
+    plugin::DatasetInfo info_;
+    std::vector<float> mean_, inv_std_;
+    plugin::Batch batch_;
+};
+
+}  // namespace tessera::train

@@ -1,0 +1,61 @@
+// sgd: stochastic gradient descent with momentum, as torch.optim.SGD (dampening 0):
+//   g = grad + weight_decay * w          (no decay for BN and biases if no_decay_bn_bias)
+//   v = momentum * v + g
+//   w -= lr * (nesterov ? g + momentum * v : v)
+#include <vector>
+
+#include "tessera/plugin/api.hpp"
+
+namespace {
+
+using namespace tessera::plugin;
+
+class Sgd final : public Optimizer {
+public:
+    explicit Sgd(const Options& o)
+        : momentum_(o.number("momentum")), weight_decay_(o.number("weight_decay")), nesterov_(o.flag("nesterov")),
+          no_decay_bn_bias_(o.flag("no_decay_bn_bias")) {
+        if (nesterov_ && momentum_ <= 0)
+            throw tessera::user_error("optimizer sgd", "nesterov needs a positive momentum");
+    }
+
+    void step(const Parameters& p, double lr) override {
+        if (velocity_.size() != p.count) {
+            velocity_.assign(p.count, 0.f);
+            decay_.assign(p.count, 0.f);
+            for (auto& t : p.tensors) {
+                const bool exempt = no_decay_bn_bias_ && (t.role == "bn_weight" || t.role == "bn_bias" || t.role == "linear_bias");
+                std::fill(decay_.begin() + t.offset, decay_.begin() + t.offset + t.size, exempt ? 0.f : float(weight_decay_));
+            }
+        }
+        const float m = float(momentum_), rate = float(lr);
+        float* w = p.values;
+        const float* grad = p.grads;
+        float* v = velocity_.data();
+        const float* decay = decay_.data();
+        for (std::size_t i = 0; i < p.count; ++i) {
+            const float g = grad[i] + decay[i] * w[i];
+            v[i] = m * v[i] + g;
+            w[i] -= rate * (nesterov_ ? g + m * v[i] : v[i]);
+        }
+    }
+
+private:
+    double momentum_, weight_decay_;
+    bool nesterov_, no_decay_bn_bias_;
+    std::vector<float> velocity_, decay_;  // decay_: the weight decay of each parameter
+};
+
+Info info() {
+    return {"", "sgd", "SGD with momentum (torch.optim.SGD semantics)",
+            {{"momentum", 0.9, "momentum factor"},
+             {"weight_decay", 1e-4, "L2 penalty added to the gradient"},
+             {"nesterov", false, "Nesterov momentum"},
+             {"no_decay_bn_bias", false, "no weight decay for BatchNorm parameters and biases"}}};
+}
+
+std::unique_ptr<Optimizer> create(const Options& o) { return std::make_unique<Sgd>(o); }
+
+}  // namespace
+
+TESSERA_PLUGIN(Optimizer, info, create)

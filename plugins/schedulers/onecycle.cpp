@@ -1,0 +1,52 @@
+// onecycle: torch.optim.lr_scheduler.OneCycleLR (two phases, cosine annealing), stepped per batch:
+// from max_lr / div_factor up to max_lr over the first pct_start of the steps, then down to
+// max_lr / div_factor / final_div_factor at the last step. Momentum is not cycled.
+#include <cmath>
+#include <numbers>
+
+#include "tessera/plugin/api.hpp"
+
+namespace {
+
+using namespace tessera::plugin;
+
+double cosine_anneal(double start, double end, double pct) {
+    return end + (start - end) / 2.0 * (std::cos(std::numbers::pi * pct) + 1);
+}
+
+class OneCycle final : public Scheduler {
+public:
+    explicit OneCycle(const Options& o)
+        : max_lr_(o.number("max_lr")), pct_start_(o.number("pct_start")), div_factor_(o.number("div_factor")),
+          final_div_factor_(o.number("final_div_factor")) {
+        if (pct_start_ <= 0 || pct_start_ >= 1)
+            throw tessera::user_error("scheduler onecycle", "pct_start must be between 0 and 1 (exclusive)");
+        if (max_lr_ <= 0 || div_factor_ <= 0 || final_div_factor_ <= 0)
+            throw tessera::user_error("scheduler onecycle", "max_lr, div_factor and final_div_factor must be positive");
+    }
+
+    double lr(const Clock& c) const override {
+        const double initial = max_lr_ / div_factor_, min_lr = initial / final_div_factor_;
+        const double step = double(c.step);
+        const double warm_end = pct_start_ * double(c.total_steps) - 1, last = double(c.total_steps) - 1;
+        if (step <= warm_end) return cosine_anneal(initial, max_lr_, warm_end > 0 ? step / warm_end : 1.0);
+        return cosine_anneal(max_lr_, min_lr, last > warm_end ? (step - warm_end) / (last - warm_end) : 1.0);
+    }
+
+private:
+    double max_lr_, pct_start_, div_factor_, final_div_factor_;
+};
+
+Info info() {
+    return {"", "onecycle", "OneCycleLR: cosine warm-up to max_lr, then cosine annealing (per batch)",
+            {{"max_lr", 0.1, "the peak learning rate"},
+             {"pct_start", 0.3, "fraction of the steps spent rising"},
+             {"div_factor", 25.0, "initial lr = max_lr / div_factor"},
+             {"final_div_factor", 1e4, "final lr = initial lr / final_div_factor"}}};
+}
+
+std::unique_ptr<Scheduler> create(const Options& o) { return std::make_unique<OneCycle>(o); }
+
+}  // namespace
+
+TESSERA_PLUGIN(Scheduler, info, create)

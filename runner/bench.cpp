@@ -1,0 +1,78 @@
+// runner bench: training-step throughput on synthetic data (forward, loss, backward, SGD step).
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "runner.hpp"
+#include "tessera/plugin/registry.hpp"
+#include "tessera/train/trainer.hpp"
+
+namespace tessera::runner {
+
+namespace {
+/// The process's peak resident memory (VmHWM), in bytes.
+std::size_t peak_resident_bytes() {
+    std::ifstream status("/proc/self/status");
+    std::string line;
+    while (std::getline(status, line))
+        if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+    return 0;
+}
+}  // namespace
+
+int bench(const std::vector<std::string>& raw) {
+    Args args(raw, {"json"}, {"arch", "batch", "image-size", "device", "threads", "steps", "warmup", "num-classes"});
+    const std::string arch = args.value("arch").value_or("resnet50");
+    const int batch = args.integer("batch", 32), image = args.integer("image-size", 224), steps = args.integer("steps", 5);
+    const int warmup = args.integer("warmup", 1, 0), classes = args.integer("num-classes", 1000), threads = thread_count(args);
+    const std::string device = args.value("device").value_or("cpu");
+    if (device != "cpu") throw user_error("--device " + device, "is not available in this build", "use --device cpu");
+
+    plugin::Registry registry;
+    auto find = [&](const char* kind, const char* name) {
+        const auto* e = registry.find(kind, name);
+        if (!e) throw user_error("runner bench", std::string("needs the ") + name + " plugin, which was not found",
+                                 "set TESSERA_PLUGIN_PATH to the folder of tessera's plugins");
+        return e;
+    };
+    const std::int64_t images = std::int64_t(batch) * (steps + warmup);
+    auto data = registry.create<plugin::DataSource>(*find("data", "synthetic"), plugin::Options({
+        {"image_size", std::int64_t(image)}, {"channels", std::int64_t(3)}, {"num_classes", std::int64_t(classes)},
+        {"train_size", images}, {"val_size", std::int64_t(0)}}));
+    auto sgd = registry.create<plugin::Optimizer>(*find("optimizer", "sgd"), plugin::Options({
+        {"momentum", 0.9}, {"weight_decay", 1e-4}, {"nesterov", false}, {"no_decay_bn_bias", false}}));
+    auto constant = registry.create<plugin::Scheduler>(*find("scheduler", "constant"), plugin::Options({{"lr", 0.01}}));
+
+    auto net = make_cpu_network(arch, classes, 3);
+    net->init(0, {});
+    cpu::Context ctx(threads);
+    train::Trainer<cpu::Backend> trainer(ctx, *net, *data, *sgd, *constant, {}, {1, batch, 0.f, 0, 1, {}});
+    const plugin::Parameters params = train::optimizer_view(net->params());
+    plugin::EpochPlan plan;
+    plan.batch_size = batch;
+    plan.drop_last = true;
+    data->start_epoch(plugin::Split::train, plan);
+
+    double timed = 0;
+    for (int s = 0; s < warmup + steps; ++s) {
+        data->next(trainer.batch());
+        const auto t0 = std::chrono::steady_clock::now();
+        trainer.train_step(0.01, params);
+        if (s >= warmup) timed += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    const double img_per_s = double(batch) * steps / timed;
+    const std::size_t peak = peak_resident_bytes();
+    if (args.flag("json")) {
+        std::printf("{\"arch\": \"%s\", \"device\": \"cpu\", \"precision\": \"fp32\", \"batch\": %d, \"image_size\": %d, "
+                    "\"threads\": %d, \"steps\": %d, \"step_s\": %.4f, \"train_img_per_s\": %.3f, \"peak_mem_bytes\": %zu, "
+                    "\"arena_bytes\": %zu}\n",
+                    arch.c_str(), batch, image, threads, steps, timed / steps, img_per_s, peak, ctx.arena.capacity_bytes());
+    } else {
+        std::printf("%s, batch %d, %dx%d, cpu fp32, %d threads: %.3f s/step, %.2f img/s, peak memory %.2f GiB\n", arch.c_str(),
+                    batch, image, image, threads, timed / steps, img_per_s, peak / double(1u << 30));
+    }
+    return 0;
+}
+
+}  // namespace tessera::runner

@@ -1,0 +1,54 @@
+// runner: train from a recipe, inspect a network, list plugins, time a training step.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "runner.hpp"
+#include "tessera/core/error.hpp"
+
+namespace {
+
+constexpr const char* usage = R"(usage: runner RECIPE [--set section.key=value]... [--threads T]
+       runner train RECIPE [--set section.key=value]... [--threads T]
+       runner info ARCH [--num-classes N] [--image-size S] [--in-channels C]
+       runner plugins
+       runner bench --arch A --batch B --image-size S [--device cpu] [--threads T] [--steps K] [--json]
+
+Recipes: see recipes/quickstart.toml and the README. Exit codes: 0 done, 2 a mistake in what was
+given (the message says what to change), 1 an internal error.
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::vector<std::string> args(argv + 1, argv + argc);
+    if (args.empty() || args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+        std::fputs(usage, args.empty() ? stderr : stdout);
+        return args.empty() ? 2 : 0;
+    }
+    const std::string verb = args[0];
+    const std::vector<std::string> rest(args.begin() + 1, args.end());
+    try {
+        if (verb == "train") return tessera::runner::train(rest);
+        if (verb == "info") return tessera::runner::info(rest);
+        if (verb == "plugins") return tessera::runner::plugins(rest);
+        if (verb == "bench") return tessera::runner::bench(rest);
+        if (verb.size() > 5 && verb.substr(verb.size() - 5) == ".toml") return tessera::runner::train(args);
+        std::fprintf(stderr, "error: unknown command '%s'\n\n%s", verb.c_str(), usage);
+        return 2;
+    } catch (const tessera::Error& e) {
+        std::fflush(stdout);
+        std::fprintf(stderr, "\nerror: %s\n", e.what());
+        return e.is_user_error() ? 2 : 1;
+    } catch (const std::bad_alloc&) {
+        std::fflush(stdout);
+        std::fprintf(stderr, "\nerror: out of memory\n  hint: use a smaller batch_size or image size\n");
+        return 2;
+    } catch (const std::exception& e) {
+        std::fflush(stdout);
+        std::fprintf(stderr, "\nerror (internal): %s\n", e.what());
+        return 1;
+    }
+}
