@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "runner.hpp"
+#include "tessera/backend/cpu/gemm.hpp"
 #include "tessera/core/error.hpp"
 
 namespace {
@@ -23,6 +24,7 @@ given (the message says what to change), 1 an internal error.
 }  // namespace
 
 int main(int argc, char** argv) {
+    tessera::cpu::select_gemm_kernels(argv);
     std::vector<std::string> args(argv + 1, argv + argc);
     if (args.empty() || args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
         std::fputs(usage, args.empty() ? stderr : stdout);

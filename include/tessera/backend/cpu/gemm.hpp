@@ -4,11 +4,31 @@
 // here, called directly (not through EIGEN_USE_BLAS) so each call states its transposes and strides.
 #include <cblas.h>
 
+#include <unistd.h>
+
 #include <cstddef>
+#include <cstdlib>
+#include <cstring>
 
 namespace tessera::cpu {
 
-inline void set_gemm_threads(int threads) { openblas_set_num_threads(threads); }
+/// OpenBLAS runs single-threaded: conv and the other callers split the batch over tessera's own
+/// threads, which for ResNet's narrow layers is much faster than OpenBLAS threads contending for
+/// the same cores.
+inline void set_gemm_threads(int) { openblas_set_num_threads(1); }
+
+/// Debian's OpenBLAS 0.3.21 does not recognise some recent Xeons and falls back to its SSE3
+/// ("Prescott") kernels, three times slower than the AVX2/AVX-512 ones the CPU can run. OpenBLAS
+/// picks its kernels when it is loaded, before main(), from OPENBLAS_CORETYPE; so if it picked
+/// Prescott on a CPU with AVX2, this sets the variable and runs the program again. Call it first
+/// thing in main(); it returns normally when there is nothing to do (or the re-run fails).
+inline void select_gemm_kernels(char** argv) {
+    if (std::getenv("OPENBLAS_CORETYPE") || std::strcmp(openblas_get_corename(), "Prescott") != 0) return;
+    const char* core = __builtin_cpu_supports("avx512f") ? "SkylakeX" : __builtin_cpu_supports("avx2") ? "Haswell" : nullptr;
+    if (!core) return;
+    setenv("OPENBLAS_CORETYPE", core, 1);
+    execv("/proc/self/exe", argv);
+}
 
 /// C (m x n) = alpha * op(A) (m x k) * op(B) (k x n) + beta * C, all row-major.
 inline void gemm(bool trans_a, bool trans_b, std::size_t m, std::size_t n, std::size_t k, float alpha,
