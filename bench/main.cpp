@@ -1,0 +1,12 @@
+#include <benchmark/benchmark.h>
+
+#include "tessera/backend/cpu/gemm.hpp"
+
+int main(int argc, char** argv) {
+    tessera::cpu::select_gemm_kernels(argv);
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}

@@ -1,0 +1,95 @@
+// safetensors: round trip, refusal of damaged files, and interchange with PyTorch in both directions.
+#include <fstream>
+
+#include "helpers.hpp"
+#include "tessera/models/zoo.hpp"
+#include "tessera/train/checkpoint.hpp"
+
+namespace tessera::test {
+namespace {
+
+using Net = models::Network<cpu::Backend>;
+
+std::unique_ptr<Net> make(const std::string& arch, int classes, std::uint64_t seed) {
+    auto net = models::make_network<cpu::Backend>(arch, {classes, 3});
+    net->init(seed, {});
+    return net;
+}
+
+TEST(Checkpoint, RoundTripRestoresEveryTensor) {
+    TempDir dir;
+    auto a = make("resnet20", 10, 1), b = make("resnet20", 10, 2);
+    a->params().buffers[a->params().buffer_entries[0].offset] = 0.25f;  // a running mean
+    a->params().buffers[a->params().buffer_entries[2].offset] = 17.f;   // num_batches_tracked
+    checkpoint::save(a->params(), dir / "w.safetensors");
+    EXPECT_FALSE(fs::exists(dir / "w.safetensors.tmp"));
+    ASSERT_NE(a->params().values, b->params().values);
+    checkpoint::load(b->params(), dir / "w.safetensors");
+    EXPECT_EQ(a->params().values, b->params().values);
+    EXPECT_EQ(a->params().buffers, b->params().buffers);
+}
+
+TEST(Checkpoint, DamagedOrMismatchedFilesAreRefusedAndChangeNothing) {
+    TempDir dir;
+    auto a = make("resnet20", 10, 1), b = make("resnet20", 10, 2), other = make("resnet20", 100, 3);
+    checkpoint::save(a->params(), dir / "w.safetensors");
+    checkpoint::save(other->params(), dir / "other.safetensors");
+    const auto bytes = fs::file_size(dir / "w.safetensors");
+    fs::copy_file(dir / "w.safetensors", dir / "short.safetensors");
+    fs::resize_file(dir / "short.safetensors", bytes - 100);
+    std::ofstream(dir / "garbage.safetensors") << "this is not a safetensors file at all";
+    std::ofstream(dir / "huge.safetensors", std::ios::binary).write("\xff\xff\xff\xff\xff\xff\xff\x7f{}", 10);
+    const auto before = b->params().values;
+    for (const char* name : {"short.safetensors", "garbage.safetensors", "huge.safetensors", "other.safetensors", "missing.safetensors"}) {
+        try {
+            checkpoint::load(b->params(), dir / name);
+            ADD_FAILURE() << name << " loaded";
+        } catch (const Error& e) {
+            EXPECT_TRUE(e.is_user_error()) << e.what();
+            EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+        }
+        EXPECT_EQ(b->params().values, before) << name;
+    }
+}
+
+// PyTorch (Debian's python3-torch) writes a torchvision ResNet's state_dict, an input batch and its
+// logits; tessera loads the weights and must give the same logits, in eval and in training mode.
+// Then tessera writes its weights and PyTorch loads them with strict=True.
+TEST(Checkpoint, InterchangeWithPyTorch) {
+    const fs::path script = source_root() / "tests" / "torch_interchange.py";
+    if (std::system("/usr/bin/python3 -c 'import torch, torchvision' >/dev/null 2>&1") != 0)
+        GTEST_SKIP() << "PyTorch is not installed (apt install python3-torch python3-torchvision); scripts/test installs it";
+    TempDir dir;
+    for (const char* arch : {"resnet18", "resnet50"}) {
+        const fs::path folder = dir / arch;
+        fs::create_directories(folder);
+        ASSERT_EQ(std::system(("/usr/bin/python3 '" + script.string() + "' export " + arch + " '" + folder.string() + "'").c_str()), 0);
+        auto net = models::make_network<cpu::Backend>(arch, {1000, 3});
+        checkpoint::load(net->params(), folder / "weights.safetensors");
+        checkpoint::save(net->params(), folder / "from_tessera.safetensors");  // before training mode moves the statistics
+        std::ifstream meta(folder / "shape.txt");
+        int n, h, w, c;
+        meta >> n >> h >> w >> c;
+        std::vector<float> x(std::size_t(n) * h * w * c), eval_logits(n * 1000), train_logits(n * 1000);
+        std::ifstream(folder / "input.f32", std::ios::binary).read(reinterpret_cast<char*>(x.data()), x.size() * 4);
+        std::ifstream(folder / "logits_eval.f32", std::ios::binary).read(reinterpret_cast<char*>(eval_logits.data()), eval_logits.size() * 4);
+        std::ifstream(folder / "logits_train.f32", std::ios::binary).read(reinterpret_cast<char*>(train_logits.data()), train_logits.size() * 4);
+        cpu::Context ctx(2);
+        for (bool training : {false, true}) {
+            ctx.arena.reset();
+            ctx.training = training;
+            const Tensor y = net->forward(ctx, Tensor{x.data(), {n, h, w, c}});
+            const auto& expected = training ? train_logits : eval_logits;
+            double worst = 0, scale = 0;
+            for (std::size_t i = 0; i < expected.size(); ++i) {
+                worst = std::max(worst, double(std::abs(y.data[i] - expected[i])));
+                scale = std::max(scale, double(std::abs(expected[i])));
+            }
+            EXPECT_LT(worst, 1e-3 * std::max(1.0, scale)) << arch << (training ? " train" : " eval") << " max |diff| " << worst;
+        }
+        EXPECT_EQ(std::system(("/usr/bin/python3 '" + script.string() + "' import " + arch + " '" + folder.string() + "'").c_str()), 0);
+    }
+}
+
+}  // namespace
+}  // namespace tessera::test

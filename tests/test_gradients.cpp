@@ -1,0 +1,153 @@
+// Every layer's backward against central finite differences of a random projection of its output,
+// f = sum(y * r), with f accumulated in double. The layers compute in fp32, so the step is 1e-2
+// and the tolerance a few parts in a thousand of the gradient's scale.
+#include <algorithm>
+#include <cmath>
+
+#include "helpers.hpp"
+#include "tessera/backend/cpu/loss.hpp"
+#include "tessera/models/resnet.hpp"
+
+namespace tessera::test {
+namespace {
+
+using namespace tessera::layers;
+
+struct Tolerance {
+    double step = 1e-2, relative = 2e-2, absolute = 2e-3;
+    bool random_parameters = true;  // false: keep the layers' own initialisation (deep networks)
+};
+
+template <class Spec, int In>
+void check_gradients(Shape in, bool training, Tolerance tol = {}, int probes = 24) {
+    Bound<Spec, In> b;
+    Rng rng(7);
+    b.layer.init(rng, {});
+    // Non-trivial parameters and statistics, so every term of every gradient matters.
+    // BN gammas stay away from 0: a BN after one with gamma ~ 0 sees a variance near its eps, where
+    // it curves too sharply for a finite-difference step.
+    for (auto& e : b.store.params) {
+        if (!tol.random_parameters) break;
+        float* v = b.store.values.data() + e.offset;
+        if (e.role == Role::bn_weight)
+            for (std::size_t i = 0; i < e.size; ++i) v[i] = float((rng.coin() ? 1 : -1) * rng.uniform(0.5, 1.5));
+        else fill_normal(v, e.size, rng, e.role == Role::conv_weight ? 0.3 : 0.7);
+    }
+    for (auto& e : b.store.buffer_entries) {
+        float* v = b.store.buffers.data() + e.offset;
+        for (std::size_t i = 0; i < e.size; ++i)
+            v[i] = e.role == Role::running_var ? float(0.5 + rng.uniform()) : e.role == Role::running_mean ? float(0.2 * rng.normal()) : 0.f;
+    }
+    cpu::Context ctx(2);
+    ctx.training = training;
+    // Inputs spread apart (a shuffled ramp, away from 0) so max-pool winners and ReLU signs do not
+    // flip under the probe step.
+    std::vector<float> x(in.size());
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(-2.0 + 4.0 * (i + 0.5) / x.size());
+    for (std::size_t i = x.size(); i > 1; --i) std::swap(x[i - 1], x[rng.below(i)]);
+    const Shape out = b.layer.output_shape(in);
+    std::vector<float> r(out.size());
+    fill_normal(r.data(), r.size(), rng);
+
+    auto f = [&] {
+        ctx.arena.reset();
+        const Tensor y = b.layer.forward(ctx, Tensor{x.data(), in});
+        EXPECT_EQ(y.shape, out);
+        double s = 0;
+        for (std::size_t i = 0; i < y.size(); ++i) s += double(y.data[i]) * r[i];
+        return s;
+    };
+    f();
+    b.store.zero_grad();
+    const Tensor dx_tensor = b.layer.backward(ctx, Tensor{r.data(), out});
+    ASSERT_NE(dx_tensor.data, nullptr);
+    const std::vector<float> dx(dx_tensor.data, dx_tensor.data + dx_tensor.size());
+    const std::vector<float> grads = b.store.grads;
+
+    // A probe that straddles a kink (a ReLU input or a max-pool winner changing under the step) says
+    // nothing about backward: central differences at step h and h/2 then disagree, where for a
+    // smooth function they agree to O(h^2). Such probes are skipped and counted.
+    int checked = 0, kinks = 0;
+    auto slope = [&](float& coordinate, double step) {
+        const float saved = coordinate;
+        coordinate = saved + float(step);
+        const double plus = f();
+        coordinate = saved - float(step);
+        const double minus = f();
+        coordinate = saved;
+        return (plus - minus) / (2 * step);
+    };
+    auto expect_close = [&](double analytic, float& coordinate, const std::string& what) {
+        const double coarse = slope(coordinate, tol.step), fine = slope(coordinate, tol.step / 2);
+        const double allowed = tol.absolute + tol.relative * std::max(std::abs(analytic), std::abs(fine));
+        if (std::abs(coarse - fine) > allowed / 2) {
+            ++kinks;
+            return;
+        }
+        ++checked;
+        EXPECT_NEAR(analytic, fine, allowed) << what;
+    };
+    for (int p = 0; p < probes; ++p) {
+        const std::size_t i = rng.below(x.size());
+        expect_close(dx[i], x[i], "dx[" + std::to_string(i) + "]");
+    }
+    for (auto& e : b.store.params) {
+        for (int p = 0; p < std::min<int>(probes, int(e.size)); ++p) {
+            const std::size_t i = e.offset + rng.below(e.size);
+            expect_close(grads[i], b.store.values[i], e.name + "[" + std::to_string(i - e.offset) + "]");
+        }
+    }
+    EXPECT_LE(kinks * 10, checked) << kinks << " probes hit kinks, " << checked << " were checked";
+}
+
+TEST(Gradients, Conv3x3) { check_gradients<Conv<5, 3>, 3>({2, 6, 5, 3}, true); }
+TEST(Gradients, Conv3x3Stride2) { check_gradients<Conv<4, 3, 2>, 3>({2, 7, 6, 3}, true); }
+TEST(Gradients, Conv1x1) { check_gradients<Conv<6, 1>, 4>({2, 4, 4, 4}, true); }
+TEST(Gradients, Conv1x1Stride2) { check_gradients<Conv<3, 1, 2>, 4>({2, 5, 5, 4}, true); }
+TEST(Gradients, Conv7x7Stride2) { check_gradients<Conv<4, 7, 2>, 3>({1, 9, 9, 3}, true); }
+TEST(Gradients, BatchNormTraining) { check_gradients<BatchNorm<>, 5>({3, 4, 3, 5}, true); }
+TEST(Gradients, BatchNormEval) { check_gradients<BatchNorm<>, 5>({3, 4, 3, 5}, false); }
+TEST(Gradients, ReLU) { check_gradients<ReLU, 4>({2, 3, 3, 4}, true); }
+TEST(Gradients, MaxPool) { check_gradients<MaxPool<3, 2>, 3>({2, 7, 7, 3}, true); }
+TEST(Gradients, GlobalAvgPool) { check_gradients<GlobalAvgPool, 6>({3, 4, 5, 6}, true); }
+TEST(Gradients, Linear) { check_gradients<Linear<7>, 6>({4, 1, 1, 6}, true); }
+TEST(Gradients, ResidualIdentity) {
+    check_gradients<Residual<Seq<Conv<4, 3>, BatchNorm<>>, Projection<4, 1>>, 4>({2, 5, 5, 4}, true);
+}
+TEST(Gradients, ResidualProjection) {
+    check_gradients<Residual<Seq<Conv<6, 3, 2>, BatchNorm<>>, Projection<6, 2>>, 4>({2, 6, 6, 4}, true);
+}
+// Blocks with ReLUs after BatchNorm: BN puts many ReLU inputs near 0, so the step is smaller to
+// keep them from changing sign under the probe.
+constexpr Tolerance through_relus{1e-3, 2e-2, 3e-3};
+TEST(Gradients, BasicBlockInSeq) { check_gradients<models::BasicBlock<4, 1>, 4>({2, 4, 4, 4}, true, through_relus); }
+TEST(Gradients, BottleneckDownsampling) { check_gradients<models::Bottleneck<8, 2>, 4>({2, 6, 6, 4}, true, through_relus); }
+TEST(Gradients, RepeatedBlocks) { check_gradients<Repeat<2, models::BasicBlock<3, 1>>, 3>({2, 4, 4, 3}, false, through_relus); }
+// The whole network in eval mode: training-mode BatchNorm over its 2x2 last stage bends too sharply
+// for finite differences; the blocks above check training mode.
+TEST(Gradients, WholeSmallResNet) {
+    check_gradients<models::CifarResNet<1>, 3>({2, 8, 8, 3}, false, {1e-3, 2e-2, 3e-3, false}, 12);
+}
+
+// Softmax cross-entropy with label smoothing, against finite differences of its own loss (in double).
+TEST(Gradients, SoftmaxCrossEntropyWithLabelSmoothing) {
+    Rng rng(3);
+    const int n = 4, k = 7;
+    std::vector<float> z(n * k), dz(n * k);
+    fill_normal(z.data(), z.size(), rng, 2.0);
+    const std::vector<std::int32_t> labels = {0, 3, 6, 2};
+    const Tensor logits{z.data(), {n, 1, 1, k}};
+    cpu::softmax_cross_entropy(logits, labels.data(), 0.1f, dz.data());
+    for (std::size_t i = 0; i < z.size(); ++i) {
+        const float saved = z[i];
+        z[i] = saved + 1e-3f;
+        const double plus = cpu::softmax_cross_entropy(logits, labels.data(), 0.1f, nullptr).loss;
+        z[i] = saved - 1e-3f;
+        const double minus = cpu::softmax_cross_entropy(logits, labels.data(), 0.1f, nullptr).loss;
+        z[i] = saved;
+        EXPECT_NEAR(dz[i], (plus - minus) / 2e-3, 1e-4) << i;
+    }
+}
+
+}  // namespace
+}  // namespace tessera::test

@@ -1,0 +1,106 @@
+// The model family: parameter counts, torchvision's names, BatchNorm's two modes, initialisation.
+#include <cmath>
+
+#include "helpers.hpp"
+#include "tessera/models/resnet.hpp"
+#include "tessera/models/zoo.hpp"
+
+namespace tessera::test {
+namespace {
+
+using Net = models::Network<cpu::Backend>;
+
+std::unique_ptr<Net> make(const std::string& arch, int classes = 1000, int channels = 3) {
+    return models::make_network<cpu::Backend>(arch, {classes, channels});
+}
+
+TEST(Models, ParameterCountsEqualTorchvision) {
+    const std::pair<const char*, std::size_t> expected[] = {
+        {"resnet18", 11'689'512}, {"resnet34", 21'797'672}, {"resnet50", 25'557'032}, {"resnet101", 44'549'160}, {"resnet152", 60'192'808}};
+    for (auto& [arch, count] : expected) EXPECT_EQ(make(arch)->params().values.size(), count) << arch;
+    // ResNet-20 for CIFAR-10: 0.27 M (He et al. 2016, table 6).
+    EXPECT_EQ(make("resnet20", 10)->params().values.size(), std::size_t(layers::param_count<models::ResNet20, 3, 10>));
+    EXPECT_NEAR(double(make("resnet20", 10)->params().values.size()), 0.27e6, 0.01e6);
+}
+
+TEST(Models, NamesFollowTorchvisionStateDict) {
+    auto net = make("resnet50");
+    std::vector<std::string> names;
+    for (auto& e : net->params().params) names.push_back(e.name);
+    for (auto& e : net->params().buffer_entries) names.push_back(e.name);
+    for (const char* expected : {"conv1.weight", "bn1.weight", "bn1.running_var", "layer1.0.conv1.weight", "layer1.0.bn3.bias",
+                                 "layer1.0.downsample.0.weight", "layer1.0.downsample.1.running_mean",
+                                 "layer2.3.conv2.weight", "layer3.5.bn2.num_batches_tracked", "layer4.2.conv3.weight",
+                                 "fc.weight", "fc.bias"})
+        EXPECT_NE(std::find(names.begin(), names.end(), expected), names.end()) << expected;
+    // 161 parameters and 53 x 3 BatchNorm buffers, as resnet50().state_dict() has (320 entries).
+    EXPECT_EQ(net->params().params.size() + net->params().buffer_entries.size(), 320u);
+    EXPECT_EQ(std::find(names.begin(), names.end(), "layer1.1.downsample.0.weight"), names.end());
+}
+
+TEST(Models, SmallStemKeepsResolution) {
+    auto net = make("resnet18_small", 10);
+    EXPECT_EQ(net->output_shape({2, 32, 32, 3}), (Shape{2, 1, 1, 10}));
+    auto rows = net->describe({1, 32, 32, 3});
+    EXPECT_EQ(rows[0].output, (Shape{1, 32, 32, 64}));
+    EXPECT_EQ(make("resnet50")->describe({1, 224, 224, 3})[3].output, (Shape{1, 56, 56, 64}));
+}
+
+TEST(Models, UnknownArchitectureListsTheKnownOnes) {
+    try {
+        make("resnet51");
+        FAIL() << "no error";
+    } catch (const Error& e) {
+        EXPECT_TRUE(e.is_user_error());
+        EXPECT_NE(std::string(e.what()).find("resnet50"), std::string::npos);
+    }
+}
+
+TEST(Models, KaimingFanOutInitAndZeroInitResidual) {
+    auto net = make("resnet18", 10);
+    net->init(5, {true});
+    auto& store = net->params();
+    for (auto& e : store.params) {
+        const float* v = store.values.data() + e.offset;
+        if (e.name == "layer1.0.conv1.weight") {  // 64 x 3 x 3 fan-out: std = sqrt(2 / 576)
+            double sq = 0;
+            for (std::size_t i = 0; i < e.size; ++i) sq += v[i] * v[i];
+            EXPECT_NEAR(std::sqrt(sq / e.size), std::sqrt(2.0 / 576), 0.003);
+        }
+        if (e.name == "layer1.0.bn2.weight") EXPECT_EQ(*std::max_element(v, v + e.size), 0.f);  // last BN of a block
+        if (e.name == "layer1.0.bn1.weight") EXPECT_EQ(*std::min_element(v, v + e.size), 1.f);
+    }
+}
+
+TEST(BatchNorm, BatchStatisticsInTrainingRunningStatisticsInEval) {
+    using Spec = layers::BatchNorm<>;
+    Bound<Spec, 2> b;
+    Rng rng(1);
+    b.layer.init(rng, {});
+    cpu::Context ctx(2);
+    // Channel 0 holds 1..8, channel 1 holds 10 x that.
+    std::vector<float> x(16);
+    for (int i = 0; i < 8; ++i) x[2 * i] = float(i + 1), x[2 * i + 1] = float(10 * (i + 1));
+    const Tensor in{x.data(), {2, 2, 2, 2}};
+    ctx.training = true;
+    Tensor y = b.layer.forward(ctx, in);
+    double mean0 = 0;
+    for (int i = 0; i < 8; ++i) mean0 += y.data[2 * i];
+    EXPECT_NEAR(mean0 / 8, 0.0, 1e-5);                 // normalised with the batch mean
+    EXPECT_NEAR(y.data[14], 7.0 / 2 / std::sqrt(5.25 + 1e-5), 1e-4);  // (8 - 4.5) / sqrt(biased var 5.25)
+    auto& store = b.store;
+    const float* running_mean = store.buffers.data() + store.buffer_entries[0].offset;
+    const float* running_var = store.buffers.data() + store.buffer_entries[1].offset;
+    EXPECT_NEAR(running_mean[0], 0.1 * 4.5, 1e-5);           // momentum 0.1 from 0
+    EXPECT_NEAR(running_var[0], 0.9 + 0.1 * 6.0, 1e-5);      // unbiased variance 6 from 1
+    EXPECT_NEAR(running_mean[1], 0.1 * 45, 1e-4);
+    EXPECT_EQ(store.buffers[store.buffer_entries[2].offset], 1.f);  // num_batches_tracked
+    ctx.training = false;
+    ctx.arena.reset();
+    y = b.layer.forward(ctx, in);
+    EXPECT_NEAR(y.data[0], (1 - 0.45) / std::sqrt(1.5 + 1e-5), 1e-5);  // running statistics, untouched
+    EXPECT_NEAR(running_mean[0], 0.45, 1e-6);
+}
+
+}  // namespace
+}  // namespace tessera::test

@@ -1,0 +1,152 @@
+// Recipe and command-line mistakes: each exits with code 2 and a message that says where and what.
+#include <fstream>
+
+#include "helpers.hpp"
+
+namespace tessera::test {
+namespace {
+
+// A small valid recipe on synthetic data; each case below breaks one thing.
+const std::string valid = R"([run]
+name = "t"
+out_dir = "OUT"
+
+[model]
+arch = "resnet20"
+
+[data]
+plugin = "synthetic"
+image_size = 8
+train_size = 64
+val_size = 32
+batch_size = 16
+
+[scheduler]
+plugin = "constant"
+lr = 0.05
+
+[train]
+epochs = 1
+)";
+
+struct Case {
+    const char* name;
+    std::string recipe;
+    std::vector<std::string> expected;  // substrings of the message
+};
+
+std::string replace(std::string text, const std::string& from, const std::string& to) {
+    text.replace(text.find(from), from.size(), to);
+    return text;
+}
+
+class RecipeErrors : public ::testing::Test {
+protected:
+    RunResult run(const std::string& recipe, const std::string& extra = "") {
+        const bool has_out = recipe.find("OUT") != std::string::npos;
+        std::ofstream(dir / "r.toml") << (has_out ? replace(recipe, "OUT", (dir / "runs").string()) : recipe);
+        return run_runner("'" + (dir / "r.toml").string() + "' " + extra);
+    }
+    TempDir dir;
+};
+
+TEST_F(RecipeErrors, ValidRecipeTrains) {
+    RunResult r = run(valid);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("final: epoch=1 val_top1="), std::string::npos) << r.output;
+    EXPECT_TRUE(fs::exists(dir / "runs" / "t" / "recipe.toml"));
+    EXPECT_TRUE(fs::exists(dir / "runs" / "t" / "last.safetensors"));
+    std::ifstream csv(dir / "runs" / "t" / "metrics.csv");
+    std::string header;
+    std::getline(csv, header);
+    EXPECT_EQ(header, "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,img_per_s,time_s");
+}
+
+TEST_F(RecipeErrors, EachMistakeIsLocatedAndExitsTwo) {
+    const std::vector<Case> cases = {
+        {"syntax", replace(valid, "epochs = 1", "epochs = = 1"), {"r.toml:20:"}},
+        {"not toml", "this is not a recipe\n", {"r.toml:1:", "TOML"}},
+        {"wrong type", replace(valid, "epochs = 1", "epochs = \"one\""), {"r.toml:20:10", "train.epochs must be an integer"}},
+        {"unknown key", replace(valid, "epochs = 1", "epoch = 1"), {"r.toml:20:1", "unknown key 'epoch'", "did you mean 'epochs'"}},
+        {"unknown plugin key", replace(valid, "lr = 0.05", "max_lr = 0.05"), {"r.toml:17:1", "unknown key 'max_lr'", "known keys: plugin, lr"}},
+        {"unknown section", replace(valid, "[train]", "[trian]"), {"r.toml:19:", "unknown section [trian]", "'train'"}},
+        {"unknown plugin", replace(valid, "plugin = \"constant\"", "plugin = \"constnt\""),
+         {"r.toml:16:10", "unknown scheduler plugin \"constnt\"", "constant"}},
+        {"unknown arch", replace(valid, "resnet20", "resnet21"), {"unknown architecture \"resnet21\"", "resnet20"}},
+        {"bad value", replace(valid, "batch_size = 16", "batch_size = 0"), {"data.batch_size must be at least 1"}},
+    };
+    for (auto& c : cases) {
+        RunResult r = run(c.recipe);
+        EXPECT_EQ(r.exit_code, 2) << c.name << "\n" << r.output;
+        for (auto& e : c.expected) EXPECT_NE(r.output.find(e), std::string::npos) << c.name << ": no '" << e << "' in\n" << r.output;
+        EXPECT_EQ(r.output.find("terminate called"), std::string::npos) << c.name;
+    }
+}
+
+TEST_F(RecipeErrors, MissingRecipeFileAndBadArguments) {
+    RunResult r = run_runner("'" + (dir / "nope.toml").string() + "'");
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_NE(r.output.find("nope.toml: no such recipe file"), std::string::npos) << r.output;
+    r = run_runner("frobnicate");
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_NE(r.output.find("unknown command"), std::string::npos) << r.output;
+    r = run_runner("bench --batch zero");
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_NE(r.output.find("--batch zero"), std::string::npos) << r.output;
+    r = run_runner("info resnet50 --colour");
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_NE(r.output.find("--colour: unknown option"), std::string::npos) << r.output;
+}
+
+TEST_F(RecipeErrors, SetOverridesAnyValueAndIsSaved) {
+    RunResult r = run(valid, "--set train.epochs=2 --set run.name=overridden --set data.val_size=16");
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("final: epoch=2"), std::string::npos) << r.output;
+    std::ifstream saved(dir / "runs" / "overridden" / "recipe.toml");
+    std::string text((std::istreambuf_iterator<char>(saved)), {});
+    EXPECT_NE(text.find("epochs = 2"), std::string::npos) << text;
+    r = run(valid, "--set train.epochz=2");
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_NE(r.output.find("unknown key 'epochz'"), std::string::npos) << r.output;
+    r = run(valid, "--set train.epochs=many");
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_NE(r.output.find("train.epochs must be an integer"), std::string::npos) << r.output;
+}
+
+TEST_F(RecipeErrors, MissingOrDamagedDatasetIsNamed) {
+    const std::string idx = replace(valid, "plugin = \"synthetic\"\nimage_size = 8\ntrain_size = 64\nval_size = 32",
+                                    "plugin = \"idx\"\npath = \"DATA\"");
+    RunResult r = run(replace(idx, "DATA", (dir / "no-such-folder").string()));
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_NE(r.output.find("no-such-folder: no such folder"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("dataset-fashion-mnist"), std::string::npos) << r.output;
+
+    // A folder whose training images are cut short.
+    const fs::path data = dir / "mnist";
+    fs::create_directories(data);
+    auto write_idx = [&](const std::string& name, std::vector<std::uint32_t> dims, std::size_t payload) {
+        std::ofstream f(data / name, std::ios::binary);
+        const unsigned char magic[4] = {0, 0, 8, (unsigned char)dims.size()};
+        f.write(reinterpret_cast<const char*>(magic), 4);
+        for (auto d : dims) {
+            const unsigned char be[4] = {(unsigned char)(d >> 24), (unsigned char)(d >> 16), (unsigned char)(d >> 8), (unsigned char)d};
+            f.write(reinterpret_cast<const char*>(be), 4);
+        }
+        f << std::string(payload, '\1');
+    };
+    write_idx("train-images-idx3-ubyte", {100, 28, 28}, 100 * 28 * 28 - 500);
+    write_idx("train-labels-idx1-ubyte", {100}, 100);
+    write_idx("t10k-images-idx3-ubyte", {10, 28, 28}, 10 * 28 * 28);
+    write_idx("t10k-labels-idx1-ubyte", {10}, 10);
+    r = run(replace(idx, "DATA", data.string()));
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_NE(r.output.find("train-images-idx3-ubyte: truncated"), std::string::npos) << r.output;
+    fs::remove(data / "t10k-labels-idx1-ubyte");
+    write_idx("train-images-idx3-ubyte", {100, 28, 28}, 100 * 28 * 28);
+    r = run(replace(idx, "DATA", data.string()));
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_NE(r.output.find("t10k-labels-idx1-ubyte[.gz]: missing"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace tessera::test
