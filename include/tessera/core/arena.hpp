@@ -46,12 +46,12 @@ public:
     }
 
     /// End of a step: everything is free again. If the step spilled into more than one block, the
-    /// blocks are merged into one that holds the whole step, so the next step allocates nothing.
+    /// blocks are replaced by one that holds the most any step has used, so the next step allocates
+    /// nothing.
     void reset() {
         if (blocks_.size() > 1) {
-            std::size_t total = capacity_bytes();
             blocks_.clear();
-            blocks_.push_back(Block::make(total));
+            blocks_.push_back(Block::make(peak_));
         }
         used_.assign(blocks_.size(), 0);
         current_ = 0;
