@@ -58,7 +58,7 @@ int bench(const std::vector<std::string>& raw) {
     for (int s = 0; s < warmup + steps; ++s) {
         data->next(trainer.batch());
         const auto t0 = std::chrono::steady_clock::now();
-        trainer.train_step(0.01, params);
+        trainer.train_step({0.01, std::nullopt}, params);
         if (s >= warmup) timed += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
     const double img_per_s = double(batch) * steps / timed;

@@ -67,6 +67,11 @@ TEST(Schedulers, OneCycleMatchesPyTorch) {
     EXPECT_NEAR(s->lr({999, 1000, 100}), 0.175 / 25 / 1e4, 1e-12);
     const double pct = 150.0 / 299.0;  // halfway up: cosine between initial and max
     EXPECT_NEAR(s->lr({150, 1000, 100}), 0.175 + (0.007 - 0.175) / 2 * (std::cos(std::numbers::pi * pct) + 1), 1e-12);
+    // Momentum cycles the other way, 0.95 -> 0.85 -> 0.95 (cycle_momentum, PyTorch's default).
+    EXPECT_NEAR(*s->momentum(start), 0.95, 1e-12);
+    EXPECT_NEAR(*s->momentum({299, 1000, 100}), 0.85, 1e-12);
+    EXPECT_NEAR(*s->momentum({999, 1000, 100}), 0.95, 1e-12);
+    EXPECT_FALSE(scheduler(registry, "onecycle", {{"cycle_momentum", false}})->momentum(start).has_value());
 }
 
 TEST(Schedulers, CosineMultistepConstant) {
@@ -90,12 +95,18 @@ TEST(Optimizers, SgdMatchesTorchFormulaWithNoDecayForBatchNorm) {
                                                                            {"nesterov", true}, {"no_decay_bn_bias", true}}));
     std::vector<float> w = {1.f, 2.f}, g = {0.5f, 0.5f};
     plugin::Parameters p{w.data(), g.data(), 2, {{"conv.weight", "conv_weight", 0, 1}, {"bn.weight", "bn_weight", 1, 1}}};
-    sgd->step(p, 0.1);
-    sgd->step(p, 0.1);
+    sgd->step(p, {0.1, std::nullopt});
+    sgd->step(p, {0.1, std::nullopt});
     // conv: step 1 g = 0.6, v = 0.6, w = 1 - 0.1 (0.6 + 0.54) = 0.886; step 2 g = 0.5886, v = 1.1286,
     // w = 0.886 - 0.1 (0.5886 + 1.01574) = 0.725566. bn (no decay): v = 0.5, then 0.95.
     EXPECT_NEAR(w[0], 0.725566, 1e-6);
     EXPECT_NEAR(w[1], 2.0 - 0.1 * (0.5 + 0.45) - 0.1 * (0.5 + 0.855), 1e-6);
+    // A scheduler's momentum replaces the optimizer's: momentum 0 is plain gradient descent.
+    std::vector<float> v = {1.f}, h = {0.5f};
+    plugin::Parameters q{v.data(), h.data(), 1, {{"bn.bias", "bn_bias", 0, 1}}};
+    sgd->step(q, {0.1, 0.0});
+    sgd->step(q, {0.1, 0.0});
+    EXPECT_NEAR(v[0], 1.0 - 2 * 0.1 * 0.5, 1e-6);
 }
 
 }  // namespace

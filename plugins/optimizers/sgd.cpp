@@ -15,11 +15,12 @@ public:
     explicit Sgd(const Options& o)
         : momentum_(o.number("momentum")), weight_decay_(o.number("weight_decay")), nesterov_(o.flag("nesterov")),
           no_decay_bn_bias_(o.flag("no_decay_bn_bias")) {
+        if (momentum_ < 0 || weight_decay_ < 0) throw tessera::user_error("optimizer sgd", "momentum and weight_decay must not be negative");
         if (nesterov_ && momentum_ <= 0)
             throw tessera::user_error("optimizer sgd", "nesterov needs a positive momentum");
     }
 
-    void step(const Parameters& p, double lr) override {
+    void step(const Parameters& p, const StepRates& rates) override {
         if (velocity_.size() != p.count) {
             velocity_.assign(p.count, 0.f);
             decay_.assign(p.count, 0.f);
@@ -28,7 +29,7 @@ public:
                 std::fill(decay_.begin() + t.offset, decay_.begin() + t.offset + t.size, exempt ? 0.f : float(weight_decay_));
             }
         }
-        const float m = float(momentum_), rate = float(lr);
+        const float m = float(rates.momentum.value_or(momentum_)), rate = float(rates.lr);
         float* w = p.values;
         const float* grad = p.grads;
         float* v = velocity_.data();

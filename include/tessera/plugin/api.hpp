@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <variant>
 #include <vector>
@@ -83,6 +84,8 @@ public:
     virtual ~Scheduler() = default;
     /// The learning rate for the step about to be taken.
     virtual double lr(const Clock& clock) const = 0;
+    /// The momentum for that step, for schedulers that cycle it (OneCycleLR); none: the optimizer's own.
+    virtual std::optional<double> momentum(const Clock&) const { return std::nullopt; }
 };
 
 // ---- optimizers ----------------------------------------------------------------------------------
@@ -104,11 +107,17 @@ struct Parameters {
     std::vector<Tensor> tensors;
 };
 
+/// What the scheduler decided for one step.
+struct StepRates {
+    double lr = 0;
+    std::optional<double> momentum;  // replaces the optimizer's momentum (or beta1) when set
+};
+
 class Optimizer {
 public:
     virtual ~Optimizer() = default;
-    /// values -= update(grads, state, lr). Called once per optimizer step, with the same layout.
-    virtual void step(const Parameters& params, double lr) = 0;
+    /// values -= update(grads, state, rates). Called once per optimizer step, with the same layout.
+    virtual void step(const Parameters& params, const StepRates& rates) = 0;
 };
 
 // ---- data ----------------------------------------------------------------------------------------

@@ -52,8 +52,7 @@ public:
 
     /// Trains for the configured epochs; returns the last epoch's figures.
     plugin::EpochStats fit() {
-        const plugin::Clock base{0, steps_per_epoch() * config_.epochs, steps_per_epoch()};
-        plugin::Clock clock = base;
+        plugin::Clock clock{0, steps_per_epoch() * config_.epochs, steps_per_epoch()};
         plugin::Parameters params = optimizer_view(net_.params());
         plugin::EpochStats stats;
         for (int epoch = 1; epoch <= config_.epochs; ++epoch) {
@@ -61,12 +60,12 @@ public:
             Meter meter;
             data_.start_epoch(plugin::Split::train, plan(epoch, plugin::Split::train));
             while (data_.next(batch_)) {
-                const double lr = scheduler_.lr(clock);
-                const auto loss = train_step(lr, params);
+                const plugin::StepRates rates{scheduler_.lr(clock), scheduler_.momentum(clock)};
+                const auto loss = train_step(rates, params);
                 meter.add(loss.loss, loss.top1, loss.top5, batch_.count);
                 ++clock.step;
-                log_step(epoch, clock.step - (epoch - 1) * clock.steps_per_epoch, clock.steps_per_epoch, meter, lr, start);
-                stats.lr = lr;
+                log_step(epoch, clock.step - (epoch - 1) * clock.steps_per_epoch, clock.steps_per_epoch, meter, rates.lr, start);
+                stats.lr = rates.lr;
             }
             const double seconds = seconds_since(start);
             const Evaluation val = evaluate();
@@ -79,7 +78,7 @@ public:
     }
 
     /// One optimizer step on the current batch.
-    auto train_step(double lr, const plugin::Parameters& params) {
+    auto train_step(const plugin::StepRates& rates, const plugin::Parameters& params) {
         ctx_.arena.reset();
         ctx_.training = true;
         net_.params().zero_grad();
@@ -87,7 +86,7 @@ public:
         const Tensor dlogits = ctx_.arena.tensor(logits.shape);
         const auto loss = B::softmax_cross_entropy(ctx_, logits, batch_.labels.data(), config_.label_smoothing, dlogits.data);
         net_.backward(ctx_, dlogits);
-        optimizer_.step(params, lr);
+        optimizer_.step(params, rates);
         return loss;
     }
 
