@@ -22,12 +22,11 @@ std::size_t peak_resident_bytes() {
 }  // namespace
 
 int bench(const std::vector<std::string>& raw) {
-    Args args(raw, {"json"}, {"arch", "batch", "image-size", "device", "threads", "steps", "warmup", "num-classes"});
+    Args args(raw, {"json"}, {"arch", "batch", "image-size", "device", "precision", "threads", "steps", "warmup", "num-classes"});
     const std::string arch = args.value("arch").value_or("resnet50");
     const int batch = args.integer("batch", 32), image = args.integer("image-size", 224), steps = args.integer("steps", 5);
     const int warmup = args.integer("warmup", 1, 0), classes = args.integer("num-classes", 1000), threads = thread_count(args);
-    const std::string device = args.value("device").value_or("cpu");
-    if (device != "cpu") throw user_error("--device " + device, "is not available in this build", "use --device cpu");
+    const std::string device = args.value("device").value_or("cpu"), precision = args.value("precision").value_or("fp32");
 
     plugin::Registry registry;
     auto find = [&](const char* kind, const char* name) {
@@ -44,35 +43,40 @@ int bench(const std::vector<std::string>& raw) {
         {"momentum", 0.9}, {"weight_decay", 1e-4}, {"nesterov", false}, {"no_decay_bn_bias", false}}));
     auto constant = registry.create<plugin::Scheduler>(*find("scheduler", "constant"), plugin::Options({{"lr", 0.01}}));
 
-    auto net = make_cpu_network(arch, classes, 3);
-    net->init(0, {});
-    cpu::Context ctx(threads);
-    train::Trainer<cpu::Backend> trainer(ctx, *net, *data, *sgd, *constant, {}, {1, batch, 0.f, 0, 1, {}});
-    const plugin::Parameters params = train::optimizer_view(net->params());
-    plugin::EpochPlan plan;
-    plan.batch_size = batch;
-    plan.drop_last = true;
-    data->start_epoch(plugin::Split::train, plan);
+    return on_device(device, "--device " + device, [&]<class B>() {
+        auto ctx = make_context<B>(threads, precision, "--precision " + precision);
+        auto net = make_network<B>(arch, classes, 3);
+        net->init(0, {});
+        train::Trainer<B> trainer(*ctx, *net, *data, *sgd, *constant, {}, {1, batch, 0.f, 0, 1, {}});
+        const plugin::Parameters params = train::optimizer_view(*net, *ctx);
+        plugin::EpochPlan plan;
+        plan.batch_size = batch;
+        plan.drop_last = true;
+        data->start_epoch(plugin::Split::train, plan);
 
-    double timed = 0;
-    for (int s = 0; s < warmup + steps; ++s) {
-        data->next(trainer.batch());
-        const auto t0 = std::chrono::steady_clock::now();
-        trainer.train_step({0.01, std::nullopt}, params);
-        if (s >= warmup) timed += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    }
-    const double img_per_s = double(batch) * steps / timed;
-    const std::size_t peak = peak_resident_bytes();
-    if (args.flag("json")) {
-        std::printf("{\"arch\": \"%s\", \"device\": \"cpu\", \"precision\": \"fp32\", \"batch\": %d, \"image_size\": %d, "
-                    "\"threads\": %d, \"steps\": %d, \"step_s\": %.4f, \"train_img_per_s\": %.3f, \"peak_mem_bytes\": %zu, "
-                    "\"arena_bytes\": %zu}\n",
-                    arch.c_str(), batch, image, threads, steps, timed / steps, img_per_s, peak, ctx.arena.capacity_bytes());
-    } else {
-        std::printf("%s, batch %d, %dx%d, cpu fp32, %d threads: %.3f s/step, %.2f img/s, peak memory %.2f GiB\n", arch.c_str(),
-                    batch, image, image, threads, timed / steps, img_per_s, peak / double(1u << 30));
-    }
-    return 0;
+        double timed = 0;
+        for (int s = 0; s < warmup + steps; ++s) {
+            data->next(trainer.batch());
+            const auto t0 = std::chrono::steady_clock::now();
+            trainer.train_step({0.01, std::nullopt}, params);
+            if constexpr (B::has_device_memory) ctx->synchronize();
+            if (s >= warmup) timed += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        }
+        const double img_per_s = double(batch) * steps / timed;
+        std::size_t peak = peak_resident_bytes();
+        if constexpr (B::has_device_memory) peak = ctx->device_bytes_in_use();
+        if (args.flag("json")) {
+            std::printf("{\"arch\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", \"batch\": %d, \"image_size\": %d, "
+                        "\"threads\": %d, \"steps\": %d, \"step_s\": %.4f, \"train_img_per_s\": %.3f, \"peak_mem_bytes\": %zu, "
+                        "\"arena_bytes\": %zu}\n",
+                        arch.c_str(), B::name, precision.c_str(), batch, image, threads, steps, timed / steps, img_per_s, peak,
+                        ctx->arena.capacity_bytes());
+        } else {
+            std::printf("%s, batch %d, %dx%d, %s %s, %d threads: %.3f s/step, %.2f img/s, peak memory %.2f GiB\n", arch.c_str(),
+                        batch, image, image, B::name, precision.c_str(), threads, timed / steps, img_per_s, peak / double(1u << 30));
+        }
+        return 0;
+    });
 }
 
 }  // namespace tessera::runner

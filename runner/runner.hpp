@@ -6,7 +6,13 @@
 #include <string>
 #include <vector>
 
+#include <type_traits>
+
 #include "tessera/backend/cpu/backend.hpp"
+#ifdef TESSERA_WITH_CUDA
+#include "tessera/backend/cuda/backend.hpp"
+#endif
+#include "tessera/core/error.hpp"
 #include "tessera/models/network.hpp"
 
 namespace tessera::runner {
@@ -30,6 +36,54 @@ private:
 
 /// Built once, in networks.cpp: every architecture, bound to the CPU backend.
 std::unique_ptr<models::Network<cpu::Backend>> make_cpu_network(const std::string& arch, int num_classes, int in_channels);
+#ifdef TESSERA_WITH_CUDA
+/// Built once, in cuda_networks.cu, with the CUDA backend's definitions.
+std::unique_ptr<models::Network<cuda::Backend>> make_cuda_network(const std::string& arch, int num_classes, int in_channels);
+#endif
+
+/// The network for `device` ("cpu" or "cuda"), or a user error saying what this build offers.
+template <class B>
+std::unique_ptr<models::Network<B>> make_network(const std::string& arch, int num_classes, int in_channels) {
+#ifdef TESSERA_WITH_CUDA
+    if constexpr (std::is_same_v<B, cuda::Backend>) return make_cuda_network(arch, num_classes, in_channels);
+    else
+#endif
+        return make_cpu_network(arch, num_classes, in_channels);
+}
+
+/// The backend's context for `threads` CPU threads and `precision`, or a user error naming what this
+/// backend computes in.
+template <class B>
+std::unique_ptr<typename B::Context> make_context(int threads, const std::string& precision, const std::string& where) {
+    if constexpr (std::is_same_v<B, cpu::Backend>) {
+        if (precision != "fp32")
+            throw user_error(where, "precision \"" + precision + "\": the CPU backend computes in fp32", "use precision = \"fp32\"");
+        return std::make_unique<cpu::Context>(threads);
+    }
+#ifdef TESSERA_WITH_CUDA
+    else {
+        if (precision != "fp32" && precision != "tf32")
+            throw user_error(where, "precision \"" + precision + "\" is not available in the CUDA backend yet",
+                             "use precision = \"tf32\" (fp32 storage, TF32 tensor cores) or \"fp32\"");
+        cuda::Settings settings;
+        settings.tf32 = precision == "tf32";
+        return std::make_unique<cuda::Context>(settings);
+    }
+#endif
+}
+
+/// Calls run.template operator()<B>() with the backend `device` names; the CPU's always exists.
+template <class Run>
+int on_device(const std::string& device, const std::string& where, Run&& run) {
+    if (device == "cpu") return run.template operator()<cpu::Backend>();
+#ifdef TESSERA_WITH_CUDA
+    if (device == "cuda") return run.template operator()<cuda::Backend>();
+    throw user_error(where, "device \"" + device + "\" is not one of cpu, cuda");
+#else
+    throw user_error(where, "device \"" + device + "\" is not available: this build has no CUDA backend",
+                     device == "cuda" ? "use device = \"cpu\", or rebuild with meson setup -Dcuda=enabled" : "use device = \"cpu\"");
+#endif
+}
 
 int train(const std::vector<std::string>& args);
 int info(const std::vector<std::string>& args);

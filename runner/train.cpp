@@ -22,13 +22,6 @@ int train(const std::vector<std::string>& raw) {
     recipe::Recipe r = recipe::load(args.positional()[0], args.values("set"));
     plugin::Registry registry(recipe::plugin_path(r.effective));
     recipe::resolve(r, registry);
-    const std::string device = r.train.text("device");
-    if (device != "cpu")
-        throw user_error(r.file.string(), "train.device = \"" + device + "\" is not available in this build", "use device = \"cpu\"");
-    if (r.model.text("precision") != "fp32")
-        throw user_error(r.file.string(), "model.precision = \"" + r.model.text("precision") + "\": the CPU backend computes in fp32",
-                         "use precision = \"fp32\"");
-
     auto data = registry.create<plugin::DataSource>(*r.data.entry, r.data.options);
     const plugin::DatasetInfo info = data->info();
     const int num_classes = r.model.integer("num_classes") ? int(r.model.integer("num_classes")) : info.num_classes;
@@ -36,36 +29,41 @@ int train(const std::vector<std::string>& raw) {
         throw user_error(r.file.string(), "model.num_classes = " + std::to_string(num_classes) + " but the data has " +
                                               std::to_string(info.num_classes) + " classes",
                          "set num_classes = 0 to take the data's");
-    auto net = make_cpu_network(r.model.text("arch"), num_classes, info.channels);
-    net->init(std::uint64_t(r.run.integer("seed")), {r.model.flag("zero_init_residual")});
-    auto optimizer = registry.create<plugin::Optimizer>(*r.optimizer.entry, r.optimizer.options);
-    auto scheduler = registry.create<plugin::Scheduler>(*r.scheduler.entry, r.scheduler.options);
-    std::vector<std::shared_ptr<plugin::Logger>> loggers;
-    for (auto& l : r.loggers) loggers.push_back(registry.create<plugin::Logger>(*l.entry, l.options));
-
-    const fs::path run_dir = fs::path(r.run.text("out_dir")) / r.run.text("name");
-    std::error_code ec;
-    fs::create_directories(run_dir, ec);
-    if (ec) throw user_error(run_dir.string(), "cannot create the run folder: " + ec.message(), "set run.out_dir to a writable folder");
-    std::ofstream(run_dir / "recipe.toml") << r.effective << "\n";
-
     const int threads = args.value("threads") ? thread_count(args)
                         : r.train.integer("threads") > 0 ? int(r.train.integer("threads"))
                                                          : ThreadPool::default_threads();
-    cpu::Context ctx(threads);
-    train::TrainConfig config{int(r.train.integer("epochs")), r.batch_size, float(r.train.number("label_smoothing")),
-                              std::uint64_t(r.run.integer("seed")), int(std::max<std::int64_t>(1, r.checkpoint.integer("every_epochs"))),
-                              run_dir};
-    train::Trainer<cpu::Backend> trainer(ctx, *net, *data, *optimizer, *scheduler, loggers, config);
-    if (trainer.steps_per_epoch() < 1)
-        throw user_error(r.file.string(), "the training data has fewer images than one batch (" + std::to_string(r.batch_size) + ")",
-                         "lower data.batch_size");
+    const std::string device = r.train.text("device");
+    plugin::EpochStats last;
+    on_device(device, r.file.string() + " [train] device", [&]<class B>() {
+        auto ctx = make_context<B>(threads, r.model.text("precision"), r.file.string() + " [model] precision");
+        auto net = make_network<B>(r.model.text("arch"), num_classes, info.channels);
+        net->init(std::uint64_t(r.run.integer("seed")), {r.model.flag("zero_init_residual")});
+        auto optimizer = registry.create<plugin::Optimizer>(*r.optimizer.entry, r.optimizer.options);
+        auto scheduler = registry.create<plugin::Scheduler>(*r.scheduler.entry, r.scheduler.options);
+        std::vector<std::shared_ptr<plugin::Logger>> loggers;
+        for (auto& l : r.loggers) loggers.push_back(registry.create<plugin::Logger>(*l.entry, l.options));
 
-    const plugin::RunInfo run{r.run.text("name"), run_dir.string(), net->arch(), config.epochs, config.batch_size,
-                              trainer.steps_per_epoch(), std::int64_t(net->params().values.size())};
-    for (auto& l : loggers) l->on_run_begin(run);
-    const plugin::EpochStats last = trainer.fit();
-    for (auto& l : loggers) l->on_run_end();
+        const fs::path run_dir = fs::path(r.run.text("out_dir")) / r.run.text("name");
+        std::error_code ec;
+        fs::create_directories(run_dir, ec);
+        if (ec) throw user_error(run_dir.string(), "cannot create the run folder: " + ec.message(), "set run.out_dir to a writable folder");
+        std::ofstream(run_dir / "recipe.toml") << r.effective << "\n";
+
+        train::TrainConfig config{int(r.train.integer("epochs")), r.batch_size, float(r.train.number("label_smoothing")),
+                                  std::uint64_t(r.run.integer("seed")),
+                                  int(std::max<std::int64_t>(1, r.checkpoint.integer("every_epochs"))), run_dir};
+        train::Trainer<B> trainer(*ctx, *net, *data, *optimizer, *scheduler, loggers, config);
+        if (trainer.steps_per_epoch() < 1)
+            throw user_error(r.file.string(), "the training data has fewer images than one batch (" + std::to_string(r.batch_size) + ")",
+                             "lower data.batch_size");
+
+        const plugin::RunInfo run{r.run.text("name"), run_dir.string(), net->arch(), config.epochs, config.batch_size,
+                                  trainer.steps_per_epoch(), std::int64_t(net->params().values.size())};
+        for (auto& l : loggers) l->on_run_begin(run);
+        last = trainer.fit();
+        for (auto& l : loggers) l->on_run_end();
+        return 0;
+    });
 
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::printf("final: epoch=%d val_top1=%.4f val_top5=%.4f val_loss=%.4f time_s=%.1f\n", last.epoch, last.val_top1,

@@ -2,9 +2,13 @@
 //   g = grad + weight_decay * w          (no decay for BN and biases if no_decay_bn_bias)
 //   v = momentum * v + g
 //   w -= lr * (nesterov ? g + momentum * v : v)
+#include <memory>
 #include <vector>
 
 #include "tessera/plugin/api.hpp"
+#ifdef TESSERA_WITH_CUDA
+#include "sgd_cuda.hpp"
+#endif
 
 namespace {
 
@@ -21,15 +25,16 @@ public:
     }
 
     void step(const Parameters& p, const StepRates& rates) override {
-        if (velocity_.size() != p.count) {
-            velocity_.assign(p.count, 0.f);
+        if (decay_.size() != p.count) {
             decay_.assign(p.count, 0.f);
             for (auto& t : p.tensors) {
                 const bool exempt = no_decay_bn_bias_ && (t.role == "bn_weight" || t.role == "bn_bias" || t.role == "linear_bias");
                 std::fill(decay_.begin() + t.offset, decay_.begin() + t.offset + t.size, exempt ? 0.f : float(weight_decay_));
             }
+            velocity_.assign(p.device == "cpu" ? p.count : 0, 0.f);
         }
         const float m = float(rates.momentum.value_or(momentum_)), rate = float(rates.lr);
+        if (p.device != "cpu") return device_step(p, rate, m);
         float* w = p.values;
         const float* grad = p.grads;
         float* v = velocity_.data();
@@ -42,9 +47,24 @@ public:
     }
 
 private:
+    void device_step(const Parameters& p, float rate, float m) {
+#ifdef TESSERA_WITH_CUDA
+        if (p.device == "cuda") {
+            if (!device_ || device_->count != p.count) device_ = std::make_unique<tessera_sgd::DeviceState>(decay_);
+            device_->step(p.values, p.grads, rate, m, nesterov_, p.stream);
+            return;
+        }
+#endif
+        throw tessera::user_error("optimizer sgd", "this build of the plugin has no step for device \"" + p.device + "\"",
+                                  "rebuild tessera with -Dcuda=enabled");
+    }
+
     double momentum_, weight_decay_;
     bool nesterov_, no_decay_bn_bias_;
     std::vector<float> velocity_, decay_;  // decay_: the weight decay of each parameter
+#ifdef TESSERA_WITH_CUDA
+    std::unique_ptr<tessera_sgd::DeviceState> device_;
+#endif
 };
 
 Info info() {

@@ -14,19 +14,27 @@
 
 namespace tessera {
 
-class Arena {
+/// Host memory for an arena: cache-line aligned.
+struct HostMemory {
+    static void* allocate(std::size_t bytes) { return std::aligned_alloc(256, bytes); }
+    static void free(void* p) { std::free(p); }
+};
+
+/// An arena over Memory (HostMemory, or device memory for the CUDA backend).
+template <class Memory>
+class BasicArena {
 public:
-    static constexpr std::size_t alignment = 64;  // a cache line; also AVX-512 aligned
+    static constexpr std::size_t alignment = 256;  // a cache line on the CPU, a cuDNN-friendly boundary on the GPU
 
     struct Mark {
         std::size_t block, offset;
     };
 
-    Arena() = default;
-    Arena(const Arena&) = delete;
-    Arena& operator=(const Arena&) = delete;
+    BasicArena() = default;
+    BasicArena(const BasicArena&) = delete;
+    BasicArena& operator=(const BasicArena&) = delete;
 
-    /// Room for `count` floats, aligned to a cache line.
+    /// Room for `count` floats, aligned.
     float* allocate_floats(std::size_t count) {
         std::size_t bytes = round_up(std::max<std::size_t>(count, 1) * sizeof(float));
         if (blocks_.empty() || blocks_[current_].capacity - offset_ < bytes) next_block(bytes);
@@ -74,12 +82,12 @@ public:
 private:
     struct Block {
         struct Free {
-            void operator()(std::byte* p) const { std::free(p); }
+            void operator()(std::byte* p) const { Memory::free(p); }
         };
         std::unique_ptr<std::byte, Free> data;
         std::size_t capacity = 0;
         static Block make(std::size_t bytes) {
-            auto* p = static_cast<std::byte*>(std::aligned_alloc(alignment, round_up(bytes)));
+            auto* p = static_cast<std::byte*>(Memory::allocate(round_up(bytes)));
             if (!p) throw std::bad_alloc();
             return Block{std::unique_ptr<std::byte, Free>(p), round_up(bytes)};
         }
@@ -110,5 +118,7 @@ private:
     std::vector<std::size_t> used_;  // bytes used in each block when the step moved past it
     std::size_t current_ = 0, offset_ = 0, peak_ = 0;
 };
+
+using Arena = BasicArena<HostMemory>;
 
 }  // namespace tessera

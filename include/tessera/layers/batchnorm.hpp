@@ -27,7 +27,7 @@ public:
         saved_ = {nullptr, nullptr};
         if (ctx.training) {
             saved_ = {ctx.arena.allocate_floats(channels_), ctx.arena.allocate_floats(channels_)};
-            *num_batches_tracked_ += 1;
+            B::add_scalar(ctx, num_batches_tracked_, 1.f);
         }
         B::batchnorm_forward(ctx, x, params(), saved_, y);
         return y;

@@ -29,16 +29,28 @@ public:
     std::vector<float> values, grads, buffers;
     std::vector<ParamEntry> params, buffer_entries;
 
-    /// Registers every parameter and buffer of `net`, allocates the flat buffers and points the
+    /// Registers every parameter and buffer of `net`, allocates the flat host buffers and points the
     /// layers into them.
     template <class Layer>
     void bind(Layer& net) {
-        Collector collect(*this, Collector::Mode::count);
+        Collector collect(*this, Collector::Mode::count, {});
         net.visit(collect);
         values.assign(collect.param_floats, 0.f);
         grads.assign(collect.param_floats, 0.f);
         buffers.assign(collect.buffer_floats, 0.f);
-        Collector assign(*this, Collector::Mode::assign);
+        point(net, {values.data(), grads.data(), buffers.data()});
+    }
+
+    /// Three flat buffers of the same layout: host memory, or a device's copy.
+    struct Memory {
+        float *values, *grads, *buffers;
+    };
+    Memory host() { return {values.data(), grads.data(), buffers.data()}; }
+
+    /// Points the layers of `net` into `memory`.
+    template <class Layer>
+    void point(Layer& net, Memory memory) {
+        Collector assign(*this, Collector::Mode::assign, memory);
         net.visit(assign);
     }
 
@@ -58,7 +70,7 @@ private:
     class Collector : public layers::ParamVisitor {
     public:
         enum class Mode { count, assign };
-        Collector(ParamStore& store, Mode mode) : store_(store), mode_(mode) {}
+        Collector(ParamStore& store, Mode mode, Memory memory) : store_(store), mode_(mode), memory_(memory) {}
         std::size_t param_floats = 0, buffer_floats = 0;
 
     protected:
@@ -68,15 +80,15 @@ private:
             if (mode_ == Mode::count) {
                 store_.params.push_back({name, dims, role, param_floats, size});
             } else {
-                value = store_.values.data() + param_floats;
-                grad = store_.grads.data() + param_floats;
+                value = memory_.values + param_floats;
+                grad = memory_.grads + param_floats;
             }
             param_floats += size;
         }
         void on_buffer(const std::string& name, const std::vector<std::int64_t>& dims, Role role, float*& value) override {
             const std::size_t size = elements(dims);
             if (mode_ == Mode::count) store_.buffer_entries.push_back({name, dims, role, buffer_floats, size});
-            else value = store_.buffers.data() + buffer_floats;
+            else value = memory_.buffers + buffer_floats;
             buffer_floats += size;
         }
 
@@ -88,14 +100,33 @@ private:
         }
         ParamStore& store_;
         Mode mode_;
+        Memory memory_;
     };
 };
 
+/// A network on backend B. Its parameters always have a host copy (ParamStore), which checkpoints
+/// and initialisation use; on a backend with memory of its own (CUDA) the layers work on a device
+/// copy, and upload() / download() move values and statistics between the two.
 template <class B>
 class Network {
 public:
     using Context = typename B::Context;
     virtual ~Network() = default;
+
+    /// The buffers the layers compute with: the host's on the CPU, the device's on CUDA.
+    ParamStore::Memory working() {
+        if constexpr (B::has_device_memory) return work_->template memory<ParamStore::Memory>();
+        else return params_.host();
+    }
+    /// Host values and statistics -> working memory (after loading or initialising).
+    void upload() {
+        if constexpr (B::has_device_memory) work_->upload(params_);
+    }
+    /// Working memory -> host (before saving). Gradients too, for whoever inspects them.
+    void download() {
+        if constexpr (B::has_device_memory) work_->download(params_);
+    }
+    void zero_grad(Context& ctx) { B::fill_zero(ctx, working().grads, params_.grads.size()); }
 
     /// logits (N, 1, 1, classes) from images (N, H, W, C). The step's arena must be reset by the caller.
     virtual Tensor forward(Context& ctx, const Tensor& x) = 0;
@@ -114,7 +145,19 @@ public:
 protected:
     Network(std::string arch, int in_channels, int num_classes)
         : arch_(std::move(arch)), in_channels_(in_channels), num_classes_(num_classes) {}
+
+    /// Gives the layers device memory when the backend has its own; call once the host store is bound.
+    template <class Layer>
+    void place(Layer& net) {
+        if constexpr (B::has_device_memory) {
+            work_ = std::make_unique<typename B::DeviceParams>(params_);
+            params_.point(net, working());
+            upload();
+        }
+    }
+
     ParamStore params_;
+    std::unique_ptr<typename B::DeviceParams> work_;
 
 private:
     std::string arch_;
@@ -131,6 +174,7 @@ public:
     Model(std::string arch, int num_classes)
         : Network<B>(std::move(arch), In, num_classes), net_(Spec::template bind<In, B>(layers::BindOptions{num_classes})) {
         this->params_.bind(net_);
+        this->place(net_);
     }
     Model(const Model&) = delete;  // layers point into params_: the model stays where it is built
 
@@ -145,9 +189,13 @@ public:
         net_.describe(d, in);
         return d.rows();
     }
+    /// Initialises on the host copy, then uploads.
     void init(std::uint64_t seed, const layers::InitOptions& o) override {
         Rng rng(seed);
+        this->params_.point(net_, this->params_.host());
         net_.init(rng, o);
+        this->params_.point(net_, this->working());
+        this->upload();
     }
     Layer& layers() { return net_; }
 

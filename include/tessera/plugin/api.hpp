@@ -99,12 +99,15 @@ struct Tensor {
 };
 
 /// The model's trainable parameters and their gradients, each one flat buffer of `count` floats in
-/// host memory.
+/// the memory of `device`: "cpu", or "cuda" (device pointers; launch work on `stream`, a
+/// cudaStream_t, and never synchronise).
 struct Parameters {
     float* values = nullptr;
     const float* grads = nullptr;
     std::size_t count = 0;
     std::vector<Tensor> tensors;
+    std::string device = "cpu";
+    void* stream = nullptr;
 };
 
 /// What the scheduler decided for one step.

@@ -26,10 +26,12 @@ struct Evaluation {
     double loss = 0, top1 = 0, top5 = 0;
 };
 
-/// The trainable parameters as the optimizer plugins see them.
-inline plugin::Parameters optimizer_view(models::ParamStore& store) {
-    plugin::Parameters p{store.values.data(), store.grads.data(), store.values.size(), {}};
-    for (auto& e : store.params) p.tensors.push_back({e.name, layers::role_name(e.role), e.offset, e.size});
+/// The trainable parameters as the optimizer plugins see them: the working copy, on its device.
+template <class B>
+plugin::Parameters optimizer_view(models::Network<B>& net, typename B::Context& ctx) {
+    const auto memory = net.working();
+    plugin::Parameters p{memory.values, memory.grads, net.params().values.size(), {}, B::name, B::stream(ctx)};
+    for (auto& e : net.params().params) p.tensors.push_back({e.name, layers::role_name(e.role), e.offset, e.size});
     return p;
 }
 
@@ -53,7 +55,7 @@ public:
     /// Trains for the configured epochs; returns the last epoch's figures.
     plugin::EpochStats fit() {
         plugin::Clock clock{0, steps_per_epoch() * config_.epochs, steps_per_epoch()};
-        plugin::Parameters params = optimizer_view(net_.params());
+        const plugin::Parameters params = optimizer_view(net_, ctx_);
         plugin::EpochStats stats;
         for (int epoch = 1; epoch <= config_.epochs; ++epoch) {
             const auto start = std::chrono::steady_clock::now();
@@ -81,7 +83,7 @@ public:
     auto train_step(const plugin::StepRates& rates, const plugin::Parameters& params) {
         ctx_.arena.reset();
         ctx_.training = true;
-        net_.params().zero_grad();
+        net_.zero_grad(ctx_);
         const Tensor logits = net_.forward(ctx_, input(batch_));
         const Tensor dlogits = ctx_.arena.tensor(logits.shape);
         const auto loss = B::softmax_cross_entropy(ctx_, logits, batch_.labels.data(), config_.label_smoothing, dlogits.data);
@@ -131,7 +133,10 @@ private:
         for (auto& l : loggers_) l->on_step(s);
     }
 
-    void save_weights() { checkpoint::save(net_.params(), config_.run_dir / "last.safetensors", {{"arch", net_.arch()}}); }
+    void save_weights() {
+        net_.download();
+        checkpoint::save(net_.params(), config_.run_dir / "last.safetensors", {{"arch", net_.arch()}});
+    }
 
     static double seconds_since(std::chrono::steady_clock::time_point t) {
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();

@@ -14,6 +14,12 @@ namespace tessera::cpu {
 struct Backend {
     using Context = cpu::Context;
     static constexpr const char* name = "cpu";
+    static constexpr bool has_device_memory = false;  // layers work on the host's parameter buffers
+    struct DeviceParams {};                           // never made
+
+    static void* stream(Context&) { return nullptr; }
+    static void fill_zero(Context&, float* data, std::size_t count) { std::fill(data, data + count, 0.f); }
+    static void add_scalar(Context&, float* data, float value) { *data += value; }
 
     static void conv_forward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& y) {
         cpu::conv_forward(ctx, x, w, g, y);

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The GPU check, in one call of a few minutes on a machine with one GPU: the CUDA tests, then
+# `runner bench` for ResNet50 at 224 px, batch 256, next to PyTorch's torchvision ResNet50 on the
+# same card (torch_peer.py), and a table last.
+#   bench/gpu_check.sh [BUILD_DIR] [TORCH_PEER]      logs go to $OUT (or /tmp/gpu_check)
+set -uo pipefail
+build=${1:-build}
+peer=${2:-.gpu/torch_peer.py}
+out=${OUT:-/tmp/gpu_check}
+mkdir -p "$out"
+batch=${TESSERA_CHECK_BATCH:-256}
+
+echo "== CUDA tests"
+"$build/tests/tessera_tests" --gtest_filter='Cuda*' 2>&1 | tee "$out/gpu_tests.log" | grep -E '^\[ +(OK|FAILED|SKIPPED) +\]|Failure|error'
+
+echo "== tessera"
+for precision in fp32 tf32; do
+  "$build/runner/runner" bench --device cuda --precision "$precision" --arch resnet50 --batch "$batch" --image-size 224 \
+    --steps 10 --warmup 3 --json > "$out/tessera_$precision.json" 2> "$out/tessera_$precision.err"
+  cat "$out/tessera_$precision.json" "$out/tessera_$precision.err"
+done
+
+echo "== PyTorch"
+for precision in fp32-strict fp32 bf16; do
+  python3 "$peer" --precision "$precision" --batch "$batch" > "$out/torch_$precision.json" 2> "$out/torch_$precision.err"
+  tail -n 1 "$out/torch_$precision.json"; tail -n 3 "$out/torch_$precision.err"
+done
+
+python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+def load(name):
+    try:
+        with open(f"{out}/{name}.json") as f:
+            return json.loads(f.read().strip().splitlines()[-1])
+    except Exception:
+        return None
+rows = [("fp32 (TF32 off)", "tessera_fp32", "torch_fp32-strict"),
+        ("tf32", "tessera_tf32", "torch_fp32"),
+        ("bf16 autocast", None, "torch_bf16")]
+gpu = next((t["gpu"] for _, _, p in rows if (t := load(p))), "?")
+print(f"\nResNet50 training, 224x224, batch per step as in each row, {gpu}")
+print(f"{'configuration':<18} {'tessera img/s':>14} {'PyTorch img/s':>14} {'ratio':>7} {'tessera GiB':>12} {'PyTorch GiB':>12}")
+for label, mine, theirs in rows:
+    t, p = load(mine) if mine else None, load(theirs)
+    ti = f"{t['train_img_per_s']:.0f}" if t else "n/a"
+    pi = f"{p['train_img_per_s']:.0f}" if p else "n/a"
+    ratio = f"{t['train_img_per_s'] / p['train_img_per_s']:.2f}" if t and p else "-"
+    tm = f"{t['peak_mem_bytes'] / 2**30:.1f}" if t else "-"
+    pm = f"{p['peak_mem_gib']:.1f}" if p else "-"
+    print(f"{label:<18} {ti:>14} {pi:>14} {ratio:>7} {tm:>12} {pm:>12}")
+PY

@@ -1,0 +1,116 @@
+#pragma once
+// tessera::cuda::Backend: the layers' kernels on one NVIDIA GPU, over cuDNN 9 and cuBLAS, NHWC,
+// fp32 with TF32 tensor cores allowed or not.
+//
+// This header is plain C++: it declares the backend, so code compiled by the host compiler (the
+// trainer, runner, tests) can use it. The definitions, kernels included, are in backend.cuh, which
+// exactly one .cu file of a program includes.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "tessera/backend/cpu/loss.hpp"  // LossResult
+#include "tessera/core/arena.hpp"
+#include "tessera/core/shape.hpp"
+#include "tessera/core/tensor.hpp"
+
+namespace tessera::models {
+class ParamStore;
+}
+
+namespace tessera::cuda {
+
+/// Device memory for an arena (cudaMalloc / cudaFree).
+struct DeviceMemory {
+    static void* allocate(std::size_t bytes);
+    static void free(void* p);
+};
+
+struct Settings {
+    int device = 0;
+    bool tf32 = true;                              // let cuDNN and cuBLAS use TF32 tensor cores for fp32
+    std::size_t workspace_limit = std::size_t(1) << 30;  // cuDNN workspace, bytes
+};
+
+/// Is a CUDA device there? Never throws; `why` says what is missing when not.
+bool device_available(std::string* why = nullptr);
+
+class Context {
+public:
+    explicit Context(Settings settings = {});
+    ~Context();
+    Context(const Context&) = delete;
+    Context& operator=(const Context&) = delete;
+
+    BasicArena<DeviceMemory> arena;
+    bool training = true;
+    const float* network_input = nullptr;  // the first layer skips its dx
+    Settings settings;
+
+    struct Impl;  // handles, stream, algorithm cache, workspace
+    std::unique_ptr<Impl> impl;
+
+    void synchronize();
+    /// Bytes of device memory this process holds now (cudaMemGetInfo), for peak-memory reports.
+    std::size_t device_bytes_in_use() const;
+};
+
+/// The device copy of a network's three flat buffers.
+class DeviceParams {
+public:
+    explicit DeviceParams(const models::ParamStore& host);
+    ~DeviceParams();
+    DeviceParams(const DeviceParams&) = delete;
+    DeviceParams& operator=(const DeviceParams&) = delete;
+
+    /// The three device pointers as an M (ParamStore::Memory): values, grads, buffers.
+    template <class M>
+    M memory() const {
+        return M{values_, grads_, buffers_};
+    }
+    void upload(const models::ParamStore& host);
+    void download(models::ParamStore& host) const;
+
+private:
+    float *values_ = nullptr, *grads_ = nullptr, *buffers_ = nullptr;
+    std::size_t value_count_ = 0, buffer_count_ = 0;
+};
+
+struct Backend {
+    using Context = cuda::Context;
+    static constexpr const char* name = "cuda";
+    static constexpr bool has_device_memory = true;
+    using DeviceParams = cuda::DeviceParams;
+
+    static void* stream(Context& ctx);
+    static void fill_zero(Context& ctx, float* data, std::size_t count);
+    static void add_scalar(Context& ctx, float* data, float value);
+
+    static void conv_forward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& y);
+    static void conv_backward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& dy,
+                              float* dw, const Tensor& dx);
+    static void batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormParams& p, BatchNormSaved saved,
+                                  const Tensor& y);
+    static void batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& dy, const BatchNormParams& p,
+                                   BatchNormSaved saved, float* dgamma, float* dbeta, const Tensor& dx);
+    static void relu_forward(Context& ctx, const Tensor& x, const Tensor& y);
+    static void relu_backward(Context& ctx, const Tensor& y, const Tensor& dy, const Tensor& dx);
+    static void add(Context& ctx, const Tensor& a, const Tensor& b, const Tensor& y);
+    static void accumulate(Context& ctx, const Tensor& x, const Tensor& y);
+    static void maxpool_forward(Context& ctx, const Tensor& x, const PoolGeometry& g, const Tensor& y, std::int32_t* argmax);
+    static void maxpool_backward(Context& ctx, const Tensor& dy, const std::int32_t* argmax, const Tensor& dx);
+    static void global_avgpool_forward(Context& ctx, const Tensor& x, const Tensor& y);
+    static void global_avgpool_backward(Context& ctx, const Tensor& dy, const Tensor& dx);
+    static void linear_forward(Context& ctx, const Tensor& x, const float* w, const float* b, int out, const Tensor& y);
+    static void linear_backward(Context& ctx, const Tensor& x, const float* w, const Tensor& dy, int out, float* dw,
+                                float* db, const Tensor& dx);
+    /// pixels (host, uint8 NHWC) -> x (device). mean and inv_std are host arrays of C floats.
+    static void normalize_images(Context& ctx, const std::uint8_t* pixels, const float* mean, const float* inv_std,
+                                 const Tensor& x);
+    /// labels are host memory; the result is read back, so this synchronises once per step.
+    static cpu::LossResult softmax_cross_entropy(Context& ctx, const Tensor& logits, const std::int32_t* labels,
+                                                 float label_smoothing, float* dlogits);
+};
+
+}  // namespace tessera::cuda

@@ -1,0 +1,13 @@
+// The CUDA backend's definitions and every architecture bound to it: the one translation unit of
+// runner that nvcc compiles.
+#include "runner.hpp"
+#include "tessera/backend/cuda/backend.cuh"
+#include "tessera/models/zoo.hpp"
+
+namespace tessera::runner {
+
+std::unique_ptr<models::Network<cuda::Backend>> make_cuda_network(const std::string& arch, int num_classes, int in_channels) {
+    return models::make_network<cuda::Backend>(arch, {num_classes, in_channels});
+}
+
+}  // namespace tessera::runner
