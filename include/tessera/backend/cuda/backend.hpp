@@ -1,6 +1,6 @@
 #pragma once
-// tessera::cuda::Backend: the layers' kernels on one NVIDIA GPU, over cuDNN 9 and cuBLAS, NHWC,
-// fp32 with TF32 tensor cores allowed or not.
+// tessera::cuda::Backend: the layers' kernels on one NVIDIA GPU, NHWC, fp32 with TF32 tensor cores
+// allowed or not: convolutions on cuDNN 9, the classifier on cuBLAS, the rest on kernels of our own.
 //
 // This header is plain C++: it declares the backend, so code compiled by the host compiler (the
 // trainer, runner, tests) can use it. The definitions, kernels included, are in backend.cuh, which
