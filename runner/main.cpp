@@ -15,7 +15,8 @@ constexpr const char* usage = R"(usage: runner RECIPE [--set section.key=value].
        runner train RECIPE [--set section.key=value]... [--threads T]
        runner info ARCH [--num-classes N] [--image-size S] [--in-channels C]
        runner plugins
-       runner bench --arch A --batch B --image-size S [--device cpu] [--threads T] [--steps K] [--json]
+       runner bench --arch A --batch B --image-size S [--device cpu|cuda] [--precision fp32|tf32]
+                    [--threads T] [--steps K] [--warmup W] [--json]
 
 Recipes: see recipes/quickstart.toml and the README. Exit codes: 0 done, 2 a mistake in what was
 given (the message says what to change), 1 an internal error.
