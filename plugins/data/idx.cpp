@@ -129,44 +129,34 @@ public:
     DatasetInfo info() const override { return info_; }
 
     std::int64_t num_batches(Split split, const EpochPlan& plan) const override {
-        const std::int64_t size = split == Split::train ? train_.size : val_.size;
-        return tessera::data::batches_in(tessera::data::samples_per_rank(size, split == Split::train, plan), plan.batch_size,
-                                         plan.drop_last);
+        return tessera::data::EpochCursor::num_batches(split, plan, split == Split::train ? train_.size : val_.size);
     }
 
     void start_epoch(Split split, const EpochPlan& plan) override {
-        split_ = split;
-        plan_ = plan;
-        const Split_& s = split == Split::train ? train_ : val_;
-        order_ = split == Split::train
-                     ? tessera::data::epoch_order(s.size, true, plan.seed, plan.epoch, plan.rank, plan.world_size)
-                     : tessera::data::validation_order(s.size, plan.rank, plan.world_size);
+        cursor_.start(split, plan, split == Split::train ? train_.size : val_.size);
         augment_rng_ = tessera::Rng::derive(plan.seed, std::uint64_t(plan.epoch), 0xA06 + plan.rank);
-        cursor_ = 0;
     }
 
     bool next(Batch& batch) override {
-        const Split_& s = split_ == Split::train ? train_ : val_;
-        const std::int64_t left = std::int64_t(order_.size()) - cursor_;
-        const std::int64_t count = std::min<std::int64_t>(left, plan_.batch_size);
-        if (count <= 0 || (plan_.drop_last && count < plan_.batch_size)) return false;
+        const auto indices = cursor_.next_batch();
+        if (indices.empty()) return false;
+        const bool training = cursor_.split() == Split::train;
+        const Split_& s = training ? train_ : val_;
         const int h = info_.height, w = info_.width;
         const std::size_t image = std::size_t(h) * w;
-        batch.count = int(count);
+        batch.count = int(indices.size());
         batch.height = h;
         batch.width = w;
         batch.channels = 1;
-        batch.pixels.resize(count * image);
-        batch.labels.resize(count);
-        const bool augment = split_ == Split::train && (padding_ > 0 || flip_);
-        for (std::int64_t i = 0; i < count; ++i) {
-            const std::int64_t index = order_[cursor_ + i];
-            const std::uint8_t* src = s.images.data.data() + index * image;
+        batch.pixels.resize(indices.size() * image);
+        batch.labels.resize(indices.size());
+        const bool augment = training && (padding_ > 0 || flip_);
+        for (std::size_t i = 0; i < indices.size(); ++i) {
+            const std::uint8_t* src = s.images.data.data() + indices[i] * image;
             if (augment) tessera::data::random_crop_flip(src, batch.pixels.data() + i * image, h, w, 1, padding_, flip_, augment_rng_);
             else std::copy(src, src + image, batch.pixels.data() + i * image);
-            batch.labels[i] = s.labels.data[index];
+            batch.labels[i] = s.labels.data[indices[i]];
         }
-        cursor_ += count;
         return true;
     }
 
@@ -175,10 +165,7 @@ private:
     bool flip_;
     Split_ train_, val_;
     DatasetInfo info_;
-    Split split_ = Split::train;
-    EpochPlan plan_;
-    std::vector<std::int64_t> order_;
-    std::int64_t cursor_ = 0;
+    tessera::data::EpochCursor cursor_;
     tessera::Rng augment_rng_;
 };
 

@@ -27,49 +27,38 @@ public:
     DatasetInfo info() const override { return info_; }
 
     std::int64_t num_batches(Split split, const EpochPlan& plan) const override {
-        const std::int64_t size = split == Split::train ? info_.train_size : info_.val_size;
-        return tessera::data::batches_in(tessera::data::samples_per_rank(size, split == Split::train, plan), plan.batch_size,
-                                         plan.drop_last);
+        return tessera::data::EpochCursor::num_batches(split, plan, split == Split::train ? info_.train_size : info_.val_size);
     }
 
     void start_epoch(Split split, const EpochPlan& plan) override {
-        split_ = split;
-        plan_ = plan;
-        const std::int64_t size = split == Split::train ? info_.train_size : info_.val_size;
-        order_ = split == Split::train ? tessera::data::epoch_order(size, true, plan.seed, plan.epoch, plan.rank, plan.world_size)
-                                       : tessera::data::validation_order(size, plan.rank, plan.world_size);
-        cursor_ = 0;
+        cursor_.start(split, plan, split == Split::train ? info_.train_size : info_.val_size);
     }
 
     bool next(Batch& batch) override {
-        const std::int64_t count = std::min<std::int64_t>(std::int64_t(order_.size()) - cursor_, plan_.batch_size);
-        if (count <= 0 || (plan_.drop_last && count < plan_.batch_size)) return false;
+        const auto indices = cursor_.next_batch();
+        if (indices.empty()) return false;
         const std::size_t image = std::size_t(info_.height) * info_.width * info_.channels;
-        batch.count = int(count);
+        batch.count = int(indices.size());
         batch.height = info_.height;
         batch.width = info_.width;
         batch.channels = info_.channels;
-        batch.pixels.resize(count * image);
-        batch.labels.resize(count);
-        for (std::int64_t i = 0; i < count; ++i) {
-            const std::int64_t index = order_[cursor_ + i];
-            tessera::Rng rng = tessera::Rng::derive(plan_.seed, std::uint64_t(index), split_ == Split::train ? 1 : 2);
+        batch.pixels.resize(indices.size() * image);
+        batch.labels.resize(indices.size());
+        const std::uint64_t stream = cursor_.split() == Split::train ? 1 : 2;
+        for (std::size_t i = 0; i < indices.size(); ++i) {
+            tessera::Rng rng = tessera::Rng::derive(cursor_.plan().seed, std::uint64_t(indices[i]), stream);
             const int label = int(rng.below(info_.num_classes));
             const int base = 32 + 192 * label / std::max(1, info_.num_classes - 1);
             std::uint8_t* out = batch.pixels.data() + i * image;
             for (std::size_t p = 0; p < image; ++p) out[p] = std::uint8_t(std::clamp(base + int(rng.below(64)) - 32, 0, 255));
             batch.labels[i] = label;
         }
-        cursor_ += count;
         return true;
     }
 
 private:
     DatasetInfo info_;
-    Split split_ = Split::train;
-    EpochPlan plan_;
-    std::vector<std::int64_t> order_;
-    std::int64_t cursor_ = 0;
+    tessera::data::EpochCursor cursor_;
 };
 
 Info info() {

@@ -3,7 +3,9 @@
 // a generator seeded by (seed, epoch), pad to a multiple of the world size by repeating the first
 // indices, and give rank r every world_size-th index from r. The order depends on nothing else.
 #include <cstdint>
+#include <algorithm>
 #include <numeric>
+#include <span>
 #include <vector>
 
 #include "tessera/core/rng.hpp"
@@ -44,5 +46,43 @@ inline std::int64_t samples_per_rank(std::int64_t size, bool training, const plu
 inline std::int64_t batches_in(std::int64_t samples, int batch_size, bool drop_last) {
     return drop_last ? samples / batch_size : (samples + batch_size - 1) / batch_size;
 }
+
+/// Where a data source stands in an epoch: the order of its samples for this rank and how far it has
+/// got. Data plugins keep one and ask it for each batch's indices.
+class EpochCursor {
+public:
+    using Split = plugin::Split;
+
+    static std::int64_t num_batches(Split split, const plugin::EpochPlan& plan, std::int64_t size) {
+        return batches_in(samples_per_rank(size, split == Split::train, plan), plan.batch_size, plan.drop_last);
+    }
+
+    /// Training shuffles and shards; validation takes every sample once across the ranks, in order.
+    void start(Split split, const plugin::EpochPlan& plan, std::int64_t size) {
+        split_ = split;
+        plan_ = plan;
+        order_ = split == Split::train ? epoch_order(size, true, plan.seed, plan.epoch, plan.rank, plan.world_size)
+                                       : validation_order(size, plan.rank, plan.world_size);
+        cursor_ = 0;
+    }
+
+    /// The next batch's sample indices; empty when the epoch is done (or only a dropped partial batch is left).
+    std::span<const std::int64_t> next_batch() {
+        const std::int64_t count = std::min<std::int64_t>(std::int64_t(order_.size()) - cursor_, plan_.batch_size);
+        if (count <= 0 || (plan_.drop_last && count < plan_.batch_size)) return {};
+        std::span<const std::int64_t> batch(order_.data() + cursor_, std::size_t(count));
+        cursor_ += count;
+        return batch;
+    }
+
+    Split split() const { return split_; }
+    const plugin::EpochPlan& plan() const { return plan_; }
+
+private:
+    Split split_ = Split::train;
+    plugin::EpochPlan plan_;
+    std::vector<std::int64_t> order_;
+    std::int64_t cursor_ = 0;
+};
 
 }  // namespace tessera::data

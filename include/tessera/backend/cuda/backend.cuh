@@ -424,6 +424,14 @@ struct ConvDesc {
 
 enum ConvKind { forward, backward_data, backward_filter };
 
+// cudnnFind*AlgorithmEx lists algorithms fastest first; the first that ran is the one.
+template <class Perf>
+int fastest(const Perf* perf, int found, const char* call) {
+    for (int i = 0; i < found; ++i)
+        if (perf[i].status == CUDNN_STATUS_SUCCESS) return int(perf[i].algo);
+    throw internal_error(call, "no algorithm for this convolution");
+}
+
 // The fastest algorithm that fits the workspace, measured once per shape and kind.
 template <class Find>
 int algorithm(Context& ctx, const ConvGeometry& g, Shape x, ConvKind kind, Find find) {
@@ -459,9 +467,7 @@ void Backend::conv_forward(Context& ctx, const Tensor& x, const float* w, const 
         int found = 0;
         TESSERA_CUDA(cudnnFindConvolutionForwardAlgorithmEx(impl.cudnn, xd.d, x.data, wd.d, w, cd.d, yd.d, y.data, 8, &found, perf,
                                                             impl.workspace, ctx.settings.workspace_limit));
-        for (int i = 0; i < found; ++i)
-            if (perf[i].status == CUDNN_STATUS_SUCCESS) return int(perf[i].algo);
-        throw internal_error("cudnnFindConvolutionForwardAlgorithmEx", "no algorithm for this convolution");
+        return fastest(perf, found, "cudnnFindConvolutionForwardAlgorithmEx");
     }));
     const float one = 1.f, zero = 0.f;
     TESSERA_CUDA(cudnnConvolutionForward(impl.cudnn, &one, xd.d, x.data, wd.d, w, cd.d, algo, impl.workspace,
@@ -486,9 +492,7 @@ void Backend::conv_backward(Context& ctx, const Tensor& x, const float* w, const
         TESSERA_CUDA(cudnnFindConvolutionBackwardFilterAlgorithmEx(impl.cudnn, xd.d, x.data, dyd.d, dy.data, cd.d, wd.d, scratch, 8,
                                                                    &found, perf, impl.workspace, ctx.settings.workspace_limit));
         ctx.arena.release(mark);
-        for (int i = 0; i < found; ++i)
-            if (perf[i].status == CUDNN_STATUS_SUCCESS) return int(perf[i].algo);
-        throw internal_error("cudnnFindConvolutionBackwardFilterAlgorithmEx", "no algorithm for this convolution");
+        return fastest(perf, found, "cudnnFindConvolutionBackwardFilterAlgorithmEx");
     }));
     detail::OpTimer filter_timer(ctx, "conv backward filter");
     TESSERA_CUDA(cudnnConvolutionBackwardFilter(impl.cudnn, &one, xd.d, x.data, dyd.d, dy.data, cd.d, filter_algo, impl.workspace,
@@ -499,9 +503,7 @@ void Backend::conv_backward(Context& ctx, const Tensor& x, const float* w, const
         int found = 0;
         TESSERA_CUDA(cudnnFindConvolutionBackwardDataAlgorithmEx(impl.cudnn, wd.d, w, dyd.d, dy.data, cd.d, xd.d, dx.data, 8, &found,
                                                                  perf, impl.workspace, ctx.settings.workspace_limit));
-        for (int i = 0; i < found; ++i)
-            if (perf[i].status == CUDNN_STATUS_SUCCESS) return int(perf[i].algo);
-        throw internal_error("cudnnFindConvolutionBackwardDataAlgorithmEx", "no algorithm for this convolution");
+        return fastest(perf, found, "cudnnFindConvolutionBackwardDataAlgorithmEx");
     }));
     detail::OpTimer data_timer(ctx, "conv backward data");
     TESSERA_CUDA(cudnnConvolutionBackwardData(impl.cudnn, &one, wd.d, w, dyd.d, dy.data, cd.d, data_algo, impl.workspace,
