@@ -67,8 +67,12 @@ TEST(Models, KaimingFanOutInitAndZeroInitResidual) {
             for (std::size_t i = 0; i < e.size; ++i) sq += v[i] * v[i];
             EXPECT_NEAR(std::sqrt(sq / e.size), std::sqrt(2.0 / 576), 0.003);
         }
-        if (e.name == "layer1.0.bn2.weight") EXPECT_EQ(*std::max_element(v, v + e.size), 0.f);  // last BN of a block
-        if (e.name == "layer1.0.bn1.weight") EXPECT_EQ(*std::min_element(v, v + e.size), 1.f);
+        if (e.name == "layer1.0.bn2.weight") {  // the last BN of a block
+            EXPECT_EQ(*std::max_element(v, v + e.size), 0.f);
+        }
+        if (e.name == "layer1.0.bn1.weight") {
+            EXPECT_EQ(*std::min_element(v, v + e.size), 1.f);
+        }
     }
 }
 

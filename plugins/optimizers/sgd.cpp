@@ -47,7 +47,7 @@ public:
     }
 
 private:
-    void device_step(const Parameters& p, float rate, float m) {
+    void device_step(const Parameters& p, [[maybe_unused]] float rate, [[maybe_unused]] float m) {
 #ifdef TESSERA_WITH_CUDA
         if (p.device == "cuda") {
             if (!device_ || device_->count != p.count) device_ = std::make_unique<tessera_sgd::DeviceState>(decay_);

@@ -1,11 +1,11 @@
 #pragma once
-// Arena: the memory of one training step. Activations saved for backward, gradients flowing back and
-// scratch (im2col columns) are carved from it with a bump pointer and released all at once when the
-// step ends. The first step at a new batch shape measures what it needs; from then on the arena is
+// Arena: the memory of one training step. Activations saved for backward and scratch (im2col
+// columns) are carved from it with a bump pointer and released all at once when the step ends. The first step at a new batch shape measures what it needs; from then on the arena is
 // one block of that size and a step allocates nothing.
 #include <algorithm>
 #include <cstddef>
 #include <cstdlib>
+#include <deque>
 #include <memory>
 #include <new>
 #include <vector>
@@ -120,5 +120,73 @@ private:
 };
 
 using Arena = BasicArena<HostMemory>;
+
+/// Gradients flowing back through a network live only until the layer below has used them, so
+/// they come from a pool instead of the step's arena: acquire() takes the smallest free block that
+/// fits (allocating one only when none does), release() gives it back. Every step asks for the same
+/// sizes in the same order, so from the second step on nothing is allocated, and the pool holds only
+/// as many blocks as there are gradients alive at once.
+template <class Memory>
+class BasicTensorPool {
+public:
+    BasicTensorPool() = default;
+    BasicTensorPool(const BasicTensorPool&) = delete;
+    BasicTensorPool& operator=(const BasicTensorPool&) = delete;
+
+    Tensor acquire(Shape shape) {
+        const std::size_t bytes = std::max<std::size_t>(shape.size(), 1) * sizeof(float);
+        Block* best = nullptr;
+        for (auto& b : blocks_)
+            if (!b.used && b.bytes >= bytes && (!best || b.bytes < best->bytes)) best = &b;
+        if (!best) {
+            void* p = Memory::allocate(bytes);
+            if (!p) throw std::bad_alloc();
+            blocks_.push_back({std::unique_ptr<std::byte, Free>(static_cast<std::byte*>(p)), bytes, false});
+            best = &blocks_.back();
+        }
+        best->used = true;
+        in_use_ += best->bytes;
+        peak_ = std::max(peak_, in_use_);
+        return Tensor{reinterpret_cast<float*>(best->data.get()), shape};
+    }
+
+    /// Gives back a tensor from acquire(); a tensor from elsewhere (or none) is ignored.
+    void release(const Tensor& t) {
+        for (auto& b : blocks_) {
+            if (b.used && reinterpret_cast<float*>(b.data.get()) == t.data) {
+                b.used = false;
+                in_use_ -= b.bytes;
+                return;
+            }
+        }
+    }
+
+    /// Start of a step: whatever a step left behind is free again.
+    void reset() {
+        for (auto& b : blocks_) b.used = false;
+        in_use_ = 0;
+    }
+
+    std::size_t capacity_bytes() const {
+        std::size_t total = 0;
+        for (auto& b : blocks_) total += b.bytes;
+        return total;
+    }
+    std::size_t peak_bytes() const { return peak_; }
+
+private:
+    struct Free {
+        void operator()(std::byte* p) const { Memory::free(p); }
+    };
+    struct Block {
+        std::unique_ptr<std::byte, Free> data;
+        std::size_t bytes;
+        bool used;
+    };
+    std::deque<Block> blocks_;  // a deque: acquiring never moves the blocks handed out
+    std::size_t in_use_ = 0, peak_ = 0;
+};
+
+using TensorPool = BasicTensorPool<HostMemory>;
 
 }  // namespace tessera

@@ -18,7 +18,7 @@ public:
         return y_;
     }
     Tensor backward(Context& ctx, const Tensor& dy) {
-        Tensor dx = ctx.arena.tensor(dy.shape);
+        Tensor dx = ctx.grads.acquire(dy.shape);
         B::relu_backward(ctx, y_, dy, dx);
         return dx;
     }

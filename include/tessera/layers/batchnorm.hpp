@@ -34,7 +34,7 @@ public:
     }
 
     Tensor backward(Context& ctx, const Tensor& dy) {
-        Tensor dx = ctx.arena.tensor(x_.shape);
+        Tensor dx = ctx.grads.acquire(x_.shape);
         B::batchnorm_backward(ctx, x_, dy, params(), saved_, gamma_grad_, beta_grad_, dx);
         return dx;
     }

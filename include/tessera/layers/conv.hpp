@@ -27,7 +27,7 @@ public:
 
     Tensor backward(Context& ctx, const Tensor& dy) {  // (N, Ho, Wo, Cout) -> (N, H, W, Cin)
         Tensor dx{nullptr, x_.shape};
-        if (x_.data != ctx.network_input) dx = ctx.arena.tensor(x_.shape);
+        if (x_.data != ctx.network_input) dx = ctx.grads.acquire(x_.shape);
         B::conv_backward(ctx, x_, weight_, g_, dy, weight_grad_, dx);
         return dx;
     }

@@ -10,7 +10,9 @@
 // Every layer has:
 //   Shape  output_shape(Shape in) const
 //   Tensor forward(Context&, const Tensor& x)      // (N, H, W, C) in, (N, H', W', C') out
-//   Tensor backward(Context&, const Tensor& dy)    // returns dx; gradients of parameters accumulate
+//   Tensor backward(Context&, const Tensor& dy)    // returns dx, from ctx.grads (or dy itself when the
+//                                                  // layer passes it through); the caller owns dy and dx.
+//                                                  // Gradients of parameters accumulate (+=).
 //   void   visit(ParamVisitor&)                    // parameters and buffers, with torchvision names
 //   void   init(Rng&, const InitOptions&)
 //   Shape  describe(Describer&, Shape in) const    // a row per leaf for `runner info`

@@ -33,7 +33,7 @@ public:
     }
     Tensor backward(Context& ctx, const Tensor& dy) {
         Tensor dx{nullptr, x_.shape};
-        if (x_.data != ctx.network_input) dx = ctx.arena.tensor(x_.shape);
+        if (x_.data != ctx.network_input) dx = ctx.grads.acquire(x_.shape);
         B::linear_backward(ctx, x_, weight_, dy, out_, weight_grad_, bias_grad_, dx);
         return dx;
     }

@@ -25,7 +25,7 @@ public:
         return y;
     }
     Tensor backward(Context& ctx, const Tensor& dy) {
-        Tensor dx = ctx.arena.tensor(input_shape_);
+        Tensor dx = ctx.grads.acquire(input_shape_);
         B::maxpool_backward(ctx, dy, argmax_, dx);
         return dx;
     }
@@ -72,7 +72,7 @@ public:
         return y;
     }
     Tensor backward(Context& ctx, const Tensor& dy) {
-        Tensor dx = ctx.arena.tensor(input_shape_);
+        Tensor dx = ctx.grads.acquire(input_shape_);
         B::global_avgpool_backward(ctx, dy, dx);
         return dx;
     }

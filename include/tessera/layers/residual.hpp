@@ -3,6 +3,7 @@
 // shortcut: the identity when the block keeps shape, else a strided 1x1 conv and a BatchNorm, named
 // "downsample.0" and "downsample.1" as in torchvision.
 #include <type_traits>
+#include <utility>
 
 #include "tessera/layers/batchnorm.hpp"
 #include "tessera/layers/conv.hpp"
@@ -27,16 +28,25 @@ public:
         B::add(ctx, a, b, y);
         return y;
     }
+    // dx = dBranch + dShortcut. Either path may hand back dy itself (the identity), which belongs to
+    // the caller: the sum then goes into the other path's gradient, or into a fresh one.
     Tensor backward(Context& ctx, const Tensor& dy) {
-        Tensor dx = branch_.backward(ctx, dy);
-        Tensor dx_shortcut = shortcut_.backward(ctx, dy);
-        if (dx.data == dy.data) {  // both paths were the identity: never write into dy
-            Tensor sum = ctx.arena.tensor(dy.shape);
-            B::add(ctx, dx, dx_shortcut, sum);
+        Tensor a = branch_.backward(ctx, dy);
+        Tensor b = shortcut_.backward(ctx, dy);
+        if (!a.data || !b.data) {  // x is the network's input: no gradient is wanted
+            for (const Tensor& t : {a, b})
+                if (t.data && t.data != dy.data) ctx.grads.release(t);
+            return Tensor{nullptr, a.shape};
+        }
+        if (a.data == dy.data && b.data == dy.data) {
+            Tensor sum = ctx.grads.acquire(dy.shape);
+            B::add(ctx, a, b, sum);
             return sum;
         }
-        if (dx.data) B::accumulate(ctx, dx_shortcut, dx);
-        return dx;
+        if (a.data == dy.data) std::swap(a, b);
+        B::accumulate(ctx, b, a);
+        if (b.data != dy.data) ctx.grads.release(b);
+        return a;
     }
     void visit(ParamVisitor& v) {
         branch_.visit(v);

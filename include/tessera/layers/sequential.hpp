@@ -15,6 +15,15 @@ namespace tessera::layers {
 
 // ---- Seq ---------------------------------------------------------------------------------------
 
+/// One child's backward inside a composite: returns its dx and gives back g, the gradient it was
+/// handed, unless g is the composite's own dy (its caller's) or the child passed g through.
+template <class Context, class Layer>
+Tensor backward_step(Context& ctx, Layer& layer, const Tensor& g, const Tensor& dy) {
+    Tensor dx = layer.backward(ctx, g);
+    if (g.data != dy.data && dx.data != g.data) ctx.grads.release(g);
+    return dx;
+}
+
 template <class B, class... Layers>
 class SeqLayer {
 public:
@@ -31,9 +40,10 @@ public:
         std::apply([&](auto&... l) { ((x = l.forward(ctx, x)), ...); }, layers_);
         return x;
     }
-    Tensor backward(Context& ctx, Tensor dy) {
-        backward_from<sizeof...(Layers)>(ctx, dy);
-        return dy;
+    Tensor backward(Context& ctx, const Tensor& dy) {
+        Tensor g = dy;
+        backward_from<sizeof...(Layers)>(ctx, g, dy);
+        return g;
     }
     void visit(ParamVisitor& v) {
         std::apply([&](auto&... l) { (visit_child(v, l, [&](auto& c) { c.visit(v); }), ...); }, layers_);
@@ -52,11 +62,13 @@ public:
     auto& get() { return std::get<I>(layers_); }
 
 private:
+    // Gradients between children belong to the Seq: each is given back once the child below has
+    // used it. The Seq's own dy belongs to its caller.
     template <std::size_t I>
-    void backward_from(Context& ctx, Tensor& dy) {
+    void backward_from(Context& ctx, Tensor& g, const Tensor& dy) {
         if constexpr (I > 0) {
-            dy = std::get<I - 1>(layers_).backward(ctx, dy);
-            backward_from<I - 1>(ctx, dy);
+            g = backward_step(ctx, std::get<I - 1>(layers_), g, dy);
+            backward_from<I - 1>(ctx, g, dy);
         }
     }
     std::tuple<Layers...> layers_;
@@ -165,9 +177,10 @@ public:
         for (auto& b : blocks_) x = b.forward(ctx, x);
         return x;
     }
-    Tensor backward(Context& ctx, Tensor dy) {
-        for (auto b = blocks_.rbegin(); b != blocks_.rend(); ++b) dy = b->backward(ctx, dy);
-        return dy;
+    Tensor backward(Context& ctx, const Tensor& dy) {
+        Tensor g = dy;
+        for (auto b = blocks_.rbegin(); b != blocks_.rend(); ++b) g = backward_step(ctx, *b, g, dy);
+        return g;
     }
     void visit(ParamVisitor& v) {
         for (std::size_t i = 0; i < blocks_.size(); ++i) {

@@ -182,7 +182,10 @@ public:
         ctx.network_input = x.data;
         return net_.forward(ctx, x);
     }
-    void backward(Context& ctx, const Tensor& dlogits) override { net_.backward(ctx, dlogits); }
+    void backward(Context& ctx, const Tensor& dlogits) override {
+        const Tensor dx = net_.backward(ctx, dlogits);  // null at the network's input, else a pooled gradient
+        if (dx.data != dlogits.data) ctx.grads.release(dx);
+    }
     Shape output_shape(Shape in) const override { return net_.output_shape(in); }
     std::vector<layers::Describer::Row> describe(Shape in) const override {
         layers::Describer d;

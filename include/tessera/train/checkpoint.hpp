@@ -128,9 +128,9 @@ inline void save(const ParamStore& store, const std::filesystem::path& path,
     if (ec) throw user_error(path.string(), "cannot replace the checkpoint: " + ec.message());
 }
 
-/// Loads a state_dict into the model. Every tensor of the model must be in the file with the same
-/// shape, and the file must hold nothing else (as load_state_dict(strict=True)); F32 tensors, and
-/// I64 or F32 for num_batches_tracked.
+/// Loads a state_dict into the model's host copy. Every tensor of the model must be in the file with
+/// the same shape, and the file must hold nothing else (as load_state_dict(strict=True)); F32
+/// tensors, and I64 or F32 for num_batches_tracked. On a GPU, call Network::upload() afterwards.
 inline void load(ParamStore& store, const std::filesystem::path& path) {
     using namespace detail;
     const std::string where = path.string();

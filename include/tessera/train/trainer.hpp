@@ -82,6 +82,7 @@ public:
     /// One optimizer step on the current batch.
     auto train_step(const plugin::StepRates& rates, const plugin::Parameters& params) {
         ctx_.arena.reset();
+        ctx_.grads.reset();
         ctx_.training = true;
         net_.zero_grad(ctx_);
         const Tensor logits = net_.forward(ctx_, input(batch_));

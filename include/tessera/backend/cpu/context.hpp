@@ -10,7 +10,8 @@ struct Context {
     explicit Context(int threads = ThreadPool::default_threads()) : pool(threads) { set_gemm_threads(threads); }
 
     ThreadPool pool;
-    Arena arena;
+    Arena arena;       // activations and scratch of one step
+    TensorPool grads;  // gradients flowing back, each freed once the layer below has used it
     bool training = true;
     // The network's input needs no gradient: the first layer checks this and skips its dx.
     const float* network_input = nullptr;

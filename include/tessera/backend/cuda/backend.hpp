@@ -43,7 +43,8 @@ public:
     Context(const Context&) = delete;
     Context& operator=(const Context&) = delete;
 
-    BasicArena<DeviceMemory> arena;
+    BasicArena<DeviceMemory> arena;       // activations and scratch of one step
+    BasicTensorPool<DeviceMemory> grads;  // gradients flowing back, each freed once used
     bool training = true;
     const float* network_input = nullptr;  // the first layer skips its dx
     Settings settings;
