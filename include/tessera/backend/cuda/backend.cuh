@@ -494,9 +494,11 @@ void Backend::conv_backward(Context& ctx, const Tensor& x, const float* w, const
         ctx.arena.release(mark);
         return fastest(perf, found, "cudnnFindConvolutionBackwardFilterAlgorithmEx");
     }));
-    detail::OpTimer filter_timer(ctx, "conv backward filter");
-    TESSERA_CUDA(cudnnConvolutionBackwardFilter(impl.cudnn, &one, xd.d, x.data, dyd.d, dy.data, cd.d, filter_algo, impl.workspace,
-                                                ctx.settings.workspace_limit, &one, wd.d, dw));
+    {
+        detail::OpTimer filter_timer(ctx, "conv backward filter");
+        TESSERA_CUDA(cudnnConvolutionBackwardFilter(impl.cudnn, &one, xd.d, x.data, dyd.d, dy.data, cd.d, filter_algo, impl.workspace,
+                                                    ctx.settings.workspace_limit, &one, wd.d, dw));
+    }
     if (!dx.data) return;
     const auto data_algo = cudnnConvolutionBwdDataAlgo_t(algorithm(ctx, g, x.shape, backward_data, [&] {
         cudnnConvolutionBwdDataAlgoPerf_t perf[8];
