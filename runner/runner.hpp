@@ -57,13 +57,13 @@ template <class B>
 std::unique_ptr<typename B::Context> make_context(int threads, const std::string& precision, const std::string& where) {
     if constexpr (std::is_same_v<B, cpu::Backend>) {
         if (precision != "fp32")
-            throw user_error(where, "precision \"" + precision + "\": the CPU backend computes in fp32", "use precision = \"fp32\"");
+            throw user_error(where, "\"" + precision + "\": the CPU backend computes in fp32", "use precision = \"fp32\"");
         return std::make_unique<cpu::Context>(threads);
     }
 #ifdef TESSERA_WITH_CUDA
     else {
         if (precision != "fp32" && precision != "tf32")
-            throw user_error(where, "precision \"" + precision + "\" is not available in the CUDA backend yet",
+            throw user_error(where, "\"" + precision + "\" is not available in the CUDA backend yet",
                              "use precision = \"tf32\" (fp32 storage, TF32 tensor cores) or \"fp32\"");
         cuda::Settings settings;
         settings.tf32 = precision == "tf32";

@@ -258,7 +258,14 @@ bool device_available(std::string* why) {
     int count = 0;
     const cudaError_t status = cudaGetDeviceCount(&count);
     if (status != cudaSuccess || count == 0) {
-        if (why) *why = status != cudaSuccess ? cudaGetErrorString(status) : "no CUDA device";
+        if (why) {
+            if (status == cudaErrorInsufficientDriver)
+                *why = "the NVIDIA driver is missing or older than the CUDA runtime this build uses";
+            else if (status == cudaErrorNoDevice || count == 0)
+                *why = "no NVIDIA GPU on this machine";
+            else
+                *why = cudaGetErrorString(status);
+        }
         cudaGetLastError();
         return false;
     }
