@@ -28,8 +28,10 @@ inline std::size_t images_per_slice(const ConvGeometry& g, Shape y) {
 
 // cols (rows, K) for images [n0, n1): row p holds the kernel window of output pixel p, zero where it
 // hangs off the image.
-inline void im2col(const Tensor& x, const ConvGeometry& g, Shape y, std::size_t n0, std::size_t n1, float* cols) {
+inline void im2col(const Tensor& x, const ConvGeometry& g, Shape y, std::size_t n0, std::size_t n1, float* __restrict cols) {
     const std::size_t row_bytes = sizeof(float) * g.in_channels;
+    const float* __restrict in = x.data;
+    const int h = x.shape.h, w = x.shape.w, c = x.shape.c;
     for (std::size_t n = n0; n < n1; ++n) {
         for (int oy = 0; oy < y.h; ++oy) {
             for (int ox = 0; ox < y.w; ++ox) {
@@ -37,8 +39,8 @@ inline void im2col(const Tensor& x, const ConvGeometry& g, Shape y, std::size_t 
                     const int iy = oy * g.stride - g.pad + ky;
                     for (int kx = 0; kx < g.kernel; ++kx, cols += g.in_channels) {
                         const int ix = ox * g.stride - g.pad + kx;
-                        if (iy < 0 || iy >= x.shape.h || ix < 0 || ix >= x.shape.w) std::memset(cols, 0, row_bytes);
-                        else std::memcpy(cols, x.row((n * x.shape.h + iy) * x.shape.w + ix), row_bytes);
+                        if (iy < 0 || iy >= h || ix < 0 || ix >= w) std::memset(cols, 0, row_bytes);
+                        else std::memcpy(cols, in + ((n * h + iy) * w + ix) * c, row_bytes);
                     }
                 }
             }
@@ -47,19 +49,21 @@ inline void im2col(const Tensor& x, const ConvGeometry& g, Shape y, std::size_t 
 }
 
 // dX[n0, n1) = col2im(dcols): each window adds back into the pixels it was read from.
-inline void col2im(const float* dcols, const ConvGeometry& g, Shape y, std::size_t n0, std::size_t n1, const Tensor& dx) {
-    const std::size_t image = std::size_t(dx.shape.h) * dx.shape.w * dx.shape.c;
-    std::memset(dx.data + n0 * image, 0, (n1 - n0) * image * sizeof(float));
+inline void col2im(const float* __restrict dcols, const ConvGeometry& g, Shape y, std::size_t n0, std::size_t n1, const Tensor& dx) {
+    float* __restrict out = dx.data;
+    const int h = dx.shape.h, w = dx.shape.w, c = dx.shape.c;
+    const std::size_t image = std::size_t(h) * w * c;
+    std::memset(out + n0 * image, 0, (n1 - n0) * image * sizeof(float));
     for (std::size_t n = n0; n < n1; ++n) {
         for (int oy = 0; oy < y.h; ++oy) {
             for (int ox = 0; ox < y.w; ++ox) {
                 for (int ky = 0; ky < g.kernel; ++ky) {
                     const int iy = oy * g.stride - g.pad + ky;
-                    for (int kx = 0; kx < g.kernel; ++kx, dcols += g.in_channels) {
+                    for (int kx = 0; kx < g.kernel; ++kx, dcols += c) {
                         const int ix = ox * g.stride - g.pad + kx;
-                        if (iy < 0 || iy >= dx.shape.h || ix < 0 || ix >= dx.shape.w) continue;
-                        float* out = dx.row((n * dx.shape.h + iy) * dx.shape.w + ix);
-                        for (int c = 0; c < g.in_channels; ++c) out[c] += dcols[c];
+                        if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+                        float* __restrict pixel = out + ((n * h + iy) * w + ix) * c;
+                        for (int ch = 0; ch < c; ++ch) pixel[ch] += dcols[ch];
                     }
                 }
             }

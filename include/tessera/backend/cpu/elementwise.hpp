@@ -10,31 +10,48 @@ namespace tessera::cpu {
 
 constexpr std::size_t elementwise_grain = 1 << 14;
 
+// The loops below read through local __restrict pointers: through a Tensor captured by reference,
+// the compiler must assume each store may change the Tensor itself, and neither hoists the loads
+// nor vectorises.
+
 /// y = max(x, 0).
 inline void relu_forward(Context& ctx, const Tensor& x, const Tensor& y) {
-    ctx.pool.parallel_for(x.size(), [&](std::size_t begin, std::size_t end) {
-        for (std::size_t i = begin; i < end; ++i) y.data[i] = std::max(x.data[i], 0.f);
+    const float* __restrict in = x.data;
+    float* __restrict out = y.data;
+    ctx.pool.parallel_for(x.size(), [=](std::size_t begin, std::size_t end) {
+        for (std::size_t i = begin; i < end; ++i) out[i] = std::max(in[i], 0.f);
     }, elementwise_grain);
 }
 
 /// dx = dy where the output was positive, else 0.
 inline void relu_backward(Context& ctx, const Tensor& y, const Tensor& dy, const Tensor& dx) {
-    ctx.pool.parallel_for(y.size(), [&](std::size_t begin, std::size_t end) {
-        for (std::size_t i = begin; i < end; ++i) dx.data[i] = y.data[i] > 0.f ? dy.data[i] : 0.f;
+    const float* __restrict out = y.data;
+    const float* __restrict grad = dy.data;
+    float* __restrict result = dx.data;
+    ctx.pool.parallel_for(y.size(), [=](std::size_t begin, std::size_t end) {
+        for (std::size_t i = begin; i < end; ++i) {
+            const float g = grad[i];  // loaded either way, so the select vectorises
+            result[i] = out[i] > 0.f ? g : 0.f;
+        }
     }, elementwise_grain);
 }
 
 /// y = a + b.
 inline void add(Context& ctx, const Tensor& a, const Tensor& b, const Tensor& y) {
-    ctx.pool.parallel_for(y.size(), [&](std::size_t begin, std::size_t end) {
-        for (std::size_t i = begin; i < end; ++i) y.data[i] = a.data[i] + b.data[i];
+    const float* __restrict left = a.data;
+    const float* __restrict right = b.data;
+    float* __restrict out = y.data;
+    ctx.pool.parallel_for(y.size(), [=](std::size_t begin, std::size_t end) {
+        for (std::size_t i = begin; i < end; ++i) out[i] = left[i] + right[i];
     }, elementwise_grain);
 }
 
 /// y += x.
 inline void accumulate(Context& ctx, const Tensor& x, const Tensor& y) {
-    ctx.pool.parallel_for(y.size(), [&](std::size_t begin, std::size_t end) {
-        for (std::size_t i = begin; i < end; ++i) y.data[i] += x.data[i];
+    const float* __restrict in = x.data;
+    float* __restrict out = y.data;
+    ctx.pool.parallel_for(y.size(), [=](std::size_t begin, std::size_t end) {
+        for (std::size_t i = begin; i < end; ++i) out[i] += in[i];
     }, elementwise_grain);
 }
 
