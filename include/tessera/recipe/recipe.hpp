@@ -258,11 +258,8 @@ inline void resolve(Recipe& r, const plugin::Registry& registry) {
         const toml::table* t = r.effective[section].as_table();
         return t ? *t : empty;
     };
-    for (const char* section : {"run", "model", "train", "checkpoint"}) {
-        Options o = validate(table(section), sections.at(section), section, {}, name);
-        (section == std::string("run") ? r.run : section == std::string("model") ? r.model
-         : section == std::string("train") ? r.train : r.checkpoint) = std::move(o);
-    }
+    const std::pair<const char*, Options*> core[] = {{"run", &r.run}, {"model", &r.model}, {"train", &r.train}, {"checkpoint", &r.checkpoint}};
+    for (auto [section, options] : core) *options = validate(table(section), sections.at(section), section, {}, name);
     if (!r.effective.contains("data"))
         throw user_error(name, "the recipe has no [data] table", "add [data] with plugin = \"idx\" or \"synthetic\"");
     r.data = choose_plugin(table("data"), "data", "data", sections.at("data"), registry, name);
@@ -271,7 +268,9 @@ inline void resolve(Recipe& r, const plugin::Registry& registry) {
         for (auto& o : r.data.entry->info.options) keys.push_back(o.name);
         return keys;
     }(), name).integer("batch_size"));
-    if (r.batch_size < 1) throw user_error(locate(table("data")["batch_size"].node()->source(), name), "data.batch_size must be at least 1");
+    if (r.batch_size < 1)
+        throw user_error(locate(table("data")["batch_size"].node()->source(), name + " (--set data.batch_size)"),
+                         "data.batch_size must be at least 1");
     toml::table default_optimizer{{"plugin", "sgd"}}, default_scheduler{{"plugin", "constant"}};
     r.optimizer = choose_plugin(r.effective.contains("optimizer") ? table("optimizer") : default_optimizer, "optimizer",
                                 "optimizer", {}, registry, name);
@@ -283,7 +282,8 @@ inline void resolve(Recipe& r, const plugin::Registry& registry) {
         for (const char* plugin_name : {"console", "csv"})
             r.loggers.push_back(choose_plugin(toml::table{{"plugin", plugin_name}}, "logger", "logger", {}, registry, name));
     }
-    if (r.train.integer("epochs") < 1) throw user_error(name, "train.epochs must be at least 1");
+    if (r.train.integer("epochs") < 1)
+        throw user_error(locate(table("train")["epochs"].node()->source(), name + " (--set train.epochs)"), "train.epochs must be at least 1");
 }
 
 /// The recipe's extra plugin folders.
