@@ -9,6 +9,7 @@ namespace tessera::test {
 namespace {
 
 using Net = models::Network<cpu::Backend>;
+using namespace tessera::layers;
 
 std::unique_ptr<Net> make(const std::string& arch, int classes = 1000, int channels = 3) {
     return models::make_network<cpu::Backend>(arch, {classes, channels});
@@ -74,6 +75,46 @@ TEST(Models, KaimingFanOutInitAndZeroInitResidual) {
             EXPECT_EQ(*std::min_element(v, v + e.size), 1.f);
         }
     }
+}
+
+// ReLUs work in place on tensors no one else holds: never on the caller's images, never on a
+// residual block's input, which its shortcut still reads.
+TEST(Models, InPlaceReLUsLeaveInputsAndResultsAlone) {
+    auto net = make("resnet20", 10);
+    net->init(1, {});
+    cpu::Context ctx(2);
+    Rng rng(2);
+    std::vector<float> x(2 * 16 * 16 * 3);
+    fill_normal(x.data(), x.size(), rng);
+    const std::vector<float> original = x;
+    std::vector<float> first;
+    for (int pass = 0; pass < 2; ++pass) {
+        ctx.arena.reset();
+        ctx.training = false;
+        const Tensor y = net->forward(ctx, Tensor{x.data(), {2, 16, 16, 3}});
+        const std::vector<float> logits(y.data, y.data + y.size());
+        if (pass == 0) first = logits;
+        else EXPECT_EQ(logits, first);
+    }
+    EXPECT_EQ(x, original);
+    // A pre-activation block after BatchNorm: the branch's ReLU must not overwrite the block's input,
+    // which the identity shortcut reads. With the branch's conv at zero, the block's output is
+    // exactly its input, negative values included.
+    Bound<Seq<BatchNorm<>, Residual<Seq<ReLU, Conv<4, 3>>, Projection<4, 1>>>, 4> block;
+    block.layer.init(rng, {});
+    for (auto& e : block.store.params)
+        if (e.role == Role::conv_weight) std::fill_n(block.store.values.begin() + e.offset, e.size, 0.f);
+    std::vector<float> z(2 * 5 * 5 * 4);
+    fill_normal(z.data(), z.size(), rng);
+    ctx.arena.reset();
+    ctx.training = true;
+    const Tensor out = block.layer.forward(ctx, Tensor{z.data(), {2, 5, 5, 4}});
+    const std::vector<float> through_block(out.data, out.data + out.size());
+    ctx.input_is_private = false;
+    const Tensor normalised = block.layer.template get<0>().forward(ctx, Tensor{z.data(), {2, 5, 5, 4}});
+    const std::vector<float> expected(normalised.data, normalised.data + normalised.size());
+    EXPECT_LT(*std::min_element(expected.begin(), expected.end()), 0.f);
+    EXPECT_EQ(through_block, expected);
 }
 
 TEST(BatchNorm, BatchStatisticsInTrainingRunningStatisticsInEval) {

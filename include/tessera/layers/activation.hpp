@@ -1,5 +1,8 @@
 #pragma once
-// ReLU: y = max(x, 0). Backward needs only the output's sign, so the layer keeps y, not x.
+// ReLU: y = max(x, 0). Backward needs only the output's sign, so the layer keeps y, not x. When its
+// input is private (the output of the layer before it in a Seq, which no one else keeps: BatchNorm
+// and the residual sum keep their inputs, not their outputs), it works in place, as torchvision's
+// ReLU(inplace=True): a third of ResNet's activation memory.
 #include "tessera/layers/layer.hpp"
 
 namespace tessera::layers {
@@ -13,7 +16,7 @@ public:
     Shape output_shape(Shape in) const { return in; }
 
     Tensor forward(Context& ctx, const Tensor& x) {
-        y_ = ctx.arena.tensor(x.shape);
+        y_ = ctx.input_is_private ? x : ctx.arena.tensor(x.shape);
         B::relu_forward(ctx, x, y_);
         return y_;
     }

@@ -22,7 +22,9 @@ public:
     Shape output_shape(Shape in) const { return branch_.output_shape(in); }
 
     Tensor forward(Context& ctx, const Tensor& x) {
+        ctx.input_is_private = false;  // both paths read x
         Tensor a = branch_.forward(ctx, x);
+        ctx.input_is_private = false;
         Tensor b = shortcut_.forward(ctx, x);
         Tensor y = ctx.arena.tensor(a.shape);
         B::add(ctx, a, b, y);

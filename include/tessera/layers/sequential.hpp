@@ -37,7 +37,11 @@ public:
         return in;
     }
     Tensor forward(Context& ctx, Tensor x) {
-        std::apply([&](auto&... l) { ((x = l.forward(ctx, x)), ...); }, layers_);
+        const bool input_is_private = ctx.input_is_private;
+        const float* input = x.data;
+        std::apply([&](auto&... l) {
+            ((ctx.input_is_private = input_is_private || x.data != input, x = l.forward(ctx, x)), ...);
+        }, layers_);
         return x;
     }
     Tensor backward(Context& ctx, const Tensor& dy) {
@@ -174,7 +178,12 @@ public:
         return in;
     }
     Tensor forward(Context& ctx, Tensor x) {
-        for (auto& b : blocks_) x = b.forward(ctx, x);
+        const bool input_is_private = ctx.input_is_private;
+        const float* input = x.data;
+        for (auto& b : blocks_) {
+            ctx.input_is_private = input_is_private || x.data != input;
+            x = b.forward(ctx, x);
+        }
         return x;
     }
     Tensor backward(Context& ctx, const Tensor& dy) {

@@ -180,6 +180,7 @@ public:
 
     Tensor forward(Context& ctx, const Tensor& x) override {
         ctx.network_input = x.data;
+        ctx.input_is_private = false;  // the caller's images are never overwritten
         return net_.forward(ctx, x);
     }
     void backward(Context& ctx, const Tensor& dlogits) override {

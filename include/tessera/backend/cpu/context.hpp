@@ -13,6 +13,9 @@ struct Context {
     Arena arena;       // activations and scratch of one step
     TensorPool grads;  // gradients flowing back, each freed once the layer below has used it
     bool training = true;
+    // Set by Seq and Repeat for the child they call: its input is a tensor no one else holds, so a
+    // ReLU may overwrite it (see layers/activation.hpp).
+    bool input_is_private = false;
     // The network's input needs no gradient: the first layer checks this and skips its dx.
     const float* network_input = nullptr;
 };

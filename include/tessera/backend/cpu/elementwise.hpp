@@ -14,8 +14,15 @@ constexpr std::size_t elementwise_grain = 1 << 14;
 // the compiler must assume each store may change the Tensor itself, and neither hoists the loads
 // nor vectorises.
 
-/// y = max(x, 0).
+/// y = max(x, 0); x and y may be the same tensor.
 inline void relu_forward(Context& ctx, const Tensor& x, const Tensor& y) {
+    if (x.data == y.data) {
+        float* __restrict data = y.data;
+        ctx.pool.parallel_for(y.size(), [=](std::size_t begin, std::size_t end) {
+            for (std::size_t i = begin; i < end; ++i) data[i] = std::max(data[i], 0.f);
+        }, elementwise_grain);
+        return;
+    }
     const float* __restrict in = x.data;
     float* __restrict out = y.data;
     ctx.pool.parallel_for(x.size(), [=](std::size_t begin, std::size_t end) {

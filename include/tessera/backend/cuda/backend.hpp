@@ -46,6 +46,7 @@ public:
     BasicArena<DeviceMemory> arena;       // activations and scratch of one step
     BasicTensorPool<DeviceMemory> grads;  // gradients flowing back, each freed once used
     bool training = true;
+    bool input_is_private = false;  // as cpu::Context: a ReLU may overwrite its input
     const float* network_input = nullptr;  // the first layer skips its dx
     Settings settings;
 
