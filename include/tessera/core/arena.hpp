@@ -1,11 +1,12 @@
 #pragma once
 // Arena: the memory of one training step. Activations saved for backward and scratch (im2col
-// columns) are carved from it with a bump pointer and released all at once when the step ends. The first step at a new batch shape measures what it needs; from then on the arena is
-// one block of that size and a step allocates nothing.
+// columns) are carved from it with a bump pointer and released all at once when the step ends.
+// The first step at a new batch shape measures what it needs; from then on the arena is one block
+// of that size and a step allocates nothing. TensorPool: the gradients flowing back, each freed
+// as soon as it has been used.
 #include <algorithm>
 #include <cstddef>
 #include <cstdlib>
-#include <deque>
 #include <memory>
 #include <new>
 #include <vector>
@@ -14,17 +15,37 @@
 
 namespace tessera {
 
-/// Host memory for an arena: cache-line aligned.
+/// Where blocks come from: aligned host memory here, device memory for the CUDA backend.
+inline constexpr std::size_t memory_alignment = 256;  // a cache line on the CPU, a cuDNN-friendly boundary on the GPU
+
 struct HostMemory {
-    static void* allocate(std::size_t bytes) { return std::aligned_alloc(256, bytes); }
+    static void* allocate(std::size_t bytes) { return std::aligned_alloc(memory_alignment, bytes); }
     static void free(void* p) { std::free(p); }
+};
+
+/// One allocation of Memory, its size rounded up to the alignment, freed when the block goes.
+template <class Memory>
+struct MemoryBlock {
+    struct Free {
+        void operator()(std::byte* p) const { Memory::free(p); }
+    };
+    std::unique_ptr<std::byte, Free> data;
+    std::size_t bytes = 0;
+
+    static std::size_t round_up(std::size_t bytes) { return (bytes + memory_alignment - 1) / memory_alignment * memory_alignment; }
+    static MemoryBlock make(std::size_t bytes) {
+        bytes = round_up(std::max<std::size_t>(bytes, 1));
+        auto* p = static_cast<std::byte*>(Memory::allocate(bytes));
+        if (!p) throw std::bad_alloc();
+        return MemoryBlock{std::unique_ptr<std::byte, Free>(p), bytes};
+    }
 };
 
 /// An arena over Memory (HostMemory, or device memory for the CUDA backend).
 template <class Memory>
 class BasicArena {
 public:
-    static constexpr std::size_t alignment = 256;  // a cache line on the CPU, a cuDNN-friendly boundary on the GPU
+    static constexpr std::size_t alignment = memory_alignment;
 
     struct Mark {
         std::size_t block, offset;
@@ -37,7 +58,7 @@ public:
     /// Room for `count` floats, aligned.
     float* allocate_floats(std::size_t count) {
         std::size_t bytes = round_up(std::max<std::size_t>(count, 1) * sizeof(float));
-        if (blocks_.empty() || blocks_[current_].capacity - offset_ < bytes) next_block(bytes);
+        if (blocks_.empty() || blocks_[current_].bytes - offset_ < bytes) next_block(bytes);
         float* p = reinterpret_cast<float*>(blocks_[current_].data.get() + offset_);
         offset_ += bytes;
         peak_ = std::max(peak_, in_use());
@@ -74,33 +95,21 @@ public:
 
     std::size_t capacity_bytes() const {
         std::size_t total = 0;
-        for (auto& b : blocks_) total += b.capacity;
+        for (auto& b : blocks_) total += b.bytes;
         return total;
     }
     std::size_t peak_bytes() const { return peak_; }
 
 private:
-    struct Block {
-        struct Free {
-            void operator()(std::byte* p) const { Memory::free(p); }
-        };
-        std::unique_ptr<std::byte, Free> data;
-        std::size_t capacity = 0;
-        static Block make(std::size_t bytes) {
-            auto* p = static_cast<std::byte*>(Memory::allocate(round_up(bytes)));
-            if (!p) throw std::bad_alloc();
-            return Block{std::unique_ptr<std::byte, Free>(p), round_up(bytes)};
-        }
-    };
-
-    static std::size_t round_up(std::size_t bytes) { return (bytes + alignment - 1) / alignment * alignment; }
+    using Block = MemoryBlock<Memory>;
+    static std::size_t round_up(std::size_t bytes) { return Block::round_up(bytes); }
 
     void next_block(std::size_t bytes) {
         if (!blocks_.empty()) used_[current_] = offset_;
         // Reuse a later block that fits (one left by release()), or append one that at least
         // doubles what we hold, so a growing step needs few of them.
         for (std::size_t b = blocks_.empty() ? 0 : current_ + 1; b < blocks_.size(); ++b) {
-            if (blocks_[b].capacity >= bytes) {
+            if (blocks_[b].bytes >= bytes) {
                 for (std::size_t skipped = current_ + 1; skipped < b; ++skipped) used_[skipped] = 0;
                 current_ = b;
                 offset_ = 0;
@@ -134,28 +143,26 @@ public:
     BasicTensorPool& operator=(const BasicTensorPool&) = delete;
 
     Tensor acquire(Shape shape) {
-        const std::size_t bytes = std::max<std::size_t>(shape.size(), 1) * sizeof(float);
+        const std::size_t bytes = shape.size() * sizeof(float);
         Block* best = nullptr;
         for (auto& b : blocks_)
-            if (!b.used && b.bytes >= bytes && (!best || b.bytes < best->bytes)) best = &b;
+            if (!b.used && b.memory.bytes >= bytes && (!best || b.memory.bytes < best->memory.bytes)) best = &b;
         if (!best) {
-            void* p = Memory::allocate(bytes);
-            if (!p) throw std::bad_alloc();
-            blocks_.push_back({std::unique_ptr<std::byte, Free>(static_cast<std::byte*>(p)), bytes, false});
+            blocks_.push_back({MemoryBlock<Memory>::make(bytes), false});
             best = &blocks_.back();
         }
         best->used = true;
-        in_use_ += best->bytes;
+        in_use_ += best->memory.bytes;
         peak_ = std::max(peak_, in_use_);
-        return Tensor{reinterpret_cast<float*>(best->data.get()), shape};
+        return Tensor{reinterpret_cast<float*>(best->memory.data.get()), shape};
     }
 
     /// Gives back a tensor from acquire(); a tensor from elsewhere (or none) is ignored.
     void release(const Tensor& t) {
         for (auto& b : blocks_) {
-            if (b.used && reinterpret_cast<float*>(b.data.get()) == t.data) {
+            if (b.used && reinterpret_cast<float*>(b.memory.data.get()) == t.data) {
                 b.used = false;
-                in_use_ -= b.bytes;
+                in_use_ -= b.memory.bytes;
                 return;
             }
         }
@@ -169,21 +176,17 @@ public:
 
     std::size_t capacity_bytes() const {
         std::size_t total = 0;
-        for (auto& b : blocks_) total += b.bytes;
+        for (auto& b : blocks_) total += b.memory.bytes;
         return total;
     }
     std::size_t peak_bytes() const { return peak_; }
 
 private:
-    struct Free {
-        void operator()(std::byte* p) const { Memory::free(p); }
-    };
     struct Block {
-        std::unique_ptr<std::byte, Free> data;
-        std::size_t bytes;
+        MemoryBlock<Memory> memory;
         bool used;
     };
-    std::deque<Block> blocks_;  // a deque: acquiring never moves the blocks handed out
+    std::vector<Block> blocks_;
     std::size_t in_use_ = 0, peak_ = 0;
 };
 

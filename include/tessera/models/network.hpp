@@ -38,7 +38,7 @@ public:
         values.assign(collect.param_floats, 0.f);
         grads.assign(collect.param_floats, 0.f);
         buffers.assign(collect.buffer_floats, 0.f);
-        point(net, {values.data(), grads.data(), buffers.data()});
+        point(net, host());
     }
 
     /// Three flat buffers of the same layout: host memory, or a device's copy.
