@@ -59,7 +59,7 @@ TEST_F(RecipeErrors, ValidRecipeTrains) {
     std::ifstream csv(dir / "runs" / "t" / "metrics.csv");
     std::string header;
     std::getline(csv, header);
-    EXPECT_EQ(header, "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,img_per_s,time_s");
+    EXPECT_EQ(header, "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,img_per_s,time_s,bad_samples");
 }
 
 TEST_F(RecipeErrors, EachMistakeIsLocatedAndExitsTwo) {

@@ -17,7 +17,7 @@ public:
         const std::filesystem::path dir = r.run_dir;
         epochs_.open(dir / file_, std::ios::trunc);
         if (!epochs_) throw tessera::user_error((dir / file_).string(), "cannot write", "check that the run folder is writable");
-        epochs_ << "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,img_per_s,time_s\n" << std::flush;
+        epochs_ << "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,img_per_s,time_s,bad_samples\n" << std::flush;
         if (!steps_file_.empty()) {
             steps_.open(dir / steps_file_, std::ios::trunc);
             steps_ << "epoch,step,loss,top1,lr,img_per_s\n";
@@ -30,8 +30,8 @@ public:
 
     void on_epoch(const EpochStats& e) override {
         char row[256];
-        std::snprintf(row, sizeof row, "%d,%.6g,%.6f,%.6f,%.6f,%.6f,%.6f,%.1f,%.2f\n", e.epoch, e.lr, e.train_loss, e.train_top1,
-                      e.val_loss, e.val_top1, e.val_top5, e.img_per_s, e.time_s);
+        std::snprintf(row, sizeof row, "%d,%.6g,%.6f,%.6f,%.6f,%.6f,%.6f,%.1f,%.2f,%lld\n", e.epoch, e.lr, e.train_loss,
+                      e.train_top1, e.val_loss, e.val_top1, e.val_top5, e.img_per_s, e.time_s, (long long)e.bad_samples);
         epochs_ << row << std::flush;
         if (steps_.is_open()) steps_.flush();
     }

@@ -22,7 +22,7 @@
 
 namespace tessera::plugin {
 
-inline constexpr int abi_version = 1;
+inline constexpr int abi_version = 2;
 
 // ---- options -------------------------------------------------------------------------------------
 
@@ -158,6 +158,8 @@ public:
     virtual void start_epoch(Split split, const EpochPlan& plan) = 0;
     /// Fills the next batch; false when the epoch is done. `batch` is reused between calls.
     virtual bool next(Batch& batch) = 0;
+    /// Samples of the current epoch that could not be read and were replaced by others.
+    virtual std::int64_t bad_samples() const { return 0; }
 };
 
 // ---- loggers -------------------------------------------------------------------------------------
@@ -180,6 +182,7 @@ struct EpochStats {
     double lr = 0, train_loss = 0, train_top1 = 0;
     double val_loss = 0, val_top1 = 0, val_top5 = 0;
     double img_per_s = 0, time_s = 0;
+    std::int64_t bad_samples = 0;  // unreadable training and validation samples replaced in this epoch
 };
 
 class Logger {

@@ -13,6 +13,8 @@
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <boost/dll/shared_library.hpp>
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
@@ -64,7 +66,11 @@ public:
     static Entry load(const fs::path& path) {
         auto library = std::make_shared<boost::dll::shared_library>();
         boost::dll::fs::error_code ec;
-        library->load(path, ec, boost::dll::load_mode::rtld_local | boost::dll::load_mode::rtld_now);
+        // RTLD_NODELETE: a module stays mapped after its last user lets go, so an exception a plugin
+        // threw (its vtable and what() live in the module) can still be read wherever it is caught.
+        const auto mode = boost::dll::load_mode::rtld_local | boost::dll::load_mode::rtld_now |
+                          static_cast<boost::dll::load_mode::type>(RTLD_NODELETE);
+        library->load(path, ec, mode);
         if (ec) throw user_error(path.string(), "cannot load plugin module: " + ec.message(),
                                  "is it a shared library built for this machine?");
         if (!library->has("tessera_plugin_abi") || !library->has("tessera_plugin_info") ||
@@ -94,6 +100,22 @@ public:
         for (auto& e : entries_)
             if (e.info.kind == kind) out.push_back(e.info.name);
         return out;
+    }
+
+    /// `given` completed with the defaults the plugin declares, for programs that set options in
+    /// code rather than in a recipe. A key the plugin does not declare, or of another type, is refused.
+    static Options with_defaults(const Entry& entry, const std::map<std::string, Value>& given) {
+        std::map<std::string, Value> values;
+        for (const auto& o : entry.info.options) values[o.name] = o.default_value;
+        for (const auto& [key, value] : given) {
+            auto it = values.find(key);
+            if (it == values.end())
+                throw user_error(entry.info.name, "has no option \"" + key + "\"", "runner plugins lists each plugin's options");
+            if (it->second.index() != value.index())
+                throw user_error(entry.info.name + "." + key, std::string("must be ") + type_name(it->second) + ", not " + type_name(value));
+            it->second = value;
+        }
+        return Options(std::move(values));
     }
 
     /// Creates a plugin; it keeps its module loaded for as long as it lives.

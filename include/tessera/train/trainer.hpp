@@ -70,9 +70,10 @@ public:
                 stats.lr = rates.lr;
             }
             const double seconds = seconds_since(start);
+            const std::int64_t bad_train = data_.bad_samples();
             const Evaluation val = evaluate();
             stats = {epoch, config_.epochs, stats.lr, meter.loss(), meter.top1_rate(), val.loss, val.top1, val.top5,
-                     double(meter.count) / seconds, seconds_since(start)};
+                     double(meter.count) / seconds, seconds_since(start), bad_train + data_.bad_samples()};
             for (auto& l : loggers_) l->on_epoch(stats);
             if (epoch % config_.checkpoint_every == 0 || epoch == config_.epochs) save_weights();
         }

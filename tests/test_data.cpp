@@ -1,0 +1,379 @@
+// Images and the imagefolder plugin: decoded pixels and resized crops match PIL and torchvision on
+// images made by tests/image_reference.py; crop boxes follow torchvision's distribution; batches do
+// not depend on the number of workers; damaged files are reported, counted and replaced.
+#include <turbojpeg.h>
+
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <sstream>
+
+#include "helpers.hpp"
+#include "tessera/data/image_folder.hpp"
+#include "tessera/data/transform.hpp"
+#include "tessera/plugin/registry.hpp"
+
+namespace tessera::test {
+namespace {
+
+using data::ImageDecoder;
+using plugin::Split;
+
+std::vector<std::uint8_t> read_all(const fs::path& p) {
+    std::vector<std::uint8_t> bytes;
+    EXPECT_TRUE(data::read_bytes(p.string(), bytes)) << p;
+    return bytes;
+}
+
+/// The references of tests/image_reference.py, made once per test run; null where PIL is missing.
+const fs::path* reference() {
+    static std::unique_ptr<TempDir> dir;
+    static bool tried = false;
+    if (!tried) {
+        tried = true;
+        if (std::system("/usr/bin/python3 -c 'import numpy, PIL' >/dev/null 2>&1") != 0) return nullptr;
+        dir = std::make_unique<TempDir>();
+        const std::string command = "/usr/bin/python3 '" + (source_root() / "tests" / "image_reference.py").string() + "' '" +
+                                    dir->path().string() + "'";
+        if (std::system(command.c_str()) != 0) ADD_FAILURE() << "tests/image_reference.py failed";
+    }
+    return dir ? &dir->path() : nullptr;
+}
+
+#define NEED_REFERENCE(file)                                                                                            \
+    const fs::path* ref = reference();                                                                                 \
+    if (!ref) GTEST_SKIP() << "PIL is not installed (apt install python3-pil python3-numpy); scripts/test installs it"; \
+    if (!fs::exists(*ref / file)) GTEST_SKIP() << file << " needs torchvision (apt install python3-torchvision)"
+
+struct Difference {
+    int max = 0;
+    double mean = 0;
+};
+
+Difference compare(const std::uint8_t* a, const std::vector<std::uint8_t>& b) {
+    Difference d;
+    for (std::size_t i = 0; i < b.size(); ++i) {
+        const int diff = std::abs(int(a[i]) - int(b[i]));
+        d.max = std::max(d.max, diff);
+        d.mean += diff;
+    }
+    d.mean /= double(std::max<std::size_t>(b.size(), 1));
+    return d;
+}
+
+TEST(Image, DecodesAsPil) {
+    NEED_REFERENCE("decode.txt");
+    std::ifstream manifest(*ref / "decode.txt");
+    std::string line;
+    int good = 0, bad = 0;
+    ImageDecoder decoder;
+    data::Image image;
+    while (std::getline(manifest, line)) {
+        std::istringstream in(line);
+        std::string name, status;
+        in >> name >> status;
+        const auto bytes = read_all(*ref / "images" / name);
+        if (status == "bad") {
+            EXPECT_THROW(decoder.decode(bytes, image), data::DecodeError) << name;
+            ++bad;
+            continue;
+        }
+        int width = 0, height = 0;
+        in >> width >> height;
+        decoder.decode(bytes, image);
+        ASSERT_EQ(image.width, width) << name;
+        ASSERT_EQ(image.height, height) << name;
+        const auto expected = read_all(*ref / "images" / (name + ".rgb"));
+        ASSERT_EQ(image.pixels.size(), expected.size()) << name;
+        EXPECT_LE(compare(image.pixels.data(), expected).max, 1) << name;
+        ++good;
+    }
+    EXPECT_EQ(good, 13);
+    EXPECT_EQ(bad, 5);
+}
+
+TEST(Image, FormatComesFromTheBytes) {
+    const std::uint8_t png[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n', 0, 0};
+    const std::uint8_t jpeg[] = {0xFF, 0xD8, 0xFF, 0xE0};
+    const std::uint8_t text[] = {'h', 'e', 'l', 'l', 'o'};
+    EXPECT_EQ(data::sniff_format(png), data::ImageFormat::png);
+    EXPECT_EQ(data::sniff_format(jpeg), data::ImageFormat::jpeg);
+    EXPECT_EQ(data::sniff_format(text), data::ImageFormat::unknown);
+    ImageDecoder decoder;
+    data::Image image;
+    EXPECT_THROW(decoder.decode(text, image), data::DecodeError);
+    EXPECT_THROW(decoder.decode(std::span<const std::uint8_t>(), image), data::DecodeError);
+    EXPECT_THROW(decoder.decode(jpeg, image), data::DecodeError);
+}
+
+TEST(Resample, CropThenResizeAsPil) {
+    NEED_REFERENCE("resize.txt");
+    std::ifstream manifest(*ref / "resize.txt");
+    ImageDecoder decoder;
+    data::Resampler resampler;
+    data::Image image;
+    std::map<std::string, int> seen;
+    std::string name;
+    int x, y, w, h, ow, oh, cases = 0;
+    while (manifest >> name >> x >> y >> w >> h >> ow >> oh) {
+        decoder.decode(read_all(*ref / "images" / name), image);
+        const auto expected = read_all(*ref / "images" / (name + ".crop" + std::to_string(seen[name]++) + ".rgb"));
+        std::vector<std::uint8_t> out(std::size_t(ow) * oh * 3);
+        const data::RgbView crop{image.pixels.data() + (std::size_t(y) * image.width + x) * 3, w, h, std::size_t(image.width) * 3};
+        resampler.resize(crop, {0, 0, double(w), double(h)}, {ow, oh, 0, 0, ow, oh}, out.data(), std::size_t(ow) * 3);
+        const Difference d = compare(out.data(), expected);
+        EXPECT_EQ(d.max, 0) << name << " crop " << x << "," << y << " " << w << "x" << h << " to " << ow << "x" << oh;
+        ++cases;
+    }
+    EXPECT_EQ(cases, 16);
+}
+
+TEST(Transform, ValidationAsTorchvision) {
+    NEED_REFERENCE("val.txt");
+    std::ifstream manifest(*ref / "val.txt");
+    data::ImageTransform transform;
+    std::string name;
+    int resize, crop, cases = 0;
+    while (manifest >> name >> resize >> crop) {
+        data::TransformConfig c;
+        c.val_resize = resize;
+        c.val_crop = crop;
+        const auto bytes = read_all(*ref / "images" / name);
+        const auto expected = read_all(*ref / "images" / (name + ".val.rgb"));
+        std::vector<std::uint8_t> out(std::size_t(crop) * crop * 3);
+        c.dct_scaling = false;
+        transform.val(bytes, c, out.data());
+        EXPECT_LE(compare(out.data(), expected).max, 1) << name;
+        // Decoding at a reduced DCT scale first changes pixels a little, never the picture.
+        c.dct_scaling = true;
+        transform.val(bytes, c, out.data());
+        const Difference scaled = compare(out.data(), expected);
+        EXPECT_LT(scaled.mean, 3.0) << name;
+        ++cases;
+    }
+    EXPECT_EQ(cases, 5);
+}
+
+// Mean and standard error of f over the samples.
+template <class F>
+std::pair<double, double> mean_and_error(const std::vector<data::CropBox>& boxes, F f) {
+    double sum = 0, sum_sq = 0;
+    for (const auto& b : boxes) {
+        const double v = f(b);
+        sum += v;
+        sum_sq += v * v;
+    }
+    const double n = double(boxes.size()), mean = sum / n;
+    return {mean, std::sqrt(std::max(0.0, sum_sq / n - mean * mean) / n)};
+}
+
+TEST(RandomResizedCrop, FollowsTorchvisionsDistribution) {
+    NEED_REFERENCE("rrc.txt");
+    std::map<std::pair<int, int>, std::vector<data::CropBox>> theirs;
+    std::ifstream manifest(*ref / "rrc.txt");
+    int w, h;
+    data::CropBox b;
+    while (manifest >> w >> h >> b.x >> b.y >> b.width >> b.height) theirs[{w, h}].push_back(b);
+    ASSERT_EQ(theirs.size(), 3u);
+    Rng rng(42);
+    for (const auto& [size, boxes] : theirs) {
+        const auto [width, height] = size;
+        std::vector<data::CropBox> ours;
+        for (std::size_t i = 0; i < boxes.size(); ++i) {
+            ours.push_back(data::random_resized_crop(width, height, rng));
+            const auto& o = ours.back();
+            ASSERT_TRUE(o.x >= 0 && o.y >= 0 && o.width >= 1 && o.height >= 1 && o.x + o.width <= width && o.y + o.height <= height);
+        }
+        const std::function<double(const data::CropBox&)> statistics[] = {
+            [&](const data::CropBox& c) { return double(c.width) * c.height / (double(width) * height); },
+            [](const data::CropBox& c) { return std::log(double(c.width) / c.height); },
+            [&](const data::CropBox& c) { return (c.x + c.width / 2.0) / width; },
+            [&](const data::CropBox& c) { return (c.y + c.height / 2.0) / height; },
+            [&](const data::CropBox& c) { return c.width == width || c.height == height ? 1.0 : 0.0; },
+        };
+        for (std::size_t s = 0; s < std::size(statistics); ++s) {
+            const auto [m_ours, e_ours] = mean_and_error(ours, statistics[s]);
+            const auto [m_theirs, e_theirs] = mean_and_error(boxes, statistics[s]);
+            EXPECT_LE(std::abs(m_ours - m_theirs), 5 * std::hypot(e_ours, e_theirs) + 1e-9)
+                << width << "x" << height << " statistic " << s << ": ours " << m_ours << ", torchvision " << m_theirs;
+        }
+    }
+}
+
+// ---- the imagefolder plugin on images made here ------------------------------------------------
+
+void write_jpeg(const fs::path& path, int width, int height, int shade) {
+    std::vector<std::uint8_t> rgb(std::size_t(width) * height * 3);
+    for (int y = 0; y < height; ++y)
+        for (int x = 0; x < width; ++x)
+            for (int c = 0; c < 3; ++c) rgb[(std::size_t(y) * width + x) * 3 + c] = std::uint8_t((shade * 40 + x * (c + 1) + y * 3) % 256);
+    tjhandle tj = tjInitCompress();
+    unsigned char* jpeg = nullptr;
+    unsigned long size = 0;
+    ASSERT_EQ(tjCompress2(tj, rgb.data(), width, 0, height, TJPF_RGB, &jpeg, &size, TJSAMP_420, 90, 0), 0);
+    std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(jpeg), std::streamsize(size));
+    tjFree(jpeg);
+    tjDestroy(tj);
+}
+
+/// train/{a,b,c} with 7, 6 and 5 images (b's partly in a subfolder), val/{a,b,c} with 2 each.
+void make_image_folder(const fs::path& root) {
+    int shade = 0;
+    for (auto [cls, count] : {std::pair{"a", 7}, {"b", 6}, {"c", 5}}) {
+        fs::create_directories(root / "train" / cls / "more");
+        fs::create_directories(root / "val" / cls);
+        for (int i = 0; i < count; ++i)
+            write_jpeg(root / "train" / cls / (i % 3 == 2 && std::string(cls) == "b" ? "more" : "") / ("img" + std::to_string(i) + ".JPEG"),
+                       40 + 13 * i, 30 + 7 * (i % 4), shade++);
+        for (int i = 0; i < 2; ++i) write_jpeg(root / "val" / cls / ("v" + std::to_string(i) + ".jpg"), 50 + 9 * i, 41, shade++);
+    }
+    std::ofstream(root / "train" / "a" / "readme.txt") << "not an image, and not named like one: ignored\n";
+}
+
+struct FolderRun {
+    std::vector<std::vector<std::uint8_t>> pixels;
+    std::vector<std::vector<std::int32_t>> labels;
+    std::vector<std::int64_t> bad;
+};
+
+std::shared_ptr<plugin::DataSource> make_imagefolder(const fs::path& root, std::map<std::string, plugin::Value> options) {
+    plugin::Registry registry({plugin_dir()});
+    const auto* entry = registry.find("data", "imagefolder");
+    if (!entry) throw std::runtime_error("the imagefolder plugin was not built");
+    options.emplace("train", (root / "train").string());
+    options.emplace("val", (root / "val").string());
+    options.emplace("image_size", std::int64_t(32));
+    options.emplace("val_resize", std::int64_t(36));
+    options.emplace("val_crop", std::int64_t(32));
+    return registry.create<plugin::DataSource>(*entry, plugin::Registry::with_defaults(*entry, options));
+}
+
+FolderRun run_epochs(plugin::DataSource& source, int epochs, int batch_size, int rank = 0, int world = 1) {
+    FolderRun run;
+    plugin::Batch batch;
+    for (int epoch = 1; epoch <= epochs; ++epoch)
+        for (Split split : {Split::train, Split::val}) {
+            plugin::EpochPlan plan;
+            plan.epoch = epoch;
+            plan.seed = 7;
+            plan.batch_size = batch_size;
+            plan.rank = rank;
+            plan.world_size = world;
+            source.start_epoch(split, plan);
+            while (source.next(batch)) {
+                run.pixels.emplace_back(batch.pixels.begin(), batch.pixels.end());
+                run.labels.emplace_back(batch.labels.begin(), batch.labels.end());
+            }
+            run.bad.push_back(source.bad_samples());
+        }
+    return run;
+}
+
+TEST(ImageFolder, ClassesImagesAndSizes) {
+    TempDir dir;
+    make_image_folder(dir.path());
+    auto source = make_imagefolder(dir.path(), {});
+    const plugin::DatasetInfo info = source->info();
+    EXPECT_EQ(info.num_classes, 3);
+    EXPECT_EQ(info.train_size, 18);
+    EXPECT_EQ(info.val_size, 6);
+    EXPECT_EQ(info.class_names, (std::vector<std::string>{"a", "b", "c"}));
+    EXPECT_EQ(info.height, 32);
+    EXPECT_EQ(info.channels, 3);
+    const FolderRun run = run_epochs(*source, 1, 4);
+    // Training: 18 images in batches of 4; validation: each of the 6 images once, in order.
+    ASSERT_EQ(run.labels.size(), 5u + 2u);
+    std::vector<int> per_class(3);
+    for (std::size_t b = 0; b < 5; ++b)
+        for (auto l : run.labels[b]) ++per_class[l];
+    EXPECT_EQ(per_class, (std::vector<int>{7, 6, 5}));
+    EXPECT_EQ(run.labels[5], (std::vector<std::int32_t>{0, 0, 1, 1}));
+    EXPECT_EQ(run.labels[6], (std::vector<std::int32_t>{2, 2}));
+    EXPECT_EQ(run.pixels[0].size(), 4u * 32 * 32 * 3);
+}
+
+TEST(ImageFolder, SamplesDoNotDependOnTheWorkers) {
+    TempDir dir;
+    make_image_folder(dir.path());
+    const FolderRun inline_run = run_epochs(*make_imagefolder(dir.path(), {{"workers", std::int64_t(1)}, {"prefetch", std::int64_t(1)}}), 2, 4);
+    for (std::int64_t workers : {2, 5}) {
+        const FolderRun run = run_epochs(*make_imagefolder(dir.path(), {{"workers", workers}}), 2, 4);
+        EXPECT_EQ(run.labels, inline_run.labels) << workers << " workers";
+        EXPECT_TRUE(run.pixels == inline_run.pixels) << workers << " workers";
+    }
+    // Another epoch is another order and other crops.
+    EXPECT_FALSE(inline_run.pixels[0] == inline_run.pixels[7]);
+}
+
+TEST(ImageFolder, RanksShareTheEpoch) {
+    TempDir dir;
+    make_image_folder(dir.path());
+    auto source = make_imagefolder(dir.path(), {{"workers", std::int64_t(2)}});
+    std::vector<int> val_per_class(3);
+    for (int rank = 0; rank < 2; ++rank) {
+        const FolderRun run = run_epochs(*source, 1, 3, rank, 2);
+        ASSERT_EQ(run.labels.size(), 3u + 1u);  // 9 training samples each, 3 validation samples each
+        for (auto l : run.labels.back()) ++val_per_class[l];
+    }
+    EXPECT_EQ(val_per_class, (std::vector<int>{2, 2, 2}));
+}
+
+TEST(ImageFolder, DamagedFilesAreReportedOnceAndReplaced) {
+    TempDir dir;
+    make_image_folder(dir.path());
+    const auto good = read_all(dir.path() / "train" / "a" / "img3.JPEG");
+    std::ofstream(dir.path() / "train" / "b" / "truncated.JPEG", std::ios::binary)
+        .write(reinterpret_cast<const char*>(good.data()), std::streamsize(good.size() / 2));
+    std::ofstream(dir.path() / "train" / "c" / "empty.jpg");
+    std::ofstream(dir.path() / "train" / "c" / "notes.jpg") << "a text file named like an image\n";
+    std::ofstream(dir.path() / "val" / "a" / "bad.png") << "neither";
+    testing::internal::CaptureStderr();
+    const FolderRun run = run_epochs(*make_imagefolder(dir.path(), {{"workers", std::int64_t(2)}}), 2, 3);
+    const std::string warnings = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(run.bad, (std::vector<std::int64_t>{3, 1, 3, 1}));  // train and val of each epoch
+    for (const char* name : {"truncated.JPEG", "empty.jpg", "notes.jpg", "bad.png"}) {
+        const auto first = warnings.find(name);
+        EXPECT_NE(first, std::string::npos) << name << " not reported:\n" << warnings;
+        EXPECT_EQ(warnings.find(name, first + 1), std::string::npos) << name << " reported twice:\n" << warnings;
+    }
+    std::size_t train_samples = 0;
+    for (std::size_t b = 0; b < 7; ++b) train_samples += run.labels[b].size();
+    EXPECT_EQ(train_samples, 21u);  // the epoch is still full
+}
+
+TEST(ImageFolder, ClearErrorsBeforeTraining) {
+    TempDir dir;
+    make_image_folder(dir.path());
+    auto expect_error = [&](const std::string& fragment, const std::function<void()>& f) {
+        try {
+            f();
+            ADD_FAILURE() << "no error; expected one mentioning " << fragment;
+        } catch (const Error& e) {
+            EXPECT_TRUE(e.is_user_error());
+            EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+        }
+    };
+    expect_error((dir.path() / "nowhere").string(), [&] { make_imagefolder(dir.path() / "nowhere", {}); });
+    fs::create_directories(dir.path() / "val" / "zebra");
+    write_jpeg(dir.path() / "val" / "zebra" / "z.jpg", 20, 20, 1);
+    expect_error((dir.path() / "val" / "zebra").string(), [&] { make_imagefolder(dir.path(), {}); });
+    fs::remove_all(dir.path() / "val" / "zebra");
+    fs::create_directories(dir.path() / "train" / "empty_class");
+    expect_error((dir.path() / "train" / "empty_class").string() + ": is a class folder with no images",
+                 [&] { make_imagefolder(dir.path(), {}); });
+}
+
+TEST(ImageFolder, ClassNamesFromAFile) {
+    TempDir dir;
+    make_image_folder(dir.path());
+    std::ofstream(dir.path() / "names.txt") << "a apple, malus\nc cherry\nzz unused\n";
+    auto source = make_imagefolder(dir.path(), {{"class_names", (dir.path() / "names.txt").string()}});
+    EXPECT_EQ(source->info().class_names, (std::vector<std::string>{"apple", "b", "cherry"}));
+    std::ofstream(dir.path() / "plain.txt") << "first\nsecond\nthird\n";
+    source = make_imagefolder(dir.path(), {{"class_names", (dir.path() / "plain.txt").string()}});
+    EXPECT_EQ(source->info().class_names, (std::vector<std::string>{"first", "second", "third"}));
+}
+
+}  // namespace
+}  // namespace tessera::test
