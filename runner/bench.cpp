@@ -1,4 +1,5 @@
-// runner bench: training-step throughput on synthetic data (forward, loss, backward, SGD step).
+// runner bench: training-step throughput on synthetic data (forward, loss, backward, SGD step), or
+// with --data RECIPE the recipe's training loader alone (decode and augment, no model).
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -6,6 +7,7 @@
 
 #include "runner.hpp"
 #include "tessera/plugin/registry.hpp"
+#include "tessera/recipe/recipe.hpp"
 #include "tessera/train/trainer.hpp"
 
 namespace tessera::runner {
@@ -21,8 +23,48 @@ std::size_t peak_resident_bytes() {
 }
 }  // namespace
 
+/// The training loader of `recipe_file` alone: batches per second with data.workers = threads.
+int bench_data(const Args& args, const std::string& recipe_file) {
+    recipe::Recipe r = recipe::load(recipe_file, args.values("set"));
+    plugin::Registry registry(recipe::plugin_path(r.effective));
+    recipe::resolve(r, registry);
+    const int threads = thread_count(args), batches = args.integer("batches", 20), warmup = args.integer("warmup", 2, 0);
+    std::map<std::string, plugin::Value> options = r.data.options.values();
+    if (options.count("workers")) options["workers"] = std::int64_t(threads);
+    auto data = registry.create<plugin::DataSource>(*r.data.entry, plugin::Options(options));
+    plugin::EpochPlan plan;
+    plan.epoch = 1;
+    plan.seed = std::uint64_t(r.run.integer("seed"));
+    plan.batch_size = r.batch_size;
+    plan.drop_last = true;
+    const std::int64_t available = data->num_batches(plugin::Split::train, plan);
+    if (available < warmup + batches)
+        throw user_error(recipe_file, "the training data holds " + std::to_string(available) + " batches of " +
+                                          std::to_string(r.batch_size) + ", fewer than --warmup + --batches",
+                         "lower --batches or data.batch_size");
+    data->start_epoch(plugin::Split::train, plan);
+    plugin::Batch batch;
+    for (int b = 0; b < warmup; ++b) data->next(batch);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::int64_t images = 0;
+    for (int b = 0; b < batches && data->next(batch); ++b) images += batch.count;
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double img_per_s = double(images) / seconds;
+    if (args.flag("json"))
+        std::printf("{\"data\": \"%s\", \"threads\": %d, \"batch\": %d, \"batches\": %d, \"height\": %d, \"width\": %d, "
+                    "\"img_per_s\": %.1f, \"img_per_s_per_thread\": %.1f, \"bad_samples\": %lld}\n",
+                    r.data.entry->info.name.c_str(), threads, r.batch_size, batches, batch.height, batch.width, img_per_s,
+                    img_per_s / threads, (long long)data->bad_samples());
+    else
+        std::printf("%s loader, batch %d of %dx%d, %d threads: %.1f img/s (%.1f per thread)\n", r.data.entry->info.name.c_str(),
+                    r.batch_size, batch.height, batch.width, threads, img_per_s, img_per_s / threads);
+    return 0;
+}
+
 int bench(const std::vector<std::string>& raw) {
-    Args args(raw, {"json"}, {"arch", "batch", "image-size", "device", "precision", "threads", "steps", "warmup", "num-classes"});
+    Args args(raw, {"json"}, {"arch", "batch", "image-size", "device", "precision", "threads", "steps", "warmup", "num-classes",
+                              "data", "batches"}, {"set"});
+    if (args.value("data")) return bench_data(args, *args.value("data"));
     const std::string arch = args.value("arch").value_or("resnet50");
     const int batch = args.integer("batch", 32), image = args.integer("image-size", 224), steps = args.integer("steps", 5);
     const int warmup = args.integer("warmup", 1, 0), classes = args.integer("num-classes", 1000), threads = thread_count(args);

@@ -17,6 +17,7 @@ constexpr const char* usage = R"(usage: runner RECIPE [--set section.key=value].
        runner plugins
        runner bench --arch A --batch B --image-size S [--device cpu|cuda] [--precision fp32|tf32]
                     [--threads T] [--steps K] [--warmup W] [--json]
+       runner bench --data RECIPE [--threads T] [--batches K] [--warmup W] [--set …] [--json]
 
 Recipes: see recipes/quickstart.toml and the README. Exit codes: 0 done, 2 a mistake in what was
 given (the message says what to change), 1 an internal error.

@@ -36,7 +36,7 @@ data::TransformConfig transform_config(const Options& o) {
     c.ratio_min = ratio[0];
     c.ratio_max = ratio[1];
     c.hflip = o.flag("hflip");
-    c.dct_scaling = o.flag("dct_scaling");
+    c.fast_decode = o.flag("fast_decode");
     if (c.image_size < 1 || c.val_crop < 1 || c.val_resize < c.val_crop)
         throw tessera::user_error("[data] image_size, val_resize, val_crop",
                                   "must be positive, with val_resize >= val_crop",
@@ -145,7 +145,7 @@ Info info() {
              {"scale", std::vector<double>{0.08, 1.0}, "RandomResizedCrop's range of area fractions"},
              {"ratio", std::vector<double>{3.0 / 4.0, 4.0 / 3.0}, "RandomResizedCrop's range of aspect ratios"},
              {"hflip", true, "random horizontal flips"},
-             {"dct_scaling", true, "decode JPEGs at a reduced size when the crop allows (false: torchvision's pixels exactly)"},
+             {"fast_decode", true, "JPEG: decode at a reduced DCT scale and only the region a crop needs (false: torchvision's pixels exactly)"},
              {"mean", std::vector<double>{0.485, 0.456, 0.406}, "per-channel mean for normalisation"},
              {"std", std::vector<double>{0.229, 0.224, 0.225}, "per-channel standard deviation"},
              {"workers", std::int64_t(0), "decoding threads (0: one per core)"},

@@ -2,13 +2,20 @@
 // Decoding image files into 8-bit RGB, as PIL's Image.open(f).convert("RGB") does.
 //
 // The format comes from the bytes, never from the name: ImageNet holds a PNG and CMYK JPEGs named
-// .JPEG. JPEG goes through libjpeg-turbo (TurboJPEG), which can decode in the DCT domain at 1/8 to
-// 8/8 of the full size: a crop that ends at 224 pixels rarely needs every pixel of a 4000x3000
-// photograph. Everything else goes through stb_image. Grayscale and CMYK become RGB with PIL's
+// .JPEG. JPEG goes through libjpeg-turbo's libjpeg API, which does two things PIL does not ask of
+// it: decode in the DCT domain at 1/8, 1/4 or 1/2 of the full size (a crop that ends at 224 pixels
+// rarely needs every pixel of a 4000x3000 photograph), and decode only a region (the rows above a
+// crop are entropy-decoded and dropped, the columns beside it and the rows below it are never
+// reconstructed). Everything else goes through stb_image. Grayscale and CMYK become RGB with PIL's
 // formulas, so that a network trained here sees the pixels torchvision's users see.
 //
-// Needs libturbojpeg and stb (`dependency('libturbojpeg')`, `dependency('stb')` in meson).
-#include <turbojpeg.h>
+// Needs libjpeg (libjpeg-turbo) and stb: `dependency('libjpeg')`, `dependency('stb')` in meson.
+#include <csetjmp>
+#include <cstddef>
+#include <cstdio>
+
+#include <jpeglib.h>
+#include <jerror.h>
 #include <stb_image.h>
 
 #include <algorithm>
@@ -59,10 +66,19 @@ inline ImageFormat sniff_format(std::span<const std::uint8_t> b) {
 }
 
 /// An 8-bit RGB image, rows packed: pixel (y, x) channel c at pixels[(y * width + x) * 3 + c].
+/// It may be a region of a larger picture: the one at (x0, y0) of a full_width x full_height image
+/// (the full image scaled, when JPEG's DCT scaling was used). `pixels` may hold a byte of slack
+/// after the last pixel.
 struct Image {
     int width = 0, height = 0;
     std::vector<std::uint8_t> pixels;
+    int x0 = 0, y0 = 0, full_width = 0, full_height = 0;
     const std::uint8_t* row(int y) const { return pixels.data() + std::size_t(y) * width * 3; }
+};
+
+/// A rectangle of pixels to decode: x, y, width, height (width 0: the whole image).
+struct Region {
+    int x = 0, y = 0, width = 0, height = 0;
 };
 
 /// What a file holds, read from its header alone.
@@ -81,19 +97,45 @@ struct DecodeError : std::runtime_error {
 inline constexpr int max_image_side = 30000;
 inline constexpr std::int64_t max_image_pixels = std::int64_t(1) << 28;
 
-/// JPEG's DCT-domain scale factors at or below full size, largest first: num / 8.
+/// JPEG's DCT-domain scale factors are num / 8.
 inline constexpr int jpeg_scale_denominator = 8;
 
 /// Scaled size as libjpeg computes it: ceil(size * num / 8).
 inline int jpeg_scaled(int size, int num) { return (size * num + jpeg_scale_denominator - 1) / jpeg_scale_denominator; }
 
-/// Decodes images; one per thread (it holds a TurboJPEG handle and reuses its buffers).
+namespace detail {
+
+// libjpeg reports errors through callbacks that must not return; this one jumps back to the
+// decoder with the message. Only "premature end of file" among the warnings means damage (PIL
+// refuses such files too); the others (extraneous bytes before a marker) PIL decodes, and so do we.
+struct JpegErrors {
+    jpeg_error_mgr manager;
+    std::jmp_buf jump;
+    char message[JMSG_LENGTH_MAX];
+};
+
+inline void jpeg_fail(j_common_ptr c) {
+    auto* e = reinterpret_cast<JpegErrors*>(c->err);
+    (*c->err->format_message)(c, e->message);
+    std::longjmp(e->jump, 1);
+}
+
+inline void jpeg_warn(j_common_ptr c, int level) {
+    if (level < 0 && c->err->msg_code == JWRN_JPEG_EOF) jpeg_fail(c);
+}
+
+}  // namespace detail
+
+/// Decodes images; one per thread (it holds a libjpeg decompressor and reuses its buffers).
 class ImageDecoder {
 public:
-    ImageDecoder() : jpeg_(tjInitDecompress()) {
-        if (!jpeg_) throw internal_error("tjInitDecompress", tjGetErrorStr2(nullptr));
+    ImageDecoder() {
+        jpeg_.err = jpeg_std_error(&errors_.manager);
+        errors_.manager.error_exit = detail::jpeg_fail;
+        errors_.manager.emit_message = detail::jpeg_warn;
+        jpeg_create_decompress(&jpeg_);
     }
-    ~ImageDecoder() { tjDestroy(jpeg_); }
+    ~ImageDecoder() { jpeg_destroy_decompress(&jpeg_); }
     ImageDecoder(const ImageDecoder&) = delete;
     ImageDecoder& operator=(const ImageDecoder&) = delete;
 
@@ -102,9 +144,7 @@ public:
         ImageHeader h{sniff_format(bytes)};
         if (bytes.empty()) throw DecodeError("empty file");
         if (h.format == ImageFormat::jpeg) {
-            int subsampling = 0;
-            if (tjDecompressHeader3(jpeg_, bytes.data(), bytes.size(), &h.width, &h.height, &subsampling, &jpeg_colorspace_) != 0)
-                throw DecodeError(std::string("not a readable JPEG: ") + tjGetErrorStr2(jpeg_));
+            if (!jpeg_header(bytes, h)) throw DecodeError(std::string("not a readable JPEG: ") + errors_.message);
         } else if (h.format == ImageFormat::unknown) {
             throw DecodeError("not an image (the first bytes are not those of JPEG, PNG, GIF, BMP, PNM or PSD)");
         } else if (h.format == ImageFormat::webp) {
@@ -133,56 +173,85 @@ public:
         return jpeg_scale_denominator;
     }
 
-    /// Decodes to RGB at scale num / 8 (JPEG only; other formats at full size). Throws DecodeError.
-    void decode(std::span<const std::uint8_t> bytes, Image& out, int scale_num = jpeg_scale_denominator) {
+    /// Decodes to RGB at scale num / 8 (JPEG only; other formats at full size), only `region` (in
+    /// scaled pixels; JPEG only, others decode whole) or all of it. The result may extend a few
+    /// columns left of the region (JPEG decodes whole blocks): out.x0, out.y0 say where it starts.
+    /// Throws DecodeError.
+    void decode(std::span<const std::uint8_t> bytes, Image& out, int scale_num = jpeg_scale_denominator, Region region = {}) {
         const ImageHeader h = header(bytes);
-        if (h.format == ImageFormat::jpeg) decode_jpeg(bytes, h, scale_num, out);
-        else decode_stb(bytes, out);
+        if (h.format != ImageFormat::jpeg) return decode_stb(bytes, out);
+        if (!decode_jpeg(bytes, scale_num, region, out)) throw DecodeError(std::string("damaged JPEG: ") + errors_.message);
+        if (cmyk_) cmyk_to_rgb(adobe_, out);
     }
 
 private:
-    void decode_jpeg(std::span<const std::uint8_t> bytes, const ImageHeader& h, int scale_num, Image& out) {
-        out.width = jpeg_scaled(h.width, scale_num);
-        out.height = jpeg_scaled(h.height, scale_num);
-        const bool cmyk = jpeg_colorspace_ == TJCS_CMYK || jpeg_colorspace_ == TJCS_YCCK;
-        const int format = cmyk ? TJPF_CMYK : TJPF_RGB;
-        const int channels = cmyk ? 4 : 3;
-        std::vector<std::uint8_t>& target = cmyk ? cmyk_ : out.pixels;
-        target.resize(std::size_t(out.width) * out.height * channels);
-        // A truncated file only warns in libjpeg (it fills the rest with grey); PIL refuses it unless
-        // told to LOAD_TRUNCATED_IMAGES, and so does this decoder: the data source reports and skips it.
-        const int rc = tjDecompress2(jpeg_, bytes.data(), bytes.size(), target.data(), out.width, 0, out.height, format,
-                                     TJFLAG_STOPONWARNING);
-        if (rc != 0) throw DecodeError(std::string("damaged JPEG: ") + tjGetErrorStr2(jpeg_));
-        if (cmyk) cmyk_to_rgb(adobe_inverted(bytes), out);
+    // The functions that can long-jump hold only trivially destructible locals.
+    bool jpeg_header(std::span<const std::uint8_t> bytes, ImageHeader& h) {
+        if (setjmp(errors_.jump)) {
+            jpeg_abort_decompress(&jpeg_);
+            return false;
+        }
+        jpeg_mem_src(&jpeg_, bytes.data(), static_cast<unsigned long>(bytes.size()));
+        jpeg_read_header(&jpeg_, TRUE);
+        h.width = int(jpeg_.image_width);
+        h.height = int(jpeg_.image_height);
+        jpeg_abort_decompress(&jpeg_);
+        return true;
+    }
+
+    bool decode_jpeg(std::span<const std::uint8_t> bytes, int scale_num, Region region, Image& out) {
+        if (setjmp(errors_.jump)) {
+            jpeg_abort_decompress(&jpeg_);
+            return false;
+        }
+        jpeg_mem_src(&jpeg_, bytes.data(), static_cast<unsigned long>(bytes.size()));
+        jpeg_read_header(&jpeg_, TRUE);
+        cmyk_ = jpeg_.jpeg_color_space == JCS_CMYK || jpeg_.jpeg_color_space == JCS_YCCK;
+        adobe_ = jpeg_.saw_Adobe_marker;
+        jpeg_.out_color_space = cmyk_ ? JCS_CMYK : JCS_RGB;
+        jpeg_.scale_num = unsigned(scale_num);
+        jpeg_.scale_denom = jpeg_scale_denominator;
+        jpeg_start_decompress(&jpeg_);
+        out.full_width = int(jpeg_.output_width);
+        out.full_height = int(jpeg_.output_height);
+        if (region.width <= 0 || region.height <= 0) region = {0, 0, out.full_width, out.full_height};
+        region.x = std::clamp(region.x, 0, out.full_width - 1);
+        region.y = std::clamp(region.y, 0, out.full_height - 1);
+        region.width = std::min(region.width, out.full_width - region.x);
+        region.height = std::min(region.height, out.full_height - region.y);
+        JDIMENSION x0 = JDIMENSION(region.x), width = JDIMENSION(region.width);
+        if (width < jpeg_.output_width) jpeg_crop_scanline(&jpeg_, &x0, &width);
+        if (region.y > 0) jpeg_skip_scanlines(&jpeg_, JDIMENSION(region.y));
+        out.x0 = int(x0);
+        out.y0 = region.y;
+        out.width = int(width);
+        out.height = region.height;
+        const std::size_t stride = std::size_t(width) * jpeg_.output_components;
+        std::vector<std::uint8_t>& target = cmyk_ ? cmyk_pixels_ : out.pixels;
+        target.resize(stride * out.height + 1);  // one byte of slack: the resampler reads pixels as four bytes
+        while (jpeg_.output_scanline < JDIMENSION(region.y + region.height)) {
+            JSAMPROW rows[16];
+            const JDIMENSION done = jpeg_.output_scanline - JDIMENSION(region.y);
+            const JDIMENSION want = std::min<JDIMENSION>(16, JDIMENSION(region.height) - done);
+            for (JDIMENSION r = 0; r < want; ++r) rows[r] = target.data() + (done + r) * stride;
+            jpeg_read_scanlines(&jpeg_, rows, want);
+        }
+        jpeg_abort_decompress(&jpeg_);  // the rows below the region are never decoded
+        return true;
     }
 
     // PIL reads Adobe CMYK JPEGs as inverted ("CMYK;I") and converts with R = (255 - K) * (255 - C) / 255.
     void cmyk_to_rgb(bool inverted, Image& out) {
         const std::size_t n = std::size_t(out.width) * out.height;
-        out.pixels.resize(n * 3);
+        out.pixels.resize(n * 3 + 1);
         const std::uint8_t flip = inverted ? 255 : 0;
         for (std::size_t i = 0; i < n; ++i) {
-            const int k = 255 - (cmyk_[4 * i + 3] ^ flip);
+            const int k = 255 - (cmyk_pixels_[4 * i + 3] ^ flip);
             for (int c = 0; c < 3; ++c) {
-                const int t = (cmyk_[4 * i + c] ^ flip) * k + 128;
+                const int t = (cmyk_pixels_[4 * i + c] ^ flip) * k + 128;
                 out.pixels[3 * i + c] = std::uint8_t(std::clamp(k - (((t >> 8) + t) >> 8), 0, 255));
             }
         }
-    }
-
-    // Whether the JPEG carries an Adobe APP14 segment (Photoshop writes CMYK inverted under it).
-    static bool adobe_inverted(std::span<const std::uint8_t> b) {
-        std::size_t i = 2;
-        while (i + 4 <= b.size() && b[i] == 0xFF) {
-            const int marker = b[i + 1];
-            if (marker == 0xDA || marker == 0xD9) break;  // start of scan, end of image
-            const std::size_t length = std::size_t(b[i + 2]) << 8 | b[i + 3];
-            if (marker == 0xEE && length >= 7 && i + 9 <= b.size() && std::equal(b.begin() + i + 4, b.begin() + i + 9, "Adobe"))
-                return true;
-            i += 2 + length;
-        }
-        return false;
     }
 
     static void decode_stb(std::span<const std::uint8_t> bytes, Image& out) {
@@ -190,12 +259,17 @@ private:
         stbi_uc* rgb = stbi_load_from_memory(bytes.data(), int(bytes.size()), &out.width, &out.height, &channels, 3);
         if (!rgb) throw DecodeError(std::string("damaged ") + format_name(sniff_format(bytes)) + ": " + stbi_failure_reason());
         out.pixels.assign(rgb, rgb + std::size_t(out.width) * out.height * 3);
+        out.pixels.push_back(0);
+        out.x0 = out.y0 = 0;
+        out.full_width = out.width;
+        out.full_height = out.height;
         stbi_image_free(rgb);
     }
 
-    tjhandle jpeg_;
-    int jpeg_colorspace_ = TJCS_RGB;  // of the last header read
-    std::vector<std::uint8_t> cmyk_;
+    jpeg_decompress_struct jpeg_{};
+    detail::JpegErrors errors_{};
+    bool cmyk_ = false, adobe_ = false;
+    std::vector<std::uint8_t> cmyk_pixels_;
 };
 
 }  // namespace tessera::data

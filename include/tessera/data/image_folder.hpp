@@ -2,6 +2,8 @@
 // The ImageFolder layout torchvision reads: ROOT/<class>/**/<image>, classes sorted by folder name
 // and numbered from 0, images in sorted order within each class. ImageNet's train/ and val/ folders
 // (after runner prepare-val) have this layout with WordNet ids (n01440764, …) as class names.
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
@@ -112,10 +114,11 @@ inline std::vector<std::string> read_class_names(const std::filesystem::path& fi
 inline bool read_bytes(const std::string& path, std::vector<std::uint8_t>& bytes) {
     std::FILE* f = std::fopen(path.c_str(), "rb");
     if (!f) return false;
-    bytes.clear();
+    struct stat info {};
     std::size_t used = 0;
-    for (;;) {
-        if (bytes.size() < used + 65536) bytes.resize(std::max<std::size_t>(used + 65536, bytes.size() * 2));
+    if (::fstat(::fileno(f), &info) == 0 && info.st_size > 0) bytes.resize(std::size_t(info.st_size) + 1);
+    for (;;) {  // to the end, whatever the size said (a file may grow, or be a pipe)
+        if (used == bytes.size()) bytes.resize(std::max<std::size_t>(4096, bytes.size() * 2));
         const std::size_t got = std::fread(bytes.data() + used, 1, bytes.size() - used, f);
         used += got;
         if (got == 0) break;
