@@ -18,6 +18,8 @@ constexpr const char* usage = R"(usage: runner RECIPE [--set section.key=value].
        runner bench --arch A --batch B --image-size S [--device cpu|cuda] [--precision fp32|tf32]
                     [--threads T] [--steps K] [--warmup W] [--json]
        runner bench --data RECIPE [--threads T] [--batches K] [--warmup W] [--set …] [--json]
+       runner prepare SRC DEST [--max-side 512] [--quality 90] [--shard-size MiB] [--threads T]
+       runner prepare-val VAL_DIR LABELS [--synsets FILE] [--dry-run]
 
 Recipes: see recipes/quickstart.toml and the README. Exit codes: 0 done, 2 a mistake in what was
 given (the message says what to change), 1 an internal error.
@@ -39,6 +41,8 @@ int main(int argc, char** argv) {
         if (verb == "info") return tessera::runner::info(rest);
         if (verb == "plugins") return tessera::runner::plugins(rest);
         if (verb == "bench") return tessera::runner::bench(rest);
+        if (verb == "prepare") return tessera::runner::prepare(rest);
+        if (verb == "prepare-val") return tessera::runner::prepare_val(rest);
         if (verb.size() > 5 && verb.substr(verb.size() - 5) == ".toml") return tessera::runner::train(args);
         std::fprintf(stderr, "error: unknown command '%s'\n\n%s", verb.c_str(), usage);
         return 2;

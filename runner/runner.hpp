@@ -89,6 +89,8 @@ int train(const std::vector<std::string>& args);
 int info(const std::vector<std::string>& args);
 int plugins(const std::vector<std::string>& args);
 int bench(const std::vector<std::string>& args);
+int prepare(const std::vector<std::string>& args);
+int prepare_val(const std::vector<std::string>& args);
 
 /// Threads from --threads, else TESSERA_NUM_THREADS, else every core.
 int thread_count(const Args& a);

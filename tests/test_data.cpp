@@ -11,6 +11,7 @@
 
 #include "helpers.hpp"
 #include "tessera/data/image_folder.hpp"
+#include "tessera/data/shards.hpp"
 #include "tessera/data/transform.hpp"
 #include "tessera/plugin/registry.hpp"
 
@@ -373,6 +374,115 @@ TEST(ImageFolder, ClassNamesFromAFile) {
     std::ofstream(dir.path() / "plain.txt") << "first\nsecond\nthird\n";
     source = make_imagefolder(dir.path(), {{"class_names", (dir.path() / "plain.txt").string()}});
     EXPECT_EQ(source->info().class_names, (std::vector<std::string>{"first", "second", "third"}));
+}
+
+}  // namespace
+}  // namespace tessera::test
+
+// ---- shards: runner prepare and the shards plugin ------------------------------------------------
+
+namespace tessera::test {
+namespace {
+
+std::shared_ptr<plugin::DataSource> make_photo_data(const std::string& name, const fs::path& train, const fs::path& val,
+                                                    std::map<std::string, plugin::Value> options) {
+    plugin::Registry registry({plugin_dir()});
+    const auto* entry = registry.find("data", name);
+    if (!entry) throw std::runtime_error("the " + name + " plugin was not built");
+    options.emplace("train", train.string());
+    options.emplace("val", val.string());
+    options.emplace("image_size", std::int64_t(32));
+    options.emplace("val_resize", std::int64_t(36));
+    options.emplace("val_crop", std::int64_t(32));
+    return registry.create<plugin::DataSource>(*entry, plugin::Registry::with_defaults(*entry, options));
+}
+
+TEST(Shards, GiveTheSamplesOfTheFolderTheyWereMadeFrom) {
+    TempDir dir;
+    make_image_folder(dir.path());
+    // Every image is smaller than --max-side, so its bytes go into the shards unchanged.
+    const RunResult r = run_runner("prepare '" + dir.path().string() + "' '" + (dir / "shards").string() + "' --max-side 512");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("18 images in 1 shards"), std::string::npos) << r.output;
+    auto folder = make_imagefolder(dir.path(), {{"workers", std::int64_t(2)}});
+    auto shards = make_photo_data("shards", dir / "shards" / "train", dir / "shards" / "val", {{"workers", std::int64_t(3)}});
+    EXPECT_EQ(shards->info().class_names, folder->info().class_names);
+    EXPECT_EQ(shards->info().train_size, folder->info().train_size);
+    const FolderRun a = run_epochs(*folder, 2, 4), b = run_epochs(*shards, 2, 4);
+    EXPECT_EQ(a.labels, b.labels);
+    EXPECT_TRUE(a.pixels == b.pixels);
+}
+
+TEST(Shards, PrepareResizesLeavesOutDamagedFilesAndRefusesHalfMadeFolders) {
+    TempDir dir;
+    fs::create_directories(dir / "src" / "big");
+    fs::create_directories(dir / "src" / "small");
+    write_jpeg(dir / "src" / "big" / "wide.jpg", 300, 120, 1);
+    write_jpeg(dir / "src" / "small" / "tiny.jpg", 20, 30, 2);
+    std::ofstream(dir / "src" / "small" / "broken.jpg") << "not a JPEG";
+    const RunResult r = run_runner("prepare '" + (dir / "src").string() + "' '" + (dir / "out").string() + "' --max-side 100");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("broken.jpg"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("1 unreadable images left out"), std::string::npos) << r.output;
+    data::ShardReader reader(dir / "out", "train");
+    ASSERT_EQ(reader.size(), 2u);
+    ImageDecoder decoder;
+    const data::ImageHeader wide = decoder.header(reader.bytes(0));
+    EXPECT_EQ(wide.width, 100);  // the longer side is --max-side, the aspect ratio kept
+    EXPECT_EQ(wide.height, 40);
+    EXPECT_EQ(decoder.header(reader.bytes(1)).width, 20);
+    EXPECT_EQ(reader.entry(1).label, 1);
+    EXPECT_EQ(reader.entry(1).path, "small/tiny.jpg");
+
+    fs::remove(dir / "out" / "index.tsv");  // as if prepare had been interrupted
+    try {
+        data::ShardReader half(dir / "out", "train");
+        FAIL() << "read a folder without an index";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("runner prepare was interrupted"), std::string::npos) << e.what();
+    }
+}
+
+TEST(PrepareVal, MovesValidationImagesIntoClassFolders) {
+    TempDir dir;
+    const fs::path val = dir / "val";
+    fs::create_directories(val);
+    const std::vector<std::string> wnids = {"n01440764", "n01443537", "n01440764", "n01484850"};
+    std::ofstream csv(dir / "LOC_val_solution.csv");
+    csv << "ImageId,PredictionString\n";
+    std::ofstream plain(dir / "synset_labels.txt"), ids(dir / "ground_truth.txt"), synsets(dir / "synsets.txt");
+    for (std::size_t i = 0; i < wnids.size(); ++i) {
+        char name[40];
+        std::snprintf(name, sizeof name, "ILSVRC2012_val_%08zu", i + 1);
+        write_jpeg(val / (std::string(name) + ".JPEG"), 20, 20, int(i));
+        csv << name << "," << wnids[i] << " 1 2 3 4 " << wnids[i] << " 5 6 7 8\n";
+        plain << wnids[i] << "\n";
+        ids << (wnids[i] == "n01440764" ? 2 : wnids[i] == "n01443537" ? 1 : 3) << "\n";
+    }
+    csv.close(), plain.close(), ids.close();
+    synsets << "n01443537 goldfish\nn01440764 tench\nn01484850 great white shark\n";
+    synsets.close();
+    const std::string quoted = "'" + val.string() + "' ";
+
+    RunResult r = run_runner("prepare-val " + quoted + "'" + (dir / "LOC_val_solution.csv").string() + "'");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_TRUE(fs::exists(val / "n01440764" / "ILSVRC2012_val_00000003.JPEG"));
+    EXPECT_TRUE(fs::exists(val / "n01484850" / "ILSVRC2012_val_00000004.JPEG"));
+    EXPECT_FALSE(fs::exists(val / "ILSVRC2012_val_00000001.JPEG"));
+    // Again, and with the other label files: nothing left to move, nothing lost.
+    const std::string with_synsets = " --synsets '" + (dir / "synsets.txt").string() + "'";
+    for (const auto& [labels, extra] : std::vector<std::pair<std::string, std::string>>{{"synset_labels.txt", ""},
+                                                                                       {"ground_truth.txt", with_synsets}}) {
+        r = run_runner("prepare-val " + quoted + "'" + (dir / labels).string() + "'" + extra);
+        ASSERT_EQ(r.exit_code, 0) << r.output;
+        EXPECT_NE(r.output.find("moved 0 images into class folders under " + val.string() + " (4 already in place)"), std::string::npos)
+            << r.output;
+    }
+    r = run_runner("prepare-val " + quoted + "'" + (dir / "ground_truth.txt").string() + "'");
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_NE(r.output.find("--synsets"), std::string::npos) << r.output;
+    r = run_runner("prepare-val " + quoted + "'" + (dir / "synsets.txt").string() + "'");
+    EXPECT_EQ(r.exit_code, 2) << r.output;
 }
 
 }  // namespace

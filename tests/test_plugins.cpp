@@ -15,6 +15,7 @@ TEST(Registry, FindsEveryBuiltInPlugin) {
     Registry registry({plugin_dir()});
     for (auto [kind, name] : {std::pair{"optimizer", "sgd"}, {"scheduler", "onecycle"}, {"scheduler", "cosine"},
                               {"scheduler", "multistep"}, {"scheduler", "constant"}, {"data", "idx"}, {"data", "synthetic"},
+                              {"data", "imagefolder"}, {"data", "shards"},
                               {"logger", "console"}, {"logger", "csv"}})
         EXPECT_NE(registry.find(kind, name), nullptr) << kind << " " << name;
 }

@@ -9,7 +9,10 @@
 // reconstructed). Everything else goes through stb_image. Grayscale and CMYK become RGB with PIL's
 // formulas, so that a network trained here sees the pixels torchvision's users see.
 //
-// Needs libjpeg (libjpeg-turbo) and stb: `dependency('libjpeg')`, `dependency('stb')` in meson.
+// Encoding (runner prepare) goes through TurboJPEG.
+//
+// Needs libjpeg-turbo and stb: `dependency('libjpeg')`, `dependency('libturbojpeg')`,
+// `dependency('stb')` in meson.
 #include <csetjmp>
 #include <cstddef>
 #include <cstdio>
@@ -17,6 +20,7 @@
 #include <jpeglib.h>
 #include <jerror.h>
 #include <stb_image.h>
+#include <turbojpeg.h>
 
 #include <algorithm>
 #include <cctype>
@@ -85,6 +89,7 @@ struct Region {
 struct ImageHeader {
     ImageFormat format = ImageFormat::unknown;
     int width = 0, height = 0;
+    bool cmyk = false;  // a CMYK or YCCK JPEG
 };
 
 /// Why a file could not be decoded; the data sources report it with the path and move on.
@@ -195,6 +200,7 @@ private:
         jpeg_read_header(&jpeg_, TRUE);
         h.width = int(jpeg_.image_width);
         h.height = int(jpeg_.image_height);
+        h.cmyk = jpeg_.jpeg_color_space == JCS_CMYK || jpeg_.jpeg_color_space == JCS_YCCK;
         jpeg_abort_decompress(&jpeg_);
         return true;
     }
@@ -270,6 +276,32 @@ private:
     detail::JpegErrors errors_{};
     bool cmyk_ = false, adobe_ = false;
     std::vector<std::uint8_t> cmyk_pixels_;
+};
+
+/// Encodes RGB images as baseline JPEG with 4:2:0 chroma, as PIL saves them by default.
+class JpegEncoder {
+public:
+    JpegEncoder() : tj_(tjInitCompress()) {
+        if (!tj_) throw internal_error("tjInitCompress", tjGetErrorStr2(nullptr));
+    }
+    ~JpegEncoder() { tjDestroy(tj_); }
+    JpegEncoder(const JpegEncoder&) = delete;
+    JpegEncoder& operator=(const JpegEncoder&) = delete;
+
+    /// `rgb` is width x height, rows packed; the JPEG replaces `out`'s contents.
+    void encode(const std::uint8_t* rgb, int width, int height, int quality, std::vector<std::uint8_t>& out) {
+        unsigned char* jpeg = nullptr;
+        unsigned long size = 0;
+        if (tjCompress2(tj_, rgb, width, 0, height, TJPF_RGB, &jpeg, &size, TJSAMP_420, quality, 0) != 0) {
+            tjFree(jpeg);
+            throw internal_error("tjCompress2", tjGetErrorStr2(tj_));
+        }
+        out.assign(jpeg, jpeg + size);
+        tjFree(jpeg);
+    }
+
+private:
+    tjhandle tj_;
 };
 
 }  // namespace tessera::data
