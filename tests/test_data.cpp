@@ -156,6 +156,23 @@ TEST(Transform, ValidationAsTorchvision) {
     EXPECT_EQ(cases, 5);
 }
 
+TEST(Transform, FastDecodeKeepsThePicture) {
+    NEED_REFERENCE("decode.txt");
+    data::ImageTransform transform;
+    data::TransformConfig exact, fast;
+    exact.fast_decode = false;
+    std::vector<std::uint8_t> a(224 * 224 * 3), b(a.size());
+    for (const char* name : {"rgb_500x375.JPEG", "rgb_4000x3000.JPEG", "progressive.JPEG", "cmyk.JPEG", "gray.JPEG"}) {
+        const auto bytes = read_all(*ref / "images" / name);
+        for (std::uint64_t seed = 0; seed < 8; ++seed) {
+            Rng r1(seed), r2(seed);
+            transform.train(bytes, exact, r1, a.data());
+            transform.train(bytes, fast, r2, b.data());
+            EXPECT_LT(compare(a.data(), b).mean, 3.0) << name << " seed " << seed;
+        }
+    }
+}
+
 // Mean and standard error of f over the samples.
 template <class F>
 std::pair<double, double> mean_and_error(const std::vector<data::CropBox>& boxes, F f) {
@@ -483,6 +500,34 @@ TEST(PrepareVal, MovesValidationImagesIntoClassFolders) {
     EXPECT_NE(r.output.find("--synsets"), std::string::npos) << r.output;
     r = run_runner("prepare-val " + quoted + "'" + (dir / "synsets.txt").string() + "'");
     EXPECT_EQ(r.exit_code, 2) << r.output;
+}
+
+TEST(ImageFolder, TrainsFromARecipeAndCountsDamagedFiles) {
+    TempDir dir;
+    make_image_folder(dir.path());
+    std::ofstream(dir / "train" / "a" / "damaged.jpg") << "not an image";
+    std::ofstream(dir / "r.toml") << "[run]\nname = \"photos\"\nout_dir = \"" << (dir / "runs").string()
+                                  << "\"\n[model]\narch = \"resnet20\"\n[data]\nplugin = \"imagefolder\"\ntrain = \""
+                                  << (dir / "train").string() << "\"\nval = \"" << (dir / "val").string()
+                                  << "\"\nimage_size = 32\nval_resize = 36\nval_crop = 32\nworkers = 2\nbatch_size = 6\n"
+                                     "[optimizer]\nplugin = \"sgd\"\n[scheduler]\nplugin = \"constant\"\nlr = 0.01\n[train]\nepochs = 2\n"
+                                     "[[logger]]\nplugin = \"console\"\n[[logger]]\nplugin = \"csv\"\n";
+    const RunResult r = run_runner("'" + (dir / "r.toml").string() + "' --threads 1");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("final: epoch=2"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("1 unreadable images were skipped and replaced"), std::string::npos) << r.output;
+    std::ifstream csv(dir / "runs" / "photos" / "metrics.csv");
+    std::string header, first;
+    std::getline(csv, header);
+    std::getline(csv, first);
+    EXPECT_EQ(first.substr(first.rfind(',') + 1), "1") << first;  // bad_samples of epoch 1
+
+    // The same recipe's loader alone.
+    const RunResult bench = run_runner("bench --data '" + (dir / "r.toml").string() + "' --threads 2 --batches 2 --json");
+    ASSERT_EQ(bench.exit_code, 0) << bench.output;
+    EXPECT_NE(bench.output.find("\"data\": \"imagefolder\", \"threads\": 2, \"batch\": 6, \"batches\": 2"), std::string::npos)
+        << bench.output;
+    EXPECT_NE(bench.output.find("\"img_per_s\": "), std::string::npos) << bench.output;
 }
 
 }  // namespace
