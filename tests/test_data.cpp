@@ -523,7 +523,7 @@ TEST(ImageFolder, TrainsFromARecipeAndCountsDamagedFiles) {
     EXPECT_EQ(first.substr(first.rfind(',') + 1), "1") << first;  // bad_samples of epoch 1
 
     // The same recipe's loader alone.
-    const RunResult bench = run_runner("bench --data '" + (dir / "r.toml").string() + "' --threads 2 --batches 2 --json");
+    const RunResult bench = run_runner("bench --data '" + (dir / "r.toml").string() + "' --threads 2 --batches 2 --warmup 1 --json");
     ASSERT_EQ(bench.exit_code, 0) << bench.output;
     EXPECT_NE(bench.output.find("\"data\": \"imagefolder\", \"threads\": 2, \"batch\": 6, \"batches\": 2"), std::string::npos)
         << bench.output;
