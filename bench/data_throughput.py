@@ -7,7 +7,8 @@
 Makes N JPEGs in an ImageFolder layout (kept in DIR if given, else in a temporary folder), then:
   - `runner bench --data` on an imagefolder recipe, with 1 thread and with T threads, with DCT
     scaling (the default) and without it (torchvision's pixels exactly);
-  - with a shards recipe too, after `runner prepare` packed the same images;
+  - with shards recipes too, after `runner prepare` packed the same images as they are
+    (--max-side 500) and pre-resized (--max-side 256, FFCV's approach: less to decode);
   - PIL (Image.open().convert("RGB"), torchvision's RandomResizedCrop and RandomHorizontalFlip) in
     this one process, where python3-pil and python3-torchvision are installed.
 Prints a table last.
@@ -105,16 +106,20 @@ def main():
         rows.append((name, 1, runner_bench(runner, r, 1, batches)))
         if args.threads > 1:
             rows.append((name, args.threads, runner_bench(runner, r, args.threads, batches)))
-    shards = os.path.join(work, "shards")
-    if subprocess.run([runner, "prepare", os.path.join(work, "train"), os.path.join(shards, "train"), "--max-side", "500"],
-                      capture_output=True).returncode == 0 and \
-       subprocess.run([runner, "prepare", os.path.join(work, "val"), os.path.join(shards, "val"), "--max-side", "500"],
-                      capture_output=True).returncode == 0:
-        r = recipe(os.path.join(work, "recipe-shards.toml"),
+    for max_side in (500, 256):
+        shards = os.path.join(work, f"shards-{max_side}")
+        packed = [subprocess.run([runner, "prepare", os.path.join(work, split), os.path.join(shards, split),
+                                  "--max-side", str(max_side)], capture_output=True).returncode == 0
+                  for split in ("train", "val")]
+        if not all(packed):
+            print(f"runner prepare failed: no shards row for --max-side {max_side}", file=sys.stderr)
+            continue
+        r = recipe(os.path.join(work, f"recipe-shards-{max_side}.toml"),
                    f'plugin = "shards"\ntrain = "{shards}/train"\nval = "{shards}/val"')
-        rows.append(("tessera shards", 1, runner_bench(runner, r, 1, batches)))
+        name = "tessera shards, same JPEGs" if max_side == 500 else f"tessera shards, --max-side {max_side}"
+        rows.append((name, 1, runner_bench(runner, r, 1, batches)))
         if args.threads > 1:
-            rows.append(("tessera shards", args.threads, runner_bench(runner, r, args.threads, batches)))
+            rows.append((name, args.threads, runner_bench(runner, r, args.threads, batches)))
     try:
         rows.append(("PIL + torchvision", 1, pil_rate(files)))
     except ImportError as e:
