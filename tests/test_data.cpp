@@ -11,6 +11,7 @@
 
 #include "helpers.hpp"
 #include "tessera/data/image_folder.hpp"
+#include "tessera/data/loader.hpp"
 #include "tessera/data/shards.hpp"
 #include "tessera/data/transform.hpp"
 #include "tessera/plugin/registry.hpp"
@@ -215,6 +216,55 @@ TEST(RandomResizedCrop, FollowsTorchvisionsDistribution) {
             const auto [m_theirs, e_theirs] = mean_and_error(boxes, statistics[s]);
             EXPECT_LE(std::abs(m_ours - m_theirs), 5 * std::hypot(e_ours, e_theirs) + 1e-9)
                 << width << "x" << height << " statistic " << s << ": ours " << m_ours << ", torchvision " << m_theirs;
+        }
+    }
+}
+
+// A source whose sample i is 2x2 pixels of value i % 251, labelled i, and whose sample 13 is damaged.
+struct CountingSource {
+    struct Worker {};
+    data::Size2 output(Split) const { return {2, 2}; }
+    std::int32_t label(Split, std::int64_t i) const { return std::int32_t(i); }
+    std::string name(Split, std::int64_t i) const { return "sample " + std::to_string(i); }
+    void load(Worker&, Split, std::int64_t i, Rng& rng, std::uint8_t* rgb) const {
+        if (i == 13) throw data::DecodeError("damaged");
+        std::fill(rgb, rgb + 12, std::uint8_t(i % 251));
+        rgb[0] = std::uint8_t(rng.below(256));  // the augmentation's randomness must not depend on the worker
+    }
+};
+
+TEST(Loader, InlineAndThreadedGiveTheSameEpochs) {
+    CountingSource source;
+    auto epochs = [&](int workers) {
+        std::vector<std::string> warnings;
+        data::Loader<CountingSource> loader(source, workers, 2, [&](const std::string& w) { warnings.push_back(w); });
+        std::vector<plugin::Batch> batches;
+        for (int epoch = 1; epoch <= 2; ++epoch) {
+            plugin::EpochPlan plan;
+            plan.epoch = epoch;
+            plan.batch_size = 8;
+            loader.start(Split::train, plan, 50);
+            for (plugin::Batch b; loader.next(b);) batches.push_back(b);
+            EXPECT_EQ(loader.bad_samples(), 1) << workers << " workers, epoch " << epoch;
+        }
+        EXPECT_EQ(warnings.size(), 1u);
+        return batches;
+    };
+    const auto inline_batches = epochs(0);
+    ASSERT_EQ(inline_batches.size(), 14u);  // 50 samples in batches of 8, twice
+    std::vector<int> seen(50);
+    for (std::size_t b = 0; b < 7; ++b)
+        for (auto label : inline_batches[b].labels) ++seen[label];
+    // Every sample once in the first epoch, except the damaged one, whose place another took.
+    EXPECT_EQ(seen[13], 0);
+    EXPECT_EQ(std::count(seen.begin(), seen.end(), 1), 48);
+    EXPECT_EQ(std::count(seen.begin(), seen.end(), 2), 1);
+    for (int workers : {1, 4}) {
+        const auto threaded = epochs(workers);
+        ASSERT_EQ(threaded.size(), inline_batches.size());
+        for (std::size_t b = 0; b < threaded.size(); ++b) {
+            EXPECT_EQ(threaded[b].labels, inline_batches[b].labels) << workers << " workers, batch " << b;
+            EXPECT_EQ(threaded[b].pixels, inline_batches[b].pixels) << workers << " workers, batch " << b;
         }
     }
 }

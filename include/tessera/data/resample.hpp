@@ -79,8 +79,9 @@ inline Taps bilinear_taps(int in_size, double in0, double in1, int out_size, int
     return t;
 }
 
-// The vertical pass is compiled twice, for AVX2 (eight 32-bit products at once) and for the
-// baseline, and the first call picks one for this machine.
+// The vertical pass, a plain loop the compiler vectorises, is compiled twice, for AVX2 (eight
+// 32-bit products at once) and for the baseline, and the first call picks one for this machine.
+// The horizontal pass needs its lanes arranged by hand (below).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define TESSERA_RESAMPLE_CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -92,7 +93,6 @@ inline std::uint8_t clip8(std::int32_t v) {
     if (v <= 0) return 0;
     return std::uint8_t(v >> resample_precision_bits);
 }
-
 
 /// One row through the horizontal taps, outputs [from, to); `in` is the row's pixel x0.
 inline void horizontal_pass_scalar(const std::uint8_t* in, int x0, const Taps& across, int from, int to, std::uint8_t* out) {
@@ -183,16 +183,18 @@ inline void vertical_pass(const std::uint8_t* in, std::size_t stride, const std:
 
 }  // namespace detail
 
-/// Resizes `box` of `src` to out_width x out_height as PIL does, and writes the output pixels
-/// [x, x + w) x [y, y + h) of that result to `dst` (rows `dst_stride` bytes apart), mirrored left to
-/// right if `mirror`. Computing only a window is what makes Resize + CenterCrop cheap.
+/// The part of a resize that is wanted: output pixels [x, x + w) x [y, y + h) of an out_width x
+/// out_height result. Computing only a window is what makes Resize + CenterCrop cheap.
 struct ResizeWindow {
     int out_width = 0, out_height = 0;
     int x = 0, y = 0, w = 0, h = 0;
 };
 
+/// Resizes as PIL does; holds the scratch rows between the two passes.
 class Resampler {
 public:
+    /// Resizes `box` of `src` and writes the window `win` of the result to `dst` (rows `dst_stride`
+    /// bytes apart), mirrored left to right if `mirror`.
     void resize(const RgbView& src, Box box, const ResizeWindow& win, std::uint8_t* dst, std::size_t dst_stride,
                 bool mirror = false) {
         const Taps across = taps_across(src, box, win), down = taps_down(src, box, win);
