@@ -3,9 +3,9 @@
 //
 // Modules (*.so) are looked for, in this order, in: the recipe's plugin_path, $TESSERA_PLUGIN_PATH
 // (colon-separated), the folder of the running binary and its plugins/ and ../plugins/ (a build
-// tree), and the install prefix's plugin folder. The first module to provide a (kind, name) wins.
-// A module is kept loaded for as long as anything it created lives: each object holds a reference
-// to its library.
+// tree), the plugin folder of an installed tree relative to the binary (bin/../lib/…/tessera/plugins,
+// so a staged or moved install works), and the install prefix's plugin folder. The first module to
+// provide a (kind, name) wins. Modules stay loaded until the program ends.
 #ifndef BOOST_DLL_USE_STD_FS
 #define BOOST_DLL_USE_STD_FS
 #endif
@@ -25,8 +25,16 @@
 
 #include "tessera/plugin/api.hpp"
 
+// Where `meson install` puts the plugins: the absolute folder, and the same relative to the prefix
+// (tessera/config.hpp, which the build generates and installs beside the headers).
+#if __has_include("tessera/config.hpp")
+#include "tessera/config.hpp"
+#endif
 #ifndef TESSERA_PLUGIN_INSTALL_DIR
 #define TESSERA_PLUGIN_INSTALL_DIR ""
+#endif
+#ifndef TESSERA_PLUGIN_RELATIVE_DIR
+#define TESSERA_PLUGIN_RELATIVE_DIR "lib/tessera/plugins"
 #endif
 
 namespace tessera::plugin {
@@ -56,7 +64,8 @@ public:
             }
         }
         const fs::path exe_dir = boost::dll::program_location().parent_path();
-        for (const char* sub : {"plugins", "../plugins", "../lib/tessera/plugins"}) dirs.push_back(exe_dir / sub);
+        for (const char* sub : {"plugins", "../plugins"}) dirs.push_back(exe_dir / sub);
+        dirs.push_back(exe_dir / ".." / TESSERA_PLUGIN_RELATIVE_DIR);
         if (*TESSERA_PLUGIN_INSTALL_DIR) dirs.emplace_back(TESSERA_PLUGIN_INSTALL_DIR);
         return dirs;
     }
@@ -127,6 +136,17 @@ public:
         if (!object) throw user_error(entry.path.string(), "plugin factory returned nothing");
         auto library = entry.library;
         return std::shared_ptr<Kind>(object.release(), [library](Kind* p) { delete p; });
+    }
+
+    /// Creates the plugin of kind Kind called `name`, its options completed with their defaults:
+    /// registry.create<plugin::Optimizer>("sgd", {{"momentum", 0.9}}).
+    template <class Kind>
+    std::shared_ptr<Kind> create(const std::string& name, const std::map<std::string, Value>& options = {}) const {
+        const Entry* entry = find(kind_of<Kind>, name);
+        if (!entry)
+            throw user_error(name, std::string("no ") + kind_of<Kind> + " plugin of this name was found",
+                             "runner plugins lists the plugins found; TESSERA_PLUGIN_PATH adds folders to search");
+        return create<Kind>(*entry, with_defaults(*entry, options));
     }
 
 private:
