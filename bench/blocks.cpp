@@ -1,71 +1,282 @@
-// Microbenchmarks of blocks on the CPU backend, with FLOP and byte counters so each figure reads
-// against the machine's peak:  build/bench/tessera_bench [--benchmark_filter=Conv]
+// Microbenchmarks of blocks, on the CPU always and on the GPU where one answers (the CUDA build):
+// convolutions at ResNet50's stage shapes (forward, and backward: data and filter gradients),
+// BatchNorm, one bottleneck forward and backward, and a whole ResNet50 training step. Counters give
+// GFLOP/s and GB/s, and on the CPU the fraction of the FP32 peak of the cores in use, measured here
+// by an FMA loop of the widest vectors the CPU has (FmaPeak), so each figure reads against what the
+// cores can do.
+//   build/bench/tessera_bench [--benchmark_filter=Conv]
 #include <benchmark/benchmark.h>
 
+#include <chrono>
+
 #include "tessera/backend/cpu/backend.hpp"
-#include "tessera/models/resnet.hpp"
 #include "tessera/models/network.hpp"
+#include "tessera/models/resnet.hpp"
+#include "tessera/plugin/registry.hpp"
+#include "tessera/train/trainer.hpp"
+#ifdef TESSERA_WITH_CUDA
+#include "tessera/backend/cuda/backend.hpp"
+#endif
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
 using namespace tessera;
 
-// A conv forward at one of ResNet50's stage shapes: args = batch, size, in, out, kernel, stride.
-void ConvForward(benchmark::State& state) {
-    const int n = int(state.range(0)), size = int(state.range(1)), in = int(state.range(2)), out = int(state.range(3));
-    const int k = int(state.range(4)), stride = int(state.range(5));
-    const ConvGeometry g{in, out, k, stride, k / 2};
-    cpu::Context ctx;
-    std::vector<float> x(std::size_t(n) * size * size * in, 0.5f), w(std::size_t(out) * g.patch(), 0.01f);
-    const Shape ys = g.output_shape({n, size, size, in});
-    std::vector<float> y(ys.size());
-    for (auto _ : state) cpu::conv_forward(ctx, Tensor{x.data(), {n, size, size, in}}, w.data(), g, Tensor{y.data(), ys});
-    const double flops = 2.0 * double(ys.pixels()) * double(g.patch()) * out;
-    state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-}
-BENCHMARK(ConvForward)
-    ->ArgNames({"n", "hw", "in", "out", "k", "s"})
-    ->Args({8, 56, 64, 64, 1, 1})
-    ->Args({8, 56, 64, 64, 3, 1})
-    ->Args({8, 28, 128, 128, 3, 1})
-    ->Args({8, 14, 256, 256, 3, 1})
-    ->Args({8, 7, 512, 512, 3, 1})
-    ->Args({8, 14, 1024, 256, 1, 1})
-    ->Unit(benchmark::kMillisecond);
+// ---- the machine's peak ----------------------------------------------------------------------------
 
-void BatchNormForwardTraining(benchmark::State& state) {
-    const int n = int(state.range(0)), size = int(state.range(1)), c = int(state.range(2));
-    cpu::Context ctx;
-    std::vector<float> x(std::size_t(n) * size * size * c, 0.5f), y(x.size()), gamma(c, 1.f), beta(c, 0.f), rm(c, 0.f), rv(c, 1.f),
-        mean(c), inv_std(c);
-    for (auto _ : state)
-        cpu::batchnorm_forward(ctx, Tensor{x.data(), {n, size, size, c}}, {gamma.data(), beta.data(), rm.data(), rv.data()},
-                               {mean.data(), inv_std.data()}, true, Tensor{y.data(), {n, size, size, c}});
-    // Reads x twice (statistics, then normalise) and writes y once.
-    state.counters["GB/s"] = benchmark::Counter(3.0 * x.size() * 4 * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+#if defined(__x86_64__)
+// Twelve independent FMA chains of one vector width: enough to keep both FMA ports busy whatever
+// their latency. Each FMA is 2 FLOP per float.
+template <class Vector, int Floats, auto Fma, auto Set, auto Add>
+double fma_loop(std::int64_t rounds) {
+    Vector acc[12];
+    for (int i = 0; i < 12; ++i) acc[i] = Set(float(i));
+    const Vector a = Set(0.999999f), b = Set(1e-7f);
+    for (std::int64_t r = 0; r < rounds; ++r)
+        for (auto& v : acc) v = Fma(v, a, b);
+    Vector sum = acc[0];
+    for (int i = 1; i < 12; ++i) sum = Add(sum, acc[i]);
+    benchmark::DoNotOptimize(sum);
+    return double(rounds) * 12 * 2 * Floats;
 }
-BENCHMARK(BatchNormForwardTraining)->Args({8, 56, 256})->Args({8, 14, 1024})->Unit(benchmark::kMillisecond);
 
-// Forward and backward of one ResNet50 bottleneck (layer2's stride-2 block) at batch 8.
-void BottleneckForwardBackward(benchmark::State& state) {
-    using Block = models::Bottleneck<512, 2>;
-    auto layer = Block::bind<256, cpu::Backend>({});
-    models::ParamStore store;
-    store.bind(layer);
-    Rng rng(1);
-    layer.init(rng, {});
-    cpu::Context ctx;
-    const Shape in{8, 56, 56, 256};
-    std::vector<float> x(in.size(), 0.1f);
-    const Shape out = layer.output_shape(in);
-    std::vector<float> dy(out.size(), 0.01f);
+__attribute__((target("avx2,fma"))) double fma_flops_avx2(std::int64_t rounds) {
+    return fma_loop<__m256, 8, [](__m256 v, __m256 a, __m256 b) { return _mm256_fmadd_ps(v, a, b); },
+                    [](float f) { return _mm256_set1_ps(f); }, [](__m256 x, __m256 y) { return _mm256_add_ps(x, y); }>(rounds);
+}
+
+__attribute__((target("avx512f"))) double fma_flops_avx512(std::int64_t rounds) {
+    return fma_loop<__m512, 16, [](__m512 v, __m512 a, __m512 b) { return _mm512_fmadd_ps(v, a, b); },
+                    [](float f) { return _mm512_set1_ps(f); }, [](__m512 x, __m512 y) { return _mm512_add_ps(x, y); }>(rounds);
+}
+
+/// The widest FMA this CPU has: AVX-512 where there is one (OpenBLAS's kernels use it), else AVX2.
+double fma_flops(std::int64_t rounds) {
+    return __builtin_cpu_supports("avx512f") ? fma_flops_avx512(rounds) : fma_flops_avx2(rounds);
+}
+#endif
+
+/// One core's FP32 peak with its widest FMA, in FLOP/s, measured once.
+double core_peak_flops() {
+#if defined(__x86_64__)
+    static const double peak = [] {
+        if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return 0.0;
+        double best = 0;
+        for (int trial = 0; trial < 5; ++trial) {
+            const auto t0 = std::chrono::steady_clock::now();
+            const double flops = fma_flops(2'000'000);
+            best = std::max(best, flops / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        }
+        return best;
+    }();
+    return peak;
+#else
+    return 0;
+#endif
+}
+
+#if defined(__x86_64__)
+template <double (*Loop)(std::int64_t)>
+void FmaPeak(benchmark::State& state) {  // one core
+    double flops = 0;
+    for (auto _ : state) flops += Loop(1'000'000);
+    state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsRate);
+}
+BENCHMARK_TEMPLATE(FmaPeak, fma_flops_avx2)->Name("FmaPeak/avx2")->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(FmaPeak, fma_flops)->Name("FmaPeak/widest")->Unit(benchmark::kMillisecond);
+#endif
+
+// ---- backends --------------------------------------------------------------------------------------
+
+template <class B>
+struct Device;
+
+template <>
+struct Device<cpu::Backend> {
+    static bool available(std::string*) { return true; }
+    static std::unique_ptr<cpu::Context> context() { return std::make_unique<cpu::Context>(); }
+    static void sync(cpu::Context&) {}
+    static int threads(cpu::Context& ctx) { return ctx.pool.size(); }
+};
+
+#ifdef TESSERA_WITH_CUDA
+template <>
+struct Device<cuda::Backend> {
+    static bool available(std::string* why) { return cuda::device_available(why); }
+    static std::unique_ptr<cuda::Context> context() { return std::make_unique<cuda::Context>(cuda::Settings{.tf32 = true}); }
+    static void sync(cuda::Context& ctx) { ctx.synchronize(); }
+    static int threads(cuda::Context&) { return 0; }
+};
+#endif
+
+/// The backend's context, or null after telling the benchmark why it skips.
+template <class B>
+std::unique_ptr<typename B::Context> context_or_skip(benchmark::State& state) {
+    std::string why;
+    if (!Device<B>::available(&why)) {
+        state.SkipWithError(("no CUDA device: " + why).c_str());
+        return nullptr;
+    }
+    return Device<B>::context();
+}
+
+/// Times the benchmark's loop over `step`, then sets GFLOP/s and, on the CPU, the fraction of the
+/// peak of the cores in use (a plain number, which Google Benchmark's rate counters cannot give).
+template <class B, class Step>
+void run_flops(benchmark::State& state, typename B::Context& ctx, double flops_per_iteration, Step&& step) {
+    const auto start = std::chrono::steady_clock::now();
     for (auto _ : state) {
-        ctx.arena.reset();
-        layer.forward(ctx, Tensor{x.data(), in});
-        layer.backward(ctx, Tensor{dy.data(), out});
+        step();
+        Device<B>::sync(ctx);
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double rate = flops_per_iteration * double(state.iterations()) / seconds;
+    state.counters["GFLOP/s"] = rate * 1e-9;
+    if (const int threads = Device<B>::threads(ctx); threads > 0 && core_peak_flops() > 0)
+        state.counters["of_peak"] = rate / (core_peak_flops() * threads);
+}
+
+// ---- convolutions: args = batch, size, in, out, kernel, stride -----------------------------------
+
+struct ConvShape {
+    Shape in, out;
+    ConvGeometry g;
+    double flops;  // of one pass: forward, or each of the two backward products
+    explicit ConvShape(const benchmark::State& s)
+        : in{int(s.range(0)), int(s.range(1)), int(s.range(1)), int(s.range(2))},
+          g{int(s.range(2)), int(s.range(3)), int(s.range(4)), int(s.range(5)), int(s.range(4)) / 2} {
+        out = g.output_shape(in);
+        flops = 2.0 * double(out.pixels()) * double(g.patch()) * g.out_channels;
+    }
+};
+
+template <class B>
+void ConvForward(benchmark::State& state) {
+    auto ctx = context_or_skip<B>(state);
+    if (!ctx) return;
+    const ConvShape c(state);
+    const Tensor x = ctx->arena.tensor(c.in), y = ctx->arena.tensor(c.out);
+    float* w = ctx->arena.allocate_floats(std::size_t(c.g.out_channels) * c.g.patch());
+    B::fill_zero(*ctx, x.data, x.size());
+    B::fill_zero(*ctx, w, std::size_t(c.g.out_channels) * c.g.patch());
+    run_flops<B>(state, *ctx, c.flops, [&] { B::conv_forward(*ctx, x, w, c.g, y); });
+}
+
+template <class B>
+void ConvBackward(benchmark::State& state) {  // data and filter gradients
+    auto ctx = context_or_skip<B>(state);
+    if (!ctx) return;
+    const ConvShape c(state);
+    const Tensor x = ctx->arena.tensor(c.in), dx = ctx->arena.tensor(c.in), dy = ctx->arena.tensor(c.out);
+    const std::size_t weights = std::size_t(c.g.out_channels) * c.g.patch();
+    float* w = ctx->arena.allocate_floats(weights);
+    float* dw = ctx->arena.allocate_floats(weights);
+    for (auto [p, n] : {std::pair{x.data, x.size()}, {dy.data, dy.size()}, {w, weights}, {dw, weights}}) B::fill_zero(*ctx, p, n);
+    run_flops<B>(state, *ctx, 2 * c.flops, [&] { B::conv_backward(*ctx, x, w, c.g, dy, dw, dx); });
+}
+
+// ResNet50's convolutions at batch 8 (hw: the input's size): the stem, and the 1x1 and 3x3 of each
+// stage's bottlenecks.
+void stage_shapes(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"n", "hw", "in", "out", "k", "s"})
+        ->Args({8, 224, 3, 64, 7, 2})  // the stem
+        ->Args({8, 56, 64, 64, 1, 1})
+        ->Args({8, 56, 64, 64, 3, 1})
+        ->Args({8, 56, 64, 256, 1, 1})
+        ->Args({8, 28, 128, 128, 3, 1})
+        ->Args({8, 28, 512, 128, 1, 1})
+        ->Args({8, 14, 256, 256, 3, 1})
+        ->Args({8, 14, 1024, 256, 1, 1})
+        ->Args({8, 7, 512, 512, 3, 1})
+        ->Args({8, 7, 2048, 512, 1, 1})
+        ->Unit(benchmark::kMillisecond);
+}
+
+// ---- BatchNorm: args = batch, size, channels ------------------------------------------------------
+
+template <class B>
+void BatchNormForwardTraining(benchmark::State& state) {
+    auto ctx = context_or_skip<B>(state);
+    if (!ctx) return;
+    const int n = int(state.range(0)), size = int(state.range(1)), c = int(state.range(2));
+    const Tensor x = ctx->arena.tensor({n, size, size, c}), y = ctx->arena.tensor({n, size, size, c});
+    float* v = ctx->arena.allocate_floats(6 * std::size_t(c));  // gamma, beta, running mean/var, saved mean/inv_std
+    B::fill_zero(*ctx, x.data, x.size());
+    B::fill_zero(*ctx, v, 6 * std::size_t(c));
+    for (auto _ : state) {
+        B::batchnorm_forward(*ctx, x, {v, v + c, v + 2 * c, v + 3 * c}, {v + 4 * c, v + 5 * c}, y);  // training mode
+        Device<B>::sync(*ctx);
+    }
+    // Reads x twice (statistics, then normalise) and writes y once.
+    state.counters["GB/s"] = benchmark::Counter(3.0 * double(x.size()) * 4 * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ---- one bottleneck, and a whole training step ------------------------------------------------------
+
+template <class B>
+void BottleneckForwardBackward(benchmark::State& state) {  // layer2's stride-2 block at batch 8
+    auto ctx = context_or_skip<B>(state);
+    if (!ctx) return;
+    using Block = models::Bottleneck<512, 2>;
+    models::Model<Block, 256, B> block("bottleneck", 0);
+    block.init(1, {});
+    const Shape in{8, 56, 56, 256};
+    for (auto _ : state) {
+        ctx->arena.reset();
+        ctx->grads.reset();
+        const Tensor x = ctx->arena.tensor(in);
+        B::fill_zero(*ctx, x.data, x.size());
+        const Tensor y = block.forward(*ctx, x);
+        const Tensor dy = ctx->arena.tensor(y.shape);
+        B::fill_zero(*ctx, dy.data, dy.size());
+        block.backward(*ctx, dy);
+        Device<B>::sync(*ctx);
     }
     state.counters["img/s"] = benchmark::Counter(in.n, benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BottleneckForwardBackward)->Unit(benchmark::kMillisecond);
+
+// ResNet50's training step (forward, loss, backward, SGD with momentum) on synthetic 224x224 images:
+// args = batch. The plugins come from the build tree, as runner's do.
+template <class B>
+void ResNet50TrainingStep(benchmark::State& state) {
+    auto ctx = context_or_skip<B>(state);
+    if (!ctx) return;
+    const int batch = int(state.range(0));
+    plugin::Registry plugins;
+    auto data = plugins.create<plugin::DataSource>("synthetic", {{"image_size", std::int64_t(224)}, {"num_classes", std::int64_t(1000)},
+                                                                 {"channels", std::int64_t(3)}, {"train_size", std::int64_t(batch)}});
+    auto sgd = plugins.create<plugin::Optimizer>("sgd", {{"momentum", 0.9}, {"weight_decay", 1e-4}});
+    auto constant = plugins.create<plugin::Scheduler>("constant", {{"lr", 0.01}});
+    models::Model<models::ResNet50, 3, B> net("resnet50", 1000);
+    net.init(1, {});
+    train::Trainer<B> trainer(*ctx, net, *data, *sgd, *constant, {}, {.epochs = 1, .batch_size = batch});
+    const plugin::Parameters params = train::optimizer_view(net, *ctx);
+    plugin::EpochPlan plan;
+    plan.batch_size = batch;
+    data->start_epoch(plugin::Split::train, plan);
+    data->next(trainer.batch());
+    for (auto _ : state) {
+        trainer.train_step({0.01, std::nullopt}, params);
+        Device<B>::sync(*ctx);
+    }
+    state.counters["img/s"] = benchmark::Counter(batch, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+BENCHMARK_TEMPLATE(ConvForward, cpu::Backend)->Apply(stage_shapes);
+BENCHMARK_TEMPLATE(ConvBackward, cpu::Backend)->Apply(stage_shapes);
+BENCHMARK_TEMPLATE(BatchNormForwardTraining, cpu::Backend)->Args({8, 56, 256})->Args({8, 14, 1024})->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BottleneckForwardBackward, cpu::Backend)->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(ResNet50TrainingStep, cpu::Backend)->Arg(8)->Iterations(2)->Unit(benchmark::kMillisecond);
+#ifdef TESSERA_WITH_CUDA
+BENCHMARK_TEMPLATE(ConvForward, cuda::Backend)->Apply(stage_shapes);
+BENCHMARK_TEMPLATE(ConvBackward, cuda::Backend)->Apply(stage_shapes);
+BENCHMARK_TEMPLATE(BatchNormForwardTraining, cuda::Backend)->Args({8, 56, 256})->Args({8, 14, 1024})->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BottleneckForwardBackward, cuda::Backend)->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(ResNet50TrainingStep, cuda::Backend)->Arg(256)->Unit(benchmark::kMillisecond);
+#endif
 
 }  // namespace
