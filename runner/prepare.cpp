@@ -138,12 +138,12 @@ int prepare(const std::vector<std::string>& raw) {
     const fs::path src = args.positional()[0], dest = args.positional()[1];
     // ImageNet's root (train/ and val/ inside): both, val with train's class numbers.
     if (fs::is_directory(src / "train")) {
-        const data::ImageFolder train = data::ImageFolder::scan(src / "train", "train");
+        const data::ImageFolder train = data::ImageFolder::scan(src / "train", "runner prepare's SRC/train");
         pack(train, dest / "train", o);
-        if (fs::is_directory(src / "val")) pack(data::ImageFolder::scan(src / "val", "val", &train.classes), dest / "val", o);
+        if (fs::is_directory(src / "val")) pack(data::ImageFolder::scan(src / "val", "runner prepare's SRC/val", &train.classes), dest / "val", o);
         return 0;
     }
-    pack(data::ImageFolder::scan(src, "SRC"), dest, o);
+    pack(data::ImageFolder::scan(src, "runner prepare's SRC"), dest, o);
     return 0;
 }
 

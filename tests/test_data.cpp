@@ -491,7 +491,7 @@ TEST(Shards, PrepareResizesLeavesOutDamagedFilesAndRefusesHalfMadeFolders) {
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("broken.jpg"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("1 unreadable images left out"), std::string::npos) << r.output;
-    data::ShardReader reader(dir / "out", "train");
+    data::ShardReader reader(dir / "out", "the shards");
     ASSERT_EQ(reader.size(), 2u);
     ImageDecoder decoder;
     const data::ImageHeader wide = decoder.header(reader.bytes(0));
@@ -503,7 +503,7 @@ TEST(Shards, PrepareResizesLeavesOutDamagedFilesAndRefusesHalfMadeFolders) {
 
     fs::remove(dir / "out" / "index.tsv");  // as if prepare had been interrupted
     try {
-        data::ShardReader half(dir / "out", "train");
+        data::ShardReader half(dir / "out", "the shards");
         FAIL() << "read a folder without an index";
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("runner prepare was interrupted"), std::string::npos) << e.what();

@@ -26,9 +26,9 @@ private:
 
 std::unique_ptr<DataSource> create(const Options& o) {
     const char* example = "train = \"/data/imagenet/train\", val = \"/data/imagenet/val\"";
-    ImageFolder train = ImageFolder::scan(tessera::plugin_data::required_folder(o, "train", example), "train");
+    ImageFolder train = ImageFolder::scan(tessera::plugin_data::required_folder(o, "train", example), "data.train");
     // Validation folders take the training folder's class numbers.
-    ImageFolder val = ImageFolder::scan(tessera::plugin_data::required_folder(o, "val", example), "val", &train.classes);
+    ImageFolder val = ImageFolder::scan(tessera::plugin_data::required_folder(o, "val", example), "data.val", &train.classes);
     return std::make_unique<tessera::plugin_data::PhotoData<FolderStore>>(FolderStore(std::move(train)), FolderStore(std::move(val)), o);
 }
 

@@ -27,8 +27,8 @@ private:
 
 std::unique_ptr<DataSource> create(const Options& o) {
     const char* example = "train = \"/data/imagenet-shards/train\", val = \"/data/imagenet-shards/val\"";
-    auto train = std::make_unique<ShardReader>(tessera::plugin_data::required_folder(o, "train", example), "train");
-    auto val = std::make_unique<ShardReader>(tessera::plugin_data::required_folder(o, "val", example), "val");
+    auto train = std::make_unique<ShardReader>(tessera::plugin_data::required_folder(o, "train", example), "data.train");
+    auto val = std::make_unique<ShardReader>(tessera::plugin_data::required_folder(o, "val", example), "data.val");
     if (val->classes() != train->classes())
         throw tessera::user_error(val->dir().string(), "has other classes than " + train->dir().string(),
                                   "pack both from folders with the same class folders");

@@ -37,15 +37,16 @@ struct ImageFolder {
     };
     std::vector<Sample> samples;
 
-    /// Scans `root`. With `classes_from` (the training set's classes), the folders must be among
-    /// them and keep their numbers, so a validation folder may lack classes but never add any.
-    static ImageFolder scan(const std::filesystem::path& root, const std::string& option,
+    /// Scans `root`, which `given_as` names in messages (data.train, runner prepare's SRC). With
+    /// `classes_from` (the training set's classes), the folders must be among them and keep their
+    /// numbers, so a validation folder may lack classes but never add any.
+    static ImageFolder scan(const std::filesystem::path& root, const std::string& given_as,
                             const std::vector<std::string>* classes_from = nullptr) {
         namespace fs = std::filesystem;
         std::error_code ec;
         if (!fs::is_directory(root, ec))
-            throw user_error(root.string(), "no such folder (data." + option + ")",
-                             "point data." + option + " at a folder of class folders (ImageNet: .../train, .../val; see the README)");
+            throw user_error(root.string(), "no such folder (" + given_as + ")",
+                             "point " + given_as + " at a folder of class folders (ImageNet: .../train, .../val; see the README)");
         ImageFolder f;
         f.root = root;
         std::vector<std::string> folders;
@@ -55,7 +56,7 @@ struct ImageFolder {
         std::sort(folders.begin(), folders.end());
         if (folders.empty())
             throw user_error(root.string(), "holds no class folders",
-                             "data." + option + " must contain one folder per class, each with its images");
+                             given_as + " must contain one folder per class, each with its images");
         f.classes = classes_from ? *classes_from : folders;
         for (const std::string& name : folders) {
             const auto it = std::lower_bound(f.classes.begin(), f.classes.end(), name);

@@ -108,10 +108,11 @@ public:
         std::string path;
     };
 
-    explicit ShardReader(const std::filesystem::path& dir, const std::string& option) : dir_(dir) {
+    /// Maps the shards folder `dir`, which `given_as` names in messages (data.train).
+    ShardReader(const std::filesystem::path& dir, const std::string& given_as) : dir_(dir) {
         std::error_code ec;
         if (!std::filesystem::is_directory(dir, ec))
-            throw user_error(dir.string(), "no such folder (data." + option + ")",
+            throw user_error(dir.string(), "no such folder (" + given_as + ")",
                              "make it with: runner prepare IMAGEFOLDER " + dir.string() + " --max-side 256");
         if (!std::filesystem::exists(dir / "index.tsv"))
             throw user_error(dir.string(), "has no index.tsv: it is not a shards folder, or runner prepare was interrupted",
