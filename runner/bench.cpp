@@ -1,5 +1,6 @@
-// runner bench: training-step throughput on synthetic data (forward, loss, backward, SGD step), or
-// with --data RECIPE the recipe's training loader alone (decode and augment, no model).
+// runner bench: training-step throughput on synthetic data (forward, loss, backward, SGD step); with
+// --data RECIPE the recipe's training loader alone (decode and augment, no model); with --allreduce,
+// under mpirun, the gradient all-reduce alone.
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -61,10 +62,42 @@ int bench_data(const Args& args, const std::string& recipe_file) {
     return 0;
 }
 
+/// The all-reduce of `floats` gradients (ResNet50's by default) across the ranks mpirun started:
+/// seconds per all-reduce, and the bandwidths NCCL's tests report (algorithm: bytes / time; bus:
+/// that times 2 (n - 1) / n, what each link carries in a ring).
+int bench_allreduce(const Args& args) {
+    const std::unique_ptr<dist::Communicator> world = join_world();
+    struct Leave {
+        ~Leave() { leave_world(); }
+    } leave;
+    const std::size_t floats = std::size_t(args.integer("floats", 25'557'032));
+    const int steps = args.integer("steps", 10), warmup = args.integer("warmup", 2, 0);
+    if (world->size() < 2)
+        throw user_error("runner bench --allreduce", "this is a world of one process: there is nothing to all-reduce",
+                         "run it under a launcher, e.g. mpirun -np 2 runner bench --allreduce");
+    std::vector<float> gradients(floats, 1.f);
+    for (int s = 0; s < warmup; ++s) world->all_reduce_sum(gradients.data(), floats, nullptr);
+    world->barrier();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int s = 0; s < steps; ++s) world->all_reduce_sum(gradients.data(), floats, nullptr);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
+    const double bytes = double(floats) * sizeof(float), algbw = bytes / seconds / 1e9;
+    const double busbw = algbw * 2.0 * (world->size() - 1) / world->size();
+    if (!world->is_root()) return 0;
+    if (args.flag("json"))
+        std::printf("{\"communicator\": \"%s\", \"ranks\": %d, \"floats\": %zu, \"seconds\": %.6f, \"algbw_gb_s\": %.3f, "
+                    "\"busbw_gb_s\": %.3f}\n", world->name().c_str(), world->size(), floats, seconds, algbw, busbw);
+    else
+        std::printf("all-reduce of %zu floats (%.1f MB) over %d ranks (%s): %.2f ms, algorithm bandwidth %.2f GB/s, bus "
+                    "bandwidth %.2f GB/s\n", floats, bytes / 1e6, world->size(), world->name().c_str(), seconds * 1e3, algbw, busbw);
+    return 0;
+}
+
 int bench(const std::vector<std::string>& raw) {
-    Args args(raw, {"json"}, {"arch", "batch", "image-size", "device", "precision", "threads", "steps", "warmup", "num-classes",
-                              "data", "batches"}, {"set"});
+    Args args(raw, {"json", "allreduce"}, {"arch", "batch", "image-size", "device", "precision", "threads", "steps", "warmup",
+                                           "num-classes", "data", "batches", "floats"}, {"set"});
     if (args.value("data")) return bench_data(args, *args.value("data"));
+    if (args.flag("allreduce")) return bench_allreduce(args);
     const std::string arch = args.value("arch").value_or("resnet50");
     const int batch = args.integer("batch", 32), image = args.integer("image-size", 224), steps = args.integer("steps", 5);
     const int warmup = args.integer("warmup", 1, 0), classes = args.integer("num-classes", 1000), threads = thread_count(args);

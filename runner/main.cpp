@@ -11,13 +11,14 @@
 
 namespace {
 
-constexpr const char* usage = R"(usage: runner RECIPE [--set section.key=value]... [--threads T]
+constexpr const char* usage = R"(usage: runner RECIPE [--set section.key=value]... [--threads T]     (mpirun -np N runner …: N ranks)
        runner train RECIPE [--set section.key=value]... [--threads T]
        runner info ARCH [--num-classes N] [--image-size S] [--in-channels C]
        runner plugins
        runner bench --arch A --batch B --image-size S [--device cpu|cuda] [--precision fp32|tf32]
                     [--threads T] [--steps K] [--warmup W] [--json]
        runner bench --data RECIPE [--threads T] [--batches K] [--warmup W] [--set …] [--json]
+       mpirun -np N runner bench --allreduce [--floats F] [--steps K] [--json]
        runner prepare SRC DEST [--max-side 512] [--quality 90] [--shard-size MiB] [--threads T]
        runner prepare-val VAL_DIR LABELS [--synsets FILE] [--dry-run]
 
@@ -49,14 +50,17 @@ int main(int argc, char** argv) {
     } catch (const tessera::Error& e) {
         std::fflush(stdout);
         std::fprintf(stderr, "\nerror: %s\n", e.what());
+        tessera::runner::abort_world(e.is_user_error() ? 2 : 1);
         return e.is_user_error() ? 2 : 1;
     } catch (const std::bad_alloc&) {
         std::fflush(stdout);
         std::fprintf(stderr, "\nerror: out of memory\n  hint: use a smaller batch_size or image size\n");
+        tessera::runner::abort_world(2);
         return 2;
     } catch (const std::exception& e) {
         std::fflush(stdout);
         std::fprintf(stderr, "\nerror (internal): %s\n", e.what());
+        tessera::runner::abort_world(1);
         return 1;
     }
 }

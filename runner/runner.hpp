@@ -13,6 +13,7 @@
 #include "tessera/backend/cuda/backend.hpp"
 #endif
 #include "tessera/core/error.hpp"
+#include "tessera/dist/communicator.hpp"
 #include "tessera/models/network.hpp"
 
 namespace tessera::runner {
@@ -94,5 +95,11 @@ int prepare_val(const std::vector<std::string>& args);
 
 /// Threads from --threads, else TESSERA_NUM_THREADS, else every core.
 int thread_count(const Args& a);
+
+/// The launcher's world when mpirun or srun started this process, else a world of one. Until
+/// leave_world(), abort_world(code) ends every rank when this one fails (main's error handler).
+std::unique_ptr<dist::Communicator> join_world();
+void leave_world();
+void abort_world(int code);
 
 }  // namespace tessera::runner

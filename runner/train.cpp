@@ -1,8 +1,10 @@
 // runner train RECIPE: validate everything, then train, validate each epoch and save the weights.
+// Under mpirun or srun, each process is one rank of a data-parallel run (see the README).
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "runner.hpp"
 #include "tessera/recipe/recipe.hpp"
@@ -12,11 +14,39 @@ namespace tessera::runner {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+/// CPU threads per process: --threads, the recipe's, TESSERA_NUM_THREADS, else the machine's cores
+/// shared among the processes on it.
+int threads_per_process(const Args& args, const recipe::Recipe& r, const dist::Communicator& world) {
+    if (args.value("threads")) return thread_count(args);
+    if (r.train.integer("threads") > 0) return int(r.train.integer("threads"));
+    if (std::getenv("TESSERA_NUM_THREADS") || world.local_size() == 1) return ThreadPool::default_threads();
+    return std::max(1, int(std::thread::hardware_concurrency()) / world.local_size());
+}
+
+/// The factor linear scaling applies to the schedule's rates: global batch / base batch.
+double lr_scale(const recipe::Recipe& r, int world_size) {
+    const std::string& rule = r.train.text("scale_lr");
+    if (rule == "none") return 1;
+    if (rule != "linear")
+        throw user_error(r.file.string() + " [train] scale_lr", "\"" + rule + "\" is not one of none, linear");
+    if (r.train.integer("base_batch") < 1) throw user_error(r.file.string() + " [train] base_batch", "must be at least 1");
+    return double(r.batch_size) * world_size / double(r.train.integer("base_batch"));
+}
+
+}  // namespace
+
 int train(const std::vector<std::string>& raw) {
     Args args(raw, {}, {"threads"}, {"set"});
     if (args.positional().size() != 1)
         throw user_error("runner train", "expected one recipe file", "e.g. runner recipes/quickstart.toml");
     const auto start = std::chrono::steady_clock::now();
+    const std::unique_ptr<dist::Communicator> world = join_world();
+    struct Leave {
+        ~Leave() { leave_world(); }
+    } leave;  // before the world goes, so that an error after it never calls into MPI
+    const bool root = world->is_root();
 
     // Everything is checked before any work: the recipe, its plugins, the data, the model.
     recipe::Recipe r = recipe::load(args.positional()[0], args.values("set"));
@@ -29,9 +59,14 @@ int train(const std::vector<std::string>& raw) {
         throw user_error(r.file.string(), "model.num_classes = " + std::to_string(num_classes) + " but the data has " +
                                               std::to_string(info.num_classes) + " classes",
                          "set num_classes = 0 to take the data's");
-    const int threads = args.value("threads") ? thread_count(args)
-                        : r.train.integer("threads") > 0 ? int(r.train.integer("threads"))
-                                                         : ThreadPool::default_threads();
+    const int threads = threads_per_process(args, r, *world);
+    const double scale = lr_scale(r, world->size());
+    if (r.train.integer("bucket_mb") < 1) throw user_error(r.file.string() + " [train] bucket_mb", "must be at least 1");
+    if (root && world->size() > 1)
+        std::printf("data parallel: %d processes (%s), batch %d each, global batch %d, %d threads each, gradients all-reduced "
+                    "%s%s\n", world->size(), world->name().c_str(), r.batch_size, r.batch_size * world->size(), threads,
+                    world->concurrent() ? "during backward" : "after backward",
+                    scale != 1 ? (", rates scaled x" + std::to_string(scale) + " (linear)").c_str() : "");
     const std::string device = r.train.text("device");
     plugin::EpochStats last;
     on_device(device, r.file.string() + " [train] device", [&]<class B>() {
@@ -43,31 +78,42 @@ int train(const std::vector<std::string>& raw) {
         std::vector<std::shared_ptr<plugin::Logger>> loggers;
         for (auto& l : r.loggers) loggers.push_back(registry.create<plugin::Logger>(*l.entry, l.options));
 
+        // Rank 0 alone writes: the run folder, the logs, the weights.
         const fs::path run_dir = fs::path(r.run.text("out_dir")) / r.run.text("name");
-        std::error_code ec;
-        fs::create_directories(run_dir, ec);
-        if (ec) throw user_error(run_dir.string(), "cannot create the run folder: " + ec.message(), "set run.out_dir to a writable folder");
-        std::ofstream(run_dir / "recipe.toml") << r.effective << "\n";
+        if (root) {
+            std::error_code ec;
+            fs::create_directories(run_dir, ec);
+            if (ec) throw user_error(run_dir.string(), "cannot create the run folder: " + ec.message(), "set run.out_dir to a writable folder");
+            std::ofstream(run_dir / "recipe.toml") << r.effective << "\n";
+        }
 
         train::TrainConfig config{int(r.train.integer("epochs")), r.batch_size, float(r.train.number("label_smoothing")),
                                   std::uint64_t(r.run.integer("seed")),
                                   int(std::max<std::int64_t>(1, r.checkpoint.integer("every_epochs"))), run_dir};
+        config.comm = world.get();
+        config.sync_batchnorm = r.train.flag("sync_batchnorm");
+        config.bucket_bytes = std::size_t(r.train.integer("bucket_mb")) << 20;
+        config.lr_scale = scale;
         train::Trainer<B> trainer(*ctx, *net, *data, *optimizer, *scheduler, loggers, config);
         if (trainer.steps_per_epoch() < 1)
-            throw user_error(r.file.string(), "the training data has fewer images than one batch (" + std::to_string(r.batch_size) + ")",
+            throw user_error(r.file.string(), "the training data has fewer images than one batch (" + std::to_string(r.batch_size) +
+                                                  (world->size() > 1 ? " per process" : "") + ")",
                              "lower data.batch_size");
 
         const plugin::RunInfo run{r.run.text("name"), run_dir.string(), net->arch(), config.epochs, config.batch_size,
                                   trainer.steps_per_epoch(), std::int64_t(net->params().values.size())};
-        for (auto& l : loggers) l->on_run_begin(run);
+        if (root)
+            for (auto& l : loggers) l->on_run_begin(run);
         last = trainer.fit();
-        for (auto& l : loggers) l->on_run_end();
+        if (root)
+            for (auto& l : loggers) l->on_run_end();
         return 0;
     });
 
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::printf("final: epoch=%d val_top1=%.4f val_top5=%.4f val_loss=%.4f time_s=%.1f\n", last.epoch, last.val_top1,
-                last.val_top5, last.val_loss, seconds);
+    if (root)
+        std::printf("final: epoch=%d val_top1=%.4f val_top5=%.4f val_loss=%.4f time_s=%.1f\n", last.epoch, last.val_top1,
+                    last.val_top5, last.val_loss, seconds);
     return 0;
 }
 

@@ -36,6 +36,8 @@ public:
     Tensor backward(Context& ctx, const Tensor& dy) {
         Tensor dx = ctx.grads.acquire(x_.shape);
         B::batchnorm_backward(ctx, x_, dy, params(), saved_, gamma_grad_, beta_grad_, dx);
+        gradients_ready(ctx, gamma_grad_, std::size_t(channels_));
+        gradients_ready(ctx, beta_grad_, std::size_t(channels_));
         return dx;
     }
 

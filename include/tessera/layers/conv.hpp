@@ -29,6 +29,7 @@ public:
         Tensor dx{nullptr, x_.shape};
         if (x_.data != ctx.network_input) dx = ctx.grads.acquire(x_.shape);
         B::conv_backward(ctx, x_, weight_, g_, dy, weight_grad_, dx);
+        gradients_ready(ctx, weight_grad_, std::size_t(g_.out_channels) * g_.patch());
         return dx;
     }
 

@@ -28,6 +28,13 @@
 
 namespace tessera::layers {
 
+/// Tells the context's gradient hook (data parallelism) that `count` gradients at `grad` are final
+/// for this step: their all-reduce may start while the layers below run their backward.
+template <class Context>
+void gradients_ready(Context& ctx, const float* grad, std::size_t count) {
+    if (ctx.gradient_hook) ctx.gradient_hook->ready(grad, count);
+}
+
 /// What a parameter is; decides its checkpoint layout, its initialisation and its weight decay.
 enum class Role { conv_weight, linear_weight, linear_bias, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked };
 

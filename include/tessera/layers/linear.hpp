@@ -35,6 +35,8 @@ public:
         Tensor dx{nullptr, x_.shape};
         if (x_.data != ctx.network_input) dx = ctx.grads.acquire(x_.shape);
         B::linear_backward(ctx, x_, weight_, dy, out_, weight_grad_, bias_grad_, dx);
+        gradients_ready(ctx, weight_grad_, std::size_t(out_) * in_);
+        gradients_ready(ctx, bias_grad_, std::size_t(out_));
         return dx;
     }
 

@@ -6,7 +6,7 @@
 //   [data]       plugin, batch_size (per process), then the data plugin's own options
 //   [optimizer]  plugin, then its options            [scheduler]  plugin, then its options
 //   [[logger]]   plugin, then its options (none given: console and csv)
-//   [train]      epochs, label_smoothing, device, threads
+//   [train]      epochs, label_smoothing, device, threads, sync_batchnorm, bucket_mb, scale_lr, base_batch
 //   [checkpoint] every_epochs
 //
 // Every value is checked before any work starts. A mistake is reported as `file:line:col: message`;
@@ -68,7 +68,11 @@ inline const std::map<std::string, std::vector<Option>>& core_sections() {
          {{"epochs", std::int64_t(1), "passes over the training data"},
           {"label_smoothing", 0.0, "as torch.nn.CrossEntropyLoss(label_smoothing=…)"},
           {"device", std::string("cpu"), "cpu"},
-          {"threads", std::int64_t(0), "CPU threads; 0: TESSERA_NUM_THREADS or every core"}}},
+          {"threads", std::int64_t(0), "CPU threads per process; 0: TESSERA_NUM_THREADS, or the cores shared among the processes of a machine"},
+          {"sync_batchnorm", false, "with several processes: BatchNorm statistics over every process's batch"},
+          {"bucket_mb", std::int64_t(25), "with several processes: MiB of gradients all-reduced together"},
+          {"scale_lr", std::string("none"), "with several processes: \"linear\" multiplies the schedule's rates by global batch / base_batch"},
+          {"base_batch", std::int64_t(256), "the batch the schedule's rates were chosen for (scale_lr = \"linear\")"}}},
         {"checkpoint", {{"every_epochs", std::int64_t(1), "save last.safetensors every N epochs"}}},
         {"data", {{"batch_size", std::int64_t(128), "images per step per process"}}},
         {"optimizer", {}},

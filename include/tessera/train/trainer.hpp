@@ -1,11 +1,15 @@
 #pragma once
 // Trainer: the training loop. Next batch, forward, loss, backward, step, log; validate every epoch;
 // save the weights. Everything it uses arrives from outside: the network, the plugins, the context.
+// Data parallel when given a communicator of more than one rank: each rank trains on its shard of
+// every epoch, gradients are averaged over the ranks in buckets overlapped with backward, metrics
+// are summed so that each image counts once, and rank 0 alone logs and saves.
 #include <chrono>
 #include <filesystem>
 #include <memory>
 #include <vector>
 
+#include "tessera/dist/gradient_reducer.hpp"
 #include "tessera/models/network.hpp"
 #include "tessera/plugin/api.hpp"
 #include "tessera/train/checkpoint.hpp"
@@ -20,6 +24,10 @@ struct TrainConfig {
     std::uint64_t seed = 0;
     int checkpoint_every = 1;  // epochs
     std::filesystem::path run_dir;
+    dist::Communicator* comm = nullptr;  // null or a world of one: this process alone
+    bool sync_batchnorm = false;         // BatchNorm statistics over every rank's batch
+    std::size_t bucket_bytes = std::size_t(25) << 20;  // gradients all-reduced together, as DDP's default
+    double lr_scale = 1;                 // multiplies the scheduler's rates (linear scaling with the global batch)
 };
 
 struct Evaluation {
@@ -48,6 +56,26 @@ public:
             mean_.push_back(float(info_.mean[c]));
             inv_std_.push_back(float(1.0 / info_.std[c]));
         }
+        if (distributed()) {
+            if constexpr (B::has_device_memory)
+                throw user_error("[train] device = \"cuda\"", "training on several GPUs needs NCCL, which this build does not use yet",
+                                 "run one process per machine on the CPU, or one GPU process");
+            else {
+                reducer_ = std::make_unique<dist::GradientReducer>(*config_.comm, net_.working().grads, net_.params().grads.size(),
+                                                                   config_.bucket_bytes, config_.comm->concurrent());
+                ctx_.gradient_hook = reducer_.get();
+                if (config_.sync_batchnorm) ctx_.batchnorm_group = config_.comm;
+                // Every rank starts from rank 0's weights and statistics.
+                auto host = net_.params().host();
+                config_.comm->broadcast(host.values, net_.params().values.size() * sizeof(float), 0);
+                config_.comm->broadcast(host.buffers, net_.params().buffers.size() * sizeof(float), 0);
+            }
+        }
+    }
+
+    ~Trainer() {
+        ctx_.gradient_hook = nullptr;
+        ctx_.batchnorm_group = nullptr;
     }
 
     std::int64_t steps_per_epoch() const { return data_.num_batches(plugin::Split::train, plan(1, plugin::Split::train)); }
@@ -62,20 +90,23 @@ public:
             Meter meter;
             data_.start_epoch(plugin::Split::train, plan(epoch, plugin::Split::train));
             while (data_.next(batch_)) {
-                const plugin::StepRates rates{scheduler_.lr(clock), scheduler_.momentum(clock)};
+                const plugin::StepRates rates{scheduler_.lr(clock) * config_.lr_scale, scheduler_.momentum(clock)};
                 const auto loss = train_step(rates, params);
                 meter.add(loss.loss, loss.top1, loss.top5, batch_.count);
                 ++clock.step;
                 log_step(epoch, clock.step - (epoch - 1) * clock.steps_per_epoch, clock.steps_per_epoch, meter, rates.lr, start);
                 stats.lr = rates.lr;
             }
+            reduce(meter);
             const double seconds = seconds_since(start);
             const std::int64_t bad_train = data_.bad_samples();
             const Evaluation val = evaluate();
             stats = {epoch, config_.epochs, stats.lr, meter.loss(), meter.top1_rate(), val.loss, val.top1, val.top5,
                      double(meter.count) / seconds, seconds_since(start), bad_train + data_.bad_samples()};
-            for (auto& l : loggers_) l->on_epoch(stats);
-            if (epoch % config_.checkpoint_every == 0 || epoch == config_.epochs) save_weights();
+            if (is_root()) {
+                for (auto& l : loggers_) l->on_epoch(stats);
+                if (epoch % config_.checkpoint_every == 0 || epoch == config_.epochs) save_weights();
+            }
         }
         return stats;
     }
@@ -89,7 +120,9 @@ public:
         const Tensor logits = net_.forward(ctx_, input(batch_));
         const Tensor dlogits = ctx_.arena.tensor(logits.shape);
         const auto loss = B::softmax_cross_entropy(ctx_, logits, batch_.labels.data(), config_.label_smoothing, dlogits.data);
+        if (reducer_) reducer_->begin_step();
         net_.backward(ctx_, dlogits);
+        if (reducer_) reducer_->finish();  // the gradients are now the mean over every rank's batch
         optimizer_.step(params, rates);
         return loss;
     }
@@ -106,17 +139,32 @@ public:
             meter.add(loss.loss, loss.top1, loss.top5, batch_.count);
         }
         ctx_.training = true;
+        reduce(meter);
         return {meter.loss(), meter.top1_rate(), meter.top5_rate()};
     }
 
     plugin::Batch& batch() { return batch_; }
 
 private:
+    bool distributed() const { return config_.comm && config_.comm->size() > 1; }
+    bool is_root() const { return !config_.comm || config_.comm->is_root(); }
+    int world_size() const { return config_.comm ? config_.comm->size() : 1; }
+
+    // Sums over the ranks, so that every image counts once.
+    void reduce(Meter& m) const {
+        if (!distributed()) return;
+        double sums[4] = {m.loss_sum, double(m.top1), double(m.top5), double(m.count)};
+        config_.comm->all_reduce_sum(sums, 4);
+        m = {sums[0], std::int64_t(sums[1]), std::int64_t(sums[2]), std::int64_t(sums[3])};
+    }
+
     plugin::EpochPlan plan(int epoch, plugin::Split split) const {
         plugin::EpochPlan p;
         p.epoch = epoch;
         p.seed = config_.seed;
         p.batch_size = config_.batch_size;
+        p.rank = config_.comm ? config_.comm->rank() : 0;
+        p.world_size = world_size();
         p.drop_last = split == plugin::Split::train;  // full batches keep BatchNorm's statistics sound
         return p;
     }
@@ -127,11 +175,13 @@ private:
         return x;
     }
 
+    // Rank 0's running figures; images per second for all ranks (each trains as many).
     void log_step(int epoch, std::int64_t step, std::int64_t steps, const Meter& meter, double lr,
                   std::chrono::steady_clock::time_point start) {
+        if (!is_root()) return;
         const double elapsed = seconds_since(start);
-        const plugin::StepStats s{epoch, step, steps, meter.loss(), meter.top1_rate(), lr, double(meter.count) / elapsed,
-                                  elapsed, elapsed / double(step) * double(steps - step)};
+        const plugin::StepStats s{epoch, step, steps, meter.loss(), meter.top1_rate(), lr,
+                                  double(meter.count) * world_size() / elapsed, elapsed, elapsed / double(step) * double(steps - step)};
         for (auto& l : loggers_) l->on_step(s);
     }
 
@@ -154,6 +204,7 @@ private:
     plugin::DatasetInfo info_;
     std::vector<float> mean_, inv_std_;
     plugin::Batch batch_;
+    std::unique_ptr<dist::GradientReducer> reducer_;
 };
 
 }  // namespace tessera::train

@@ -7,6 +7,9 @@
 //              dbeta = sum(dy), dgamma = sum(dy * xhat)
 //              dx = gamma * inv_std / P * (P * dy - dbeta - xhat * dgamma)
 // x̂ is recomputed from x in backward rather than stored: one tensor less per BN layer.
+// Synchronised (ctx.batchnorm_group set, as torch.nn.SyncBatchNorm): the sums over rows, and the
+// row count P, are taken over every rank's batch; dgamma and dbeta stay this rank's sums, which the
+// gradient all-reduce then averages like every other gradient.
 #include <Eigen/Core>
 
 #include <cmath>
@@ -49,6 +52,18 @@ Eigen::ArrayXd sum_rows(Context& ctx, std::size_t rows, int channels, RowTerm te
     for (auto& p : partial) total += p;
     return total;
 }
+
+// Sums over the group's ranks, in place (nothing without a group).
+inline void sum_over_group(dist::Communicator* group, Eigen::ArrayXd& sums) {
+    if (group) group->all_reduce_sum(sums.data(), std::size_t(sums.size()));
+}
+
+// The rows of the batch across the group.
+inline double group_rows(dist::Communicator* group, std::size_t rows) {
+    double total = double(rows);
+    if (group) group->all_reduce_sum(&total, 1);
+    return total;
+}
 }  // namespace detail
 
 /// y = BN(x), both (N, H, W, C). In training, fills `saved` and updates the running statistics.
@@ -59,14 +74,17 @@ inline void batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormPara
     Eigen::ArrayXf mean(c), inv_std(c);
     if (training) {
         auto row = [&](std::size_t r) { return ConstRowArray(x.row(r), c); };
-        Eigen::ArrayXd mean_d = detail::sum_rows(ctx, rows, c, row) / double(rows);
+        const double total_rows = detail::group_rows(ctx.batchnorm_group, rows);
+        Eigen::ArrayXd sum = detail::sum_rows(ctx, rows, c, row);
+        detail::sum_over_group(ctx.batchnorm_group, sum);
+        const Eigen::ArrayXd mean_d = sum / total_rows;
         Eigen::ArrayXf mean_f = mean_d.cast<float>();
-        Eigen::ArrayXd var_d =
-            detail::sum_rows(ctx, rows, c, [&](std::size_t r) { return (row(r) - mean_f).square().eval(); }) /
-            double(rows);
+        Eigen::ArrayXd squares = detail::sum_rows(ctx, rows, c, [&](std::size_t r) { return (row(r) - mean_f).square().eval(); });
+        detail::sum_over_group(ctx.batchnorm_group, squares);
+        const Eigen::ArrayXd var_d = squares / total_rows;
         mean = mean_f;
         inv_std = (var_d + p.eps).rsqrt().cast<float>();
-        const double unbiased = rows > 1 ? double(rows) / double(rows - 1) : 1.0;
+        const double unbiased = total_rows > 1 ? total_rows / (total_rows - 1) : 1.0;
         RowArray running_mean(p.running_mean, c), running_var(p.running_var, c);
         running_mean = (1 - p.momentum) * running_mean + p.momentum * mean_d.cast<float>();
         running_var = (1 - p.momentum) * running_var + p.momentum * (var_d * unbiased).cast<float>();
@@ -98,11 +116,11 @@ inline void batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& dy, 
     }
     auto grad = [&](std::size_t r) { return ConstRowArray(dy.row(r), c); };
     auto xhat = [&](std::size_t r) { return (ConstRowArray(x.row(r), c) - mean) * inv_std; };
-    const Eigen::ArrayXf sum_dy = detail::sum_rows(ctx, rows, c, grad).cast<float>();
-    const Eigen::ArrayXf sum_dy_xhat =
-        detail::sum_rows(ctx, rows, c, [&](std::size_t r) { return (grad(r) * xhat(r)).eval(); }).cast<float>();
-    RowArray(dbeta, c) += sum_dy;
-    RowArray(dgamma, c) += sum_dy_xhat;
+    Eigen::ArrayXd sums(2 * c);  // sum(dy), then sum(dy * xhat)
+    sums.head(c) = detail::sum_rows(ctx, rows, c, grad);
+    sums.tail(c) = detail::sum_rows(ctx, rows, c, [&](std::size_t r) { return (grad(r) * xhat(r)).eval(); });
+    RowArray(dbeta, c) += sums.head(c).cast<float>();
+    RowArray(dgamma, c) += sums.tail(c).cast<float>();
     if (!dx.data) return;
     const Eigen::ArrayXf scale = ConstRowArray(p.gamma, c) * inv_std;
     if (!training) {
@@ -111,7 +129,10 @@ inline void batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& dy, 
         }, 256);
         return;
     }
-    const Eigen::ArrayXf mean_dy = sum_dy / float(rows), mean_dy_xhat = sum_dy_xhat / float(rows);
+    detail::sum_over_group(ctx.batchnorm_group, sums);
+    const double total_rows = detail::group_rows(ctx.batchnorm_group, rows);
+    const Eigen::ArrayXf mean_dy = (sums.head(c) / total_rows).cast<float>();
+    const Eigen::ArrayXf mean_dy_xhat = (sums.tail(c) / total_rows).cast<float>();
     ctx.pool.parallel_for(rows, [&](std::size_t begin, std::size_t end) {
         for (std::size_t r = begin; r < end; ++r)
             RowArray(dx.row(r), c) = scale * (grad(r) - mean_dy - xhat(r) * mean_dy_xhat);

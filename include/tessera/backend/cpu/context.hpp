@@ -3,6 +3,7 @@
 #include "tessera/backend/cpu/gemm.hpp"
 #include "tessera/core/arena.hpp"
 #include "tessera/core/thread_pool.hpp"
+#include "tessera/dist/communicator.hpp"
 
 namespace tessera::cpu {
 
@@ -18,6 +19,10 @@ struct Context {
     bool input_is_private = false;
     // The network's input needs no gradient: the first layer checks this and skips its dx.
     const float* network_input = nullptr;
+    // Data parallelism: told when each gradient is final (its all-reduce can start), and the ranks
+    // BatchNorm computes its statistics over when synchronised (null: this process's batch alone).
+    dist::GradientHook* gradient_hook = nullptr;
+    dist::Communicator* batchnorm_group = nullptr;
 };
 
 }  // namespace tessera::cpu

@@ -14,6 +14,7 @@
 #include "tessera/core/arena.hpp"
 #include "tessera/core/shape.hpp"
 #include "tessera/core/tensor.hpp"
+#include "tessera/dist/communicator.hpp"
 
 namespace tessera::models {
 class ParamStore;
@@ -48,6 +49,8 @@ public:
     bool training = true;
     bool input_is_private = false;  // as cpu::Context: a ReLU may overwrite its input
     const float* network_input = nullptr;  // the first layer skips its dx
+    dist::GradientHook* gradient_hook = nullptr;    // as cpu::Context
+    dist::Communicator* batchnorm_group = nullptr;  // synchronised BatchNorm: not on the GPU yet
     Settings settings;
 
     struct Impl;  // handles, stream, algorithm cache, workspace

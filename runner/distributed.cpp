@@ -1,0 +1,45 @@
+// The world this runner belongs to: the launcher's (mpirun, srun) when one started it, else a
+// world of one that never touches MPI.
+#include <cstdio>
+
+#include "runner.hpp"
+#ifdef TESSERA_WITH_MPI
+#include "tessera/dist/mpi.hpp"
+#endif
+
+namespace tessera::runner {
+
+namespace {
+dist::Communicator* joined = nullptr;  // for abort_world(): main's error handler has no other way to it
+}  // namespace
+
+std::unique_ptr<dist::Communicator> join_world() {
+    std::unique_ptr<dist::Communicator> world;
+    if (dist::launched_by_mpi()) {
+#ifdef TESSERA_WITH_MPI
+        world = std::make_unique<dist::MpiCommunicator>();
+#else
+        throw user_error("runner", "was started by an MPI launcher, but this build has no MPI",
+                         "install libopenmpi-dev and rebuild (meson setup -Dmpi=enabled), or run without mpirun");
+#endif
+    } else if (const char* tasks = std::getenv("SLURM_NTASKS"); tasks && std::atoi(tasks) > 1 && std::getenv("SLURM_PROCID")) {
+        throw user_error("runner", "srun started " + std::string(tasks) + " tasks without MPI's process management",
+                         "run it as srun --mpi=pmix runner … (or pmi2), so that the tasks can find each other");
+    } else {
+        world = std::make_unique<dist::Single>();
+    }
+    joined = world.get();
+    return world;
+}
+
+void leave_world() { joined = nullptr; }
+
+void abort_world(int code) {
+    if (joined && joined->size() > 1) {
+        std::fprintf(stderr, "rank %d of %d failed: stopping every rank\n", joined->rank(), joined->size());
+        std::fflush(stderr);
+        joined->abort(code);
+    }
+}
+
+}  // namespace tessera::runner
