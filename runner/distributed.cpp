@@ -6,6 +6,9 @@
 #ifdef TESSERA_WITH_MPI
 #include "tessera/dist/mpi.hpp"
 #endif
+#ifdef TESSERA_WITH_NCCL
+#include "tessera/dist/nccl.hpp"
+#endif
 
 namespace tessera::runner {
 
@@ -33,6 +36,16 @@ std::unique_ptr<dist::Communicator> join_world() {
 }
 
 void leave_world() { joined = nullptr; }
+
+std::unique_ptr<dist::Communicator> gpu_world(const dist::Communicator& world) {
+#ifdef TESSERA_WITH_NCCL
+    return std::make_unique<dist::NcclCommunicator>(world, world.local_rank());
+#else
+    (void)world;
+    throw user_error("[train] device = \"cuda\"", "training on several GPUs needs NCCL, and this build has none",
+                     "install NCCL next to nvcc and rebuild (meson reports nccl: true), or run a single GPU process");
+#endif
+}
 
 void abort_world(int code) {
     if (joined && joined->size() > 1) {

@@ -52,10 +52,11 @@ std::unique_ptr<models::Network<B>> make_network(const std::string& arch, int nu
         return make_cpu_network(arch, num_classes, in_channels);
 }
 
-/// The backend's context for `threads` CPU threads and `precision`, or a user error naming what this
-/// backend computes in.
+/// The backend's context for `threads` CPU threads and `precision` (on GPU `device`), or a user
+/// error naming what this backend computes in.
 template <class B>
-std::unique_ptr<typename B::Context> make_context(int threads, const std::string& precision, const std::string& where) {
+std::unique_ptr<typename B::Context> make_context(int threads, const std::string& precision, const std::string& where,
+                                                  int device = 0) {
     if constexpr (std::is_same_v<B, cpu::Backend>) {
         if (precision != "fp32")
             throw user_error(where, "\"" + precision + "\": the CPU backend computes in fp32", "use precision = \"fp32\"");
@@ -67,6 +68,7 @@ std::unique_ptr<typename B::Context> make_context(int threads, const std::string
             throw user_error(where, "\"" + precision + "\" is not available in the CUDA backend yet",
                              "use precision = \"tf32\" (fp32 storage, TF32 tensor cores) or \"fp32\"");
         cuda::Settings settings;
+        settings.device = device;
         settings.tf32 = precision == "tf32";
         return std::make_unique<cuda::Context>(settings);
     }
@@ -101,5 +103,8 @@ int thread_count(const Args& a);
 std::unique_ptr<dist::Communicator> join_world();
 void leave_world();
 void abort_world(int code);
+/// The GPU ranks of `world`, one GPU each (its local rank): NCCL, or a user error where this build
+/// has none.
+std::unique_ptr<dist::Communicator> gpu_world(const dist::Communicator& world);
 
 }  // namespace tessera::runner

@@ -70,7 +70,10 @@ int train(const std::vector<std::string>& raw) {
     const std::string device = r.train.text("device");
     plugin::EpochStats last;
     on_device(device, r.file.string() + " [train] device", [&]<class B>() {
-        auto ctx = make_context<B>(threads, r.model.text("precision"), r.file.string() + " [model] precision");
+        // Several GPUs: one per process, the process's local rank; gradients through NCCL.
+        std::unique_ptr<dist::Communicator> gpus;
+        if (B::has_device_memory && world->size() > 1) gpus = gpu_world(*world);
+        auto ctx = make_context<B>(threads, r.model.text("precision"), r.file.string() + " [model] precision", world->local_rank());
         auto net = make_network<B>(r.model.text("arch"), num_classes, info.channels);
         net->init(std::uint64_t(r.run.integer("seed")), {r.model.flag("zero_init_residual")});
         auto optimizer = registry.create<plugin::Optimizer>(*r.optimizer.entry, r.optimizer.options);
@@ -90,7 +93,7 @@ int train(const std::vector<std::string>& raw) {
         train::TrainConfig config{int(r.train.integer("epochs")), r.batch_size, float(r.train.number("label_smoothing")),
                                   std::uint64_t(r.run.integer("seed")),
                                   int(std::max<std::int64_t>(1, r.checkpoint.integer("every_epochs"))), run_dir};
-        config.comm = world.get();
+        config.comm = gpus ? gpus.get() : world.get();
         config.sync_batchnorm = r.train.flag("sync_batchnorm");
         config.bucket_bytes = std::size_t(r.train.integer("bucket_mb")) << 20;
         config.lr_scale = scale;

@@ -22,8 +22,16 @@ public:
     /// Sums across ranks, in place, in host memory: metrics, BatchNorm statistics, counts.
     virtual void all_reduce_sum(double* data, std::size_t count) = 0;
     /// Sums gradients across ranks, in place, in the memory this communicator works on (host for
-    /// MPI; device for NCCL, on `stream`).
+    /// MPI; device for NCCL, on `stream`, without waiting for it).
     virtual void all_reduce_sum(float* data, std::size_t count, void* stream) = 0;
+    /// The same, divided by the number of ranks: the mean gradient.
+    virtual void all_reduce_average(float* data, std::size_t count, void* stream) {
+        all_reduce_sum(data, count, stream);
+        const float scale = 1.f / float(size());
+        for (std::size_t i = 0; i < count; ++i) data[i] *= scale;
+    }
+    /// Whether the float collectives work on GPU memory (NCCL) rather than host memory.
+    virtual bool device_memory() const { return false; }
     virtual void broadcast(void* data, std::size_t bytes, int root) = 0;
     virtual void barrier() = 0;
     /// Ends every rank's process now, with `code`: one rank's failure must never leave the others
@@ -68,6 +76,15 @@ class GradientHook {
 public:
     virtual ~GradientHook() = default;
     virtual void ready(const float* grad, std::size_t count) = 0;
+};
+
+/// What the trainer asks of a gradient reducer: reset before backward, the hook during it, and
+/// after it the mean gradient over the ranks (ready for the optimizer, on the host or on the
+/// device's compute stream).
+class GradientAverager : public GradientHook {
+public:
+    virtual void begin_step() = 0;
+    virtual void finish() = 0;
 };
 
 }  // namespace tessera::dist

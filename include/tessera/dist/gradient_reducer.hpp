@@ -18,7 +18,7 @@
 
 namespace tessera::dist {
 
-class GradientReducer final : public GradientHook {
+class GradientReducer final : public GradientAverager {
 public:
     /// `grads`: `count` floats in host memory; `background`: may a thread of its own all-reduce
     /// while backward goes on (on a duplicate of `comm`, so that its collectives never mix with
@@ -46,7 +46,7 @@ public:
     std::size_t buckets() const { return buckets_.size(); }
 
     /// Before each step's backward.
-    void begin_step() {
+    void begin_step() override {
         for (auto& b : buckets_) b.ready = 0, b.queued = false;
         done_ = 0;
     }
@@ -65,7 +65,7 @@ public:
     }
 
     /// Every bucket summed and divided by the number of ranks: the gradients are the mean over all.
-    void finish() {
+    void finish() override {
         for (std::size_t b = 0; b < buckets_.size(); ++b) queue(b);  // those no layer reported
         if (thread_.joinable()) {
             std::unique_lock lock(mutex_);
@@ -97,9 +97,7 @@ private:
     void reduce(std::size_t b) {
         float* data = grads_ + b * bucket_floats_;
         const std::size_t n = std::min(bucket_floats_, count_ - b * bucket_floats_);
-        comm_->all_reduce_sum(data, n, nullptr);
-        const float scale = 1.f / float(comm_->size());
-        for (std::size_t i = 0; i < n; ++i) data[i] *= scale;
+        comm_->all_reduce_average(data, n, nullptr);
     }
 
     void send() {

@@ -10,6 +10,9 @@
 #include <vector>
 
 #include "tessera/dist/gradient_reducer.hpp"
+#ifdef TESSERA_WITH_NCCL
+#include "tessera/dist/nccl.hpp"
+#endif
 #include "tessera/models/network.hpp"
 #include "tessera/plugin/api.hpp"
 #include "tessera/train/checkpoint.hpp"
@@ -57,19 +60,19 @@ public:
             inv_std_.push_back(float(1.0 / info_.std[c]));
         }
         if (distributed()) {
-            if constexpr (B::has_device_memory)
-                throw user_error("[train] device = \"cuda\"", "training on several GPUs needs NCCL, which this build does not use yet",
-                                 "run one process per machine on the CPU, or one GPU process");
-            else {
-                reducer_ = std::make_unique<dist::GradientReducer>(*config_.comm, net_.working().grads, net_.params().grads.size(),
-                                                                   config_.bucket_bytes, config_.comm->concurrent());
-                ctx_.gradient_hook = reducer_.get();
-                if (config_.sync_batchnorm) ctx_.batchnorm_group = config_.comm;
-                // Every rank starts from rank 0's weights and statistics.
-                auto host = net_.params().host();
-                config_.comm->broadcast(host.values, net_.params().values.size() * sizeof(float), 0);
-                config_.comm->broadcast(host.buffers, net_.params().buffers.size() * sizeof(float), 0);
+            reducer_ = make_reducer();
+            ctx_.gradient_hook = reducer_.get();
+            if (config_.sync_batchnorm) {
+                if constexpr (B::has_device_memory)
+                    throw user_error("[train] sync_batchnorm", "synchronised BatchNorm runs on the CPU backend only, so far",
+                                     "set sync_batchnorm = false: each GPU normalises over its own batch, as DDP does by default");
+                ctx_.batchnorm_group = config_.comm;
             }
+            // Every rank starts from rank 0's weights and statistics.
+            auto host = net_.params().host();
+            config_.comm->broadcast(host.values, net_.params().values.size() * sizeof(float), 0);
+            config_.comm->broadcast(host.buffers, net_.params().buffers.size() * sizeof(float), 0);
+            net_.upload();
         }
     }
 
@@ -147,6 +150,25 @@ public:
 
 private:
     bool distributed() const { return config_.comm && config_.comm->size() > 1; }
+
+    // Host gradients go through a thread of their own (MPI); device gradients through NCCL on a
+    // stream of their own.
+    std::unique_ptr<dist::GradientAverager> make_reducer() {
+        const auto memory = net_.working();
+        const std::size_t count = net_.params().grads.size();
+        if constexpr (B::has_device_memory) {
+#ifdef TESSERA_WITH_NCCL
+            if (config_.comm->device_memory())
+                return std::make_unique<dist::DeviceGradientReducer>(*config_.comm, memory.grads, count, config_.bucket_bytes,
+                                                                     B::stream(ctx_));
+#endif
+            throw user_error("[train] device = \"cuda\"", "training on several GPUs needs NCCL, and this build has none",
+                             "install NCCL next to nvcc and rebuild, or run a single GPU process");
+        } else {
+            return std::make_unique<dist::GradientReducer>(*config_.comm, memory.grads, count, config_.bucket_bytes,
+                                                           config_.comm->concurrent());
+        }
+    }
     bool is_root() const { return !config_.comm || config_.comm->is_root(); }
     int world_size() const { return config_.comm ? config_.comm->size() : 1; }
 
@@ -204,7 +226,7 @@ private:
     plugin::DatasetInfo info_;
     std::vector<float> mean_, inv_std_;
     plugin::Batch batch_;
-    std::unique_ptr<dist::GradientReducer> reducer_;
+    std::unique_ptr<dist::GradientAverager> reducer_;
 };
 
 }  // namespace tessera::train
