@@ -20,6 +20,9 @@ for precision in fp32 tf32; do
   cat "$out/tessera_$precision.json" "$out/tessera_$precision.err"
 done
 
+echo "== NCCL all-reduce of ResNet50's gradients on this one GPU (a local copy: no link is crossed)"
+"$build/runner/runner" bench --allreduce --device cuda --json 2>&1 | tee "$out/nccl_allreduce.json"
+
 echo "== PyTorch"
 for precision in fp32-strict fp32 bf16; do
   python3 "$peer" --precision "$precision" --batch "$batch" > "$out/torch_$precision.json" 2> "$out/torch_$precision.err"

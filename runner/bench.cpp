@@ -4,12 +4,16 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <string>
 
 #include "runner.hpp"
 #include "tessera/plugin/registry.hpp"
 #include "tessera/recipe/recipe.hpp"
 #include "tessera/train/trainer.hpp"
+#ifdef TESSERA_WITH_NCCL
+#include "tessera/dist/nccl.hpp"
+#endif
 
 namespace tessera::runner {
 
@@ -62,9 +66,10 @@ int bench_data(const Args& args, const std::string& recipe_file) {
     return 0;
 }
 
-/// The all-reduce of `floats` gradients (ResNet50's by default) across the ranks mpirun started:
-/// seconds per all-reduce, and the bandwidths NCCL's tests report (algorithm: bytes / time; bus:
-/// that times 2 (n - 1) / n, what each link carries in a ring).
+/// The all-reduce of `floats` gradients (ResNet50's by default) across the ranks mpirun started,
+/// in host memory (MPI) or, with --device cuda, GPU memory (NCCL; one GPU alone is allowed, and
+/// measures NCCL's local copy): seconds per all-reduce, and the bandwidths NCCL's tests report
+/// (algorithm: bytes / time; bus: that times 2 (n - 1) / n, what each link carries in a ring).
 int bench_allreduce(const Args& args) {
     const std::unique_ptr<dist::Communicator> world = join_world();
     struct Leave {
@@ -72,24 +77,51 @@ int bench_allreduce(const Args& args) {
     } leave;
     const std::size_t floats = std::size_t(args.integer("floats", 25'557'032));
     const int steps = args.integer("steps", 10), warmup = args.integer("warmup", 2, 0);
-    if (world->size() < 2)
+    const std::string device = args.value("device").value_or("cpu");
+    std::unique_ptr<dist::Communicator> gpus;
+    float* gradients = nullptr;
+    std::vector<float> host;
+    std::function<void()> wait = [] {};
+    if (device == "cuda") {
+#ifdef TESSERA_WITH_NCCL
+        if (std::string why; !cuda::device_available(&why))
+            throw user_error("runner bench --allreduce --device cuda", "no CUDA device: " + why, "use --device cpu under mpirun");
+        gpus = std::make_unique<dist::NcclCommunicator>(*world, world->local_rank());
+        TESSERA_CUDA_RT(cudaMalloc(reinterpret_cast<void**>(&gradients), floats * sizeof(float)));
+        TESSERA_CUDA_RT(cudaMemset(gradients, 0, floats * sizeof(float)));
+        wait = [] { TESSERA_CUDA_RT(cudaDeviceSynchronize()); };
+#else
+        throw user_error("runner bench --allreduce --device cuda", "this build has no NCCL", "install NCCL next to nvcc and rebuild");
+#endif
+    } else if (device != "cpu") {
+        throw user_error("runner bench --allreduce --device", "\"" + device + "\" is not one of cpu, cuda");
+    } else if (world->size() < 2) {
         throw user_error("runner bench --allreduce", "this is a world of one process: there is nothing to all-reduce",
                          "run it under a launcher, e.g. mpirun -np 2 runner bench --allreduce");
-    std::vector<float> gradients(floats, 1.f);
-    for (int s = 0; s < warmup; ++s) world->all_reduce_sum(gradients.data(), floats, nullptr);
+    } else {
+        host.assign(floats, 1.f);
+        gradients = host.data();
+    }
+    dist::Communicator& comm = gpus ? *gpus : *world;
+    for (int s = 0; s < warmup; ++s) comm.all_reduce_sum(gradients, floats, nullptr);
+    wait();
     world->barrier();
     const auto t0 = std::chrono::steady_clock::now();
-    for (int s = 0; s < steps; ++s) world->all_reduce_sum(gradients.data(), floats, nullptr);
+    for (int s = 0; s < steps; ++s) comm.all_reduce_sum(gradients, floats, nullptr);
+    wait();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
+#ifdef TESSERA_WITH_NCCL
+    if (gpus) cudaFree(gradients);
+#endif
     const double bytes = double(floats) * sizeof(float), algbw = bytes / seconds / 1e9;
-    const double busbw = algbw * 2.0 * (world->size() - 1) / world->size();
+    const double busbw = algbw * 2.0 * (comm.size() - 1) / comm.size();
     if (!world->is_root()) return 0;
     if (args.flag("json"))
         std::printf("{\"communicator\": \"%s\", \"ranks\": %d, \"floats\": %zu, \"seconds\": %.6f, \"algbw_gb_s\": %.3f, "
-                    "\"busbw_gb_s\": %.3f}\n", world->name().c_str(), world->size(), floats, seconds, algbw, busbw);
+                    "\"busbw_gb_s\": %.3f}\n", comm.name().c_str(), comm.size(), floats, seconds, algbw, busbw);
     else
         std::printf("all-reduce of %zu floats (%.1f MB) over %d ranks (%s): %.2f ms, algorithm bandwidth %.2f GB/s, bus "
-                    "bandwidth %.2f GB/s\n", floats, bytes / 1e6, world->size(), world->name().c_str(), seconds * 1e3, algbw, busbw);
+                    "bandwidth %.2f GB/s\n", floats, bytes / 1e6, comm.size(), comm.name().c_str(), seconds * 1e3, algbw, busbw);
     return 0;
 }
 

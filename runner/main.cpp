@@ -18,7 +18,7 @@ constexpr const char* usage = R"(usage: runner RECIPE [--set section.key=value].
        runner bench --arch A --batch B --image-size S [--device cpu|cuda] [--precision fp32|tf32]
                     [--threads T] [--steps K] [--warmup W] [--json]
        runner bench --data RECIPE [--threads T] [--batches K] [--warmup W] [--set …] [--json]
-       mpirun -np N runner bench --allreduce [--floats F] [--steps K] [--json]
+       mpirun -np N runner bench --allreduce [--device cpu|cuda] [--floats F] [--steps K] [--json]
        runner prepare SRC DEST [--max-side 512] [--quality 90] [--shard-size MiB] [--threads T]
        runner prepare-val VAL_DIR LABELS [--synsets FILE] [--dry-run]
 

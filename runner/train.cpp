@@ -71,9 +71,9 @@ int train(const std::vector<std::string>& raw) {
     plugin::EpochStats last;
     on_device(device, r.file.string() + " [train] device", [&]<class B>() {
         // Several GPUs: one per process, the process's local rank; gradients through NCCL.
+        auto ctx = make_context<B>(threads, r.model.text("precision"), r.file.string() + " [model] precision", world->local_rank());
         std::unique_ptr<dist::Communicator> gpus;
         if (B::has_device_memory && world->size() > 1) gpus = gpu_world(*world);
-        auto ctx = make_context<B>(threads, r.model.text("precision"), r.file.string() + " [model] precision", world->local_rank());
         auto net = make_network<B>(r.model.text("arch"), num_classes, info.channels);
         net->init(std::uint64_t(r.run.integer("seed")), {r.model.flag("zero_init_residual")});
         auto optimizer = registry.create<plugin::Optimizer>(*r.optimizer.entry, r.optimizer.options);
