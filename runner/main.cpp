@@ -12,7 +12,7 @@
 namespace {
 
 constexpr const char* usage = R"(usage: runner RECIPE [--set section.key=value]... [--threads T]     (mpirun -np N runner …: N ranks)
-       runner train RECIPE [--set section.key=value]... [--threads T]
+       runner train RECIPE [--set …]... [--threads T] [--fresh | --resume PATH] [--stop-after-steps N]
        runner info ARCH [--num-classes N] [--image-size S] [--in-channels C]
        runner plugins
        runner bench --arch A --batch B --image-size S [--device cpu|cuda] [--precision fp32|tf32]

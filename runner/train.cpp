@@ -1,5 +1,8 @@
 // runner train RECIPE: validate everything, then train, validate each epoch and save the weights.
+// A run whose folder holds a checkpoint continues from it (--fresh starts over, --resume PATH takes
+// another); SIGINT and SIGTERM finish the current step, save, and say how to resume.
 // Under mpirun or srun, each process is one rank of a data-parallel run (see the README).
+#include <csignal>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -15,6 +18,28 @@ namespace tessera::runner {
 namespace fs = std::filesystem;
 
 namespace {
+
+std::atomic<bool> stop_requested{false};
+volatile std::sig_atomic_t stop_signal = 0;
+
+extern "C" void request_stop(int signal) {
+    stop_signal = signal;
+    stop_requested = true;
+}
+
+/// The checkpoint to continue from: --resume PATH, else the run folder's, unless --fresh.
+std::optional<fs::path> checkpoint_to_resume(const Args& args, const fs::path& run_dir) {
+    if (args.flag("fresh")) {
+        if (args.value("resume")) throw user_error("runner train", "--fresh and --resume contradict each other", "give one of them");
+        return std::nullopt;
+    }
+    if (auto path = args.value("resume")) {
+        if (!fs::exists(*path)) throw user_error(*path, "no such checkpoint (--resume)", "give a run's last.safetensors");
+        return fs::path(*path);
+    }
+    if (fs::exists(run_dir / "last.safetensors")) return run_dir / "last.safetensors";
+    return std::nullopt;
+}
 
 /// CPU threads per process: --threads, the recipe's, TESSERA_NUM_THREADS, else the machine's cores
 /// shared among the processes on it.
@@ -38,7 +63,7 @@ double lr_scale(const recipe::Recipe& r, int world_size) {
 }  // namespace
 
 int train(const std::vector<std::string>& raw) {
-    Args args(raw, {}, {"threads"}, {"set"});
+    Args args(raw, {"fresh"}, {"threads", "resume", "stop-after-steps"}, {"set"});
     if (args.positional().size() != 1)
         throw user_error("runner train", "expected one recipe file", "e.g. runner recipes/quickstart.toml");
     const auto start = std::chrono::steady_clock::now();
@@ -69,6 +94,8 @@ int train(const std::vector<std::string>& raw) {
                     scale != 1 ? (", rates scaled x" + std::to_string(scale) + " (linear)").c_str() : "");
     const std::string device = r.train.text("device");
     plugin::EpochStats last;
+    bool interrupted = false, finished_before = false;
+    train::Progress stopped_at;
     on_device(device, r.file.string() + " [train] device", [&]<class B>() {
         // Several GPUs: one per process, the process's local rank; gradients through NCCL.
         auto ctx = make_context<B>(threads, r.model.text("precision"), r.file.string() + " [model] precision", world->local_rank());
@@ -97,21 +124,55 @@ int train(const std::vector<std::string>& raw) {
         config.sync_batchnorm = r.train.flag("sync_batchnorm");
         config.bucket_bytes = std::size_t(r.train.integer("bucket_mb")) << 20;
         config.lr_scale = scale;
+        config.checkpoint_minutes = r.checkpoint.number("every_minutes");
+        config.stop = &stop_requested;
+        if (auto n = args.value("stop-after-steps")) config.stop_after_steps = args.integer("stop-after-steps", 0);
         train::Trainer<B> trainer(*ctx, *net, *data, *optimizer, *scheduler, loggers, config);
         if (trainer.steps_per_epoch() < 1)
             throw user_error(r.file.string(), "the training data has fewer images than one batch (" + std::to_string(r.batch_size) +
                                                   (world->size() > 1 ? " per process" : "") + ")",
                              "lower data.batch_size");
 
+        if (const auto from = checkpoint_to_resume(args, run_dir)) {
+            trainer.resume(*from);
+            if (root)
+                std::printf("resuming from %s: epoch %d, step %lld of %lld\n", from->string().c_str(), trainer.progress().epoch,
+                            (long long)trainer.progress().batch, (long long)trainer.steps_per_epoch());
+            if (trainer.progress().epoch > config.epochs) {
+                if (root)
+                    std::printf("the run has done all of its %d epochs; raise train.epochs to train on (the schedule then "
+                                "changes), or start over with --fresh\n", config.epochs);
+                finished_before = true;
+                return 0;
+            }
+        }
         const plugin::RunInfo run{r.run.text("name"), run_dir.string(), net->arch(), config.epochs, config.batch_size,
                                   trainer.steps_per_epoch(), std::int64_t(net->params().values.size())};
         if (root)
             for (auto& l : loggers) l->on_run_begin(run);
+        std::signal(SIGINT, request_stop);
+        std::signal(SIGTERM, request_stop);
         last = trainer.fit();
+        std::signal(SIGINT, SIG_DFL);
+        std::signal(SIGTERM, SIG_DFL);
         if (root)
             for (auto& l : loggers) l->on_run_end();
+        if (trainer.interrupted()) {
+            stopped_at = trainer.progress();
+            interrupted = true;
+        }
         return 0;
     });
+    if (finished_before) return 0;
+    if (interrupted) {
+        const std::string how = "runner " + args.positional()[0];
+        if (root)
+            std::printf("%s at epoch %d, step %lld: saved %s; resume with: %s\n",
+                        stop_signal ? (stop_signal == SIGINT ? "interrupted (SIGINT)" : "interrupted (SIGTERM)") : "stopped as asked",
+                        stopped_at.epoch, (long long)stopped_at.batch,
+                        (fs::path(r.run.text("out_dir")) / r.run.text("name") / "last.safetensors").string().c_str(), how.c_str());
+        return stop_signal ? 128 + int(stop_signal) : 0;
+    }
 
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (root)

@@ -134,10 +134,12 @@ public:
 
     void start_epoch(Split split, const EpochPlan& plan) override {
         cursor_.start(split, plan, split == Split::train ? train_.size : val_.size);
-        augment_rng_ = tessera::Rng::derive(plan.seed, std::uint64_t(plan.epoch), 0xA06 + plan.rank);
+        seed_ = plan.seed;
+        stream_ = std::uint64_t(plan.epoch) << 16 | std::uint64_t(plan.rank);
     }
 
     bool next(Batch& batch) override {
+        const std::int64_t first = cursor_.position();
         const auto indices = cursor_.next_batch();
         if (indices.empty()) return false;
         const bool training = cursor_.split() == Split::train;
@@ -153,7 +155,9 @@ public:
         const bool augment = training && (padding_ > 0 || flip_);
         for (std::size_t i = 0; i < indices.size(); ++i) {
             const std::uint8_t* src = s.images.data.data() + indices[i] * image;
-            if (augment) tessera::data::random_crop_flip(src, batch.pixels.data() + i * image, h, w, 1, padding_, flip_, augment_rng_);
+            // Each sample's crop depends on its place in the epoch alone, so a resumed epoch crops alike.
+            tessera::Rng rng = tessera::Rng::derive(seed_ ^ 0xA06, stream_, std::uint64_t(first) + i);
+            if (augment) tessera::data::random_crop_flip(src, batch.pixels.data() + i * image, h, w, 1, padding_, flip_, rng);
             else std::copy(src, src + image, batch.pixels.data() + i * image);
             batch.labels[i] = s.labels.data[indices[i]];
         }
@@ -166,7 +170,7 @@ private:
     Split_ train_, val_;
     DatasetInfo info_;
     tessera::data::EpochCursor cursor_;
-    tessera::Rng augment_rng_;
+    std::uint64_t seed_ = 0, stream_ = 0;  // the augmentation's, per epoch and rank
 };
 
 Info info() {

@@ -31,7 +31,7 @@ public:
                 const bool exempt = no_decay_bn_bias_ && (t.role == "bn_weight" || t.role == "bn_bias" || t.role == "linear_bias");
                 std::fill(decay_.begin() + t.offset, decay_.begin() + t.offset + t.size, exempt ? 0.f : float(weight_decay_));
             }
-            velocity_.assign(p.device == "cpu" ? p.count : 0, 0.f);
+            if (velocity_.size() != p.count) velocity_.assign(p.count, 0.f);  // unless a checkpoint gave it
         }
         const float m = float(rates.momentum.value_or(momentum_)), rate = float(rates.lr);
         if (p.device != "cpu") return device_step(p, rate, m);
@@ -46,11 +46,30 @@ public:
         }
     }
 
+    /// torch.optim.SGD's "momentum_buffer", for all parameters in one.
+    OptimizerState state() const override {
+#ifdef TESSERA_WITH_CUDA
+        if (device_) return {{"momentum_buffer", device_->download()}};
+#endif
+        if (velocity_.empty()) return {};
+        return {{"momentum_buffer", velocity_}};
+    }
+
+    void load_state(const OptimizerState& state) override {
+        auto it = state.find("momentum_buffer");
+        if (it == state.end()) throw tessera::user_error("optimizer sgd", "the checkpoint's optimizer state has no momentum_buffer",
+                                                         "was it written with another optimizer? Start over with --fresh");
+        velocity_ = it->second;
+#ifdef TESSERA_WITH_CUDA
+        device_.reset();  // made again, from velocity_, at the next step
+#endif
+    }
+
 private:
     void device_step(const Parameters& p, [[maybe_unused]] float rate, [[maybe_unused]] float m) {
 #ifdef TESSERA_WITH_CUDA
         if (p.device == "cuda") {
-            if (!device_ || device_->count != p.count) device_ = std::make_unique<tessera_sgd::DeviceState>(decay_);
+            if (!device_ || device_->count != p.count) device_ = std::make_unique<tessera_sgd::DeviceState>(decay_, velocity_);
             device_->step(p.values, p.grads, rate, m, nesterov_, p.stream);
             return;
         }
@@ -61,7 +80,8 @@ private:
 
     double momentum_, weight_decay_;
     bool nesterov_, no_decay_bn_bias_;
-    std::vector<float> velocity_, decay_;  // decay_: the weight decay of each parameter
+    std::vector<float> velocity_, decay_;  // decay_: the weight decay of each parameter; velocity_: on the CPU,
+                                           // or until the GPU's state is made from it
 #ifdef TESSERA_WITH_CUDA
     std::unique_ptr<tessera_sgd::DeviceState> device_;
 #endif

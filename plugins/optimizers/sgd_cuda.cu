@@ -26,10 +26,13 @@ void check(cudaError_t status, const char* what) {
 }
 }  // namespace
 
-DeviceState::DeviceState(const std::vector<float>& decay) : count(decay.size()) {
+DeviceState::DeviceState(const std::vector<float>& decay, const std::vector<float>& start) : count(decay.size()) {
     check(cudaMalloc(&velocity, count * sizeof(float)), "cudaMalloc");
     check(cudaMalloc(&this->decay, count * sizeof(float)), "cudaMalloc");
-    check(cudaMemset(velocity, 0, count * sizeof(float)), "cudaMemset");
+    if (start.size() == count)
+        check(cudaMemcpy(velocity, start.data(), count * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
+    else
+        check(cudaMemset(velocity, 0, count * sizeof(float)), "cudaMemset");
     check(cudaMemcpy(this->decay, decay.data(), count * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
 }
 
@@ -38,7 +41,15 @@ DeviceState::~DeviceState() {
     cudaFree(decay);
 }
 
+std::vector<float> DeviceState::download() const {
+    std::vector<float> host(count);
+    check(cudaStreamSynchronize(static_cast<cudaStream_t>(last_stream)), "cudaStreamSynchronize");
+    check(cudaMemcpy(host.data(), velocity, count * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
+    return host;
+}
+
 void DeviceState::step(float* w, const float* grad, float lr, float momentum, bool nesterov, void* stream) {
+    last_stream = stream;
     const unsigned blocks = unsigned(std::min<std::size_t>((count + 255) / 256, 4096));
     ::tessera_sgd::step<<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(w, grad, velocity, decay, count, lr, momentum, nesterov);
     check(cudaGetLastError(), "sgd kernel launch");

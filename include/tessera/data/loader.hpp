@@ -78,7 +78,8 @@ public:
                                        : validation_order(size, plan.rank, plan.world_size);
         batches_ = num_batches(split, plan, size);
         total_ = std::min<std::int64_t>(std::int64_t(order_.size()), batches_ * plan.batch_size);
-        claimed_ = consumed_ = 0;
+        consumed_ = std::min(plan.first_batch, batches_);  // a resumed epoch skips what was trained on
+        claimed_ = std::min(consumed_ * plan.batch_size, total_);
         for (auto& s : slots_) s.number = -1;
         bad_this_epoch_ = 0;
         const Size2 out = source_.output(split);

@@ -58,12 +58,13 @@ public:
     }
 
     /// Training shuffles and shards; validation takes every sample once across the ranks, in order.
+    /// A resumed epoch starts at plan.first_batch.
     void start(Split split, const plugin::EpochPlan& plan, std::int64_t size) {
         split_ = split;
         plan_ = plan;
         order_ = split == Split::train ? epoch_order(size, true, plan.seed, plan.epoch, plan.rank, plan.world_size)
                                        : validation_order(size, plan.rank, plan.world_size);
-        cursor_ = 0;
+        cursor_ = std::min<std::int64_t>(std::int64_t(order_.size()), plan.first_batch * plan.batch_size);
     }
 
     /// The next batch's sample indices; empty when the epoch is done (or only a dropped partial batch is left).
@@ -75,6 +76,8 @@ public:
         return batch;
     }
 
+    /// The position in this rank's epoch of the next sample next_batch() gives.
+    std::int64_t position() const { return cursor_; }
     Split split() const { return split_; }
     const plugin::EpochPlan& plan() const { return plan_; }
 

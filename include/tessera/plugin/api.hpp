@@ -22,7 +22,7 @@
 
 namespace tessera::plugin {
 
-inline constexpr int abi_version = 2;
+inline constexpr int abi_version = 3;
 
 // ---- options -------------------------------------------------------------------------------------
 
@@ -116,11 +116,18 @@ struct StepRates {
     std::optional<double> momentum;  // replaces the optimizer's momentum (or beta1) when set
 };
 
+/// An optimizer's state for checkpoints: named host copies, each of the parameters' count.
+using OptimizerState = std::map<std::string, std::vector<float>>;
+
 class Optimizer {
 public:
     virtual ~Optimizer() = default;
     /// values -= update(grads, state, rates). Called once per optimizer step, with the same layout.
     virtual void step(const Parameters& params, const StepRates& rates) = 0;
+    /// The state a resumed run needs to continue exactly (torch's optimizer.state_dict()), and its
+    /// restoration before the first step. Empty before the first step.
+    virtual OptimizerState state() const { return {}; }
+    virtual void load_state(const OptimizerState&) {}
 };
 
 // ---- data ----------------------------------------------------------------------------------------
@@ -141,6 +148,7 @@ struct EpochPlan {
     int batch_size = 1;
     int rank = 0, world_size = 1;  // each rank sees its own shard (DistributedSampler semantics)
     bool drop_last = false;        // true in training: every batch is full
+    std::int64_t first_batch = 0;  // a resumed epoch starts here: the batches before it were trained on
 };
 
 struct Batch {

@@ -7,7 +7,7 @@
 //   [optimizer]  plugin, then its options            [scheduler]  plugin, then its options
 //   [[logger]]   plugin, then its options (none given: console and csv)
 //   [train]      epochs, label_smoothing, device, threads, sync_batchnorm, bucket_mb, scale_lr, base_batch
-//   [checkpoint] every_epochs
+//   [checkpoint] every_epochs, every_minutes
 //
 // Every value is checked before any work starts. A mistake is reported as `file:line:col: message`;
 // an unknown key names the nearest known one. `--set section.key=value` overrides any value (the
@@ -73,7 +73,8 @@ inline const std::map<std::string, std::vector<Option>>& core_sections() {
           {"bucket_mb", std::int64_t(25), "with several processes: MiB of gradients all-reduced together"},
           {"scale_lr", std::string("none"), "with several processes: \"linear\" multiplies the schedule's rates by global batch / base_batch"},
           {"base_batch", std::int64_t(256), "the batch the schedule's rates were chosen for (scale_lr = \"linear\")"}}},
-        {"checkpoint", {{"every_epochs", std::int64_t(1), "save last.safetensors every N epochs"}}},
+        {"checkpoint", {{"every_epochs", std::int64_t(1), "save last.safetensors and its training state every N epochs"},
+                        {"every_minutes", 0.0, "also save every so many minutes within an epoch (0: never)"}}},
         {"data", {{"batch_size", std::int64_t(128), "images per step per process"}}},
         {"optimizer", {}},
         {"scheduler", {}},

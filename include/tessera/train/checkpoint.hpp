@@ -8,6 +8,7 @@
 // Writes go to a temporary file that is renamed over the target, so a crash never leaves a
 // half-written file under the real name.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -62,6 +63,65 @@ struct Record {
     const float* source;
 };
 
+// "__metadata__":{...}, for a header.
+inline std::string metadata_json(const std::map<std::string, std::string>& metadata) {
+    if (metadata.empty()) return "";
+    std::string out = "\"__metadata__\":{";
+    bool first = true;
+    for (auto& [k, v] : metadata) out += (first ? "" : ",") + json::quote(k) + ":" + json::quote(v), first = false;
+    return out + "},";
+}
+
+// Writes the 8-byte length, `header` (padded so that the data starts 8-byte aligned), then what
+// `body` writes, to path.tmp, and renames it over `path`: never a half-written file under the name.
+template <class Body>
+void write_atomically(const std::filesystem::path& path, std::string header, Body body) {
+    header.append((8 - header.size() % 8) % 8, ' ');
+    const std::filesystem::path tmp = path.string() + ".tmp";
+    {
+        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+        if (!out) throw user_error(tmp.string(), "cannot open for writing", "check that the folder exists and is writable");
+        const std::uint64_t length = header.size();
+        unsigned char le[8];
+        for (int b = 0; b < 8; ++b) le[b] = (length >> (8 * b)) & 0xFF;
+        out.write(reinterpret_cast<const char*>(le), 8);
+        out.write(header.data(), std::streamsize(header.size()));
+        body(out);
+        out.flush();
+        if (!out) throw user_error(tmp.string(), "write failed (disk full?)", "free some space and try again");
+    }
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    if (ec) throw user_error(path.string(), "cannot replace the checkpoint: " + ec.message());
+}
+
+// A safetensors file's parsed header, `in` left at the start of the data.
+struct Header {
+    json::Value root;
+    std::uint64_t length = 0, data_size = 0;
+};
+
+inline Header read_header(std::ifstream& in, const std::string& where) {
+    if (!in) throw user_error(where, "cannot open the checkpoint", "check the path");
+    in.seekg(0, std::ios::end);
+    const std::uint64_t file_size = std::uint64_t(in.tellg());
+    in.seekg(0);
+    unsigned char le[8];
+    if (file_size < 8 || !in.read(reinterpret_cast<char*>(le), 8))
+        throw user_error(where, "not a safetensors file: shorter than its 8-byte header length");
+    Header h;
+    for (int b = 0; b < 8; ++b) h.length |= std::uint64_t(le[b]) << (8 * b);
+    if (h.length > max_header_bytes || h.length > file_size - 8)
+        throw user_error(where, "not a safetensors file: its header claims " + std::to_string(h.length) +
+                                    " bytes but the file has " + std::to_string(file_size) + " in all");
+    std::string text(h.length, '\0');
+    in.read(text.data(), std::streamsize(h.length));
+    h.root = json::parse(text, where);
+    if (!h.root.is_object()) throw user_error(where, "the safetensors header is not a JSON object");
+    h.data_size = file_size - 8 - h.length;
+    return h;
+}
+
 }  // namespace detail
 
 /// Writes the model's state_dict (parameters and buffers) to `path`, atomically.
@@ -78,13 +138,7 @@ inline void save(const ParamStore& store, const std::filesystem::path& path,
         return a64 != b64 ? a64 : a.entry->name < b.entry->name;
     });
 
-    std::string header = "{";
-    if (!metadata.empty()) {
-        header += "\"__metadata__\":{";
-        bool first = true;
-        for (auto& [k, v] : metadata) header += (first ? "" : ",") + json::quote(k) + ":" + json::quote(v), first = false;
-        header += "},";
-    }
+    std::string header = "{" + metadata_json(metadata);
     std::size_t offset = 0;
     for (std::size_t r = 0; r < records.size(); ++r) {
         const ParamEntry& e = *records[r].entry;
@@ -95,18 +149,7 @@ inline void save(const ParamStore& store, const std::filesystem::path& path,
                   std::to_string(offset + bytes) + "]}";
         offset += bytes;
     }
-    header += "}";
-    header.append((8 - header.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
-
-    const std::filesystem::path tmp = path.string() + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        if (!out) throw user_error(tmp.string(), "cannot open for writing", "check that the folder exists and is writable");
-        const std::uint64_t length = header.size();
-        unsigned char le[8];
-        for (int b = 0; b < 8; ++b) le[b] = (length >> (8 * b)) & 0xFF;
-        out.write(reinterpret_cast<const char*>(le), 8);
-        out.write(header.data(), std::streamsize(header.size()));
+    write_atomically(path, header + "}", [&](std::ofstream& out) {
         std::vector<float> scratch;
         for (auto& [entry, source] : records) {
             if (entry->role == layers::Role::num_batches_tracked) {
@@ -120,12 +163,7 @@ inline void save(const ParamStore& store, const std::filesystem::path& path,
                 out.write(reinterpret_cast<const char*>(source), std::streamsize(entry->size * 4));
             }
         }
-        out.flush();
-        if (!out) throw user_error(tmp.string(), "write failed (disk full?)", "free some space and try again");
-    }
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    if (ec) throw user_error(path.string(), "cannot replace the checkpoint: " + ec.message());
+    });
 }
 
 /// Loads a state_dict into the model's host copy. Every tensor of the model must be in the file with
@@ -135,23 +173,9 @@ inline void load(ParamStore& store, const std::filesystem::path& path) {
     using namespace detail;
     const std::string where = path.string();
     std::ifstream in(path, std::ios::binary);
-    if (!in) throw user_error(where, "cannot open the checkpoint", "check the path");
-    in.seekg(0, std::ios::end);
-    const std::uint64_t file_size = std::uint64_t(in.tellg());
-    in.seekg(0);
-    unsigned char le[8];
-    if (file_size < 8 || !in.read(reinterpret_cast<char*>(le), 8))
-        throw user_error(where, "not a safetensors file: shorter than its 8-byte header length");
-    std::uint64_t header_length = 0;
-    for (int b = 0; b < 8; ++b) header_length |= std::uint64_t(le[b]) << (8 * b);
-    if (header_length > max_header_bytes || header_length > file_size - 8)
-        throw user_error(where, "not a safetensors file: its header claims " + std::to_string(header_length) +
-                                    " bytes but the file has " + std::to_string(file_size) + " in all");
-    std::string header(header_length, '\0');
-    in.read(header.data(), std::streamsize(header_length));
-    const json::Value root = json::parse(header, where);
-    if (!root.is_object()) throw user_error(where, "the safetensors header is not a JSON object");
-    const std::uint64_t data_size = file_size - 8 - header_length;
+    const Header h = read_header(in, where);
+    const json::Value& root = h.root;
+    const std::uint64_t header_length = h.length, data_size = h.data_size;
 
     // Read into copies: a file that fails half-way leaves the model as it was.
     std::vector<float> values = store.values, buffers = store.buffers;
@@ -225,6 +249,73 @@ inline void load(ParamStore& store, const std::filesystem::path& path) {
         throw user_error(where, "the checkpoint lacks " + missing, "was it saved from another architecture?");
     std::copy(values.begin(), values.end(), store.values.begin());  // layers point into these buffers
     std::copy(buffers.begin(), buffers.end(), store.buffers.begin());
+}
+
+/// The metadata of a safetensors file (its "__metadata__" strings).
+inline std::map<std::string, std::string> read_metadata(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    const detail::Header h = detail::read_header(in, path.string());
+    std::map<std::string, std::string> out;
+    auto it = h.root.object().find("__metadata__");
+    if (it == h.root.object().end() || !it->second.is_object()) return out;
+    for (auto& [k, v] : it->second.object())
+        if (v.is_string()) out[k] = v.string();
+    return out;
+}
+
+/// What a resumed run needs besides the weights: where training stood (metadata strings) and the
+/// optimizer's state (named float vectors).
+struct TrainingState {
+    std::map<std::string, std::string> metadata;
+    std::map<std::string, std::vector<float>> tensors;
+};
+
+/// Writes `state` as a safetensors file of 1-d F32 tensors, atomically.
+inline void save_state(const TrainingState& state, const std::filesystem::path& path) {
+    std::string header = "{" + detail::metadata_json(state.metadata);
+    std::size_t offset = 0;
+    bool first = true;
+    for (auto& [name, values] : state.tensors) {
+        header += (first ? "" : ",") + json::quote(name) + ":{\"dtype\":\"F32\",\"shape\":[" + std::to_string(values.size()) +
+                  "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + values.size() * 4) + "]}";
+        offset += values.size() * 4;
+        first = false;
+    }
+    detail::write_atomically(path, header + "}", [&](std::ofstream& out) {
+        for (auto& [name, values] : state.tensors)
+            out.write(reinterpret_cast<const char*>(values.data()), std::streamsize(values.size() * 4));
+    });
+}
+
+/// Reads what save_state wrote; a truncated or foreign file is refused with a message.
+inline TrainingState load_state(const std::filesystem::path& path) {
+    const std::string where = path.string();
+    std::ifstream in(path, std::ios::binary);
+    const detail::Header h = detail::read_header(in, where);
+    TrainingState state;
+    for (auto& [name, info] : h.root.object()) {
+        if (name == "__metadata__") {
+            if (info.is_object())
+                for (auto& [k, v] : info.object())
+                    if (v.is_string()) state.metadata[k] = v.string();
+            continue;
+        }
+        const json::Value* dtype = info.is_object() && info.object().count("dtype") ? &info.object().at("dtype") : nullptr;
+        const json::Value* offsets = info.is_object() && info.object().count("data_offsets") ? &info.object().at("data_offsets") : nullptr;
+        if (!dtype || !dtype->is_string() || dtype->string() != "F32" || !offsets || !offsets->is_array() ||
+            offsets->array().size() != 2 || !offsets->array()[0].is_number() || !offsets->array()[1].is_number())
+            throw user_error(where, "entry \"" + name + "\" is not a float32 tensor of this format", "is this a tessera training state?");
+        const double begin = offsets->array()[0].number(), end = offsets->array()[1].number();
+        if (begin < 0 || end < begin || end > double(h.data_size) || std::fmod(end - begin, 4.0) != 0)
+            throw user_error(where, "tensor \"" + name + "\" lies outside the file: it is truncated or corrupt",
+                             "resume from another copy (--resume PATH), or start over with --fresh");
+        std::vector<float>& values = state.tensors[name];
+        values.resize(std::size_t(end - begin) / 4);
+        in.seekg(std::streamoff(8 + h.length + std::uint64_t(begin)));
+        if (!in.read(reinterpret_cast<char*>(values.data()), std::streamsize(values.size() * 4)))
+            throw user_error(where, "the file is truncated", "resume from another copy (--resume PATH), or start over with --fresh");
+    }
+    return state;
 }
 
 }  // namespace tessera::checkpoint

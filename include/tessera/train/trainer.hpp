@@ -4,6 +4,7 @@
 // Data parallel when given a communicator of more than one rank: each rank trains on its shard of
 // every epoch, gradients are averaged over the ranks in buckets overlapped with backward, metrics
 // are summed so that each image counts once, and rank 0 alone logs and saves.
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <memory>
@@ -31,6 +32,18 @@ struct TrainConfig {
     bool sync_batchnorm = false;         // BatchNorm statistics over every rank's batch
     std::size_t bucket_bytes = std::size_t(25) << 20;  // gradients all-reduced together, as DDP's default
     double lr_scale = 1;                 // multiplies the scheduler's rates (linear scaling with the global batch)
+    double checkpoint_minutes = 0;       // also save every so many minutes within an epoch (0: at epoch ends only)
+    const std::atomic<bool>* stop = nullptr;  // set (by a signal handler) to stop after the current step and save
+    std::int64_t stop_after_steps = 0;   // stop as if interrupted once this many steps are done (0: never)
+};
+
+/// Where training stands: the next step is batch `batch` of epoch `epoch` (from 1), with `meter` the
+/// figures of the epoch's steps so far.
+struct Progress {
+    int epoch = 1;
+    std::int64_t batch = 0;
+    Meter meter;
+    double best_top1 = -1;
 };
 
 struct Evaluation {
@@ -83,22 +96,42 @@ public:
 
     std::int64_t steps_per_epoch() const { return data_.num_batches(plugin::Split::train, plan(1, plugin::Split::train)); }
 
-    /// Trains for the configured epochs; returns the last epoch's figures.
+    /// Trains until the configured epochs are done, or until asked to stop (config.stop,
+    /// stop_after_steps), saving last.safetensors and its training state at each epoch's end (and
+    /// every checkpoint_minutes), best.safetensors when validation top-1 improves. Returns the last
+    /// epoch's figures; interrupted() says whether it stopped early.
     plugin::EpochStats fit() {
-        plugin::Clock clock{0, steps_per_epoch() * config_.epochs, steps_per_epoch()};
+        const std::int64_t steps = steps_per_epoch();
+        plugin::Clock clock{0, steps * config_.epochs, steps};
         const plugin::Parameters params = optimizer_view(net_, ctx_);
         plugin::EpochStats stats;
-        for (int epoch = 1; epoch <= config_.epochs; ++epoch) {
+        auto last_save = std::chrono::steady_clock::now();
+        for (int epoch = progress_.epoch; epoch <= config_.epochs; ++epoch) {
             const auto start = std::chrono::steady_clock::now();
-            Meter meter;
-            data_.start_epoch(plugin::Split::train, plan(epoch, plugin::Split::train));
+            Meter meter = epoch == progress_.epoch ? progress_.meter : Meter{};
+            plugin::EpochPlan p = plan(epoch, plugin::Split::train);
+            p.first_batch = epoch == progress_.epoch ? progress_.batch : 0;
+            data_.start_epoch(plugin::Split::train, p);
+            std::int64_t batch = p.first_batch;
+            clock.step = (epoch - 1) * steps + batch;
             while (data_.next(batch_)) {
                 const plugin::StepRates rates{scheduler_.lr(clock) * config_.lr_scale, scheduler_.momentum(clock)};
                 const auto loss = train_step(rates, params);
                 meter.add(loss.loss, loss.top1, loss.top5, batch_.count);
                 ++clock.step;
-                log_step(epoch, clock.step - (epoch - 1) * clock.steps_per_epoch, clock.steps_per_epoch, meter, rates.lr, start);
+                ++batch;
+                log_step(epoch, batch, steps, meter, rates.lr, start);
                 stats.lr = rates.lr;
+                const auto [stop, save_now] = decide(clock.step, last_save);
+                if ((stop || save_now) && batch < steps) {
+                    save_checkpoint({epoch, batch, meter, progress_.best_top1});
+                    last_save = std::chrono::steady_clock::now();
+                }
+                if (stop) {
+                    interrupted_ = true;
+                    progress_ = {epoch, batch, meter, progress_.best_top1};
+                    if (batch < steps) return stats;
+                }
             }
             reduce(meter);
             const double seconds = seconds_since(start);
@@ -106,13 +139,54 @@ public:
             const Evaluation val = evaluate();
             stats = {epoch, config_.epochs, stats.lr, meter.loss(), meter.top1_rate(), val.loss, val.top1, val.top5,
                      double(meter.count) / seconds, seconds_since(start), bad_train + data_.bad_samples()};
+            const bool best = val.top1 > progress_.best_top1;
+            progress_ = {epoch + 1, 0, Meter{}, std::max(progress_.best_top1, val.top1)};
             if (is_root()) {
                 for (auto& l : loggers_) l->on_epoch(stats);
-                if (epoch % config_.checkpoint_every == 0 || epoch == config_.epochs) save_weights();
+                if (best) save_weights(config_.run_dir / "best.safetensors", progress_);
             }
+            if (epoch % config_.checkpoint_every == 0 || epoch == config_.epochs || interrupted_) {
+                save_checkpoint(progress_);
+                last_save = std::chrono::steady_clock::now();
+            }
+            if (interrupted_) return stats;
         }
         return stats;
     }
+
+    /// Continues from a checkpoint written by fit(): weights, statistics, optimizer state and where
+    /// training stood. Throws a user error for a checkpoint of another network or a damaged one.
+    void resume(const std::filesystem::path& weights) {
+        const auto state_path = state_file(weights);
+        if (!std::filesystem::exists(state_path))
+            throw user_error(weights.string(), "has no training state beside it (" + state_path.filename().string() + ")",
+                             "resume from a run's last.safetensors, or start over with --fresh");
+        const auto meta = checkpoint::read_metadata(weights);
+        const checkpoint::TrainingState state = checkpoint::load_state(state_path);
+        for (const char* key : {"epoch", "batch", "step"})
+            if (!meta.count(key) || !state.metadata.count(key) || meta.at(key) != state.metadata.at(key))
+                throw user_error(state_path.string(), "does not belong to " + weights.filename().string() +
+                                                          " (their epoch, batch or step differ): a save was interrupted",
+                                 "start over with --fresh, or resume from a copy that is whole");
+        if (meta.count("arch") && meta.at("arch") != net_.arch())
+            throw user_error(weights.string(), "holds a " + meta.at("arch") + ", but the recipe builds a " + net_.arch(),
+                             "resume with the recipe that made it, or start over with --fresh");
+        checkpoint::load(net_.params(), weights);
+        net_.upload();
+        optimizer_.load_state(state.tensors);
+        const auto number = [&](const char* key) { return std::stod(state.metadata.at(key)); };
+        progress_ = {int(number("epoch")), std::int64_t(number("batch")), Meter{}, number("best_top1")};
+        if (is_root())
+            progress_.meter = {number("loss_sum"), std::int64_t(number("top1")), std::int64_t(number("top5")),
+                               std::int64_t(number("count"))};
+    }
+
+    static std::filesystem::path state_file(const std::filesystem::path& weights) {
+        return weights.parent_path() / (weights.stem().string() + ".state.safetensors");
+    }
+
+    const Progress& progress() const { return progress_; }
+    bool interrupted() const { return interrupted_; }
 
     /// One optimizer step on the current batch.
     auto train_step(const plugin::StepRates& rates, const plugin::Parameters& params) {
@@ -207,9 +281,40 @@ private:
         for (auto& l : loggers_) l->on_step(s);
     }
 
-    void save_weights() {
+    // Whether to stop now, and whether a timed checkpoint is due: rank 0's clock and every rank's
+    // stop request decide for all ranks together.
+    std::pair<bool, bool> decide(std::int64_t step, std::chrono::steady_clock::time_point last_save) const {
+        double votes[2] = {(config_.stop && config_.stop->load()) || (config_.stop_after_steps && step >= config_.stop_after_steps) ? 1.0 : 0.0,
+                           is_root() && config_.checkpoint_minutes > 0 && seconds_since(last_save) >= 60 * config_.checkpoint_minutes ? 1.0 : 0.0};
+        if (distributed()) config_.comm->all_reduce_sum(votes, 2);
+        return {votes[0] > 0, votes[1] > 0};
+    }
+
+    // last.safetensors and last.state.safetensors, for resume(): the state first, each written
+    // whole under a temporary name, so that a crash leaves the previous pair or a mismatch that
+    // resume() refuses. Rank 0 writes; every rank takes part in summing the epoch's figures.
+    void save_checkpoint(const Progress& at) {
+        Meter meter = at.meter;
+        reduce(meter);
+        if (!is_root()) return;
+        checkpoint::TrainingState state{metadata(at), optimizer_.state()};
+        state.metadata["loss_sum"] = std::to_string(meter.loss_sum);
+        state.metadata["top1"] = std::to_string(meter.top1);
+        state.metadata["top5"] = std::to_string(meter.top5);
+        state.metadata["count"] = std::to_string(meter.count);
+        state.metadata["best_top1"] = std::to_string(at.best_top1);
+        checkpoint::save_state(state, state_file(config_.run_dir / "last.safetensors"));
+        save_weights(config_.run_dir / "last.safetensors", at);
+    }
+
+    void save_weights(const std::filesystem::path& path, const Progress& at) {
         net_.download();
-        checkpoint::save(net_.params(), config_.run_dir / "last.safetensors", {{"arch", net_.arch()}});
+        checkpoint::save(net_.params(), path, metadata(at));
+    }
+
+    std::map<std::string, std::string> metadata(const Progress& at) const {
+        return {{"arch", net_.arch()}, {"epoch", std::to_string(at.epoch)}, {"batch", std::to_string(at.batch)},
+                {"step", std::to_string(std::int64_t(at.epoch - 1) * steps_per_epoch() + at.batch)}};
     }
 
     static double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -227,6 +332,8 @@ private:
     std::vector<float> mean_, inv_std_;
     plugin::Batch batch_;
     std::unique_ptr<dist::GradientAverager> reducer_;
+    Progress progress_;
+    bool interrupted_ = false;
 };
 
 }  // namespace tessera::train

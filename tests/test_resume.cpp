@@ -1,0 +1,134 @@
+// Checkpoints and resume, as a user meets them through runner: a run stopped (mid-epoch) and
+// resumed ends with the very weights of a run that was never stopped; SIGTERM finishes the step,
+// saves and says how to resume; a damaged checkpoint is refused and nothing is overwritten.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include "helpers.hpp"
+#include "runner.hpp"
+#include "tessera/train/checkpoint.hpp"
+
+namespace tessera::test {
+namespace {
+
+const char* recipe = R"([run]
+name = "run"
+out_dir = "runs"
+seed = 5
+[model]
+arch = "resnet20"
+[data]
+plugin = "synthetic"
+image_size = 16
+channels = 3
+num_classes = 4
+train_size = 128
+val_size = 32
+batch_size = 16
+[optimizer]
+plugin = "sgd"
+momentum = 0.9
+weight_decay = 5e-4
+nesterov = true
+[scheduler]
+plugin = "onecycle"
+max_lr = 0.1
+[train]
+epochs = 2
+[[logger]]
+plugin = "console"
+mode = "lines"
+)";
+
+std::vector<float> weights(const fs::path& file) {
+    auto net = runner::make_cpu_network("resnet20", 4, 3);
+    checkpoint::load(net->params(), file);
+    std::vector<float> all = net->params().values;
+    all.insert(all.end(), net->params().buffers.begin(), net->params().buffers.end());
+    return all;
+}
+
+TEST(Resume, AStoppedAndResumedRunEndsWithTheWeightsOfAStraightOne) {
+    TempDir dir;
+    std::ofstream(dir / "r.toml") << recipe;
+    const RunResult straight = run_runner("r.toml --threads 2 --set run.name=straight", dir.path());
+    ASSERT_EQ(straight.exit_code, 0) << straight.output;
+    // 8 steps an epoch: stop after 11, in the middle of the second epoch, then resume to the end.
+    RunResult r = run_runner("r.toml --threads 2 --set run.name=split --stop-after-steps 11", dir.path());
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("stopped as asked at epoch 2, step 3"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("final:"), std::string::npos) << r.output;
+    r = run_runner("r.toml --threads 2 --set run.name=split", dir.path());
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("resuming from runs/split/last.safetensors: epoch 2, step 3 of 8"), std::string::npos) << r.output;
+    EXPECT_TRUE(weights(dir / "runs" / "straight" / "last.safetensors") == weights(dir / "runs" / "split" / "last.safetensors"))
+        << "the resumed run's weights differ from the straight run's";
+    EXPECT_TRUE(fs::exists(dir / "runs" / "split" / "best.safetensors"));
+    // A finished run, started again, says so and leaves its weights alone.
+    r = run_runner("r.toml --threads 2 --set run.name=split", dir.path());
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("the run has done all of its 2 epochs"), std::string::npos) << r.output;
+}
+
+TEST(Resume, SigtermFinishesTheStepSavesAndSaysHowToResume) {
+    TempDir dir;
+    std::ofstream(dir / "r.toml") << recipe;
+    const pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        const std::string out = (dir / "out.txt").string();
+        freopen(out.c_str(), "w", stdout);
+        dup2(fileno(stdout), 2);
+        if (chdir(dir.path().c_str()) != 0) _exit(127);
+        const std::string runner = fs::absolute(runner_path()).string();
+        execl(runner.c_str(), runner.c_str(), "r.toml", "--threads", "1", "--set", "train.epochs=1000", static_cast<char*>(nullptr));
+        _exit(127);
+    }
+    // Once it has trained a little, as a spot instance's notice would.
+    for (int i = 0; i < 300 && !fs::exists(dir / "runs" / "run" / "last.safetensors"); ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    kill(child, SIGTERM);
+    int status = 0;
+    waitpid(child, &status, 0);
+    ASSERT_TRUE(WIFEXITED(status)) << "killed by the signal instead of stopping";
+    EXPECT_EQ(WEXITSTATUS(status), 143);
+    std::ifstream out(dir / "out.txt");
+    const std::string output((std::istreambuf_iterator<char>(out)), {});
+    EXPECT_NE(output.find("interrupted (SIGTERM) at epoch"), std::string::npos) << output;
+    EXPECT_NE(output.find("resume with: runner r.toml"), std::string::npos) << output;
+    EXPECT_NO_THROW(weights(dir / "runs" / "run" / "last.safetensors"));
+    const RunResult r = run_runner("r.toml --threads 1 --set train.epochs=1000 --stop-after-steps 1", dir.path());
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("resuming from runs/run/last.safetensors"), std::string::npos) << r.output;
+}
+
+TEST(Resume, ADamagedCheckpointIsRefusedAndNeverOverwritten) {
+    TempDir dir;
+    std::ofstream(dir / "r.toml") << recipe;
+    ASSERT_EQ(run_runner("r.toml --threads 2 --stop-after-steps 3", dir.path()).exit_code, 0);
+    const fs::path state = dir / "runs" / "run" / "last.state.safetensors", last = dir / "runs" / "run" / "last.safetensors";
+    fs::resize_file(state, fs::file_size(state) / 2);
+    const auto before = weights(last);
+    const auto state_size = fs::file_size(state);
+    RunResult r = run_runner("r.toml --threads 2", dir.path());
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("last.state.safetensors"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("--fresh"), std::string::npos) << r.output;
+    EXPECT_TRUE(weights(last) == before);
+    EXPECT_EQ(fs::file_size(state), state_size);
+    // --fresh starts over.
+    r = run_runner("r.toml --threads 2 --fresh --stop-after-steps 2", dir.path());
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_EQ(r.output.find("resuming"), std::string::npos) << r.output;
+    // A checkpoint of another network is refused by name.
+    r = run_runner("r.toml --threads 2 --set model.arch=resnet32", dir.path());
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("holds a resnet20, but the recipe builds a resnet32"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace tessera::test
