@@ -13,6 +13,9 @@ namespace {
 
 constexpr const char* usage = R"(usage: runner RECIPE [--set section.key=value]... [--threads T]     (mpirun -np N runner …: N ranks)
        runner train RECIPE [--set …]... [--threads T] [--fresh | --resume PATH] [--stop-after-steps N]
+       runner eval RECIPE --checkpoint PATH [--set …] [--threads T] [--json]
+       runner predict --checkpoint PATH [--arch A] [--labels FILE] [--topk 5] [--image-size 224]
+                      [--resize 256] [--json] IMAGE...
        runner info ARCH [--num-classes N] [--image-size S] [--in-channels C]
        runner plugins
        runner bench --arch A --batch B --image-size S [--device cpu|cuda] [--precision fp32|tf32]
@@ -43,6 +46,8 @@ int main(int argc, char** argv) {
         if (verb == "plugins") return tessera::runner::plugins(rest);
         if (verb == "bench") return tessera::runner::bench(rest);
         if (verb == "prepare") return tessera::runner::prepare(rest);
+        if (verb == "eval") return tessera::runner::eval(rest);
+        if (verb == "predict") return tessera::runner::predict(rest);
         if (verb == "prepare-val") return tessera::runner::prepare_val(rest);
         if (verb.size() > 5 && verb.substr(verb.size() - 5) == ".toml") return tessera::runner::train(args);
         std::fprintf(stderr, "error: unknown command '%s'\n\n%s", verb.c_str(), usage);

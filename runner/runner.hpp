@@ -93,6 +93,8 @@ int info(const std::vector<std::string>& args);
 int plugins(const std::vector<std::string>& args);
 int bench(const std::vector<std::string>& args);
 int prepare(const std::vector<std::string>& args);
+int eval(const std::vector<std::string>& args);
+int predict(const std::vector<std::string>& args);
 int prepare_val(const std::vector<std::string>& args);
 
 /// Threads from --threads, else TESSERA_NUM_THREADS, else every core.

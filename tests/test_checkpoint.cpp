@@ -2,6 +2,7 @@
 #include <fstream>
 
 #include "helpers.hpp"
+#include "tessera/core/json.hpp"
 #include "tessera/models/zoo.hpp"
 #include "tessera/train/checkpoint.hpp"
 
@@ -88,6 +89,44 @@ TEST(Checkpoint, InterchangeWithPyTorch) {
             EXPECT_LT(worst, 1e-3 * std::max(1.0, scale)) << arch << (training ? " train" : " eval") << " max |diff| " << worst;
         }
         EXPECT_EQ(std::system(("/usr/bin/python3 '" + script.string() + "' import " + arch + " '" + folder.string() + "'").c_str()), 0);
+    }
+}
+
+}  // namespace
+}  // namespace tessera::test
+
+namespace tessera::test {
+namespace {
+
+// runner predict on torchvision's resnet50 (random weights, exported by PyTorch) and three
+// photographs: the same class probabilities as torchvision's Resize, CenterCrop, ToTensor and
+// Normalize followed by the model, within 1e-4.
+TEST(Predict, AgreesWithTorchvision) {
+    const fs::path script = source_root() / "tests" / "torch_interchange.py";
+    if (std::system("/usr/bin/python3 -c 'import torch, torchvision, PIL, numpy' >/dev/null 2>&1") != 0)
+        GTEST_SKIP() << "PyTorch or PIL is not installed (apt install python3-torch python3-torchvision python3-pil); scripts/test installs them";
+    TempDir dir;
+    ASSERT_EQ(std::system(("/usr/bin/python3 '" + script.string() + "' predict resnet50 '" + dir.path().string() + "'").c_str()), 0);
+    const RunResult r = run_runner("predict --checkpoint weights.safetensors --arch resnet50 --topk 5 --json wide.jpg tall.jpg square.jpg",
+                                   dir.path());
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    std::ifstream file(dir / "expected.json");
+    const std::string expected_text((std::istreambuf_iterator<char>(file)), {});
+    const json::Value expected = json::parse(expected_text, "expected.json");
+    const json::Value got = json::parse(r.output.substr(r.output.find('[')), "runner predict --json");
+    ASSERT_EQ(got.array().size(), 3u);
+    for (const auto& image : got.array()) {
+        const std::string name = image.object().at("image").string();
+        const auto& probs = expected.object().at(name).array();
+        const auto& top = image.object().at("top").array();
+        ASSERT_EQ(top.size(), 5u) << name;
+        double best = 0;
+        for (const auto& p : probs) best = std::max(best, p.number());
+        EXPECT_NEAR(top[0].object().at("prob").number(), best, 1e-4) << name << ": the most probable class";
+        for (const auto& t : top) {
+            const int k = int(t.object().at("class").number());
+            EXPECT_NEAR(t.object().at("prob").number(), probs[std::size_t(k)].number(), 1e-4) << name << " class " << k;
+        }
     }
 }
 

@@ -5,6 +5,10 @@
                                           batch and its logits in eval and training mode
   torch_interchange.py import ARCH DIR   loads DIR/from_tessera.safetensors with strict=True and
                                           checks it equals DIR/weights.safetensors
+  torch_interchange.py predict ARCH DIR  the exported weights as above, three photographs of
+                                          different sizes (DIR/*.jpg), and torchvision's class
+                                          probabilities for each after Resize(256), CenterCrop(224),
+                                          ToTensor and ImageNet's Normalize (DIR/expected.json)
 
 safetensors files are written and read by the format's definition (8-byte little-endian header
 length, JSON header, tensors sorted by dtype alignment then name, as save_file does), because the
@@ -55,7 +59,7 @@ def main():
     mode, arch, folder = sys.argv[1:4]
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)()
-    if mode == "export":
+    if mode in ("export", "predict"):
         with torch.no_grad():
             for m in model.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
@@ -64,7 +68,11 @@ def main():
                     m.weight.uniform_(0.5, 1.5)
                     m.bias.uniform_(-0.2, 0.2)
                     m.num_batches_tracked.fill_(7)
+            if mode == "predict":  # logits of a few units, so that the probabilities are not all 0 and 1
+                model.fc.weight.mul_(0.03)
         save_file(model.state_dict(), f"{folder}/weights.safetensors")
+        if mode == "predict":
+            return predict(model, folder)
         x = torch.randn(2, 3, 64, 64)
         with torch.no_grad():
             model.eval()
@@ -83,6 +91,27 @@ def main():
         for name, t in model.state_dict().items():
             if not torch.equal(t, original[name]):
                 sys.exit(f"{name} differs after the round trip through tessera")
+
+
+def predict(model, folder):
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms
+    preprocess = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                                     transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    rng = np.random.default_rng(1)
+    expected = {}
+    model.eval()
+    for name, (w, h) in {"wide.jpg": (500, 375), "tall.jpg": (300, 400), "square.jpg": (224, 224)}.items():
+        y, x = np.mgrid[0:h, 0:w]
+        pixels = np.stack([128 + 90 * np.sin(x / (17 + c * 5) + y / (23 - c * 3)) for c in range(3)], -1)
+        pixels = np.clip(pixels + rng.normal(0, 10, pixels.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(f"{folder}/{name}", quality=92)
+        with torch.no_grad():
+            probs = torch.softmax(model(preprocess(Image.open(f"{folder}/{name}").convert("RGB"))[None]), 1)[0]
+        expected[name] = probs.tolist()
+    with open(f"{folder}/expected.json", "w") as f:
+        json.dump(expected, f)
 
 
 if __name__ == "__main__":

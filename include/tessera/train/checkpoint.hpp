@@ -263,6 +263,23 @@ inline std::map<std::string, std::string> read_metadata(const std::filesystem::p
     return out;
 }
 
+/// The shape of each tensor of a safetensors file, by name: enough to tell the architecture's
+/// class count and input channels before building it.
+inline std::map<std::string, std::vector<std::int64_t>> read_shapes(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    const detail::Header h = detail::read_header(in, path.string());
+    std::map<std::string, std::vector<std::int64_t>> shapes;
+    for (auto& [name, info] : h.root.object()) {
+        if (name == "__metadata__" || !info.is_object() || !info.object().count("shape")) continue;
+        const json::Value& shape = info.object().at("shape");
+        if (!shape.is_array()) continue;
+        auto& dims = shapes[name];
+        for (auto& d : shape.array())
+            if (d.is_number()) dims.push_back(std::int64_t(d.number()));
+    }
+    return shapes;
+}
+
 /// What a resumed run needs besides the weights: where training stood (metadata strings) and the
 /// optimizer's state (named float vectors).
 struct TrainingState {
