@@ -71,10 +71,7 @@ int bench_data(const Args& args, const std::string& recipe_file) {
 /// measures NCCL's local copy): seconds per all-reduce, and the bandwidths NCCL's tests report
 /// (algorithm: bytes / time; bus: that times 2 (n - 1) / n, what each link carries in a ring).
 int bench_allreduce(const Args& args) {
-    const std::unique_ptr<dist::Communicator> world = join_world();
-    struct Leave {
-        ~Leave() { leave_world(); }
-    } leave;
+    const World world;
     const std::size_t floats = std::size_t(args.integer("floats", 25'557'032));
     const int steps = args.integer("steps", 10), warmup = args.integer("warmup", 2, 0);
     const std::string device = args.value("device").value_or("cpu");

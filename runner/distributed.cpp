@@ -16,11 +16,10 @@ namespace {
 dist::Communicator* joined = nullptr;  // for abort_world(): main's error handler has no other way to it
 }  // namespace
 
-std::unique_ptr<dist::Communicator> join_world() {
-    std::unique_ptr<dist::Communicator> world;
+World::World() {
     if (dist::launched_by_mpi()) {
 #ifdef TESSERA_WITH_MPI
-        world = std::make_unique<dist::MpiCommunicator>();
+        comm_ = std::make_unique<dist::MpiCommunicator>();
 #else
         throw user_error("runner", "was started by an MPI launcher, but this build has no MPI",
                          "install libopenmpi-dev and rebuild (meson setup -Dmpi=enabled), or run without mpirun");
@@ -29,13 +28,12 @@ std::unique_ptr<dist::Communicator> join_world() {
         throw user_error("runner", "srun started " + std::string(tasks) + " tasks without MPI's process management",
                          "run it as srun --mpi=pmix runner … (or pmi2), so that the tasks can find each other");
     } else {
-        world = std::make_unique<dist::Single>();
+        comm_ = std::make_unique<dist::Single>();
     }
-    joined = world.get();
-    return world;
+    joined = comm_.get();
 }
 
-void leave_world() { joined = nullptr; }
+World::~World() { joined = nullptr; }
 
 std::unique_ptr<dist::Communicator> gpu_world(const dist::Communicator& world) {
 #ifdef TESSERA_WITH_NCCL

@@ -2,6 +2,7 @@
 // validation data (each image once, across the ranks when started by mpirun).
 #include <cstdio>
 
+#include "recipe_run.hpp"
 #include "runner.hpp"
 #include "tessera/core/json.hpp"
 #include "tessera/recipe/recipe.hpp"
@@ -14,29 +15,23 @@ int eval(const std::vector<std::string>& raw) {
     if (args.positional().size() != 1 || !args.value("checkpoint"))
         throw user_error("runner eval", "expected a recipe and --checkpoint PATH",
                          "e.g. runner eval recipes/quickstart.toml --checkpoint runs/quickstart/last.safetensors");
-    const std::unique_ptr<dist::Communicator> world = join_world();
-    struct Leave {
-        ~Leave() { leave_world(); }
-    } leave;
-    recipe::Recipe r = recipe::load(args.positional()[0], args.values("set"));
-    plugin::Registry registry(recipe::plugin_path(r.effective));
-    recipe::resolve(r, registry);
-    auto data = registry.create<plugin::DataSource>(*r.data.entry, r.data.options);
-    const plugin::DatasetInfo info = data->info();
-    const int num_classes = r.model.integer("num_classes") ? int(r.model.integer("num_classes")) : info.num_classes;
+    const World world;
+    RecipeRun run = open_recipe(args.positional()[0], args.values("set"));
+    const recipe::Recipe& r = run.recipe;
+    const plugin::DatasetInfo& info = run.info;
     const int threads = args.value("threads") ? thread_count(args) : ThreadPool::default_threads();
     train::Evaluation result;
     on_device(r.train.text("device"), r.file.string() + " [train] device", [&]<class B>() {
         auto ctx = make_context<B>(threads, r.model.text("precision"), r.file.string() + " [model] precision", world->local_rank());
-        auto net = make_network<B>(r.model.text("arch"), num_classes, info.channels);
+        auto net = make_network<B>(r.model.text("arch"), run.num_classes, info.channels);
         checkpoint::load(net->params(), *args.value("checkpoint"));
         net->upload();
-        auto optimizer = registry.create<plugin::Optimizer>(*r.optimizer.entry, r.optimizer.options);
-        auto scheduler = registry.create<plugin::Scheduler>(*r.scheduler.entry, r.scheduler.options);
+        auto optimizer = run.registry->create<plugin::Optimizer>(*r.optimizer.entry, r.optimizer.options);
+        auto scheduler = run.registry->create<plugin::Scheduler>(*r.scheduler.entry, r.scheduler.options);
         train::TrainConfig config;
         config.batch_size = r.batch_size;
         config.comm = world.get();
-        train::Trainer<B> trainer(*ctx, *net, *data, *optimizer, *scheduler, {}, config);
+        train::Trainer<B> trainer(*ctx, *net, *run.data, *optimizer, *scheduler, {}, config);
         result = trainer.evaluate();
         return 0;
     });

@@ -100,10 +100,22 @@ int prepare_val(const std::vector<std::string>& args);
 /// Threads from --threads, else TESSERA_NUM_THREADS, else every core.
 int thread_count(const Args& a);
 
-/// The launcher's world when mpirun or srun started this process, else a world of one. Until
-/// leave_world(), abort_world(code) ends every rank when this one fails (main's error handler).
-std::unique_ptr<dist::Communicator> join_world();
-void leave_world();
+/// The launcher's world when mpirun or srun started this process, else a world of one. While it
+/// lives, abort_world(code) ends every rank when this one fails (main's error handler); it stops
+/// doing so before the world goes, so that no error afterwards calls into a finalised MPI.
+class World {
+public:
+    World();
+    ~World();
+    World(const World&) = delete;
+    World& operator=(const World&) = delete;
+    dist::Communicator& operator*() const { return *comm_; }
+    dist::Communicator* operator->() const { return comm_.get(); }
+    dist::Communicator* get() const { return comm_.get(); }
+
+private:
+    std::unique_ptr<dist::Communicator> comm_;
+};
 void abort_world(int code);
 /// The GPU ranks of `world`, one GPU each (its local rank): NCCL, or a user error where this build
 /// has none.

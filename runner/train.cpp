@@ -9,6 +9,7 @@
 #include <fstream>
 #include <thread>
 
+#include "recipe_run.hpp"
 #include "runner.hpp"
 #include "tessera/recipe/recipe.hpp"
 #include "tessera/train/trainer.hpp"
@@ -62,28 +63,36 @@ double lr_scale(const recipe::Recipe& r, int world_size) {
 
 }  // namespace
 
+RecipeRun open_recipe(const std::string& file, const std::vector<std::string>& sets) {
+    RecipeRun run{recipe::load(file, sets)};
+    run.registry = std::make_unique<plugin::Registry>(recipe::plugin_path(run.recipe.effective));
+    recipe::resolve(run.recipe, *run.registry);
+    const recipe::Recipe& r = run.recipe;
+    run.data = run.registry->create<plugin::DataSource>(*r.data.entry, r.data.options);
+    run.info = run.data->info();
+    run.num_classes = r.model.integer("num_classes") ? int(r.model.integer("num_classes")) : run.info.num_classes;
+    if (run.num_classes < run.info.num_classes)
+        throw user_error(r.file.string(), "model.num_classes = " + std::to_string(run.num_classes) + " but the data has " +
+                                              std::to_string(run.info.num_classes) + " classes",
+                         "set num_classes = 0 to take the data's");
+    return run;
+}
+
 int train(const std::vector<std::string>& raw) {
     Args args(raw, {"fresh"}, {"threads", "resume", "stop-after-steps"}, {"set"});
     if (args.positional().size() != 1)
         throw user_error("runner train", "expected one recipe file", "e.g. runner recipes/quickstart.toml");
     const auto start = std::chrono::steady_clock::now();
-    const std::unique_ptr<dist::Communicator> world = join_world();
-    struct Leave {
-        ~Leave() { leave_world(); }
-    } leave;  // before the world goes, so that an error after it never calls into MPI
+    const World world;
     const bool root = world->is_root();
 
     // Everything is checked before any work: the recipe, its plugins, the data, the model.
-    recipe::Recipe r = recipe::load(args.positional()[0], args.values("set"));
-    plugin::Registry registry(recipe::plugin_path(r.effective));
-    recipe::resolve(r, registry);
-    auto data = registry.create<plugin::DataSource>(*r.data.entry, r.data.options);
-    const plugin::DatasetInfo info = data->info();
-    const int num_classes = r.model.integer("num_classes") ? int(r.model.integer("num_classes")) : info.num_classes;
-    if (num_classes < info.num_classes)
-        throw user_error(r.file.string(), "model.num_classes = " + std::to_string(num_classes) + " but the data has " +
-                                              std::to_string(info.num_classes) + " classes",
-                         "set num_classes = 0 to take the data's");
+    RecipeRun run = open_recipe(args.positional()[0], args.values("set"));
+    const recipe::Recipe& r = run.recipe;
+    plugin::Registry& registry = *run.registry;
+    plugin::DataSource& data = *run.data;
+    const plugin::DatasetInfo& info = run.info;
+    const int num_classes = run.num_classes;
     const int threads = threads_per_process(args, r, *world);
     const double scale = lr_scale(r, world->size());
     if (r.train.integer("bucket_mb") < 1) throw user_error(r.file.string() + " [train] bucket_mb", "must be at least 1");
@@ -127,7 +136,7 @@ int train(const std::vector<std::string>& raw) {
         config.checkpoint_minutes = r.checkpoint.number("every_minutes");
         config.stop = &stop_requested;
         if (auto n = args.value("stop-after-steps")) config.stop_after_steps = args.integer("stop-after-steps", 0);
-        train::Trainer<B> trainer(*ctx, *net, *data, *optimizer, *scheduler, loggers, config);
+        train::Trainer<B> trainer(*ctx, *net, data, *optimizer, *scheduler, loggers, config);
         if (trainer.steps_per_epoch() < 1)
             throw user_error(r.file.string(), "the training data has fewer images than one batch (" + std::to_string(r.batch_size) +
                                                   (world->size() > 1 ? " per process" : "") + ")",
@@ -146,10 +155,10 @@ int train(const std::vector<std::string>& raw) {
                 return 0;
             }
         }
-        const plugin::RunInfo run{r.run.text("name"), run_dir.string(), net->arch(), config.epochs, config.batch_size,
-                                  trainer.steps_per_epoch(), std::int64_t(net->params().values.size())};
+        const plugin::RunInfo about{r.run.text("name"), run_dir.string(), net->arch(), config.epochs, config.batch_size,
+                                    trainer.steps_per_epoch(), std::int64_t(net->params().values.size())};
         if (root)
-            for (auto& l : loggers) l->on_run_begin(run);
+            for (auto& l : loggers) l->on_run_begin(about);
         std::signal(SIGINT, request_stop);
         std::signal(SIGTERM, request_stop);
         last = trainer.fit();

@@ -18,15 +18,44 @@
 
 namespace tessera::dist {
 
+/// A flat gradient buffer cut into buckets, and how much of each is final this step.
+class Buckets {
+public:
+    Buckets(const float* base, std::size_t count, std::size_t bucket_bytes)
+        : base_(base), count_(count), per_bucket_(std::max<std::size_t>(1, bucket_bytes / sizeof(float))),
+          ready_((count + per_bucket_ - 1) / per_bucket_) {}
+
+    std::size_t size() const { return ready_.size(); }
+    std::size_t first(std::size_t b) const { return b * per_bucket_; }
+    std::size_t length(std::size_t b) const { return std::min(per_bucket_, count_ - b * per_bucket_); }
+    void reset() { std::fill(ready_.begin(), ready_.end(), 0); }
+
+    /// Counts `count` gradients at `grad` as final; calls full(b) for each bucket this completes.
+    template <class Full>
+    void ready(const float* grad, std::size_t count, Full&& full) {
+        if (grad < base_ || grad >= base_ + count_) return;
+        std::size_t at = std::size_t(grad - base_);
+        const std::size_t end = std::min(at + count, count_);
+        while (at < end) {
+            const std::size_t b = at / per_bucket_, n = std::min(end, first(b) + length(b)) - at;
+            if ((ready_[b] += n) == length(b)) full(b);
+            at += n;
+        }
+    }
+
+private:
+    const float* base_;
+    std::size_t count_, per_bucket_;
+    std::vector<std::size_t> ready_;
+};
+
 class GradientReducer final : public GradientAverager {
 public:
     /// `grads`: `count` floats in host memory; `background`: may a thread of its own all-reduce
     /// while backward goes on (on a duplicate of `comm`, so that its collectives never mix with
     /// those of the main thread).
     GradientReducer(const Communicator& comm, float* grads, std::size_t count, std::size_t bucket_bytes, bool background)
-        : comm_(comm.duplicate()), grads_(grads), count_(count),
-          bucket_floats_(std::max<std::size_t>(1, bucket_bytes / sizeof(float))),
-          buckets_((count + bucket_floats_ - 1) / bucket_floats_) {
+        : comm_(comm.duplicate()), grads_(grads), buckets_(grads, count, bucket_bytes), queued_(buckets_.size()) {
         if (background) thread_ = std::thread([this] { send(); });
         begin_step();
     }
@@ -47,21 +76,14 @@ public:
 
     /// Before each step's backward.
     void begin_step() override {
-        for (auto& b : buckets_) b.ready = 0, b.queued = false;
+        buckets_.reset();
+        std::fill(queued_.begin(), queued_.end(), false);
         done_ = 0;
     }
 
     /// From the layers: `count` gradients at `grad` are final.
     void ready(const float* grad, std::size_t count) override {
-        if (grad < grads_ || grad >= grads_ + count_) return;
-        std::size_t first = std::size_t(grad - grads_), end = std::min(first + count, count_);
-        while (first < end) {
-            const std::size_t b = first / bucket_floats_, bucket_end = std::min((b + 1) * bucket_floats_, count_);
-            const std::size_t n = std::min(end, bucket_end) - first;
-            buckets_[b].ready += n;
-            if (buckets_[b].ready == bucket_end - b * bucket_floats_) queue(b);
-            first += n;
-        }
+        buckets_.ready(grad, count, [&](std::size_t b) { queue(b); });
     }
 
     /// Every bucket summed and divided by the number of ranks: the gradients are the mean over all.
@@ -79,14 +101,9 @@ public:
     }
 
 private:
-    struct Bucket {
-        std::size_t ready = 0;
-        bool queued = false;
-    };
-
     void queue(std::size_t b) {
-        if (buckets_[b].queued) return;
-        buckets_[b].queued = true;
+        if (queued_[b]) return;
+        queued_[b] = true;
         {
             std::lock_guard lock(mutex_);
             pending_.push_back(b);
@@ -94,11 +111,7 @@ private:
         wake_.notify_one();
     }
 
-    void reduce(std::size_t b) {
-        float* data = grads_ + b * bucket_floats_;
-        const std::size_t n = std::min(bucket_floats_, count_ - b * bucket_floats_);
-        comm_->all_reduce_average(data, n, nullptr);
-    }
+    void reduce(std::size_t b) { comm_->all_reduce_average(grads_ + buckets_.first(b), buckets_.length(b), nullptr); }
 
     void send() {
         std::unique_lock lock(mutex_);
@@ -116,8 +129,8 @@ private:
 
     std::unique_ptr<Communicator> comm_;
     float* grads_;
-    std::size_t count_, bucket_floats_;
-    std::vector<Bucket> buckets_;
+    Buckets buckets_;
+    std::vector<bool> queued_;
     std::mutex mutex_;
     std::condition_variable wake_, finished_;
     std::deque<std::size_t> pending_;

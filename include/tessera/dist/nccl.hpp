@@ -14,6 +14,7 @@
 
 #include "tessera/core/error.hpp"
 #include "tessera/dist/communicator.hpp"
+#include "tessera/dist/gradient_reducer.hpp"
 
 #define TESSERA_NCCL(call)                                                                                              \
     do {                                                                                                                \
@@ -83,15 +84,15 @@ private:
 class DeviceGradientReducer final : public GradientAverager {
 public:
     DeviceGradientReducer(Communicator& comm, float* grads, std::size_t count, std::size_t bucket_bytes, void* compute_stream)
-        : comm_(comm), grads_(grads), count_(count), bucket_floats_(std::max<std::size_t>(1, bucket_bytes / sizeof(float))),
-          compute_(static_cast<cudaStream_t>(compute_stream)), buckets_((count + bucket_floats_ - 1) / bucket_floats_) {
+        : comm_(comm), grads_(grads), buckets_(grads, count, bucket_bytes), compute_(static_cast<cudaStream_t>(compute_stream)),
+          sent_(buckets_.size()), produced_(buckets_.size()) {
         TESSERA_CHECK(comm.device_memory(), "DeviceGradientReducer needs a communicator of device memory (NCCL)");
         TESSERA_CUDA_RT(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-        for (auto& b : buckets_) TESSERA_CUDA_RT(cudaEventCreateWithFlags(&b.produced, cudaEventDisableTiming));
+        for (auto& e : produced_) TESSERA_CUDA_RT(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
         TESSERA_CUDA_RT(cudaEventCreateWithFlags(&reduced_, cudaEventDisableTiming));
     }
     ~DeviceGradientReducer() override {
-        for (auto& b : buckets_) cudaEventDestroy(b.produced);
+        for (auto& e : produced_) cudaEventDestroy(e);
         cudaEventDestroy(reduced_);
         cudaStreamDestroy(stream_);
     }
@@ -99,19 +100,12 @@ public:
     DeviceGradientReducer& operator=(const DeviceGradientReducer&) = delete;
 
     void begin_step() override {
-        for (auto& b : buckets_) b.ready = 0, b.sent = false;
+        buckets_.reset();
+        std::fill(sent_.begin(), sent_.end(), false);
     }
 
     void ready(const float* grad, std::size_t count) override {
-        if (grad < grads_ || grad >= grads_ + count_) return;
-        std::size_t first = std::size_t(grad - grads_), end = std::min(first + count, count_);
-        while (first < end) {
-            const std::size_t b = first / bucket_floats_, bucket_end = std::min((b + 1) * bucket_floats_, count_);
-            const std::size_t n = std::min(end, bucket_end) - first;
-            buckets_[b].ready += n;
-            if (buckets_[b].ready == bucket_end - b * bucket_floats_) send(b);
-            first += n;
-        }
+        buckets_.ready(grad, count, [&](std::size_t b) { send(b); });
     }
 
     void finish() override {
@@ -121,26 +115,21 @@ public:
     }
 
 private:
-    struct Bucket {
-        std::size_t ready = 0;
-        bool sent = false;
-        cudaEvent_t produced = nullptr;
-    };
-
     // The bucket's all-reduce, on the reducer's stream, after the compute stream has produced it.
     void send(std::size_t b) {
-        if (buckets_[b].sent) return;
-        buckets_[b].sent = true;
-        TESSERA_CUDA_RT(cudaEventRecord(buckets_[b].produced, compute_));
-        TESSERA_CUDA_RT(cudaStreamWaitEvent(stream_, buckets_[b].produced, 0));
-        comm_.all_reduce_average(grads_ + b * bucket_floats_, std::min(bucket_floats_, count_ - b * bucket_floats_), stream_);
+        if (sent_[b]) return;
+        sent_[b] = true;
+        TESSERA_CUDA_RT(cudaEventRecord(produced_[b], compute_));
+        TESSERA_CUDA_RT(cudaStreamWaitEvent(stream_, produced_[b], 0));
+        comm_.all_reduce_average(grads_ + buckets_.first(b), buckets_.length(b), stream_);
     }
 
     Communicator& comm_;
     float* grads_;
-    std::size_t count_, bucket_floats_;
+    Buckets buckets_;
     cudaStream_t compute_, stream_ = nullptr;
-    std::vector<Bucket> buckets_;
+    std::vector<bool> sent_;
+    std::vector<cudaEvent_t> produced_;
     cudaEvent_t reduced_ = nullptr;
 };
 
