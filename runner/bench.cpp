@@ -84,9 +84,9 @@ int bench_allreduce(const Args& args) {
         if (std::string why; !cuda::device_available(&why))
             throw user_error("runner bench --allreduce --device cuda", "no CUDA device: " + why, "use --device cpu under mpirun");
         gpus = std::make_unique<dist::NcclCommunicator>(*world, world->local_rank());
-        TESSERA_CUDA_RT(cudaMalloc(reinterpret_cast<void**>(&gradients), floats * sizeof(float)));
-        TESSERA_CUDA_RT(cudaMemset(gradients, 0, floats * sizeof(float)));
-        wait = [] { TESSERA_CUDA_RT(cudaDeviceSynchronize()); };
+        TESSERA_NCCL(cudaMalloc(reinterpret_cast<void**>(&gradients), floats * sizeof(float)));
+        TESSERA_NCCL(cudaMemset(gradients, 0, floats * sizeof(float)));
+        wait = [] { TESSERA_NCCL(cudaDeviceSynchronize()); };
 #else
         throw user_error("runner bench --allreduce --device cuda", "this build has no NCCL", "install NCCL next to nvcc and rebuild");
 #endif

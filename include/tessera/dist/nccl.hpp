@@ -16,21 +16,21 @@
 #include "tessera/dist/communicator.hpp"
 #include "tessera/dist/gradient_reducer.hpp"
 
-#define TESSERA_NCCL(call)                                                                                              \
-    do {                                                                                                                \
-        const ncclResult_t tessera_nccl_result = (call);                                                                \
-        if (tessera_nccl_result != ncclSuccess)                                                                         \
-            throw ::tessera::internal_error(std::string(__FILE__) + ":" + std::to_string(__LINE__),                    \
-                                            std::string(#call) + ": " + ncclGetErrorString(tessera_nccl_result));        \
-    } while (0)
+namespace tessera::dist::detail {
 
-#define TESSERA_CUDA_RT(call)                                                                                           \
-    do {                                                                                                                \
-        const cudaError_t tessera_cuda_result = (call);                                                                 \
-        if (tessera_cuda_result != cudaSuccess)                                                                         \
-            throw ::tessera::internal_error(std::string(__FILE__) + ":" + std::to_string(__LINE__),                    \
-                                            std::string(#call) + ": " + cudaGetErrorString(tessera_cuda_result));        \
-    } while (0)
+// NCCL and CUDA runtime calls, checked: a failure names the call, the file and the line.
+inline void check(ncclResult_t status, const char* call, const char* file, int line) {
+    if (status != ncclSuccess)
+        throw internal_error(std::string(file) + ":" + std::to_string(line), std::string(call) + ": " + ncclGetErrorString(status));
+}
+inline void check(cudaError_t status, const char* call, const char* file, int line) {
+    if (status != cudaSuccess)
+        throw internal_error(std::string(file) + ":" + std::to_string(line), std::string(call) + ": " + cudaGetErrorString(status));
+}
+
+}  // namespace tessera::dist::detail
+
+#define TESSERA_NCCL(call) ::tessera::dist::detail::check((call), #call, __FILE__, __LINE__)
 
 namespace tessera::dist {
 
@@ -41,7 +41,7 @@ public:
         ncclUniqueId id{};
         if (host_->is_root()) TESSERA_NCCL(ncclGetUniqueId(&id));
         host_->broadcast(&id, sizeof id, 0);
-        TESSERA_CUDA_RT(cudaSetDevice(device_));
+        TESSERA_NCCL(cudaSetDevice(device_));
         TESSERA_NCCL(ncclCommInitRank(&comm_, host_->size(), id, host_->rank()));
     }
     ~NcclCommunicator() override {
@@ -87,9 +87,9 @@ public:
         : comm_(comm), grads_(grads), buckets_(grads, count, bucket_bytes), compute_(static_cast<cudaStream_t>(compute_stream)),
           sent_(buckets_.size()), produced_(buckets_.size()) {
         TESSERA_CHECK(comm.device_memory(), "DeviceGradientReducer needs a communicator of device memory (NCCL)");
-        TESSERA_CUDA_RT(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-        for (auto& e : produced_) TESSERA_CUDA_RT(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-        TESSERA_CUDA_RT(cudaEventCreateWithFlags(&reduced_, cudaEventDisableTiming));
+        TESSERA_NCCL(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+        for (auto& e : produced_) TESSERA_NCCL(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+        TESSERA_NCCL(cudaEventCreateWithFlags(&reduced_, cudaEventDisableTiming));
     }
     ~DeviceGradientReducer() override {
         for (auto& e : produced_) cudaEventDestroy(e);
@@ -110,8 +110,8 @@ public:
 
     void finish() override {
         for (std::size_t b = 0; b < buckets_.size(); ++b) send(b);
-        TESSERA_CUDA_RT(cudaEventRecord(reduced_, stream_));
-        TESSERA_CUDA_RT(cudaStreamWaitEvent(compute_, reduced_, 0));
+        TESSERA_NCCL(cudaEventRecord(reduced_, stream_));
+        TESSERA_NCCL(cudaStreamWaitEvent(compute_, reduced_, 0));
     }
 
 private:
@@ -119,8 +119,8 @@ private:
     void send(std::size_t b) {
         if (sent_[b]) return;
         sent_[b] = true;
-        TESSERA_CUDA_RT(cudaEventRecord(produced_[b], compute_));
-        TESSERA_CUDA_RT(cudaStreamWaitEvent(stream_, produced_[b], 0));
+        TESSERA_NCCL(cudaEventRecord(produced_[b], compute_));
+        TESSERA_NCCL(cudaStreamWaitEvent(stream_, produced_[b], 0));
         comm_.all_reduce_average(grads_ + buckets_.first(b), buckets_.length(b), stream_);
     }
 
