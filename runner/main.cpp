@@ -16,6 +16,7 @@ constexpr const char* usage = R"(usage: runner RECIPE [--set section.key=value].
        runner eval RECIPE --checkpoint PATH [--set …] [--threads T] [--json]
        runner predict --checkpoint PATH [--arch A] [--labels FILE] [--topk 5] [--image-size 224]
                       [--resize 256] [--json] IMAGE...
+       runner lr-find RECIPE [--start 1e-7] [--end 10] [--iters 100] [--set …]
        runner info ARCH [--num-classes N] [--image-size S] [--in-channels C]
        runner plugins
        runner bench --arch A --batch B --image-size S [--device cpu|cuda] [--precision fp32|tf32]
@@ -48,6 +49,7 @@ int main(int argc, char** argv) {
         if (verb == "prepare") return tessera::runner::prepare(rest);
         if (verb == "eval") return tessera::runner::eval(rest);
         if (verb == "predict") return tessera::runner::predict(rest);
+        if (verb == "lr-find") return tessera::runner::lr_find(rest);
         if (verb == "prepare-val") return tessera::runner::prepare_val(rest);
         if (verb.size() > 5 && verb.substr(verb.size() - 5) == ".toml") return tessera::runner::train(args);
         std::fprintf(stderr, "error: unknown command '%s'\n\n%s", verb.c_str(), usage);

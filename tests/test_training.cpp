@@ -27,6 +27,26 @@ TEST(Training, FashionMnistSubsetBeatsChanceByFar) {
     EXPECT_TRUE(fs::exists(dir / "runs" / "quickstart" / "last.safetensors"));
 }
 
+// The learning-rate range test on the quick start's recipe suggests a rate where that training
+// works (its OneCycle peaks at 0.2), writes its curve, and saves no weights.
+TEST(LrFind, SuggestsARateWhereTheQuickStartTrains) {
+    const fs::path data = "/usr/share/datasets/fashion-mnist";
+    if (!fs::exists(data / "train-images-idx3-ubyte.gz"))
+        GTEST_SKIP() << "Fashion-MNIST is not installed (apt install dataset-fashion-mnist); scripts/test installs it";
+    TempDir dir;
+    const RunResult r = run_runner("lr-find '" + (source_root() / "recipes" / "quickstart.toml").string() + "' --iters 60 --set run.out_dir='" +
+                                   (dir / "runs").string() + "' --set data.limit_train=8000");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const auto at = r.output.find("suggested learning rate: ");
+    ASSERT_NE(at, std::string::npos) << r.output;
+    const double lr = std::stod(r.output.substr(at + 25));
+    EXPECT_GE(lr, 1e-3) << r.output;
+    EXPECT_LE(lr, 1.0) << r.output;
+    EXPECT_TRUE(fs::exists(dir / "runs" / "quickstart" / "lr_find.csv"));
+    EXPECT_TRUE(fs::exists(dir / "runs" / "quickstart" / "lr_find.svg"));
+    EXPECT_FALSE(fs::exists(dir / "runs" / "quickstart" / "last.safetensors"));
+}
+
 TEST(Training, SameSeedSameResult) {
     TempDir dir;
     std::ofstream(dir / "r.toml") << "[run]\nout_dir = '" << (dir / "runs").string() << "'\n"
