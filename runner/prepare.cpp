@@ -14,9 +14,10 @@
 
 #include "runner.hpp"
 #include "tessera/core/thread_pool.hpp"
+#include "tessera/data/image.hpp"
 #include "tessera/data/image_folder.hpp"
+#include "tessera/data/resample.hpp"
 #include "tessera/data/shards.hpp"
-#include "tessera/data/transform.hpp"
 
 namespace tessera::runner {
 
@@ -58,10 +59,10 @@ struct PackOptions {
 /// One image as it goes into a shard: its own bytes when it is a JPEG already small enough,
 /// otherwise decoded, resized so that its longer side is max_side (PIL's bilinear) and re-encoded.
 /// Throws DecodeError.
-void pack_image(const std::vector<std::uint8_t>& bytes, const PackOptions& o, data::ImageTransform& transform,
+void pack_image(const std::vector<std::uint8_t>& bytes, const PackOptions& o, data::ImageDecoder& decoder, data::Image& image,
                 data::JpegEncoder& encoder, data::Resampler& resampler, std::vector<std::uint8_t>& scratch,
                 std::vector<std::uint8_t>& out) {
-    const data::ImageHeader h = transform.decoder().header(bytes);
+    const data::ImageHeader h = decoder.header(bytes);
     const int longer = std::max(h.width, h.height);
     if (h.format == data::ImageFormat::jpeg && !h.cmyk && longer <= o.max_side) {
         out = bytes;
@@ -70,7 +71,7 @@ void pack_image(const std::vector<std::uint8_t>& bytes, const PackOptions& o, da
     const double scale = std::min(1.0, double(o.max_side) / longer);
     const int width = std::max(1, int(std::lround(h.width * scale))), height = std::max(1, int(std::lround(h.height * scale)));
     const int num = data::ImageDecoder::jpeg_scale_for(h, h.width, h.height, width, height);
-    const data::Image& image = transform.decode(bytes, num);
+    decoder.decode(bytes, h, image, num);
     scratch.resize(std::size_t(width) * height * 3);
     resampler.resize({image.pixels.data(), image.width, image.height, std::size_t(image.width) * 3},
                      {0, 0, double(image.width), double(image.height)}, {width, height, 0, 0, width, height}, scratch.data(),
@@ -90,7 +91,8 @@ void pack(const data::ImageFolder& folder, const fs::path& dest, const PackOptio
     for (std::size_t first = 0; first < folder.samples.size(); first += block) {
         const std::size_t n = std::min(block, folder.samples.size() - first);
         pool.parallel_for(n, [&](std::size_t begin, std::size_t end) {
-            data::ImageTransform transform;
+            data::ImageDecoder decoder;
+            data::Image image;
             data::JpegEncoder encoder;
             data::Resampler resampler;
             std::vector<std::uint8_t> bytes, scratch;
@@ -98,7 +100,7 @@ void pack(const data::ImageFolder& folder, const fs::path& dest, const PackOptio
                 failures[i].clear();
                 try {
                     if (!data::read_bytes(folder.samples[first + i].path, bytes)) throw data::DecodeError("cannot read the file");
-                    pack_image(bytes, o, transform, encoder, resampler, scratch, packed[i]);
+                    pack_image(bytes, o, decoder, image, encoder, resampler, scratch, packed[i]);
                 } catch (const data::DecodeError& e) {
                     failures[i] = e.what();
                 }

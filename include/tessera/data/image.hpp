@@ -183,7 +183,12 @@ public:
     /// columns left of the region (JPEG decodes whole blocks): out.x0, out.y0 say where it starts.
     /// Throws DecodeError.
     void decode(std::span<const std::uint8_t> bytes, Image& out, int scale_num = jpeg_scale_denominator, Region region = {}) {
-        const ImageHeader h = header(bytes);
+        decode(bytes, header(bytes), out, scale_num, region);
+    }
+
+    /// The same, for bytes whose header() the caller has read already (it is not read again).
+    void decode(std::span<const std::uint8_t> bytes, const ImageHeader& h, Image& out, int scale_num = jpeg_scale_denominator,
+                Region region = {}) {
         if (h.format != ImageFormat::jpeg) return decode_stb(bytes, out);
         if (!decode_jpeg(bytes, scale_num, region, out)) throw DecodeError(std::string("damaged JPEG: ") + errors_.message);
         if (cmyk_) cmyk_to_rgb(adobe_, out);

@@ -45,7 +45,7 @@ public:
         const Box b{crop.x * sx, crop.y * sy, (crop.x + crop.width) * sx, (crop.y + crop.height) * sy};
         const Region covering{int(std::floor(b.x0)), int(std::floor(b.y0)), int(std::ceil(b.x1)) - int(std::floor(b.x0)),
                               int(std::ceil(b.y1)) - int(std::floor(b.y0))};
-        decoder_.decode(bytes, image_, num, c.fast_decode ? covering : Region{});
+        decoder_.decode(bytes, h, image_, num, c.fast_decode ? covering : Region{});
         const int x1 = std::min(covering.x + covering.width, image_.full_width);
         const int y1 = std::min(covering.y + covering.height, image_.full_height);
         RgbView v = view(covering.x, covering.y, x1 - covering.x, y1 - covering.y);
@@ -68,20 +68,12 @@ public:
         const Box whole{0, 0, double(width), double(height)};
         const Box need = Resampler::source_needed(width, height, whole, window);
         const Region region{int(need.x0), int(need.y0), int(need.x1 - need.x0), int(need.y1 - need.y0)};
-        decoder_.decode(bytes, image_, num, c.fast_decode ? region : Region{});
+        decoder_.decode(bytes, h, image_, num, c.fast_decode ? region : Region{});
         RgbView v = view(region.x, region.y, region.width, region.height);
         v.image_width = width;
         v.image_height = height;
         resampler_.resize(v, whole, window, out, std::size_t(c.val_crop) * 3);
     }
-
-    /// The whole image, decoded (for tools that re-encode it).
-    const Image& decode(std::span<const std::uint8_t> bytes, int scale_num = jpeg_scale_denominator) {
-        decoder_.decode(bytes, image_, scale_num);
-        return image_;
-    }
-
-    ImageDecoder& decoder() { return decoder_; }
 
 private:
     // Pixels [x, x + w) x [y, y + h) of the full (scaled) image, of which image_ holds a region.
