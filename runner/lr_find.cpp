@@ -110,7 +110,7 @@ int lr_find(const std::vector<std::string>& raw) {
                 if (!run.data->next(trainer.batch())) throw user_error(r.file.string(), "the training data holds no full batch");
             }
             const double lr = start * std::pow(end / start, double(i) / (iters - 1));
-            double loss = trainer.train_step({lr, std::nullopt}, params).loss;
+            double loss = trainer.train_step({lr, std::nullopt}, params).loss();
             if (world->size() > 1) {
                 world->all_reduce_sum(&loss, 1);
                 loss /= world->size();

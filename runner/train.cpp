@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "recipe_run.hpp"
@@ -136,6 +137,12 @@ int train(const std::vector<std::string>& raw) {
         config.checkpoint_minutes = r.checkpoint.number("every_minutes");
         config.stop = &stop_requested;
         if (auto n = args.value("stop-after-steps")) config.stop_after_steps = args.integer("stop-after-steps", 0);
+        config.accumulate = int(r.train.integer("accumulate"));
+        config.grad_clip = r.train.number("grad_clip");
+        config.ema_decay = r.train.number("ema");
+        config.mix = {r.train.number("mixup_alpha"), r.train.number("cutmix_alpha"), r.train.number("mix_prob"),
+                      r.train.number("mix_switch_prob")};
+        config.target_top1 = r.train.number("target_top1");
         train::Trainer<B> trainer(*ctx, *net, data, *optimizer, *scheduler, loggers, config);
         if (trainer.steps_per_epoch() < 1)
             throw user_error(r.file.string(), "the training data has fewer images than one batch (" + std::to_string(r.batch_size) +
@@ -146,7 +153,7 @@ int train(const std::vector<std::string>& raw) {
             trainer.resume(*from);
             if (root)
                 std::printf("resuming from %s: epoch %d, step %lld of %lld\n", from->string().c_str(), trainer.progress().epoch,
-                            (long long)trainer.progress().batch, (long long)trainer.steps_per_epoch());
+                            (long long)(trainer.progress().batch / config.accumulate), (long long)trainer.steps_per_epoch());
             if (trainer.progress().epoch > config.epochs) {
                 if (root)
                     std::printf("the run has done all of its %d epochs; raise train.epochs to train on (the schedule then "
@@ -155,8 +162,12 @@ int train(const std::vector<std::string>& raw) {
                 return 0;
             }
         }
-        const plugin::RunInfo about{r.run.text("name"), run_dir.string(), net->arch(), config.epochs, config.batch_size,
-                                    trainer.steps_per_epoch(), std::int64_t(net->params().values.size())};
+        plugin::RunInfo about{r.run.text("name"), run_dir.string(), net->arch(), config.epochs, config.batch_size,
+                              trainer.steps_per_epoch(), std::int64_t(net->params().values.size())};
+        about.first_epoch = trainer.progress().epoch;
+        about.first_step = std::int64_t(about.first_epoch - 1) * about.steps_per_epoch + trainer.progress().batch / config.accumulate;
+        about.recipe = (std::ostringstream() << r.effective).str();
+        about.has_ema = config.ema_decay > 0;
         if (root)
             for (auto& l : loggers) l->on_run_begin(about);
         std::signal(SIGINT, request_stop);
@@ -166,6 +177,8 @@ int train(const std::vector<std::string>& raw) {
         std::signal(SIGTERM, SIG_DFL);
         if (root)
             for (auto& l : loggers) l->on_run_end();
+        if (trainer.reached_target() && root)
+            std::printf("reached the target top-1 %.4f at epoch %d: training stops here\n", config.target_top1, last.epoch);
         if (trainer.interrupted()) {
             stopped_at = trainer.progress();
             interrupted = true;
@@ -178,15 +191,16 @@ int train(const std::vector<std::string>& raw) {
         if (root)
             std::printf("%s at epoch %d, step %lld: saved %s; resume with: %s\n",
                         stop_signal ? (stop_signal == SIGINT ? "interrupted (SIGINT)" : "interrupted (SIGTERM)") : "stopped as asked",
-                        stopped_at.epoch, (long long)stopped_at.batch,
+                        stopped_at.epoch, (long long)(stopped_at.batch / r.train.integer("accumulate")),
                         (fs::path(r.run.text("out_dir")) / r.run.text("name") / "last.safetensors").string().c_str(), how.c_str());
         return stop_signal ? 128 + int(stop_signal) : 0;
     }
 
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (root)
-        std::printf("final: epoch=%d val_top1=%.4f val_top5=%.4f val_loss=%.4f time_s=%.1f\n", last.epoch, last.val_top1,
-                    last.val_top5, last.val_loss, seconds);
+        std::printf("final: epoch=%d val_top1=%.4f val_top5=%.4f val_loss=%.4f%s time_s=%.1f\n", last.epoch, last.val_top1,
+                    last.val_top5, last.val_loss,
+                    last.has_ema ? (" ema_val_top1=" + std::to_string(last.ema_val_top1)).c_str() : "", seconds);
     return 0;
 }
 

@@ -30,9 +30,8 @@ struct RunResult {
     std::string output;  // stdout and stderr
 };
 
-/// Runs the runner with `args` (a shell-quoted string), from `cwd`.
-inline RunResult run_runner(const std::string& args, const fs::path& cwd = fs::current_path()) {
-    const std::string command = "cd '" + cwd.string() + "' && '" + fs::absolute(runner_path()).string() + "' " + args + " 2>&1";
+/// Runs a shell command; its exit code and its stdout.
+inline RunResult run_shell(const std::string& command) {
     RunResult r{-1, ""};
     FILE* pipe = popen(command.c_str(), "r");
     if (!pipe) return r;
@@ -42,6 +41,11 @@ inline RunResult run_runner(const std::string& args, const fs::path& cwd = fs::c
     const int status = pclose(pipe);
     r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     return r;
+}
+
+/// Runs the runner with `args` (a shell-quoted string), from `cwd`.
+inline RunResult run_runner(const std::string& args, const fs::path& cwd = fs::current_path()) {
+    return run_shell("cd '" + cwd.string() + "' && '" + fs::absolute(runner_path()).string() + "' " + args + " 2>&1");
 }
 
 /// A fresh, empty temporary folder, removed at the end of the test.

@@ -202,5 +202,59 @@ TEST(Cuda, ResNet50TrainingStepMatchesCpu) {
     EXPECT_LT(distance(gpu_net->params().buffers, cpu_net->params().buffers), 1e-4) << "BatchNorm statistics";
 }
 
+TEST(Cuda, VectorOpsMatchCpu) {
+    SKIP_WITHOUT_GPU();
+    cpu::Context cpu_ctx(2);
+    cuda::Context gpu_ctx;
+    Rng rng(8);
+    std::vector<float> x(100003), y(100003);
+    fill_normal(x.data(), x.size(), rng);
+    fill_normal(y.data(), y.size(), rng);
+    DeviceFloats dx(x), dy(y);
+    cpu::Backend::axpby(cpu_ctx, 0.25f, x.data(), 0.75f, y.data(), y.size());
+    cuda::Backend::axpby(gpu_ctx, 0.25f, dx.data, 0.75f, dy.data, y.size());
+    EXPECT_LT(distance(to_host(dy.data, y.size()), y), 1e-6);
+    cpu::Backend::scale(cpu_ctx, y.data(), y.size(), -3.f);
+    cuda::Backend::scale(gpu_ctx, dy.data, y.size(), -3.f);
+    EXPECT_LT(distance(to_host(dy.data, y.size()), y), 1e-6);
+    const double want = cpu::Backend::sum_squares(cpu_ctx, y.data(), y.size());
+    EXPECT_NEAR(cuda::Backend::sum_squares(gpu_ctx, dy.data, y.size()), want, 1e-9 * want);
+}
+
+// Each optimizer's GPU step against its CPU step, over three steps of ResNet-20's parameter layout.
+TEST(Cuda, OptimizersStepAsOnTheCpu) {
+    SKIP_WITHOUT_GPU();
+    auto net = runner::make_cpu_network("resnet20", 10, 3);
+    net->init(1, {});
+    cuda::Context gpu_ctx;
+    plugin::Registry registry({plugin_dir()});
+    for (const char* name : {"sgd", "adamw", "lars"}) {
+        const auto* entry = registry.find("optimizer", name);
+        ASSERT_NE(entry, nullptr) << name;
+        std::map<std::string, plugin::Value> options;
+        for (auto& o : entry->info.options) options.emplace(o.name, o.default_value);
+        if (options.count("no_decay_bn_bias")) options["no_decay_bn_bias"] = true;
+        auto on_cpu = registry.create<plugin::Optimizer>(*entry, plugin::Options(options));
+        auto on_gpu = registry.create<plugin::Optimizer>(*entry, plugin::Options(options));
+        cpu::Context host_ctx(1);
+        plugin::Parameters host = train::optimizer_view(*net, host_ctx);
+        std::vector<float> w = net->params().values, g(w.size());
+        Rng rng(3);
+        fill_normal(g.data(), g.size(), rng, 0.1);
+        DeviceFloats dw(w), dg(g);
+        host.values = w.data(), host.grads = g.data();
+        plugin::Parameters device = host;
+        device.values = dw.data, device.grads = dg.data, device.device = "cuda", device.stream = cuda::Backend::stream(gpu_ctx);
+        for (int step = 0; step < 3; ++step) {
+            on_cpu->step(host, {0.5, std::nullopt});
+            on_gpu->step(device, {0.5, std::nullopt});
+        }
+        gpu_ctx.synchronize();
+        EXPECT_LT(distance(to_host(dw.data, w.size()), w), 1e-5) << name;
+        const auto cpu_state = on_cpu->state(), gpu_state = on_gpu->state();
+        for (auto& [key, values] : cpu_state) EXPECT_LT(distance(gpu_state.at(key), values), 1e-5) << name << " " << key;
+    }
+}
+
 }  // namespace
 }  // namespace tessera::test

@@ -2,6 +2,7 @@
 // ABI (naming the file and the versions), and the schedulers follow PyTorch's formulas.
 #include <cmath>
 #include <numbers>
+#include <sstream>
 
 #include "helpers.hpp"
 #include "tessera/plugin/registry.hpp"
@@ -16,7 +17,8 @@ TEST(Registry, FindsEveryBuiltInPlugin) {
     for (auto [kind, name] : {std::pair{"optimizer", "sgd"}, {"scheduler", "onecycle"}, {"scheduler", "cosine"},
                               {"scheduler", "multistep"}, {"scheduler", "constant"}, {"data", "idx"}, {"data", "synthetic"},
                               {"data", "imagefolder"}, {"data", "shards"},
-                              {"logger", "console"}, {"logger", "csv"}})
+                              {"logger", "console"}, {"logger", "csv"}, {"logger", "jsonl"}, {"logger", "tensorboard"},
+                              {"logger", "html"}, {"optimizer", "adamw"}, {"optimizer", "lars"}, {"scheduler", "poly"}})
         EXPECT_NE(registry.find(kind, name), nullptr) << kind << " " << name;
 }
 
@@ -50,11 +52,15 @@ TEST(Registry, RefusesOtherAbiAndForeignModules) {
     EXPECT_EQ(registry.find("scheduler", "bad_abi"), nullptr);
 }
 
-std::shared_ptr<plugin::Scheduler> scheduler(const Registry& registry, const std::string& name,
-                                             std::map<std::string, plugin::Value> options) {
-    const auto* entry = registry.find("scheduler", name);
+/// A plugin of `Kind` with `options`, the rest at their defaults.
+template <class Kind>
+std::shared_ptr<Kind> make(const Registry& registry, const std::string& name, std::map<std::string, plugin::Value> options) {
+    const auto* entry = registry.find(plugin::kind_of<Kind>, name);
     for (auto& o : entry->info.options) options.try_emplace(o.name, o.default_value);
-    return registry.create<plugin::Scheduler>(*entry, plugin::Options(options));
+    return registry.create<Kind>(*entry, plugin::Options(options));
+}
+std::shared_ptr<plugin::Scheduler> scheduler(const Registry& registry, const std::string& name, std::map<std::string, plugin::Value> options) {
+    return make<plugin::Scheduler>(registry, name, std::move(options));
 }
 
 TEST(Schedulers, OneCycleMatchesPyTorch) {
@@ -87,6 +93,92 @@ TEST(Schedulers, CosineMultistepConstant) {
     EXPECT_NEAR(multistep->lr({300, 1000, 100}), 0.1, 1e-12);
     EXPECT_NEAR(multistep->lr({600, 1000, 100}), 0.01, 1e-12);
     EXPECT_NEAR(scheduler(registry, "constant", {{"lr", 0.3}})->lr({5, 10, 1}), 0.3, 1e-12);
+}
+
+TEST(Schedulers, PolyWarmsUpThenDecaysAsMlperf) {
+    Registry registry({plugin_dir()});
+    auto poly = scheduler(registry, "poly", {{"lr", 10.0}, {"end_lr", 1e-4}, {"warmup_epochs", 2.0}, {"decay_epochs", 8.0}});
+    EXPECT_NEAR(poly->lr({0, 1000, 100}), 10.0 / 200, 1e-12);
+    EXPECT_NEAR(poly->lr({199, 1000, 100}), 10.0, 1e-12);
+    EXPECT_NEAR(poly->lr({200, 1000, 100}), 10.0, 1e-12);
+    EXPECT_NEAR(poly->lr({500, 1000, 100}), (10.0 - 1e-4) * 0.25 + 1e-4, 1e-12);  // halfway through the decay: (1/2)^2
+    EXPECT_NEAR(poly->lr({800, 1000, 100}), 1e-4, 1e-12);
+    EXPECT_NEAR(poly->lr({950, 1000, 100}), 1e-4, 1e-12);  // after the decay ends
+}
+
+// The parameters the optimizer tests step: a conv weight, a BatchNorm gamma and a bias.
+struct SmallParameters {
+    std::vector<float> w = {0.5f, -1.f, 2.f, 0.25f, 1.f, 0.1f}, g = {0.2f, 0.3f, -0.1f, 0.05f, -0.4f, 0.3f};
+    plugin::Parameters view() {
+        return {w.data(), g.data(), w.size(),
+                {{"conv.weight", "conv_weight", 0, 4}, {"bn.weight", "bn_weight", 4, 1}, {"fc.bias", "linear_bias", 5, 1}}};
+    }
+};
+
+TEST(Optimizers, AdamwMatchesPyTorch) {
+    if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0)
+        GTEST_SKIP() << "PyTorch is not installed (apt install python3-torch); scripts/test installs it";
+    Registry registry({plugin_dir()});
+    auto adamw = make<plugin::Optimizer>(registry, "adamw", {{"weight_decay", 0.1}, {"no_decay_bn_bias", true}});
+    SmallParameters p;
+    // Three steps, the gradient changing between them, beta1 replaced at the third (OneCycle).
+    for (int step = 0; step < 3; ++step) {
+        adamw->step(p.view(), {0.01 * (step + 1), step == 2 ? std::optional(0.85) : std::nullopt});
+        for (auto& x : p.g) x = -0.5f * x + 0.01f;
+    }
+    // torch.optim.AdamW with the same groups: decay for the conv weight, none for gamma and bias.
+    const RunResult torch = run_shell(R"(/usr/bin/python3 -c '
+import torch
+w = torch.tensor([0.5, -1.0, 2.0, 0.25, 1.0, 0.1], dtype=torch.float32)
+g = torch.tensor([0.2, 0.3, -0.1, 0.05, -0.4, 0.3], dtype=torch.float32)
+conv, rest = w[:4].clone().requires_grad_(), w[4:].clone().requires_grad_()
+opt = torch.optim.AdamW([{"params": [conv], "weight_decay": 0.1}, {"params": [rest], "weight_decay": 0.0}], lr=0.01)
+for step in range(3):
+    for group in opt.param_groups:
+        group["lr"] = 0.01 * (step + 1)
+        group["betas"] = (0.85 if step == 2 else 0.9, 0.999)
+    conv.grad, rest.grad = g[:4].clone(), g[4:].clone()
+    opt.step()
+    g = -0.5 * g + 0.01
+print(" ".join("%.9g" % x for x in torch.cat([conv.detach(), rest.detach()]).tolist()))
+' 2>&1)");
+    ASSERT_EQ(torch.exit_code, 0) << torch.output;
+    std::stringstream expected(torch.output);
+    for (std::size_t i = 0; i < p.w.size(); ++i) {
+        double want = 0;
+        expected >> want;
+        EXPECT_NEAR(p.w[i], want, 1e-6) << "value " << i;
+    }
+    // The state round-trips: a fresh optimizer given it takes the same next step.
+    auto resumed = make<plugin::Optimizer>(registry, "adamw", {{"weight_decay", 0.1}, {"no_decay_bn_bias", true}});
+    resumed->load_state(adamw->state());
+    SmallParameters a = p, b = p;
+    adamw->step(a.view(), {0.01, std::nullopt});
+    resumed->step(b.view(), {0.01, std::nullopt});
+    EXPECT_EQ(a.w, b.w);
+}
+
+TEST(Optimizers, LarsScalesEachTensorByItsTrustRatioAndExemptsBatchNormAndBiases) {
+    Registry registry({plugin_dir()});
+    const double lr = 2.0, momentum = 0.9, decay = 5e-5, eeta = 0.001;
+    auto lars = make<plugin::Optimizer>(registry, "lars", {{"momentum", momentum}, {"weight_decay", decay}, {"eeta", eeta}});
+    SmallParameters p;
+    std::vector<double> w(p.w.begin(), p.w.end()), v(w.size(), 0.0);
+    for (int step = 0; step < 2; ++step) {
+        // The MLPerf reference in double: the conv weight adapts, gamma and the bias take the base rate.
+        double ww = 0, gg = 0;
+        for (int i = 0; i < 4; ++i) ww += w[std::size_t(i)] * w[std::size_t(i)], gg += double(p.g[std::size_t(i)]) * p.g[std::size_t(i)];
+        const double trust = eeta * std::sqrt(ww) / (std::sqrt(gg) + decay * std::sqrt(ww));
+        for (std::size_t i = 0; i < w.size(); ++i) {
+            const bool adapt = i < 4;
+            const double g = p.g[i] + (adapt ? decay * w[i] : 0.0);
+            v[i] = momentum * v[i] + lr * (adapt ? trust : 1.0) * g;
+            w[i] -= v[i];
+        }
+        lars->step(p.view(), {lr, std::nullopt});
+    }
+    for (std::size_t i = 0; i < w.size(); ++i) EXPECT_NEAR(p.w[i], w[i], 1e-6 * std::max(1.0, std::abs(w[i]))) << "value " << i;
+    EXPECT_GT(std::abs(p.w[4] - 1.f), 100 * std::abs(p.w[0] - 0.5f)) << "gamma should move at the base rate, the conv weight far slower";
 }
 
 TEST(Optimizers, SgdMatchesTorchFormulaWithNoDecayForBatchNorm) {

@@ -74,6 +74,32 @@ TEST(Resume, AStoppedAndResumedRunEndsWithTheWeightsOfAStraightOne) {
     EXPECT_NE(r.output.find("the run has done all of its 2 epochs"), std::string::npos) << r.output;
 }
 
+TEST(Resume, EveryTrainingFeatureResumesExactly) {
+    // Two batches a step, mixup and cutmix, clipping, the weights' average: 4 steps an epoch.
+    TempDir dir;
+    std::string features = recipe;
+    features.replace(features.find("epochs = 2\n"), 11, "epochs = 2\naccumulate = 2\nmixup_alpha = 0.2\ncutmix_alpha = 1.0\ngrad_clip = 0.5\nema = 0.9\n");
+    std::ofstream(dir / "r.toml") << features;
+    const RunResult straight = run_runner("r.toml --threads 2 --set run.name=straight", dir.path());
+    ASSERT_EQ(straight.exit_code, 0) << straight.output;
+    EXPECT_NE(straight.output.find("moving average of the weights: val loss"), std::string::npos) << straight.output;
+    RunResult r = run_runner("r.toml --threads 2 --set run.name=split --stop-after-steps 5", dir.path());
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("stopped as asked at epoch 2, step 1"), std::string::npos) << r.output;
+    r = run_runner("r.toml --threads 2 --set run.name=split", dir.path());
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("epoch 2, step 1 of 4"), std::string::npos) << r.output;
+    for (const char* file : {"last.safetensors", "last.ema.safetensors"})
+        EXPECT_TRUE(weights(dir / "runs" / "straight" / file) == weights(dir / "runs" / "split" / file)) << file << " differs";
+    EXPECT_FALSE(weights(dir / "runs" / "split" / "last.safetensors") == weights(dir / "runs" / "split" / "last.ema.safetensors"));
+    // Resuming with another accumulate is refused: the saved position is no whole step of it.
+    r = run_runner("r.toml --threads 2 --set run.name=odd --stop-after-steps 5 --set train.accumulate=1", dir.path());
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    r = run_runner("r.toml --threads 2 --set run.name=odd", dir.path());
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("no whole step of train.accumulate = 2"), std::string::npos) << r.output;
+}
+
 TEST(Resume, SigtermFinishesTheStepSavesAndSaysHowToResume) {
     TempDir dir;
     std::ofstream(dir / "r.toml") << recipe;

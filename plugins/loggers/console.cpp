@@ -60,6 +60,9 @@ public:
         std::printf("epoch %d/%d  train loss %.4f top1 %.2f%%  val loss %.4f top1 %.2f%% top5 %.2f%%  %.0f img/s  %.1f s\n",
                     e.epoch, e.epochs, e.train_loss, 100 * e.train_top1, e.val_loss, 100 * e.val_top1, 100 * e.val_top5,
                     e.img_per_s, e.time_s);
+        if (e.has_ema)
+            std::printf("epoch %d/%d  moving average of the weights: val loss %.4f top1 %.2f%% top5 %.2f%%\n", e.epoch, e.epochs,
+                        e.ema_val_loss, 100 * e.ema_val_top1, 100 * e.ema_val_top5);
         if (e.bad_samples > 0)
             std::printf("epoch %d/%d  %lld unreadable images were skipped and replaced (the warnings above name them)\n", e.epoch,
                         e.epochs, (long long)e.bad_samples);

@@ -5,6 +5,7 @@
 #include <memory>
 #include <vector>
 
+#include "decay.hpp"
 #include "tessera/plugin/api.hpp"
 #ifdef TESSERA_WITH_CUDA
 #include "sgd_cuda.hpp"
@@ -26,11 +27,7 @@ public:
 
     void step(const Parameters& p, const StepRates& rates) override {
         if (decay_.size() != p.count) {
-            decay_.assign(p.count, 0.f);
-            for (auto& t : p.tensors) {
-                const bool exempt = no_decay_bn_bias_ && (t.role == "bn_weight" || t.role == "bn_bias" || t.role == "linear_bias");
-                std::fill(decay_.begin() + t.offset, decay_.begin() + t.offset + t.size, exempt ? 0.f : float(weight_decay_));
-            }
+            decay_ = tessera_optimizers::decay_per_value(p, weight_decay_, no_decay_bn_bias_);
             if (velocity_.size() != p.count) velocity_.assign(p.count, 0.f);  // unless a checkpoint gave it
         }
         const float m = float(rates.momentum.value_or(momentum_)), rate = float(rates.lr);

@@ -22,7 +22,7 @@
 
 namespace tessera::plugin {
 
-inline constexpr int abi_version = 3;
+inline constexpr int abi_version = 4;
 
 // ---- options -------------------------------------------------------------------------------------
 
@@ -176,6 +176,10 @@ struct RunInfo {
     std::string name, run_dir, arch;
     int epochs = 0, batch_size = 0;
     std::int64_t steps_per_epoch = 0, parameters = 0;
+    int first_epoch = 1;            // a resumed run starts later: loggers keep what earlier epochs wrote
+    std::int64_t first_step = 0;    // optimizer steps already taken when this process started
+    std::string recipe;             // the effective recipe, TOML
+    bool has_ema = false;           // epochs report the EMA's validation too
 };
 
 struct StepStats {
@@ -183,6 +187,7 @@ struct StepStats {
     std::int64_t step = 0, steps = 0;          // within the epoch, step from 1
     double loss = 0, top1 = 0, lr = 0;         // loss and top-1 are running means over the epoch
     double img_per_s = 0, elapsed_s = 0, eta_s = 0;
+    std::int64_t global_step = 0;              // optimizer steps taken since the run began
 };
 
 struct EpochStats {
@@ -191,6 +196,9 @@ struct EpochStats {
     double val_loss = 0, val_top1 = 0, val_top5 = 0;
     double img_per_s = 0, time_s = 0;
     std::int64_t bad_samples = 0;  // unreadable training and validation samples replaced in this epoch
+    bool has_ema = false;          // the EMA of the weights was evaluated too ([train] ema)
+    double ema_val_loss = 0, ema_val_top1 = 0, ema_val_top5 = 0;
+    std::int64_t global_step = 0;  // optimizer steps taken when the epoch ended
 };
 
 class Logger {

@@ -6,7 +6,8 @@
 //   [data]       plugin, batch_size (per process), then the data plugin's own options
 //   [optimizer]  plugin, then its options            [scheduler]  plugin, then its options
 //   [[logger]]   plugin, then its options (none given: console and csv)
-//   [train]      epochs, label_smoothing, device, threads, sync_batchnorm, bucket_mb, scale_lr, base_batch
+//   [train]      epochs, label_smoothing, device, threads, sync_batchnorm, bucket_mb, scale_lr, base_batch,
+//                accumulate, grad_clip, ema, mixup_alpha, cutmix_alpha, mix_prob, mix_switch_prob, target_top1
 //   [checkpoint] every_epochs, every_minutes
 //
 // Every value is checked before any work starts. A mistake is reported as `file:line:col: message`;
@@ -72,7 +73,15 @@ inline const std::map<std::string, std::vector<Option>>& core_sections() {
           {"sync_batchnorm", false, "with several processes: BatchNorm statistics over every process's batch"},
           {"bucket_mb", std::int64_t(25), "with several processes: MiB of gradients all-reduced together"},
           {"scale_lr", std::string("none"), "with several processes: \"linear\" multiplies the schedule's rates by global batch / base_batch"},
-          {"base_batch", std::int64_t(256), "the batch the schedule's rates were chosen for (scale_lr = \"linear\")"}}},
+          {"base_batch", std::int64_t(256), "the batch the schedule's rates were chosen for (scale_lr = \"linear\")"},
+          {"accumulate", std::int64_t(1), "batches whose gradients add up to one optimizer step (a larger effective batch)"},
+          {"grad_clip", 0.0, "clip the gradients' global L2 norm to this (0: no clipping)"},
+          {"ema", 0.0, "decay per step of a moving average of the weights, validated alongside and saved as last.ema.safetensors (0: none)"},
+          {"mixup_alpha", 0.0, "mixup's Beta(alpha, alpha) (0: no mixup; 0.2 is usual)"},
+          {"cutmix_alpha", 0.0, "cutmix's Beta(alpha, alpha) (0: no cutmix; 1.0 is usual)"},
+          {"mix_prob", 1.0, "the share of batches mixed, with mixup or cutmix on"},
+          {"mix_switch_prob", 0.5, "with both on: the share of mixed batches that use cutmix"},
+          {"target_top1", 0.0, "stop once validation top-1 reaches this, e.g. 0.759 (0: train every epoch)"}}},
         {"checkpoint", {{"every_epochs", std::int64_t(1), "save last.safetensors and its training state every N epochs"},
                         {"every_minutes", 0.0, "also save every so many minutes within an epoch (0: never)"}}},
         {"data", {{"batch_size", std::int64_t(128), "images per step per process"}}},

@@ -14,6 +14,12 @@ struct Meter {
         top5 += hits5;
         count += n;
     }
+    void add(const Meter& m) {
+        loss_sum += m.loss_sum;
+        top1 += m.top1;
+        top5 += m.top5;
+        count += m.count;
+    }
     double loss() const { return count ? loss_sum / double(count) : 0; }
     double top1_rate() const { return count ? double(top1) / double(count) : 0; }
     double top5_rate() const { return count ? double(top5) / double(count) : 0; }

@@ -4,6 +4,10 @@
 // Data parallel when given a communicator of more than one rank: each rank trains on its shard of
 // every epoch, gradients are averaged over the ranks in buckets overlapped with backward, metrics
 // are summed so that each image counts once, and rank 0 alone logs and saves.
+//
+// One optimizer step: `accumulate` batches, each mixed (mixup / cutmix, if asked), forward, loss,
+// backward, their gradients adding up (the last batch's backward all-reduces them); then clipping of
+// the gradients' norm, the optimizer's step and the update of the weights' moving average.
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -17,7 +21,9 @@
 #include "tessera/models/network.hpp"
 #include "tessera/plugin/api.hpp"
 #include "tessera/train/checkpoint.hpp"
+#include "tessera/train/ema.hpp"
 #include "tessera/train/metrics.hpp"
+#include "tessera/train/mix.hpp"
 
 namespace tessera::train {
 
@@ -35,13 +41,18 @@ struct TrainConfig {
     double checkpoint_minutes = 0;       // also save every so many minutes within an epoch (0: at epoch ends only)
     const std::atomic<bool>* stop = nullptr;  // set (by a signal handler) to stop after the current step and save
     std::int64_t stop_after_steps = 0;   // stop as if interrupted once this many steps are done (0: never)
+    int accumulate = 1;                  // batches whose gradients add up to one optimizer step
+    double grad_clip = 0;                // clip the gradients' global L2 norm to this, as clip_grad_norm_ (0: never)
+    double ema_decay = 0;                // keep a moving average of the weights with this decay per step (0: none)
+    MixConfig mix;                       // mixup and cutmix
+    double target_top1 = 0;              // stop once validation top-1 (of the weights or their average) reaches it (0: never)
 };
 
 /// Where training stands: the next step is batch `batch` of epoch `epoch` (from 1), with `meter` the
 /// figures of the epoch's steps so far.
 struct Progress {
     int epoch = 1;
-    std::int64_t batch = 0;
+    std::int64_t batch = 0;  // batches of the epoch done: optimizer steps times config.accumulate
     Meter meter;
     double best_top1 = -1;
 };
@@ -72,6 +83,12 @@ public:
             mean_.push_back(float(info_.mean[c]));
             inv_std_.push_back(float(1.0 / info_.std[c]));
         }
+        if (config_.accumulate < 1) throw user_error("[train] accumulate", "must be at least 1");
+        if (config_.grad_clip < 0) throw user_error("[train] grad_clip", "must not be negative", "0 turns clipping off");
+        if (config_.ema_decay < 0 || config_.ema_decay >= 1)
+            throw user_error("[train] ema", "the decay must be in [0, 1)", "0 turns the average off; 0.9998 is usual for ImageNet");
+        check(config_.mix, "[train]");
+        if (config_.ema_decay > 0) ema_ = std::make_unique<WeightAverage<B>>(ctx_, net_, config_.ema_decay);
         if (distributed()) {
             reducer_ = make_reducer();
             ctx_.gradient_hook = reducer_.get();
@@ -86,6 +103,7 @@ public:
             config_.comm->broadcast(host.values, net_.params().values.size() * sizeof(float), 0);
             config_.comm->broadcast(host.buffers, net_.params().buffers.size() * sizeof(float), 0);
             net_.upload();
+            if (ema_) ema_->capture();
         }
     }
 
@@ -94,14 +112,17 @@ public:
         ctx_.batchnorm_group = nullptr;
     }
 
-    std::int64_t steps_per_epoch() const { return data_.num_batches(plugin::Split::train, plan(1, plugin::Split::train)); }
+    std::int64_t steps_per_epoch() const {
+        return data_.num_batches(plugin::Split::train, plan(1, plugin::Split::train)) / config_.accumulate;
+    }
 
     /// Trains until the configured epochs are done, or until asked to stop (config.stop,
     /// stop_after_steps), saving last.safetensors and its training state at each epoch's end (and
-    /// every checkpoint_minutes), best.safetensors when validation top-1 improves. Returns the last
-    /// epoch's figures; interrupted() says whether it stopped early.
+    /// every checkpoint_minutes), best.safetensors when validation top-1 improves; or until the
+    /// target accuracy is reached. Returns the last epoch's figures; interrupted() says whether it
+    /// stopped early, reached_target() whether the target ended it.
     plugin::EpochStats fit() {
-        const std::int64_t steps = steps_per_epoch();
+        const std::int64_t steps = steps_per_epoch(), batches = steps * config_.accumulate;
         plugin::Clock clock{0, steps * config_.epochs, steps};
         const plugin::Parameters params = optimizer_view(net_, ctx_);
         plugin::EpochStats stats;
@@ -113,43 +134,34 @@ public:
             p.first_batch = epoch == progress_.epoch ? progress_.batch : 0;
             data_.start_epoch(plugin::Split::train, p);
             std::int64_t batch = p.first_batch;
-            clock.step = (epoch - 1) * steps + batch;
-            while (data_.next(batch_)) {
+            clock.step = (epoch - 1) * steps + batch / config_.accumulate;
+            while (batch < batches) {
                 const plugin::StepRates rates{scheduler_.lr(clock) * config_.lr_scale, scheduler_.momentum(clock)};
-                const auto loss = train_step(rates, params);
-                meter.add(loss.loss, loss.top1, loss.top5, batch_.count);
+                meter.add(optimizer_step(epoch, batch, rates, params));
                 ++clock.step;
-                ++batch;
-                log_step(epoch, batch, steps, meter, rates.lr, start);
+                log_step(epoch, batch, p.first_batch, meter, rates.lr, start);
                 stats.lr = rates.lr;
                 const auto [stop, save_now] = decide(clock.step, last_save);
-                if ((stop || save_now) && batch < steps) {
+                if ((stop || save_now) && batch < batches) {
                     save_checkpoint({epoch, batch, meter, progress_.best_top1});
                     last_save = std::chrono::steady_clock::now();
                 }
                 if (stop) {
                     interrupted_ = true;
                     progress_ = {epoch, batch, meter, progress_.best_top1};
-                    if (batch < steps) return stats;
+                    if (batch < batches) return stats;
                 }
             }
-            reduce(meter);
-            const double seconds = seconds_since(start);
-            const std::int64_t bad_train = data_.bad_samples();
-            const Evaluation val = evaluate();
-            stats = {epoch, config_.epochs, stats.lr, meter.loss(), meter.top1_rate(), val.loss, val.top1, val.top5,
-                     double(meter.count) / seconds, seconds_since(start), bad_train + data_.bad_samples()};
-            const bool best = val.top1 > progress_.best_top1;
-            progress_ = {epoch + 1, 0, Meter{}, std::max(progress_.best_top1, val.top1)};
-            if (is_root()) {
+            while (data_.next(batch_)) {}  // the batches too few for one more step of `accumulate`
+            stats = finish_epoch(epoch, start, meter, (batch - p.first_batch) * config_.batch_size * world_size(), stats.lr, clock.step);
+            if (is_root())
                 for (auto& l : loggers_) l->on_epoch(stats);
-                if (best) save_weights(config_.run_dir / "best.safetensors", progress_);
-            }
-            if (epoch % config_.checkpoint_every == 0 || epoch == config_.epochs || interrupted_) {
+            reached_target_ = config_.target_top1 > 0 && std::max(stats.val_top1, stats.ema_val_top1) >= config_.target_top1;
+            if (epoch % config_.checkpoint_every == 0 || epoch == config_.epochs || interrupted_ || reached_target_) {
                 save_checkpoint(progress_);
                 last_save = std::chrono::steady_clock::now();
             }
-            if (interrupted_) return stats;
+            if (interrupted_ || reached_target_) return stats;
         }
         return stats;
     }
@@ -171,11 +183,29 @@ public:
         if (meta.count("arch") && meta.at("arch") != net_.arch())
             throw user_error(weights.string(), "holds a " + meta.at("arch") + ", but the recipe builds a " + net_.arch(),
                              "resume with the recipe that made it, or start over with --fresh");
+        // The average saved beside the weights; where there is none of the same step (the run had
+        // no average before), the average starts from the weights.
+        bool average_loaded = false;
+        if (ema_ && std::filesystem::exists(ema_file(weights))) {
+            const auto saved = checkpoint::read_metadata(ema_file(weights));
+            if (saved.count("step") && saved.at("step") == meta.at("step")) {
+                checkpoint::load(net_.params(), ema_file(weights));
+                net_.upload();
+                ema_->capture();
+                average_loaded = true;
+            }
+        }
         checkpoint::load(net_.params(), weights);
         net_.upload();
+        if (ema_ && !average_loaded) ema_->capture();
         optimizer_.load_state(state.tensors);
         const auto number = [&](const char* key) { return std::stod(state.metadata.at(key)); };
         progress_ = {int(number("epoch")), std::int64_t(number("batch")), Meter{}, number("best_top1")};
+        if (progress_.batch % config_.accumulate != 0)
+            throw user_error(weights.string(), "was saved after batch " + std::to_string(progress_.batch) +
+                                                   " of its epoch, which is no whole step of train.accumulate = " +
+                                                   std::to_string(config_.accumulate),
+                             "resume with the accumulate the run was started with");
         if (is_root())
             progress_.meter = {number("loss_sum"), std::int64_t(number("top1")), std::int64_t(number("top5")),
                                std::int64_t(number("count"))};
@@ -184,24 +214,36 @@ public:
     static std::filesystem::path state_file(const std::filesystem::path& weights) {
         return weights.parent_path() / (weights.stem().string() + ".state.safetensors");
     }
+    /// The weights' moving average saved with `weights`: a checkpoint that eval and predict take too.
+    static std::filesystem::path ema_file(const std::filesystem::path& weights) {
+        return weights.parent_path() / (weights.stem().string() + ".ema.safetensors");
+    }
 
     const Progress& progress() const { return progress_; }
     bool interrupted() const { return interrupted_; }
+    bool reached_target() const { return reached_target_; }
 
-    /// One optimizer step on the current batch.
-    auto train_step(const plugin::StepRates& rates, const plugin::Parameters& params) {
-        ctx_.arena.reset();
-        ctx_.grads.reset();
-        ctx_.training = true;
+    /// One optimizer step on `accumulate` batches from the data source, from batch `batch` of `epoch`
+    /// on (advanced past them).
+    Meter optimizer_step(int epoch, std::int64_t& batch, const plugin::StepRates& rates, const plugin::Parameters& params) {
         net_.zero_grad(ctx_);
-        const Tensor logits = net_.forward(ctx_, input(batch_));
-        const Tensor dlogits = ctx_.arena.tensor(logits.shape);
-        const auto loss = B::softmax_cross_entropy(ctx_, logits, batch_.labels.data(), config_.label_smoothing, dlogits.data);
-        if (reducer_) reducer_->begin_step();
-        net_.backward(ctx_, dlogits);
-        if (reducer_) reducer_->finish();  // the gradients are now the mean over every rank's batch
-        optimizer_.step(params, rates);
-        return loss;
+        Meter step;
+        for (int k = 0; k < config_.accumulate; ++k, ++batch) {
+            if (!data_.next(batch_)) throw internal_error("trainer", "the data source gave fewer batches than num_batches() said");
+            Rng mixing = Rng::derive(config_.seed ^ 0x6D6978ull, std::uint64_t(epoch), std::uint64_t(batch));
+            step.add(accumulate_gradients(config_.mix, mixing, k + 1 == config_.accumulate));
+        }
+        apply_gradients(rates, params);
+        return step;
+    }
+
+    /// One optimizer step on the batch already in batch() alone, unmixed (the learning-rate finder).
+    Meter train_step(const plugin::StepRates& rates, const plugin::Parameters& params) {
+        net_.zero_grad(ctx_);
+        Rng unused;
+        const Meter step = accumulate_gradients(MixConfig{}, unused, true);
+        apply_gradients(rates, params);
+        return step;
     }
 
     /// Loss (without label smoothing), top-1 and top-5 on the validation split, in eval mode.
@@ -224,6 +266,69 @@ public:
 
 private:
     bool distributed() const { return config_.comm && config_.comm->size() > 1; }
+
+    // Forward and backward on batch_, adding its share of the step's gradient: the loss is the mean
+    // over the step's images, mixed batches weigh their two labels. `last`: the step's last batch,
+    // whose backward all-reduces the summed gradients.
+    Meter accumulate_gradients(const MixConfig& mix, Rng& mixing_rng, bool last) {
+        ctx_.arena.reset();
+        ctx_.grads.reset();
+        ctx_.training = true;
+        const Mixing mixing = mix_batch(batch_, mix, mixing_rng);
+        const Tensor logits = net_.forward(ctx_, input(batch_));
+        const Tensor dlogits = ctx_.arena.tensor(logits.shape);
+        const float share = 1.f / float(config_.accumulate), lam = mixing.lam;
+        auto loss = B::softmax_cross_entropy(ctx_, logits, batch_.labels.data(), config_.label_smoothing, dlogits.data);
+        if (mixing.active) {
+            const Tensor dpartner = ctx_.arena.tensor(logits.shape);
+            const auto partner = B::softmax_cross_entropy(ctx_, logits, mixing.partner.data(), config_.label_smoothing, dpartner.data);
+            B::axpby(ctx_, share * (1 - lam), dpartner.data, share * lam, dlogits.data, dlogits.size());
+            loss = {lam * loss.loss + (1 - lam) * partner.loss, lam >= 0.5f ? loss.top1 : partner.top1, lam >= 0.5f ? loss.top5 : partner.top5};
+        } else if (config_.accumulate > 1) {
+            B::scale(ctx_, dlogits.data, dlogits.size(), share);
+        }
+        ctx_.gradient_hook = last ? reducer_.get() : nullptr;  // DDP's no_sync() for the batches before
+        if (last && reducer_) reducer_->begin_step();
+        net_.backward(ctx_, dlogits);
+        Meter m;
+        m.add(loss.loss, loss.top1, loss.top5, batch_.count);
+        return m;
+    }
+
+    // The summed gradients, averaged over the ranks, clipped: the optimizer's step, then the average's.
+    void apply_gradients(const plugin::StepRates& rates, const plugin::Parameters& params) {
+        if (reducer_) reducer_->finish();
+        if (config_.grad_clip > 0) {
+            float* grads = net_.working().grads;
+            const double norm = std::sqrt(B::sum_squares(ctx_, grads, params.count));
+            if (norm > config_.grad_clip) B::scale(ctx_, grads, params.count, float(config_.grad_clip / (norm + 1e-6)));
+        }
+        optimizer_.step(params, rates);
+        if (ema_) ema_->update();
+    }
+
+    // Validation of the weights (and of their average), the epoch's figures, best.safetensors.
+    plugin::EpochStats finish_epoch(int epoch, std::chrono::steady_clock::time_point start, Meter meter, std::int64_t trained_here,
+                                    double lr, std::int64_t global_step) {
+        reduce(meter);
+        const double seconds = seconds_since(start);
+        const std::int64_t bad_train = data_.bad_samples();
+        const Evaluation val = evaluate();
+        plugin::EpochStats stats{epoch, config_.epochs, lr, meter.loss(), meter.top1_rate(), val.loss, val.top1, val.top5,
+                                 double(trained_here) / seconds, 0, bad_train + data_.bad_samples()};
+        if (ema_) {
+            const auto swapped = ema_->swapped_in();
+            const Evaluation average = evaluate();
+            stats.has_ema = true;
+            stats.ema_val_loss = average.loss, stats.ema_val_top1 = average.top1, stats.ema_val_top5 = average.top5;
+        }
+        stats.time_s = seconds_since(start);
+        stats.global_step = global_step;
+        const bool best = val.top1 > progress_.best_top1;
+        progress_ = {epoch + 1, 0, Meter{}, std::max(progress_.best_top1, val.top1)};
+        if (is_root() && best) save_weights(config_.run_dir / "best.safetensors", progress_);
+        return stats;
+    }
 
     // Host gradients go through a thread of their own (MPI); device gradients through NCCL on a
     // stream of their own.
@@ -271,13 +376,16 @@ private:
         return x;
     }
 
-    // Rank 0's running figures; images per second for all ranks (each trains as many).
-    void log_step(int epoch, std::int64_t step, std::int64_t steps, const Meter& meter, double lr,
+    // Rank 0's running figures; images per second for all ranks (each trains as many), counted from
+    // where this process began the epoch.
+    void log_step(int epoch, std::int64_t batch, std::int64_t first_batch, const Meter& meter, double lr,
                   std::chrono::steady_clock::time_point start) {
         if (!is_root()) return;
-        const double elapsed = seconds_since(start);
+        const std::int64_t steps = steps_per_epoch(), step = batch / config_.accumulate;
+        const double elapsed = seconds_since(start), done_here = double(batch - first_batch) / config_.accumulate;
         const plugin::StepStats s{epoch, step, steps, meter.loss(), meter.top1_rate(), lr,
-                                  double(meter.count) * world_size() / elapsed, elapsed, elapsed / double(step) * double(steps - step)};
+                                  double(batch - first_batch) * config_.batch_size * world_size() / elapsed, elapsed,
+                                  elapsed / done_here * double(steps - step), std::int64_t(epoch - 1) * steps + step};
         for (auto& l : loggers_) l->on_step(s);
     }
 
@@ -304,6 +412,10 @@ private:
         state.metadata["count"] = std::to_string(meter.count);
         state.metadata["best_top1"] = std::to_string(at.best_top1);
         checkpoint::save_state(state, state_file(config_.run_dir / "last.safetensors"));
+        if (ema_) {
+            const auto swapped = ema_->swapped_in();
+            save_weights(ema_file(config_.run_dir / "last.safetensors"), at);
+        }
         save_weights(config_.run_dir / "last.safetensors", at);
     }
 
@@ -314,7 +426,7 @@ private:
 
     std::map<std::string, std::string> metadata(const Progress& at) const {
         return {{"arch", net_.arch()}, {"epoch", std::to_string(at.epoch)}, {"batch", std::to_string(at.batch)},
-                {"step", std::to_string(std::int64_t(at.epoch - 1) * steps_per_epoch() + at.batch)}};
+                {"step", std::to_string(std::int64_t(at.epoch - 1) * steps_per_epoch() + at.batch / config_.accumulate)}};
     }
 
     static double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -332,8 +444,9 @@ private:
     std::vector<float> mean_, inv_std_;
     plugin::Batch batch_;
     std::unique_ptr<dist::GradientAverager> reducer_;
+    std::unique_ptr<WeightAverage<B>> ema_;
     Progress progress_;
-    bool interrupted_ = false;
+    bool interrupted_ = false, reached_target_ = false;
 };
 
 }  // namespace tessera::train

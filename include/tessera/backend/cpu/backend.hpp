@@ -20,6 +20,10 @@ struct Backend {
     static void* stream(Context&) { return nullptr; }
     static void fill_zero(Context&, float* data, std::size_t count) { std::fill(data, data + count, 0.f); }
     static void add_scalar(Context&, float* data, float value) { *data += value; }
+    /// Flat vectors of n floats: y = a x + b y (y unread when b is 0); y *= a; the sum of squares.
+    static void axpby(Context& ctx, float a, const float* x, float b, float* y, std::size_t n) { cpu::axpby(ctx, a, x, b, y, n); }
+    static void scale(Context& ctx, float* y, std::size_t n, float a) { cpu::scale(ctx, y, n, a); }
+    static double sum_squares(Context&, const float* x, std::size_t n) { return cpu::sum_squares(x, n); }
 
     static void conv_forward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& y) {
         cpu::conv_forward(ctx, x, w, g, y);

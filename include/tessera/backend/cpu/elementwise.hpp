@@ -62,6 +62,35 @@ inline void accumulate(Context& ctx, const Tensor& x, const Tensor& y) {
     }, elementwise_grain);
 }
 
+// ---- flat vectors: gradient accumulation and clipping, weight averages, mixed losses ----------------
+
+/// y = a * x + b * y over n floats; y is not read when b is 0 (it may hold anything).
+inline void axpby(Context& ctx, float a, const float* x, float b, float* y, std::size_t n) {
+    const float* __restrict in = x;
+    float* __restrict out = y;
+    ctx.pool.parallel_for(n, [=](std::size_t begin, std::size_t end) {
+        if (b == 0.f)
+            for (std::size_t i = begin; i < end; ++i) out[i] = a * in[i];
+        else
+            for (std::size_t i = begin; i < end; ++i) out[i] = a * in[i] + b * out[i];
+    }, elementwise_grain);
+}
+
+/// y *= a over n floats.
+inline void scale(Context& ctx, float* y, std::size_t n, float a) {
+    float* __restrict out = y;
+    ctx.pool.parallel_for(n, [=](std::size_t begin, std::size_t end) {
+        for (std::size_t i = begin; i < end; ++i) out[i] *= a;
+    }, elementwise_grain);
+}
+
+/// The sum of x[i]^2, accumulated in double, in the same order for any number of threads.
+inline double sum_squares(const float* x, std::size_t n) {
+    double total = 0;
+    for (std::size_t i = 0; i < n; ++i) total += double(x[i]) * x[i];
+    return total;
+}
+
 }  // namespace tessera::cpu
 
 namespace tessera::cpu {

@@ -91,6 +91,11 @@ struct Backend {
     static void* stream(Context& ctx);
     static void fill_zero(Context& ctx, float* data, std::size_t count);
     static void add_scalar(Context& ctx, float* data, float value);
+    /// Flat device vectors of n floats: y = a x + b y (y unread when b is 0); y *= a; the sum of
+    /// squares (read back: synchronises).
+    static void axpby(Context& ctx, float a, const float* x, float b, float* y, std::size_t n);
+    static void scale(Context& ctx, float* y, std::size_t n, float a);
+    static double sum_squares(Context& ctx, const float* x, std::size_t n);
 
     static void conv_forward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& y);
     static void conv_backward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& dy,
