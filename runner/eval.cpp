@@ -24,7 +24,17 @@ int eval(const std::vector<std::string>& raw) {
     on_device(r.train.text("device"), r.file.string() + " [train] device", [&]<class B>() {
         auto ctx = make_context<B>(threads, r.model.text("precision"), r.file.string() + " [model] precision", world->local_rank());
         auto net = make_network<B>(r.model.text("arch"), run.num_classes, info.channels);
-        checkpoint::load(net->params(), *args.value("checkpoint"));
+        const std::string path = *args.value("checkpoint");
+        const auto meta = checkpoint::read_metadata(path);
+        if (meta.count("arch") && meta.at("arch") != net->arch())
+            throw user_error(path, "holds a " + meta.at("arch") + ", but the recipe builds a " + net->arch(),
+                             "evaluate it with the recipe that trained it, or set model.arch = \"" + meta.at("arch") + "\"");
+        const auto shapes = checkpoint::read_shapes(path);
+        if (shapes.count("fc.weight") && !shapes.at("fc.weight").empty() && shapes.at("fc.weight")[0] != run.num_classes)
+            throw user_error(path, "holds a model of " + std::to_string(shapes.at("fc.weight")[0]) + " classes, but the recipe's has " +
+                                       std::to_string(run.num_classes),
+                             "set model.num_classes = 0 to take the data's, or evaluate it on the data it was trained on");
+        checkpoint::load(net->params(), path);
         net->upload();
         auto optimizer = run.registry->create<plugin::Optimizer>(*r.optimizer.entry, r.optimizer.options);
         auto scheduler = run.registry->create<plugin::Scheduler>(*r.scheduler.entry, r.scheduler.options);

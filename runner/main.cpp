@@ -14,7 +14,7 @@ namespace {
 constexpr const char* usage = R"(usage: runner RECIPE [--set section.key=value]... [--threads T]     (mpirun -np N runner …: N ranks)
        runner train RECIPE [--set …]... [--threads T] [--fresh | --resume PATH] [--stop-after-steps N]
        runner eval RECIPE --checkpoint PATH [--set …] [--threads T] [--json]
-       runner predict --checkpoint PATH [--arch A] [--labels FILE] [--topk 5] [--image-size 224]
+       runner predict --checkpoint PATH [--arch A] [--labels FILE|imagenet] [--topk 5] [--image-size 224]
                       [--resize 256] [--json] IMAGE...
        runner lr-find RECIPE [--start 1e-7] [--end 10] [--iters 100] [--set …]
        runner info ARCH [--num-classes N] [--image-size S] [--in-channels C]

@@ -1,19 +1,26 @@
 // runner predict --checkpoint PATH IMAGE...: the most probable classes of each image, preprocessed
-// as validation is (torchvision's Resize + CenterCrop, ImageNet's mean and std).
+// as validation is (torchvision's Resize + CenterCrop, then normalisation). A checkpoint that tessera
+// trained says its input size, validation resize, mean, std and class names; one without them
+// (weights exported from torchvision) gets ImageNet's. Grey models get PIL's conversion to grey.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <numeric>
 #include <regex>
+#include <sstream>
 
 #include "runner.hpp"
+#include "tessera/config.hpp"
 #include "tessera/core/json.hpp"
 #include "tessera/data/image_folder.hpp"
 #include "tessera/data/transform.hpp"
 #include "tessera/train/checkpoint.hpp"
 
 namespace tessera::runner {
+
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -33,6 +40,38 @@ std::vector<std::string> read_labels(const std::string& file) {
     return names;
 }
 
+/// `--labels imagenet`: the class names installed with tessera (torchvision's, in class order).
+std::string bundled_imagenet_labels() {
+    std::vector<fs::path> places;
+    std::error_code ec;
+    const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+    if (!ec) places.push_back(exe.parent_path() / ".." / TESSERA_DATA_RELATIVE_DIR);
+    places.emplace_back(TESSERA_DATA_INSTALL_DIR);
+#ifdef TESSERA_SOURCE_DATA_DIR
+    places.emplace_back(TESSERA_SOURCE_DATA_DIR);
+#endif
+    for (auto& dir : places)
+        if (fs::exists(dir / "imagenet_classes.txt")) return (dir / "imagenet_classes.txt").string();
+    throw user_error("--labels imagenet", "imagenet_classes.txt is not installed next to this runner",
+                     "reinstall tessera, or give --labels FILE");
+}
+
+/// Numbers of a metadata entry ("0.485,0.456,0.406"); `fallback` when absent.
+std::vector<float> metadata_numbers(const std::map<std::string, std::string>& meta, const std::string& key, std::vector<float> fallback) {
+    auto it = meta.find(key);
+    if (it == meta.end() || it->second.empty()) return fallback;
+    std::vector<float> v;
+    std::stringstream in(it->second);
+    for (std::string x; std::getline(in, x, ',');) v.push_back(std::stof(x));
+    return v;
+}
+
+/// PIL's conversion to "L": L = (19595 R + 38470 G + 7471 B + 2^15) >> 16, over `count` pixels.
+void to_grayscale(const std::uint8_t* rgb, std::size_t count, std::uint8_t* gray) {
+    for (std::size_t i = 0; i < count; ++i)
+        gray[i] = std::uint8_t((rgb[3 * i] * 19595 + rgb[3 * i + 1] * 38470 + rgb[3 * i + 2] * 7471 + 0x8000) >> 16);
+}
+
 }  // namespace
 
 int predict(const std::vector<std::string>& raw) {
@@ -50,25 +89,39 @@ int predict(const std::vector<std::string>& raw) {
         shapes.at("conv1.weight").size() != 4)
         throw user_error(path, "is not a ResNet checkpoint (it has no fc.weight or conv1.weight)");
     const int classes = int(shapes.at("fc.weight")[0]), channels = int(shapes.at("conv1.weight")[1]);
-    if (channels != 3)
-        throw user_error(path, "takes " + std::to_string(channels) + "-channel images; predict reads photographs (3 channels)");
-    const int crop = args.integer("image-size", 224), resize = args.integer("resize", crop * 8 / 7), topk = args.integer("topk", 5);
+    if (channels != 1 && channels != 3)
+        throw user_error(path, "takes " + std::to_string(channels) + "-channel images; predict reads photographs as RGB (3) or grey (1)");
+    // What training recorded in the checkpoint, else ImageNet's preprocessing (torchvision's weights).
+    auto recorded = [&](const char* key, int fallback) { return meta.count(key) ? std::stoi(meta.at(key)) : fallback; };
+    const int crop = args.integer("image-size", recorded("input_height", 224));
+    const int resize = args.integer("resize", recorded("val_resize", 0) > 0 ? recorded("val_resize", 0) : meta.count("input_height") ? crop : crop * 8 / 7);
+    const int topk = args.integer("topk", 5);
+    const std::vector<float> mean = metadata_numbers(meta, "mean", {0.485f, 0.456f, 0.406f}),
+                             std = metadata_numbers(meta, "std", {0.229f, 0.224f, 0.225f});
+    if (int(mean.size()) != channels || int(std.size()) != channels)
+        throw user_error(path, "its metadata's mean and std do not have one value per input channel");
+    std::vector<float> inv_std;
+    for (float s : std) inv_std.push_back(1 / s);
     std::vector<std::string> labels;
     if (auto file = args.value("labels")) {
-        labels = read_labels(*file);
+        labels = read_labels(*file == "imagenet" ? bundled_imagenet_labels() : *file);
         if (int(labels.size()) != classes)
             throw user_error(*file, "has " + std::to_string(labels.size()) + " names for a model of " + std::to_string(classes) +
                                         " classes", "give one name per class, in class order");
+    } else if (meta.count("class_names")) {
+        const json::Value names = json::parse(meta.at("class_names"), path + " (class_names)");
+        for (auto& name : names.array()) labels.push_back(name.is_string() ? name.string() : "?");
+        if (int(labels.size()) != classes) labels.clear();
     }
 
-    auto net = make_cpu_network(arch, classes, 3);
+    auto net = make_cpu_network(arch, classes, channels);
     checkpoint::load(net->params(), path);
     cpu::Context ctx(args.value("threads") ? thread_count(args) : ThreadPool::default_threads());
     ctx.training = false;
+    if (resize < crop) throw user_error("runner predict --resize", "must be at least the crop (--image-size)");
     const data::TransformConfig preprocess{.image_size = crop, .val_resize = resize, .val_crop = crop, .fast_decode = false};
-    const float mean[] = {0.485f, 0.456f, 0.406f}, inv_std[] = {1 / 0.229f, 1 / 0.224f, 1 / 0.225f};
     data::ImageTransform transform;
-    std::vector<std::uint8_t> bytes, pixels(std::size_t(crop) * crop * 3);
+    std::vector<std::uint8_t> bytes, pixels(std::size_t(crop) * crop * 3), gray(std::size_t(crop) * crop);
     std::string out = "[";
     for (std::size_t i = 0; i < args.positional().size(); ++i) {
         const std::string& image = args.positional()[i];
@@ -79,8 +132,9 @@ int predict(const std::vector<std::string>& raw) {
             throw user_error(image, std::string("not an image tessera can read: ") + e.what(), "give JPEG, PNG, GIF, BMP or PNM files");
         }
         ctx.arena.reset();
-        const Tensor x = ctx.arena.tensor({1, crop, crop, 3});
-        cpu::Backend::normalize_images(ctx, pixels.data(), mean, inv_std, x);
+        const Tensor x = ctx.arena.tensor({1, crop, crop, channels});
+        if (channels == 1) to_grayscale(pixels.data(), gray.size(), gray.data());
+        cpu::Backend::normalize_images(ctx, channels == 1 ? gray.data() : pixels.data(), mean.data(), inv_std.data(), x);
         const Tensor logits = net->forward(ctx, x);
         std::vector<double> p(logits.data, logits.data + classes);
         const double top = *std::max_element(p.begin(), p.end());

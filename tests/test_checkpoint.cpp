@@ -1,5 +1,6 @@
 // safetensors: round trip, refusal of damaged files, and interchange with PyTorch in both directions.
 #include <fstream>
+#include <sstream>
 
 #include "helpers.hpp"
 #include "tessera/core/json.hpp"
@@ -107,14 +108,26 @@ TEST(Predict, AgreesWithTorchvision) {
         GTEST_SKIP() << "PyTorch or PIL is not installed (apt install python3-torch python3-torchvision python3-pil); scripts/test installs them";
     TempDir dir;
     ASSERT_EQ(std::system(("/usr/bin/python3 '" + script.string() + "' predict resnet50 '" + dir.path().string() + "'").c_str()), 0);
-    const RunResult r = run_runner("predict --checkpoint weights.safetensors --arch resnet50 --topk 5 --json wide.jpg tall.jpg square.jpg",
-                                   dir.path());
+    const RunResult r = run_runner(
+        "predict --checkpoint weights.safetensors --arch resnet50 --labels imagenet --topk 5 --json wide.jpg tall.jpg square.jpg", dir.path());
     ASSERT_EQ(r.exit_code, 0) << r.output;
     std::ifstream file(dir / "expected.json");
     const std::string expected_text((std::istreambuf_iterator<char>(file)), {});
     const json::Value expected = json::parse(expected_text, "expected.json");
     const json::Value got = json::parse(r.output.substr(r.output.find('[')), "runner predict --json");
     ASSERT_EQ(got.array().size(), 3u);
+    // --labels imagenet: the class names tessera installs, which are torchvision's.
+    const RunResult torchvision_names = run_shell(
+        "/usr/bin/python3 -c 'from torchvision.models import ResNet50_Weights as W; print(chr(10).join(W.IMAGENET1K_V1.meta[\"categories\"]))'");
+    ASSERT_EQ(torchvision_names.exit_code, 0) << torchvision_names.output;
+    std::vector<std::string> imagenet;
+    std::stringstream names(torchvision_names.output);
+    for (std::string line; std::getline(names, line);) imagenet.push_back(line);
+    ASSERT_EQ(imagenet.size(), 1000u);
+    std::ifstream bundled(source_root() / "share" / "imagenet_classes.txt");
+    std::size_t k = 0;
+    for (std::string line; std::getline(bundled, line); ++k) ASSERT_EQ(line, imagenet.at(k)) << "share/imagenet_classes.txt line " << k + 1;
+    EXPECT_EQ(k, 1000u);
     for (const auto& image : got.array()) {
         const std::string name = image.object().at("image").string();
         const auto& probs = expected.object().at(name).array();
@@ -126,6 +139,7 @@ TEST(Predict, AgreesWithTorchvision) {
         for (const auto& t : top) {
             const int k = int(t.object().at("class").number());
             EXPECT_NEAR(t.object().at("prob").number(), probs[std::size_t(k)].number(), 1e-4) << name << " class " << k;
+            EXPECT_EQ(t.object().at("label").string(), imagenet[std::size_t(k)]) << name << " class " << k;
         }
     }
 }

@@ -156,5 +156,41 @@ TEST(Resume, ADamagedCheckpointIsRefusedAndNeverOverwritten) {
     EXPECT_NE(r.output.find("holds a resnet20, but the recipe builds a resnet32"), std::string::npos) << r.output;
 }
 
+// eval and predict given what they cannot use: each says what is wrong with which file, exits 2.
+TEST(Resume, EvalAndPredictRefuseBadInputByName) {
+    TempDir dir;
+    std::ofstream(dir / "r.toml") << recipe;
+    ASSERT_EQ(run_runner("r.toml --threads 2 --stop-after-steps 2", dir.path()).exit_code, 0);
+    std::ofstream(dir / "notes.jpg") << "a shopping list, not a photograph\n";
+    std::ofstream(dir / "two.txt") << "cat\ndog\n";
+    fs::copy_file(dir / "runs" / "run" / "last.safetensors", dir / "cut.safetensors");
+    fs::resize_file(dir / "cut.safetensors", fs::file_size(dir / "cut.safetensors") - 1000);
+    std::ofstream(dir / "real.ppm") << "P6\n1 1\n255\n" << char(10) << char(20) << char(30);
+    std::ofstream(dir / "nodata.toml") << "[model]\narch = 'resnet20'\n[data]\nplugin = 'idx'\npath = 'no/such/folder'\n";
+    const std::string last = "--checkpoint runs/run/last.safetensors";
+    const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+        {"predict " + last + " notes.jpg", {"notes.jpg", "not an image tessera can read"}},
+        {"predict " + last + " missing.jpg", {"missing.jpg", "cannot read the file"}},
+        {"predict " + last + " --labels two.txt real.ppm", {"two.txt", "has 2 names for a model of 4 classes"}},
+        {"predict --checkpoint cut.safetensors real.ppm", {"cut.safetensors"}},
+        {"predict --checkpoint r.toml real.ppm", {"r.toml"}},
+        {"eval r.toml --checkpoint runs/run/last.safetensors --set model.arch=resnet32", {"holds a resnet20, but the recipe builds a resnet32"}},
+        {"eval r.toml --checkpoint runs/run/last.safetensors --set model.num_classes=7",
+         {"last.safetensors", "holds a model of 4 classes, but the recipe's has 7"}},
+        {"eval r.toml --checkpoint nowhere.safetensors", {"nowhere.safetensors"}},
+        {"eval r.toml --checkpoint cut.safetensors", {"cut.safetensors"}},
+        {"eval nodata.toml --checkpoint runs/run/last.safetensors", {"no/such/folder"}},
+    };
+    for (const auto& [args, needles] : cases) {
+        const RunResult r = run_runner(args, dir.path());
+        EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.output;
+        EXPECT_NE(r.output.find("error: "), std::string::npos) << args << "\n" << r.output;
+        for (const auto& needle : needles) EXPECT_NE(r.output.find(needle), std::string::npos) << args << ": no \"" << needle << "\"\n" << r.output;
+    }
+    // And the good case, for contrast.
+    const RunResult ok = run_runner("predict " + last + " --json real.ppm", dir.path());
+    EXPECT_EQ(ok.exit_code, 0) << ok.output;
+}
+
 }  // namespace
 }  // namespace tessera::test

@@ -1,7 +1,15 @@
 // Short training runs that must learn: a Fashion-MNIST subset far above chance, and synthetic data.
+#include <cmath>
 #include <fstream>
+#include <map>
+
+#include <stb_image_write.h>
 
 #include "helpers.hpp"
+#include "runner.hpp"
+#include "tessera/core/json.hpp"
+#include "tessera/plugin/registry.hpp"
+#include "tessera/train/checkpoint.hpp"
 
 namespace tessera::test {
 namespace {
@@ -13,18 +21,103 @@ double final_value(const std::string& output, const std::string& key) {
     return k == std::string::npos ? -1 : std::stod(output.substr(k + key.size() + 1));
 }
 
-TEST(Training, FashionMnistSubsetBeatsChanceByFar) {
-    const fs::path data = "/usr/share/datasets/fashion-mnist";
-    if (!fs::exists(data / "train-images-idx3-ubyte.gz"))
-        GTEST_SKIP() << "Fashion-MNIST is not installed (apt install dataset-fashion-mnist); scripts/test installs it";
+const fs::path fashion_mnist = "/usr/share/datasets/fashion-mnist";
+
+/// The quick start's recipe on a subset of Fashion-MNIST (6144 training images, 1000 for
+/// validation), trained once for the tests below: its output and its folder.
+struct QuickRun {
     TempDir dir;
-    const RunResult r = run_runner("'" + (source_root() / "recipes" / "quickstart.toml").string() + "' --set run.out_dir='" +
-                             (dir / "runs").string() + "' --set data.limit_train=6144 --set data.limit_val=1000 " +
-                             "--set data.batch_size=64 --set train.epochs=2 --set logger.0.mode=lines");
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-    const double top1 = final_value(r.output, "val_top1");
-    EXPECT_GT(top1, 0.65) << r.output;  // chance is 0.10
-    EXPECT_TRUE(fs::exists(dir / "runs" / "quickstart" / "last.safetensors"));
+    RunResult result;
+    std::string subset = "--set data.limit_train=6144 --set data.limit_val=1000";
+    fs::path recipe = source_root() / "recipes" / "quickstart.toml";
+    fs::path folder() const { return dir / "runs" / "quickstart"; }
+
+    static const QuickRun& get() {
+        static const QuickRun run = [] {
+            QuickRun q;
+            q.result = run_runner("'" + q.recipe.string() + "' --set run.out_dir='" + (q.dir / "runs").string() + "' " + q.subset +
+                                  " --set data.batch_size=64 --set train.epochs=2 --set logger.0.mode=lines");
+            return q;
+        }();
+        return run;
+    }
+};
+
+TEST(Training, FashionMnistSubsetBeatsChanceByFar) {
+    if (!fs::exists(fashion_mnist / "train-images-idx3-ubyte.gz"))
+        GTEST_SKIP() << "Fashion-MNIST is not installed (apt install dataset-fashion-mnist); scripts/test installs it";
+    const QuickRun& q = QuickRun::get();
+    ASSERT_EQ(q.result.exit_code, 0) << q.result.output;
+    const double top1 = final_value(q.result.output, "val_top1");
+    EXPECT_GT(top1, 0.65) << q.result.output;  // chance is 0.10
+    EXPECT_TRUE(fs::exists(q.folder() / "last.safetensors"));
+}
+
+// runner eval on the quick start's checkpoint gives the figures training ended with; runner predict
+// on its validation images, written as PNG files, gives the probabilities of the network itself.
+TEST(Training, EvalAndPredictOnTheQuickStartsCheckpoint) {
+    if (!fs::exists(fashion_mnist / "train-images-idx3-ubyte.gz"))
+        GTEST_SKIP() << "Fashion-MNIST is not installed (apt install dataset-fashion-mnist); scripts/test installs it";
+    const QuickRun& q = QuickRun::get();
+    ASSERT_EQ(q.result.exit_code, 0) << q.result.output;
+    const std::string checkpoint = (q.folder() / "last.safetensors").string();
+    const RunResult eval = run_runner("eval '" + q.recipe.string() + "' " + q.subset + " --checkpoint '" + checkpoint + "' --json");
+    ASSERT_EQ(eval.exit_code, 0) << eval.output;
+    const json::Value figures = json::parse(eval.output.substr(eval.output.find('{')), "runner eval --json");
+    EXPECT_EQ(figures.object().at("images").number(), 1000);
+    EXPECT_NEAR(figures.object().at("top1").number(), final_value(q.result.output, "val_top1"), 1e-9);
+    EXPECT_NEAR(figures.object().at("loss").number(), final_value(q.result.output, "val_loss"), 1e-4);
+
+    // Eight validation images through the idx plugin, as PNG files.
+    plugin::Registry registry({plugin_dir()});
+    const auto* idx = registry.find("data", "idx");
+    std::map<std::string, plugin::Value> options;
+    for (auto& o : idx->info.options) options.emplace(o.name, o.default_value);
+    options["path"] = fashion_mnist.string();
+    options["labels"] = std::string("fashion");
+    options["limit_train"] = std::int64_t(6144);  // the mean and std come from the training images
+    auto data = registry.create<plugin::DataSource>(*idx, plugin::Options(options));
+    data->start_epoch(plugin::Split::val, {0, 0, 8});
+    plugin::Batch batch;
+    ASSERT_TRUE(data->next(batch));
+    TempDir images;
+    std::string names;
+    for (int i = 0; i < 8; ++i) {
+        const fs::path png = images / ("image" + std::to_string(i) + ".png");
+        ASSERT_NE(stbi_write_png(png.c_str(), 28, 28, 1, batch.pixels.data() + std::size_t(i) * 28 * 28, 28), 0);
+        names += " '" + png.string() + "'";
+    }
+    const RunResult predict = run_runner("predict --checkpoint '" + checkpoint + "' --topk 3 --json" + names);
+    ASSERT_EQ(predict.exit_code, 0) << predict.output;
+    const json::Value got = json::parse(predict.output.substr(predict.output.find('[')), "runner predict --json");
+    ASSERT_EQ(got.array().size(), 8u);
+
+    // The network on the same pixels, normalised as training did.
+    auto net = runner::make_cpu_network("resnet20", 10, 1);
+    checkpoint::load(net->params(), checkpoint);
+    cpu::Context ctx(2);
+    ctx.training = false;
+    const plugin::DatasetInfo info = data->info();
+    const float mean[] = {float(info.mean[0])}, inv_std[] = {float(1 / info.std[0])};
+    const Tensor x = ctx.arena.tensor({8, 28, 28, 1});
+    cpu::Backend::normalize_images(ctx, batch.pixels.data(), mean, inv_std, x);
+    const Tensor logits = net->forward(ctx, x);
+    int correct = 0;
+    for (int i = 0; i < 8; ++i) {
+        const float* z = logits.data + i * 10;
+        const double top = *std::max_element(z, z + 10);
+        double sum = 0;
+        for (int k = 0; k < 10; ++k) sum += std::exp(z[k] - top);
+        const auto& best = got.array()[std::size_t(i)].object().at("top").array();
+        ASSERT_EQ(best.size(), 3u);
+        for (const auto& t : best) {
+            const int k = int(t.object().at("class").number());
+            EXPECT_NEAR(t.object().at("prob").number(), std::exp(z[k] - top) / sum, 1e-4) << "image " << i << " class " << k;
+            EXPECT_EQ(t.object().at("label").string(), info.class_names[std::size_t(k)]);  // the names the checkpoint carries
+        }
+        correct += int(best[0].object().at("class").number()) == batch.labels[std::size_t(i)];
+    }
+    EXPECT_GE(correct, 5) << "of 8 validation images";
 }
 
 // The learning-rate range test on the quick start's recipe suggests a rate where that training

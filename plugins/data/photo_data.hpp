@@ -123,6 +123,7 @@ public:
         info_.num_classes = int(classes.size());
         info_.train_size = source_.size(Split::train);
         info_.val_size = source_.size(Split::val);
+        info_.val_resize = int(o.integer("val_resize"));
         info_.mean = o.list("mean");
         info_.std = o.list("std");
         if (info_.mean.size() != 3 || info_.std.size() != 3)

@@ -140,6 +140,7 @@ struct DatasetInfo {
     std::int64_t train_size = 0, val_size = 0;
     std::vector<double> mean, std;  // per channel, in [0, 1] units: x = (pixel / 255 - mean) / std
     std::vector<std::string> class_names;  // may be empty
+    int val_resize = 0;  // validation: the shorter side resized to this, then the centre height x width (0: as they are)
 };
 
 struct EpochPlan {

@@ -14,6 +14,7 @@
 #include <memory>
 #include <vector>
 
+#include "tessera/core/json.hpp"
 #include "tessera/dist/gradient_reducer.hpp"
 #ifdef TESSERA_WITH_NCCL
 #include "tessera/dist/nccl.hpp"
@@ -424,9 +425,29 @@ private:
         checkpoint::save(net_.params(), path, metadata(at));
     }
 
+    // Where training stood, and what `runner predict` needs to use the weights alone: the input
+    // size, its normalisation, the validation resize and the class names.
     std::map<std::string, std::string> metadata(const Progress& at) const {
-        return {{"arch", net_.arch()}, {"epoch", std::to_string(at.epoch)}, {"batch", std::to_string(at.batch)},
-                {"step", std::to_string(std::int64_t(at.epoch - 1) * steps_per_epoch() + at.batch / config_.accumulate)}};
+        auto numbers = [](const std::vector<double>& v) {
+            std::string s;
+            char buf[32];
+            for (double x : v) {
+                std::snprintf(buf, sizeof buf, "%.9g", x);  // exact for the floats they become
+                s += (s.empty() ? "" : ",") + std::string(buf);
+            }
+            return s;
+        };
+        std::map<std::string, std::string> m = {
+            {"arch", net_.arch()}, {"epoch", std::to_string(at.epoch)}, {"batch", std::to_string(at.batch)},
+            {"step", std::to_string(std::int64_t(at.epoch - 1) * steps_per_epoch() + at.batch / config_.accumulate)},
+            {"input_height", std::to_string(info_.height)}, {"input_width", std::to_string(info_.width)},
+            {"val_resize", std::to_string(info_.val_resize)}, {"mean", numbers(info_.mean)}, {"std", numbers(info_.std)}};
+        if (!info_.class_names.empty()) {
+            std::string names = "[";
+            for (auto& n : info_.class_names) names += (names.size() > 1 ? ", " : "") + json::quote(n);
+            m["class_names"] = names + "]";
+        }
+        return m;
     }
 
     static double seconds_since(std::chrono::steady_clock::time_point t) {
