@@ -143,6 +143,8 @@ int train(const std::vector<std::string>& raw) {
         config.mix = {r.train.number("mixup_alpha"), r.train.number("cutmix_alpha"), r.train.number("mix_prob"),
                       r.train.number("mix_switch_prob")};
         config.target_top1 = r.train.number("target_top1");
+        if (r.checkpoint.integer("keep") < 0) throw user_error(r.file.string() + " [checkpoint] keep", "must not be negative");
+        config.keep_epochs = int(r.checkpoint.integer("keep"));
         train::Trainer<B> trainer(*ctx, *net, data, *optimizer, *scheduler, loggers, config);
         if (trainer.steps_per_epoch() < 1)
             throw user_error(r.file.string(), "the training data has fewer images than one batch (" + std::to_string(r.batch_size) +

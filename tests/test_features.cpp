@@ -259,5 +259,18 @@ TEST(EarlyStop, StopsOnceTheTargetAccuracyIsReached) {
     EXPECT_GE(std::stod(fields[5]), 0.45) << rows.back();  // val_top1
 }
 
+TEST(Checkpoints, KeepTheLastKEpochs) {
+    TempDir dir;
+    std::ofstream(dir / "r.toml") << "[run]\nout_dir = 'runs'\nname = 't'\n[model]\narch = 'resnet20'\n"
+                                  << "[data]\nplugin = 'synthetic'\nimage_size = 8\ntrain_size = 64\nval_size = 32\nbatch_size = 32\n"
+                                  << "[scheduler]\nplugin = 'constant'\nlr = 0.01\n[train]\nepochs = 4\n[checkpoint]\nkeep = 2\n";
+    const RunResult r = run_runner("r.toml --threads 2", dir.path());
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    for (int epoch = 1; epoch <= 4; ++epoch)
+        EXPECT_EQ(fs::exists(dir / "runs" / "t" / ("epoch_" + std::to_string(epoch) + ".safetensors")), epoch >= 3) << epoch;
+    const auto meta = checkpoint::read_metadata(dir / "runs" / "t" / "epoch_3.safetensors");
+    EXPECT_EQ(meta.at("epoch"), "4");  // saved after epoch 3: the next to train is 4
+}
+
 }  // namespace
 }  // namespace tessera::test

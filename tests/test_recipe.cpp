@@ -2,6 +2,7 @@
 #include <fstream>
 
 #include "helpers.hpp"
+#include "tessera/recipe/recipe.hpp"
 
 namespace tessera::test {
 namespace {
@@ -146,6 +147,38 @@ TEST_F(RecipeErrors, MissingOrDamagedDatasetIsNamed) {
     r = run(replace(idx, "DATA", data.string()));
     EXPECT_EQ(r.exit_code, 2);
     EXPECT_NE(r.output.find("t10k-labels-idx1-ubyte[.gz]: missing"), std::string::npos) << r.output;
+}
+
+// Every recipe shipped in recipes/ names known keys and plugins with valid options, and says what it
+// is in comments. (The ImageNet ones need data and a GPU to run; their checks stop before the data.)
+TEST(Recipes, EveryShippedRecipeIsValid) {
+    plugin::Registry registry({plugin_dir()});
+    int count = 0;
+    for (auto& entry : fs::directory_iterator(source_root() / "recipes")) {
+        if (entry.path().extension() != ".toml") continue;
+        ++count;
+        SCOPED_TRACE(entry.path().filename().string());
+        recipe::Recipe r = recipe::load(entry.path(), {});
+        EXPECT_NO_THROW(recipe::resolve(r, registry));
+        std::ifstream in(entry.path());
+        const std::string text((std::istreambuf_iterator<char>(in)), {});
+        EXPECT_EQ(text.rfind("# ", 0), 0u) << "a recipe begins by saying what it trains";
+    }
+    EXPECT_GE(count, 5);
+    // The seed's run, as it was.
+    recipe::Recipe seed = recipe::load(source_root() / "recipes" / "resnet50_imagenet.toml", {});
+    recipe::resolve(seed, registry);
+    EXPECT_EQ(seed.model.text("arch"), "resnet50");
+    EXPECT_EQ(seed.batch_size, 256);
+    EXPECT_EQ(seed.train.integer("epochs"), 50);
+    EXPECT_EQ(seed.scheduler.entry->info.name, "onecycle");
+    EXPECT_DOUBLE_EQ(seed.scheduler.options.number("max_lr"), 0.175);
+    EXPECT_DOUBLE_EQ(seed.optimizer.options.number("momentum"), 0.9);
+    EXPECT_DOUBLE_EQ(seed.optimizer.options.number("weight_decay"), 1e-4);
+    recipe::Recipe lars = recipe::load(source_root() / "recipes" / "resnet50_imagenet_lars.toml", {});
+    recipe::resolve(lars, registry);
+    EXPECT_GE(lars.batch_size * 8, 3200);
+    EXPECT_EQ(lars.optimizer.entry->info.name, "lars");
 }
 
 }  // namespace

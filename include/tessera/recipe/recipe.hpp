@@ -8,7 +8,7 @@
 //   [[logger]]   plugin, then its options (none given: console and csv)
 //   [train]      epochs, label_smoothing, device, threads, sync_batchnorm, bucket_mb, scale_lr, base_batch,
 //                accumulate, grad_clip, ema, mixup_alpha, cutmix_alpha, mix_prob, mix_switch_prob, target_top1
-//   [checkpoint] every_epochs, every_minutes
+//   [checkpoint] every_epochs, every_minutes, keep
 //
 // Every value is checked before any work starts. A mistake is reported as `file:line:col: message`;
 // an unknown key names the nearest known one. `--set section.key=value` overrides any value (the
@@ -83,7 +83,8 @@ inline const std::map<std::string, std::vector<Option>>& core_sections() {
           {"mix_switch_prob", 0.5, "with both on: the share of mixed batches that use cutmix"},
           {"target_top1", 0.0, "stop once validation top-1 reaches this, e.g. 0.759 (0: train every epoch)"}}},
         {"checkpoint", {{"every_epochs", std::int64_t(1), "save last.safetensors and its training state every N epochs"},
-                        {"every_minutes", 0.0, "also save every so many minutes within an epoch (0: never)"}}},
+                        {"every_minutes", 0.0, "also save every so many minutes within an epoch (0: never)"},
+                        {"keep", std::int64_t(0), "also keep the weights of the last K epochs as epoch_<N>.safetensors (0: none)"}}},
         {"data", {{"batch_size", std::int64_t(128), "images per step per process"}}},
         {"optimizer", {}},
         {"scheduler", {}},

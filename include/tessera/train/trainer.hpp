@@ -47,6 +47,7 @@ struct TrainConfig {
     double ema_decay = 0;                // keep a moving average of the weights with this decay per step (0: none)
     MixConfig mix;                       // mixup and cutmix
     double target_top1 = 0;              // stop once validation top-1 (of the weights or their average) reaches it (0: never)
+    int keep_epochs = 0;                 // also keep the weights of the last so many epochs, as epoch_<N>.safetensors
 };
 
 /// Where training stands: the next step is batch `batch` of epoch `epoch` (from 1), with `meter` the
@@ -162,6 +163,7 @@ public:
                 save_checkpoint(progress_);
                 last_save = std::chrono::steady_clock::now();
             }
+            keep_epoch_weights(epoch);
             if (interrupted_ || reached_target_) return stats;
         }
         return stats;
@@ -418,6 +420,15 @@ private:
             save_weights(ema_file(config_.run_dir / "last.safetensors"), at);
         }
         save_weights(config_.run_dir / "last.safetensors", at);
+    }
+
+    // epoch_<N>.safetensors for the last keep_epochs epochs; older ones are removed.
+    void keep_epoch_weights(int epoch) {
+        if (config_.keep_epochs < 1 || !is_root()) return;
+        auto file = [&](int e) { return config_.run_dir / ("epoch_" + std::to_string(e) + ".safetensors"); };
+        save_weights(file(epoch), progress_);
+        std::error_code ignored;
+        std::filesystem::remove(file(epoch - config_.keep_epochs), ignored);
     }
 
     void save_weights(const std::filesystem::path& path, const Progress& at) {
