@@ -5,7 +5,7 @@
 //   [model]      arch, num_classes (0: from the data), zero_init_residual, precision
 //   [data]       plugin, batch_size (per process), then the data plugin's own options
 //   [optimizer]  plugin, then its options            [scheduler]  plugin, then its options
-//   [[logger]]   plugin, then its options (none given: console and csv)
+//   [[logger]]   plugin, then its options (none given: console, csv, jsonl and html)
 //   [train]      epochs, label_smoothing, device, threads, sync_batchnorm, bucket_mb, scale_lr, base_batch,
 //                accumulate, grad_clip, ema, mixup_alpha, cutmix_alpha, mix_prob, mix_switch_prob, target_top1
 //   [checkpoint] every_epochs, every_minutes, keep
@@ -294,7 +294,7 @@ inline void resolve(Recipe& r, const plugin::Registry& registry) {
     if (const toml::array* loggers = r.effective["logger"].as_array()) {
         for (auto& t : *loggers) r.loggers.push_back(choose_plugin(*t.as_table(), "logger", "logger", {}, registry, name));
     } else {
-        for (const char* plugin_name : {"console", "csv"})
+        for (const char* plugin_name : {"console", "csv", "jsonl", "html"})
             r.loggers.push_back(choose_plugin(toml::table{{"plugin", plugin_name}}, "logger", "logger", {}, registry, name));
     }
     if (r.train.integer("epochs") < 1)
