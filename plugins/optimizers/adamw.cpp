@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "cuda_steps.hpp"  // declarations only: defined in a build with CUDA
-#include "decay.hpp"
+#include "common.hpp"
 #include "tessera/plugin/api.hpp"
 
 namespace {
@@ -85,8 +85,7 @@ private:
             return;
         }
 #endif
-        throw tessera::user_error("optimizer adamw", "this build of the plugin has no step for device \"" + p.device + "\"",
-                                  "rebuild tessera with -Dcuda=enabled");
+        tessera_optimizers::no_step_for("adamw", p.device);
     }
 
     double beta1_, beta2_, eps_, weight_decay_;

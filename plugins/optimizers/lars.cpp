@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "cuda_steps.hpp"  // declarations only: defined in a build with CUDA
-#include "decay.hpp"
+#include "common.hpp"
 #include "tessera/plugin/api.hpp"
 
 namespace {
@@ -97,8 +97,7 @@ private:
             return;
         }
 #endif
-        throw tessera::user_error("optimizer lars", "this build of the plugin has no step for device \"" + p.device + "\"",
-                                  "rebuild tessera with -Dcuda=enabled");
+        tessera_optimizers::no_step_for("lars", p.device);
     }
 
     double momentum_, weight_decay_, eeta_, epsilon_;

@@ -5,7 +5,7 @@
 #include <memory>
 #include <vector>
 
-#include "decay.hpp"
+#include "common.hpp"
 #include "tessera/plugin/api.hpp"
 #ifdef TESSERA_WITH_CUDA
 #include "sgd_cuda.hpp"
@@ -71,8 +71,7 @@ private:
             return;
         }
 #endif
-        throw tessera::user_error("optimizer sgd", "this build of the plugin has no step for device \"" + p.device + "\"",
-                                  "rebuild tessera with -Dcuda=enabled");
+        tessera_optimizers::no_step_for("sgd", p.device);
     }
 
     double momentum_, weight_decay_;

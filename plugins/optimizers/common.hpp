@@ -1,6 +1,8 @@
 #pragma once
-// What the optimizer plugins share: which parameters weight decay applies to.
+// What the optimizer plugins share: which parameters weight decay applies to, and the message for
+// a device a build has no step for.
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include "tessera/plugin/api.hpp"
@@ -20,6 +22,12 @@ inline std::vector<float> decay_per_value(const tessera::plugin::Parameters& p, 
         std::fill(decay.begin() + std::ptrdiff_t(t.offset), decay.begin() + std::ptrdiff_t(t.offset + t.size),
                   exempt_bn_bias && is_bn_or_bias(t) ? 0.f : float(weight_decay));
     return decay;
+}
+
+/// A user error: this build of `optimizer` has no step for `device` (a CPU-only build given "cuda").
+[[noreturn]] inline void no_step_for(const std::string& optimizer, const std::string& device) {
+    throw tessera::user_error("optimizer " + optimizer, "this build of the plugin has no step for device \"" + device + "\"",
+                              "rebuild tessera with -Dcuda=enabled");
 }
 
 }  // namespace tessera_optimizers
