@@ -12,6 +12,7 @@
 
 #include "recipe_run.hpp"
 #include "runner.hpp"
+#include "tessera/core/json.hpp"
 #include "tessera/train/trainer.hpp"
 
 namespace tessera::runner {
@@ -62,7 +63,7 @@ void write_plot(const fs::path& file, const std::vector<Point>& p, std::size_t s
 }  // namespace
 
 int lr_find(const std::vector<std::string>& raw) {
-    Args args(raw, {}, {"start", "end", "iters", "threads"}, {"set"});
+    Args args(raw, {"json"}, {"start", "end", "iters", "threads"}, {"set"});
     if (args.positional().size() != 1)
         throw user_error("runner lr-find", "expected one recipe file", "e.g. runner lr-find recipes/quickstart.toml --iters 100");
     auto number = [&](const char* name, double fallback) {
@@ -137,6 +138,12 @@ int lr_find(const std::vector<std::string>& raw) {
     }
     write_plot(run_dir / "lr_find.svg", points, suggestion);
     const bool diverged = int(points.size()) < iters;
+    if (args.flag("json")) {
+        std::printf("{\"suggested_lr\": %.6g, \"steps\": %zu, \"start\": %.6g, \"end\": %.6g, \"diverged\": %s, \"csv\": %s, \"plot\": %s}\n",
+                    points[suggestion].lr, points.size(), start, points.back().lr, diverged ? "true" : "false",
+                    json::quote((run_dir / "lr_find.csv").string()).c_str(), json::quote((run_dir / "lr_find.svg").string()).c_str());
+        return 0;
+    }
     std::printf("lr-find: %zu steps from %.3g to %.3g%s\n", points.size(), start, points.back().lr,
                 diverged ? " (stopped: the loss diverged)" : "");
     std::printf("suggested learning rate: %.4g (steepest descent of the smoothed loss); curve in %s and %s\n",

@@ -16,7 +16,7 @@ constexpr const char* usage = R"(usage: runner RECIPE [--set section.key=value].
        runner eval RECIPE --checkpoint PATH [--set …] [--threads T] [--json]
        runner predict --checkpoint PATH [--arch A] [--labels FILE|imagenet] [--topk 5] [--image-size 224]
                       [--resize 256] [--json] IMAGE...
-       runner lr-find RECIPE [--start 1e-7] [--end 10] [--iters 100] [--set …]
+       runner lr-find RECIPE [--start 1e-7] [--end 10] [--iters 100] [--set …] [--json]
        runner info ARCH [--num-classes N] [--image-size S] [--in-channels C]
        runner plugins
        runner bench --arch A --batch B --image-size S [--device cpu|cuda] [--precision fp32|tf32]

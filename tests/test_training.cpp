@@ -128,15 +128,14 @@ TEST(LrFind, SuggestsARateWhereTheQuickStartTrains) {
         GTEST_SKIP() << "Fashion-MNIST is not installed (apt install dataset-fashion-mnist); scripts/test installs it";
     TempDir dir;
     const RunResult r = run_runner("lr-find '" + (source_root() / "recipes" / "quickstart.toml").string() + "' --iters 60 --set run.out_dir='" +
-                                   (dir / "runs").string() + "' --set data.limit_train=8000");
+                                   (dir / "runs").string() + "' --set data.limit_train=8000 --json");
     ASSERT_EQ(r.exit_code, 0) << r.output;
-    const auto at = r.output.find("suggested learning rate: ");
-    ASSERT_NE(at, std::string::npos) << r.output;
-    const double lr = std::stod(r.output.substr(at + 25));
+    const json::Value found = json::parse(r.output.substr(r.output.find("{\"suggested_lr\"")), "runner lr-find --json");
+    const double lr = found.object().at("suggested_lr").number();
     EXPECT_GE(lr, 1e-3) << r.output;
     EXPECT_LE(lr, 1.0) << r.output;
-    EXPECT_TRUE(fs::exists(dir / "runs" / "quickstart" / "lr_find.csv"));
-    EXPECT_TRUE(fs::exists(dir / "runs" / "quickstart" / "lr_find.svg"));
+    EXPECT_TRUE(fs::exists(found.object().at("csv").string()));
+    EXPECT_TRUE(fs::exists(found.object().at("plot").string()));
     EXPECT_FALSE(fs::exists(dir / "runs" / "quickstart" / "last.safetensors"));
 }
 
