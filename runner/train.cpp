@@ -145,6 +145,12 @@ int train(const std::vector<std::string>& raw) {
         config.target_top1 = r.train.number("target_top1");
         if (r.checkpoint.integer("keep") < 0) throw user_error(r.file.string() + " [checkpoint] keep", "must not be negative");
         config.keep_epochs = int(r.checkpoint.integer("keep"));
+        const std::string& on_failure = r.checkpoint.text("on_failure");
+        if (on_failure != "stop" && on_failure != "continue")
+            throw user_error(r.file.string() + " [checkpoint] on_failure", "\"" + on_failure + "\" is not one of stop, continue");
+        config.stop_on_save_failure = on_failure == "stop";
+        if (r.train.integer("max_bad_steps") < 0) throw user_error(r.file.string() + " [train] max_bad_steps", "must not be negative");
+        config.max_bad_steps = int(r.train.integer("max_bad_steps"));
         train::Trainer<B> trainer(*ctx, *net, data, *optimizer, *scheduler, loggers, config);
         if (trainer.steps_per_epoch() < 1)
             throw user_error(r.file.string(), "the training data has fewer images than one batch (" + std::to_string(r.batch_size) +

@@ -259,6 +259,38 @@ TEST(EarlyStop, StopsOnceTheTargetAccuracyIsReached) {
     EXPECT_GE(std::stod(fields[5]), 0.45) << rows.back();  // val_top1
 }
 
+TEST(NonFinite, AStepWithNanGradientsIsSkippedAndTooManyStopTheRun) {
+    train::TrainConfig config;
+    config.batch_size = 8;
+    config.max_bad_steps = 2;
+    // NaN in one gradient value of step 1 (counting from 0), and of steps 3 and 4.
+    config.on_gradients = [](std::int64_t step, float* grads, std::size_t) {
+        if (step == 1 || step == 3 || step == 4) grads[17] = NAN;
+    };
+    Rig s(0.05);
+    auto t = s.trainer(config);
+    const plugin::Parameters p = train::optimizer_view(*s.net, s.ctx);
+    s.data.start_epoch(plugin::Split::train, {1, 0, 8});
+    std::int64_t batch = 0;
+    t.optimizer_step(1, batch, {0.05, {}}, p);
+    const auto weights = s.net->params().values;
+    const auto statistics = s.net->params().buffers;
+    t.optimizer_step(1, batch, {0.05, {}}, p);  // skipped: nothing changes, BatchNorm's statistics included
+    EXPECT_EQ(s.optimizer.grads.size(), 1u) << "the optimizer saw the bad step";
+    EXPECT_TRUE(s.net->params().values == weights);
+    EXPECT_TRUE(s.net->params().buffers == statistics);
+    t.optimizer_step(1, batch, {0.05, {}}, p);  // a good step again
+    EXPECT_EQ(s.optimizer.grads.size(), 2u);
+    t.optimizer_step(1, batch, {0.05, {}}, p);  // skipped, then a second in a row: the run stops
+    try {
+        t.optimizer_step(1, batch, {0.05, {}}, p);
+        FAIL() << "two bad steps in a row did not stop the run";
+    } catch (const Error& e) {
+        EXPECT_TRUE(e.is_user_error());
+        EXPECT_NE(std::string(e.what()).find("not finite for 2 steps in a row"), std::string::npos) << e.what();
+    }
+}
+
 TEST(Checkpoints, KeepTheLastKEpochs) {
     TempDir dir;
     std::ofstream(dir / "r.toml") << "[run]\nout_dir = 'runs'\nname = 't'\n[model]\narch = 'resnet20'\n"

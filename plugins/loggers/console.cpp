@@ -63,6 +63,9 @@ public:
         if (e.has_ema)
             std::printf("epoch %d/%d  moving average of the weights: val loss %.4f top1 %.2f%% top5 %.2f%%\n", e.epoch, e.epochs,
                         e.ema_val_loss, 100 * e.ema_val_top1, 100 * e.ema_val_top5);
+        if (e.skipped_steps > 0)
+            std::printf("epoch %d/%d  %lld steps skipped: their gradients were not finite\n", e.epoch, e.epochs,
+                        (long long)e.skipped_steps);
         if (e.bad_samples > 0)
             std::printf("epoch %d/%d  %lld unreadable images were skipped and replaced (the warnings above name them)\n", e.epoch,
                         e.epochs, (long long)e.bad_samples);

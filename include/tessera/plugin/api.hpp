@@ -200,6 +200,7 @@ struct EpochStats {
     bool has_ema = false;          // the EMA of the weights was evaluated too ([train] ema)
     double ema_val_loss = 0, ema_val_top1 = 0, ema_val_top5 = 0;
     std::int64_t global_step = 0;  // optimizer steps taken when the epoch ended
+    std::int64_t skipped_steps = 0;  // steps of this epoch whose gradients were not finite, so not taken
 };
 
 class Logger {

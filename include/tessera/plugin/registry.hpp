@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "tessera/plugin/api.hpp"
+#include "tessera/plugin/guard.hpp"
 
 // Where `meson install` puts the plugins: the absolute folder, and the same relative to the prefix
 // (tessera/config.hpp, which the build generates and installs beside the headers).
@@ -132,10 +133,11 @@ public:
     std::shared_ptr<Kind> create(const Entry& entry, const Options& options) const {
         TESSERA_CHECK(entry.info.kind == kind_of<Kind>, "plugin kind mismatch for " + entry.info.name);
         auto factory = entry.library->get_alias<std::unique_ptr<Kind>(const Options&)>("tessera_plugin_create");
-        std::unique_ptr<Kind> object = factory(options);
+        const std::string who = std::string(kind_of<Kind>) + " plugin \"" + entry.info.name + "\" (" + entry.path.string() + ")";
+        std::unique_ptr<Kind> object = detail::guarded(who, "its factory", [&] { return factory(options); });
         if (!object) throw user_error(entry.path.string(), "plugin factory returned nothing");
         auto library = entry.library;
-        return std::shared_ptr<Kind>(object.release(), [library](Kind* p) { delete p; });
+        return guard(std::shared_ptr<Kind>(object.release(), [library](Kind* p) { delete p; }), who);
     }
 
     /// Creates the plugin of kind Kind called `name`, its options completed with their defaults:

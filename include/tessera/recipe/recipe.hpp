@@ -7,8 +7,9 @@
 //   [optimizer]  plugin, then its options            [scheduler]  plugin, then its options
 //   [[logger]]   plugin, then its options (none given: console, csv, jsonl and html)
 //   [train]      epochs, label_smoothing, device, threads, sync_batchnorm, bucket_mb, scale_lr, base_batch,
-//                accumulate, grad_clip, ema, mixup_alpha, cutmix_alpha, mix_prob, mix_switch_prob, target_top1
-//   [checkpoint] every_epochs, every_minutes, keep
+//                accumulate, grad_clip, ema, mixup_alpha, cutmix_alpha, mix_prob, mix_switch_prob, target_top1,
+//                max_bad_steps
+//   [checkpoint] every_epochs, every_minutes, keep, on_failure
 //
 // Every value is checked before any work starts. A mistake is reported as `file:line:col: message`;
 // an unknown key names the nearest known one. `--set section.key=value` overrides any value (the
@@ -81,10 +82,12 @@ inline const std::map<std::string, std::vector<Option>>& core_sections() {
           {"cutmix_alpha", 0.0, "cutmix's Beta(alpha, alpha) (0: no cutmix; 1.0 is usual)"},
           {"mix_prob", 1.0, "the share of batches mixed, with mixup or cutmix on"},
           {"mix_switch_prob", 0.5, "with both on: the share of mixed batches that use cutmix"},
-          {"target_top1", 0.0, "stop once validation top-1 reaches this, e.g. 0.759 (0: train every epoch)"}}},
+          {"target_top1", 0.0, "stop once validation top-1 reaches this, e.g. 0.759 (0: train every epoch)"},
+          {"max_bad_steps", std::int64_t(10), "steps with gradients not finite are skipped; stop after so many in a row (0: never)"}}},
         {"checkpoint", {{"every_epochs", std::int64_t(1), "save last.safetensors and its training state every N epochs"},
                         {"every_minutes", 0.0, "also save every so many minutes within an epoch (0: never)"},
-                        {"keep", std::int64_t(0), "also keep the weights of the last K epochs as epoch_<N>.safetensors (0: none)"}}},
+                        {"keep", std::int64_t(0), "also keep the weights of the last K epochs as epoch_<N>.safetensors (0: none)"},
+                        {"on_failure", std::string("stop"), "a checkpoint that cannot be written: \"stop\" the run, or \"continue\" with a warning"}}},
         {"data", {{"batch_size", std::int64_t(128), "images per step per process"}}},
         {"optimizer", {}},
         {"scheduler", {}},

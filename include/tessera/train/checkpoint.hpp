@@ -7,6 +7,9 @@
 // Conv weights are OHWI in memory and OIHW in the file; num_batches_tracked is I64 in the file.
 // Writes go to a temporary file that is renamed over the target, so a crash never leaves a
 // half-written file under the real name.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -72,13 +75,37 @@ inline std::string metadata_json(const std::map<std::string, std::string>& metad
     return out + "},";
 }
 
-// Writes the 8-byte length, `header` (padded so that the data starts 8-byte aligned), then what
-// `body` writes, to path.tmp, and renames it over `path`: never a half-written file under the name.
-template <class Body>
-void write_atomically(const std::filesystem::path& path, std::string header, Body body) {
-    header.append((8 - header.size() % 8) % 8, ' ');
-    const std::filesystem::path tmp = path.string() + ".tmp";
-    {
+// Flushes `path` (a file, or a folder's entries) to the disk, so that a power cut after a rename
+// finds whole files. Best effort: some filesystems refuse fsync on a folder.
+inline void sync_to_disk(const std::filesystem::path& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd < 0) return;
+    ::fsync(fd);
+    ::close(fd);
+}
+
+}  // namespace detail
+
+/// Files written whole under temporary names, renamed over the real ones only once all are written:
+/// a failure (disk full, a folder that cannot be written) while writing leaves every previous file
+/// as it was, and the temporaries are removed.
+class FileSet {
+public:
+    FileSet() = default;
+    FileSet(const FileSet&) = delete;
+    FileSet& operator=(const FileSet&) = delete;
+    ~FileSet() {
+        std::error_code ignored;
+        for (auto& [tmp, path] : pending_) std::filesystem::remove(tmp, ignored);
+    }
+
+    /// Writes the 8-byte length, `header` (padded so that the data starts 8-byte aligned), then
+    /// what `body` writes, to path.tmp.
+    template <class Body>
+    void add(const std::filesystem::path& path, std::string header, Body body) {
+        header.append((8 - header.size() % 8) % 8, ' ');
+        const std::filesystem::path tmp = path.string() + ".tmp";
+        pending_.emplace_back(tmp, path);
         std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
         if (!out) throw user_error(tmp.string(), "cannot open for writing", "check that the folder exists and is writable");
         const std::uint64_t length = header.size();
@@ -89,10 +116,34 @@ void write_atomically(const std::filesystem::path& path, std::string header, Bod
         body(out);
         out.flush();
         if (!out) throw user_error(tmp.string(), "write failed (disk full?)", "free some space and try again");
+        out.close();
+        detail::sync_to_disk(tmp);
     }
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    if (ec) throw user_error(path.string(), "cannot replace the checkpoint: " + ec.message());
+
+    /// Renames every file into place, in the order added.
+    void commit() {
+        for (auto& [tmp, path] : pending_) {
+            std::error_code ec;
+            std::filesystem::rename(tmp, path, ec);
+            if (ec) throw user_error(path.string(), "cannot replace the checkpoint: " + ec.message());
+            detail::sync_to_disk(path.parent_path().empty() ? "." : path.parent_path());
+        }
+        pending_.clear();
+    }
+
+private:
+    std::vector<std::pair<std::filesystem::path, std::filesystem::path>> pending_;
+};
+
+namespace detail {
+
+// One file written atomically: a FileSet of one.
+template <class Body>
+void write_atomically(const std::filesystem::path& path, std::string header, Body body, FileSet* set) {
+    if (set) return set->add(path, std::move(header), body);
+    FileSet one;
+    one.add(path, std::move(header), body);
+    one.commit();
 }
 
 // A safetensors file's parsed header, `in` left at the start of the data.
@@ -124,9 +175,10 @@ inline Header read_header(std::ifstream& in, const std::string& where) {
 
 }  // namespace detail
 
-/// Writes the model's state_dict (parameters and buffers) to `path`, atomically.
+/// Writes the model's state_dict (parameters and buffers) to `path`, atomically; with `set`, as one
+/// of the set's files, in place at its commit().
 inline void save(const ParamStore& store, const std::filesystem::path& path,
-                 const std::map<std::string, std::string>& metadata = {}) {
+                 const std::map<std::string, std::string>& metadata = {}, FileSet* set = nullptr) {
     using namespace detail;
     std::vector<Record> records;
     for (auto& e : store.params) records.push_back({&e, store.values.data() + e.offset});
@@ -163,7 +215,7 @@ inline void save(const ParamStore& store, const std::filesystem::path& path,
                 out.write(reinterpret_cast<const char*>(source), std::streamsize(entry->size * 4));
             }
         }
-    });
+    }, set);
 }
 
 /// Loads a state_dict into the model's host copy. Every tensor of the model must be in the file with
@@ -287,8 +339,8 @@ struct TrainingState {
     std::map<std::string, std::vector<float>> tensors;
 };
 
-/// Writes `state` as a safetensors file of 1-d F32 tensors, atomically.
-inline void save_state(const TrainingState& state, const std::filesystem::path& path) {
+/// Writes `state` as a safetensors file of 1-d F32 tensors, atomically (with `set`: at its commit()).
+inline void save_state(const TrainingState& state, const std::filesystem::path& path, FileSet* set = nullptr) {
     std::string header = "{" + detail::metadata_json(state.metadata);
     std::size_t offset = 0;
     bool first = true;
@@ -301,7 +353,7 @@ inline void save_state(const TrainingState& state, const std::filesystem::path& 
     detail::write_atomically(path, header + "}", [&](std::ofstream& out) {
         for (auto& [name, values] : state.tensors)
             out.write(reinterpret_cast<const char*>(values.data()), std::streamsize(values.size() * 4));
-    });
+    }, set);
 }
 
 /// Reads what save_state wrote; a truncated or foreign file is refused with a message.

@@ -10,8 +10,13 @@
 // the gradients' norm, the optimizer's step and the update of the weights' moving average.
 #include <atomic>
 #include <chrono>
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <memory>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "tessera/core/json.hpp"
@@ -48,6 +53,11 @@ struct TrainConfig {
     MixConfig mix;                       // mixup and cutmix
     double target_top1 = 0;              // stop once validation top-1 (of the weights or their average) reaches it (0: never)
     int keep_epochs = 0;                 // also keep the weights of the last so many epochs, as epoch_<N>.safetensors
+    bool stop_on_save_failure = true;    // a checkpoint that cannot be written stops the run (false: warn, go on)
+    int max_bad_steps = 10;              // stop after so many steps in a row with gradients not finite (0: never)
+    // Called with each step's gradients (averaged over the ranks) before they are checked and used:
+    // for fault injection in tests, and for debugging. On a GPU they are device memory.
+    std::function<void(std::int64_t step, float* grads, std::size_t count)> on_gradients;
 };
 
 /// Where training stands: the next step is batch `batch` of epoch `epoch` (from 1), with `meter` the
@@ -204,6 +214,7 @@ public:
         optimizer_.load_state(state.tensors);
         const auto number = [&](const char* key) { return std::stod(state.metadata.at(key)); };
         progress_ = {int(number("epoch")), std::int64_t(number("batch")), Meter{}, number("best_top1")};
+        steps_done_ = std::int64_t(progress_.epoch - 1) * steps_per_epoch() + progress_.batch / config_.accumulate;
         if (progress_.batch % config_.accumulate != 0)
             throw user_error(weights.string(), "was saved after batch " + std::to_string(progress_.batch) +
                                                    " of its epoch, which is no whole step of train.accumulate = " +
@@ -230,6 +241,7 @@ public:
     /// on (advanced past them).
     Meter optimizer_step(int epoch, std::int64_t& batch, const plugin::StepRates& rates, const plugin::Parameters& params) {
         net_.zero_grad(ctx_);
+        keep_statistics();
         Meter step;
         for (int k = 0; k < config_.accumulate; ++k, ++batch) {
             if (!data_.next(batch_)) throw internal_error("trainer", "the data source gave fewer batches than num_batches() said");
@@ -244,6 +256,7 @@ public:
     Meter train_step(const plugin::StepRates& rates, const plugin::Parameters& params) {
         net_.zero_grad(ctx_);
         Rng unused;
+        keep_statistics();
         const Meter step = accumulate_gradients(MixConfig{}, unused, true);
         apply_gradients(rates, params);
         return step;
@@ -299,15 +312,44 @@ private:
     }
 
     // The summed gradients, averaged over the ranks, clipped: the optimizer's step, then the average's.
+    // Gradients that are not finite (a diverging loss, a bad batch) skip the step: the weights stay,
+    // BatchNorm's statistics go back to what they were before it; too many such steps in a row stop
+    // the run, whose last checkpoint is from before them. Every rank sees the same gradients, so
+    // every rank decides the same.
     void apply_gradients(const plugin::StepRates& rates, const plugin::Parameters& params) {
         if (reducer_) reducer_->finish();
-        if (config_.grad_clip > 0) {
-            float* grads = net_.working().grads;
-            const double norm = std::sqrt(B::sum_squares(ctx_, grads, params.count));
-            if (norm > config_.grad_clip) B::scale(ctx_, grads, params.count, float(config_.grad_clip / (norm + 1e-6)));
-        }
+        float* grads = net_.working().grads;
+        if (config_.on_gradients) config_.on_gradients(steps_done_, grads, params.count);
+        ++steps_done_;
+        const double norm = std::sqrt(B::sum_squares(ctx_, grads, params.count));
+        if (!std::isfinite(norm)) return skip_step();
+        bad_steps_in_row_ = 0;
+        if (config_.grad_clip > 0 && norm > config_.grad_clip)
+            B::scale(ctx_, grads, params.count, float(config_.grad_clip / (norm + 1e-6)));
         optimizer_.step(params, rates);
         if (ema_) ema_->update();
+    }
+
+    void skip_step() {
+        const auto w = net_.working();
+        B::axpby(ctx_, 1, saved_statistics_, 0, w.buffers, net_.params().buffers.size());
+        ++skipped_in_epoch_;
+        ++bad_steps_in_row_;
+        if (is_root())
+            std::fprintf(stderr, "warning: step %lld skipped: its gradients are not finite (the loss diverged, or a batch was bad)\n",
+                         (long long)steps_done_);
+        if (config_.max_bad_steps > 0 && bad_steps_in_row_ >= config_.max_bad_steps)
+            throw user_error("training", "the gradients were not finite for " + std::to_string(bad_steps_in_row_) +
+                                             " steps in a row (up to step " + std::to_string(steps_done_) +
+                                             "): stopped; the last checkpoint is from before them",
+                             "lower the learning rate (runner lr-find) or set train.grad_clip, then resume from last.safetensors");
+    }
+
+    // BatchNorm's running statistics before a step, for skip_step() to put back.
+    void keep_statistics() {
+        const std::size_t n = net_.params().buffers.size();
+        if (!saved_statistics_) saved_statistics_ = statistics_storage_.allocate_floats(n);
+        B::axpby(ctx_, 1, net_.working().buffers, 0, saved_statistics_, n);
     }
 
     // Validation of the weights (and of their average), the epoch's figures, best.safetensors.
@@ -327,9 +369,10 @@ private:
         }
         stats.time_s = seconds_since(start);
         stats.global_step = global_step;
+        stats.skipped_steps = std::exchange(skipped_in_epoch_, 0);
         const bool best = val.top1 > progress_.best_top1;
         progress_ = {epoch + 1, 0, Meter{}, std::max(progress_.best_top1, val.top1)};
-        if (is_root() && best) save_weights(config_.run_dir / "best.safetensors", progress_);
+        if (is_root() && best) guarded_save("best.safetensors", [&] { save_weights(config_.run_dir / "best.safetensors", progress_); });
         return stats;
     }
 
@@ -404,6 +447,7 @@ private:
     // last.safetensors and last.state.safetensors, for resume(): the state first, each written
     // whole under a temporary name, so that a crash leaves the previous pair or a mismatch that
     // resume() refuses. Rank 0 writes; every rank takes part in summing the epoch's figures.
+    // The three files are written whole under temporary names, then renamed together.
     void save_checkpoint(const Progress& at) {
         Meter meter = at.meter;
         reduce(meter);
@@ -414,26 +458,45 @@ private:
         state.metadata["top5"] = std::to_string(meter.top5);
         state.metadata["count"] = std::to_string(meter.count);
         state.metadata["best_top1"] = std::to_string(at.best_top1);
-        checkpoint::save_state(state, state_file(config_.run_dir / "last.safetensors"));
-        if (ema_) {
-            const auto swapped = ema_->swapped_in();
-            save_weights(ema_file(config_.run_dir / "last.safetensors"), at);
+        guarded_save("the checkpoint", [&] {
+            checkpoint::FileSet files;
+            checkpoint::save_state(state, state_file(config_.run_dir / "last.safetensors"), &files);
+            if (ema_) {
+                const auto swapped = ema_->swapped_in();
+                save_weights(ema_file(config_.run_dir / "last.safetensors"), at, &files);
+            }
+            save_weights(config_.run_dir / "last.safetensors", at, &files);
+            files.commit();
+        });
+    }
+
+    // A save that fails (disk full, a folder that cannot be written) leaves the previous files as
+    // they were; the run stops, or goes on with a warning, as [checkpoint] on_failure says.
+    template <class Save>
+    void guarded_save(const char* what, Save save) {
+        try {
+            save();
+        } catch (const Error& e) {
+            if (config_.stop_on_save_failure)
+                throw user_error(e.where(), e.message() + ", saving " + what + ": the previous files are as they were",
+                                 "free some space or make the run folder writable, then resume");
+            std::fprintf(stderr, "warning: could not save %s: %s\n  the previous files are as they were; training goes on "
+                                 "(checkpoint.on_failure = \"continue\")\n", what, e.what());
         }
-        save_weights(config_.run_dir / "last.safetensors", at);
     }
 
     // epoch_<N>.safetensors for the last keep_epochs epochs; older ones are removed.
     void keep_epoch_weights(int epoch) {
         if (config_.keep_epochs < 1 || !is_root()) return;
         auto file = [&](int e) { return config_.run_dir / ("epoch_" + std::to_string(e) + ".safetensors"); };
-        save_weights(file(epoch), progress_);
+        guarded_save("the epoch's weights", [&] { save_weights(file(epoch), progress_); });
         std::error_code ignored;
         std::filesystem::remove(file(epoch - config_.keep_epochs), ignored);
     }
 
-    void save_weights(const std::filesystem::path& path, const Progress& at) {
+    void save_weights(const std::filesystem::path& path, const Progress& at, checkpoint::FileSet* files = nullptr) {
         net_.download();
-        checkpoint::save(net_.params(), path, metadata(at));
+        checkpoint::save(net_.params(), path, metadata(at), files);
     }
 
     // Where training stood, and what `runner predict` needs to use the weights alone: the input
@@ -477,6 +540,10 @@ private:
     plugin::Batch batch_;
     std::unique_ptr<dist::GradientAverager> reducer_;
     std::unique_ptr<WeightAverage<B>> ema_;
+    std::remove_cvref_t<decltype(std::declval<Context&>().arena)> statistics_storage_;  // the backend's memory
+    float* saved_statistics_ = nullptr;  // BatchNorm's statistics before the current step
+    std::int64_t steps_done_ = 0, skipped_in_epoch_ = 0;
+    int bad_steps_in_row_ = 0;
     Progress progress_;
     bool interrupted_ = false, reached_target_ = false;
 };
