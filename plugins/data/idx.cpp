@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "tessera/data/augment.hpp"
+#include "tessera/data/idx.hpp"
 #include "tessera/data/sampler.hpp"
 #include "tessera/plugin/api.hpp"
 
@@ -17,6 +18,8 @@ namespace {
 using namespace tessera::plugin;
 namespace fs = std::filesystem;
 
+constexpr std::size_t max_file_bytes = std::size_t(4) << 30;
+
 // Reads a whole file, transparently gunzipping (zlib reads plain files as they are).
 std::vector<std::uint8_t> read_file(const fs::path& path) {
     gzFile f = gzopen(path.c_str(), "rb");
@@ -24,7 +27,13 @@ std::vector<std::uint8_t> read_file(const fs::path& path) {
     std::vector<std::uint8_t> bytes;
     std::array<std::uint8_t, 1 << 16> chunk;
     int got;
-    while ((got = gzread(f, chunk.data(), chunk.size())) > 0) bytes.insert(bytes.end(), chunk.begin(), chunk.begin() + got);
+    while ((got = gzread(f, chunk.data(), chunk.size())) > 0) {
+        bytes.insert(bytes.end(), chunk.begin(), chunk.begin() + got);
+        if (bytes.size() > max_file_bytes) {  // a gzip bomb, or not an MNIST-sized dataset
+            gzclose(f);
+            throw tessera::user_error(path.string(), "holds more than 4 GiB of data: not an MNIST-format file this plugin reads");
+        }
+    }
     int err = 0;
     const char* message = gzerror(f, &err);
     const std::string reason = (got < 0 || (err != Z_OK && err != Z_STREAM_END)) ? std::string(message ? message : "read error") : "";
@@ -34,34 +43,10 @@ std::vector<std::uint8_t> read_file(const fs::path& path) {
     return bytes;
 }
 
-std::uint32_t big_endian(const std::uint8_t* p) { return (p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]; }
-
-// An IDX file: magic 0x0000 0x08 (unsigned byte) ndims, then ndims big-endian sizes, then the data.
-struct Idx {
-    std::vector<std::uint32_t> dims;
-    std::vector<std::uint8_t> data;
-};
+using tessera::data::Idx;
 
 Idx read_idx(const fs::path& path, std::size_t expected_dims) {
-    std::vector<std::uint8_t> bytes = read_file(path);
-    const std::string where = path.string();
-    if (bytes.size() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 || bytes[3] != expected_dims)
-        throw tessera::user_error(where, "not an IDX file of " + std::to_string(expected_dims) + "-d unsigned bytes",
-                                  "expected MNIST-format files such as train-images-idx3-ubyte.gz");
-    Idx idx;
-    std::size_t count = 1;
-    if (bytes.size() < 4 + 4 * expected_dims) throw tessera::user_error(where, "truncated IDX header", "download the file again");
-    for (std::size_t d = 0; d < expected_dims; ++d) {
-        idx.dims.push_back(big_endian(&bytes[4 + 4 * d]));
-        count *= idx.dims.back();
-    }
-    const std::size_t header = 4 + 4 * expected_dims;
-    if (bytes.size() - header != count)
-        throw tessera::user_error(where, "truncated or oversized IDX file: the header promises " + std::to_string(count) +
-                                             " bytes of data, the file holds " + std::to_string(bytes.size() - header),
-                                  "download the file again");
-    idx.data.assign(bytes.begin() + header, bytes.end());
-    return idx;
+    return tessera::data::parse_idx(read_file(path), expected_dims, path.string());
 }
 
 fs::path find_file(const fs::path& dir, const std::string& stem) {

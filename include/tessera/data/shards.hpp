@@ -135,12 +135,15 @@ public:
                                  "make the folder again with runner prepare");
             e.offset = offset;
             e.path = path;
-            shards = std::max<std::size_t>(shards, e.shard + 1);
+            if (e.shard > max_shards)
+                throw user_error((dir / "index.tsv").string() + ":" + std::to_string(number), "names shard " + std::to_string(e.shard),
+                                 "the index is damaged: make the folder again with runner prepare");
+            shards = std::max<std::size_t>(shards, std::size_t(e.shard) + 1);
             entries_.push_back(std::move(e));
         }
         for (std::size_t s = 0; s < shards; ++s) maps_.push_back(std::make_unique<Mapping>(dir / shard_file_name(s)));
         for (std::size_t i = 0; i < entries_.size(); ++i)
-            if (entries_[i].offset + entries_[i].size > maps_[entries_[i].shard]->size)
+            if (entries_[i].offset > maps_[entries_[i].shard]->size || entries_[i].size > maps_[entries_[i].shard]->size - entries_[i].offset)
                 throw user_error((dir / shard_file_name(entries_[i].shard)).string(),
                                  "is shorter than its index says (image " + std::to_string(i) + ")",
                                  "the folder is damaged: make it again with runner prepare");
@@ -156,6 +159,8 @@ public:
     const std::filesystem::path& dir() const { return dir_; }
 
 private:
+    static constexpr std::uint32_t max_shards = 1u << 20;  // a petabyte of 1 GiB shards
+
     struct Mapping {
         const std::uint8_t* data = nullptr;
         std::size_t size = 0;

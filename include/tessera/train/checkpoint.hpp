@@ -234,7 +234,9 @@ inline void load(ParamStore& store, const std::filesystem::path& path) {
     std::vector<std::string> seen;
     std::vector<char> bytes;
     std::vector<float> scratch;
-    for (auto& [name, info] : root.object()) {
+    for (auto& item : root.object()) {
+        const std::string& name = item.first;  // a plain reference: lambdas below capture it
+        const json::Value& info = item.second;
         if (name == "__metadata__") continue;
         bool is_buffer = false;
         const ParamEntry* e = store.find(name, is_buffer);

@@ -1,0 +1,24 @@
+// The safetensors readers on any bytes: header length, JSON, dtypes, shapes and offsets against the
+// model and the file. Each must load, or refuse with tessera::Error; nothing else.
+#include "common.hpp"
+#include "tessera/models/zoo.hpp"
+#include "tessera/train/checkpoint.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    static auto net = tessera::models::make_network<tessera::cpu::Backend>("resnet20", {10, 3});
+    const auto file = tessera_fuzz::as_file("checkpoint.safetensors", data, size);
+    try {
+        tessera::checkpoint::read_metadata(file);
+        tessera::checkpoint::read_shapes(file);
+    } catch (const tessera::Error&) {
+    }
+    try {
+        tessera::checkpoint::load(net->params(), file);
+    } catch (const tessera::Error&) {
+    }
+    try {
+        tessera::checkpoint::load_state(file);
+    } catch (const tessera::Error&) {
+    }
+    return 0;
+}
