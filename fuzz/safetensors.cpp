@@ -1,6 +1,7 @@
 // The safetensors readers on any bytes: header length, JSON, dtypes, shapes and offsets against the
 // model and the file. Each must load, or refuse with tessera::Error; nothing else.
 #include "common.hpp"
+#include "tessera/backend/cpu/backend.hpp"
 #include "tessera/models/zoo.hpp"
 #include "tessera/train/checkpoint.hpp"
 
