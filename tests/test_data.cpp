@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "helpers.hpp"
+#include "tessera/data/idx.hpp"
 #include "tessera/data/image_folder.hpp"
 #include "tessera/data/loader.hpp"
 #include "tessera/data/shards.hpp"
@@ -462,6 +463,38 @@ std::shared_ptr<plugin::DataSource> make_photo_data(const std::string& name, con
     options.emplace("val_resize", std::int64_t(36));
     options.emplace("val_crop", std::int64_t(32));
     return registry.create<plugin::DataSource>(*entry, plugin::Registry::with_defaults(*entry, options));
+}
+
+// Sizes an input claims are checked against the bytes it has, without overflow.
+TEST(Limits, IdxHeadersThatClaimTooMuchAreRefused) {
+    auto idx = [](std::vector<std::uint32_t> dims, std::size_t data) {
+        std::vector<std::uint8_t> b = {0, 0, 8, std::uint8_t(dims.size())};
+        for (auto d : dims)
+            for (int shift : {24, 16, 8, 0}) b.push_back(std::uint8_t(d >> shift));
+        b.resize(b.size() + data, 7);
+        return b;
+    };
+    EXPECT_EQ(data::parse_idx(idx({2, 3, 4}, 24), 3, "ok").data.size(), 24u);
+    // 2^32-1 cubed wraps 64 bits: a reader that multiplies blindly could accept this file.
+    for (const auto& dims : {std::vector<std::uint32_t>{0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu},
+                             std::vector<std::uint32_t>{0x80000000u, 0x80000000u, 4}, std::vector<std::uint32_t>{0, 5, 5},
+                             std::vector<std::uint32_t>{2, 3, 5}})
+        EXPECT_THROW(data::parse_idx(idx(dims, 24), 3, "claims"), Error);
+    EXPECT_THROW(data::parse_idx(idx({24}, 24), 3, "wrong rank"), Error);
+}
+
+TEST(Limits, ShardIndexesThatPointOutsideTheirShardsAreRefused) {
+    TempDir dir;
+    std::ofstream(dir / "classes.txt") << "a\nb\n";
+    std::ofstream(dir / data::shard_file_name(0), std::ios::binary) << std::string(1000, 'x');
+    const std::string header = std::string(data::shards_index_header) + "\n";
+    for (const std::string& line : {"0\t900\t100\t1\tok.jpg\n", "0\t901\t100\t1\tpast-the-end.jpg\n",
+                                    "0\t18446744073709551615\t2\t0\twraps.jpg\n", "4294967295\t0\t1\t0\thuge-shard.jpg\n",
+                                    "0\t0\t1\t2\tno-such-class.jpg\n"}) {
+        std::ofstream(dir / "index.tsv", std::ios::trunc) << header << line;
+        if (line.find("ok.jpg") != std::string::npos) EXPECT_NO_THROW(data::ShardReader(dir.path(), "t")) << line;
+        else EXPECT_THROW(data::ShardReader(dir.path(), "t"), Error) << line;
+    }
 }
 
 TEST(Shards, GiveTheSamplesOfTheFolderTheyWereMadeFrom) {

@@ -239,6 +239,8 @@ inline void apply_override(toml::table& root, const std::string& assignment) {
 }
 
 /// Reads a recipe and applies the overrides; resolve() then validates it.
+inline constexpr std::uintmax_t max_recipe_bytes = 1 << 20;
+
 inline Recipe load(const fs::path& file, const std::vector<std::string>& overrides) {
     Recipe r;
     r.file = file;
@@ -246,6 +248,8 @@ inline Recipe load(const fs::path& file, const std::vector<std::string>& overrid
     std::error_code ec;
     if (!fs::is_regular_file(file, ec))
         throw user_error(name, "no such recipe file", "give the path of a .toml recipe, e.g. recipes/quickstart.toml");
+    if (fs::file_size(file, ec) > max_recipe_bytes)
+        throw user_error(name, "is larger than 1 MiB: not a recipe", "give the path of a .toml recipe, e.g. recipes/quickstart.toml");
     try {
         r.effective = toml::parse_file(name);
     } catch (const toml::parse_error& e) {
