@@ -483,6 +483,28 @@ TEST(Limits, IdxHeadersThatClaimTooMuchAreRefused) {
     EXPECT_THROW(data::parse_idx(idx({24}, 24), 3, "wrong rank"), Error);
 }
 
+// Found by scripts/fuzz (image): a 16-bit PGM header promising 3727x3727 pixels in a 24-byte file
+// made stb_image read past the end.
+TEST(Limits, PnmFilesMustHoldThePixelsTheirHeaderPromises) {
+    data::ImageDecoder decoder;
+    data::Image image;
+    const std::string crash = "P5\n3727\n3727 4646 46462\xd2";
+    const std::vector<std::uint8_t> bytes(crash.begin(), crash.end());
+    EXPECT_THROW(decoder.decode(bytes, image), data::DecodeError);
+    // Whole files still decode: 8-bit and 16-bit grey, and colour, comments included.
+    std::string grey16 = "P5\n# a comment\n2 1\n65535\n";
+    grey16 += std::string("\xff\xff\x00\x00", 4);
+    std::string colour = "P6 1 1 255\n";
+    colour += std::string("\x0a\x14\x1e", 3);
+    for (const std::string& file : {grey16, colour}) {
+        decoder.decode(std::vector<std::uint8_t>(file.begin(), file.end()), image);
+        EXPECT_GE(image.width, 1);
+    }
+    EXPECT_EQ(image.pixels[0], 10);
+    std::string cut = colour.substr(0, colour.size() - 1);
+    EXPECT_THROW(decoder.decode(std::vector<std::uint8_t>(cut.begin(), cut.end()), image), data::DecodeError);
+}
+
 TEST(Limits, ShardIndexesThatPointOutsideTheirShardsAreRefused) {
     TempDir dir;
     std::ofstream(dir / "classes.txt") << "a\nb\n";

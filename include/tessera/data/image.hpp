@@ -158,6 +158,7 @@ public:
             int channels = 0;
             if (!stbi_info_from_memory(bytes.data(), int(bytes.size()), &h.width, &h.height, &channels))
                 throw DecodeError(std::string("not a readable ") + format_name(h.format) + ": " + stbi_failure_reason());
+            if (h.format == ImageFormat::pnm) check_pnm_size(bytes);
         }
         if (h.width <= 0 || h.height <= 0 || h.width > max_image_side || h.height > max_image_side ||
             std::int64_t(h.width) * h.height > max_image_pixels)
@@ -263,6 +264,33 @@ private:
                 out.pixels[3 * i + c] = std::uint8_t(std::clamp(k - (((t >> 8) + t) >> 8), 0, 255));
             }
         }
+    }
+
+    // A binary PNM (P5, P6) must hold the pixels its header promises: stb_image's reader of 16-bit
+    // PNM reads past the end of a file that does not (found by fuzzing).
+    static void check_pnm_size(std::span<const std::uint8_t> bytes) {
+        std::size_t pos = 2;
+        auto number = [&]() -> std::uint64_t {
+            for (;;) {  // whitespace and comments before the number
+                while (pos < bytes.size() && std::isspace(bytes[pos])) ++pos;
+                if (pos < bytes.size() && bytes[pos] == '#')
+                    while (pos < bytes.size() && bytes[pos] != '\n') ++pos;
+                else
+                    break;
+            }
+            std::uint64_t v = 0;
+            const std::size_t start = pos;
+            while (pos < bytes.size() && std::isdigit(bytes[pos]) && v < (std::uint64_t(1) << 32)) v = v * 10 + (bytes[pos++] - '0');
+            if (pos == start) throw DecodeError("damaged PNM header");
+            return v;
+        };
+        const std::uint64_t width = number(), height = number(), maxval = number();
+        ++pos;  // the one whitespace byte before the pixels
+        const std::uint64_t channels = bytes[1] == '6' ? 3 : 1, sample = maxval > 255 ? 2 : 1;
+        if (width > std::uint64_t(max_image_side) || height > std::uint64_t(max_image_side) || pos > bytes.size() ||
+            bytes.size() - pos < width * height * channels * sample)
+            throw DecodeError("truncated PNM: its header promises " + std::to_string(width) + "x" + std::to_string(height) +
+                              " pixels that the file does not hold");
     }
 
     static void decode_stb(std::span<const std::uint8_t> bytes, Image& out) {
