@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, in one call of a few minutes on a machine with one GPU: the CUDA tests, then
-# `runner bench` for ResNet50 at 224 px, batch 256, next to PyTorch's torchvision ResNet50 on the
-# same card (torch_peer.py), and a table last.
+# `runner bench` for ResNet50 at 224 px, batch 256, in fp32, tf32, bf16 and fp16, next to PyTorch's
+# torchvision ResNet50 on the same card (torch_peer.py: channels-last, autocast, GradScaler for
+# fp16), and a table last.
 #   bench/gpu_check.sh [BUILD_DIR] [TORCH_PEER]      logs go to $OUT (or /tmp/gpu_check)
 set -uo pipefail
 build=${1:-build}
@@ -14,7 +15,7 @@ echo "== CUDA tests"
 "$build/tests/tessera_tests" --gtest_filter='Cuda*' 2>&1 | tee "$out/gpu_tests.log" | grep -E '^\[ +(OK|FAILED|SKIPPED) +\]|Failure|error'
 
 echo "== tessera"
-for precision in fp32 tf32; do
+for precision in fp32 tf32 bf16 fp16; do
   "$build/runner/runner" bench --device cuda --precision "$precision" --arch resnet50 --batch "$batch" --image-size 224 \
     --steps 10 --warmup 3 --json > "$out/tessera_$precision.json" 2> "$out/tessera_$precision.err"
   cat "$out/tessera_$precision.json" "$out/tessera_$precision.err"
@@ -24,7 +25,7 @@ echo "== NCCL all-reduce of ResNet50's gradients on this one GPU (a local copy: 
 "$build/runner/runner" bench --allreduce --device cuda --json 2>&1 | tee "$out/nccl_allreduce.json"
 
 echo "== PyTorch"
-for precision in fp32-strict fp32 bf16; do
+for precision in fp32-strict fp32 bf16 fp16; do
   python3 "$peer" --precision "$precision" --batch "$batch" > "$out/torch_$precision.json" 2> "$out/torch_$precision.err"
   tail -n 1 "$out/torch_$precision.json"; tail -n 3 "$out/torch_$precision.err"
 done
@@ -40,7 +41,8 @@ def load(name):
         return None
 rows = [("fp32 (TF32 off)", "tessera_fp32", "torch_fp32-strict"),
         ("tf32", "tessera_tf32", "torch_fp32"),
-        ("bf16 autocast", None, "torch_bf16")]
+        ("bf16 mixed", "tessera_bf16", "torch_bf16"),
+        ("fp16 + loss scale", "tessera_fp16", "torch_fp16")]
 gpu = next((t["gpu"] for _, _, p in rows if (t := load(p))), "?")
 print(f"\nResNet50 training, 224x224, batch per step as in each row, {gpu}")
 print(f"{'configuration':<18} {'tessera img/s':>14} {'PyTorch img/s':>14} {'ratio':>7} {'tessera GiB':>12} {'PyTorch GiB':>12}")

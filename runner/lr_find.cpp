@@ -95,6 +95,7 @@ int lr_find(const std::vector<std::string>& raw) {
         config.seed = std::uint64_t(r.run.integer("seed"));
         config.label_smoothing = float(r.train.number("label_smoothing"));
         config.comm = world.get();
+        config.loss_scale = loss_scale_of(r);
         train::Trainer<B> trainer(*ctx, *net, *run.data, *optimizer, *scheduler, {}, config);
         const plugin::Parameters params = train::optimizer_view(*net, *ctx);
         plugin::EpochPlan plan;

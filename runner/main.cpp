@@ -19,7 +19,7 @@ constexpr const char* usage = R"(usage: runner RECIPE [--set section.key=value].
        runner lr-find RECIPE [--start 1e-7] [--end 10] [--iters 100] [--set …] [--json]
        runner info ARCH [--num-classes N] [--image-size S] [--in-channels C]
        runner plugins
-       runner bench --arch A --batch B --image-size S [--device cpu|cuda] [--precision fp32|tf32]
+       runner bench --arch A --batch B --image-size S [--device cpu|cuda] [--precision fp32|tf32|bf16|fp16]
                     [--threads T] [--steps K] [--warmup W] [--json]
        runner bench --data RECIPE [--threads T] [--batches K] [--warmup W] [--set …] [--json]
        mpirun -np N runner bench --allreduce [--device cpu|cuda] [--floats F] [--steps K] [--json]

@@ -6,6 +6,7 @@
 
 #include "tessera/plugin/registry.hpp"
 #include "tessera/recipe/recipe.hpp"
+#include "tessera/train/loss_scale.hpp"
 
 namespace tessera::runner {
 
@@ -19,5 +20,16 @@ struct RecipeRun {
     int num_classes = 0;
 };
 RecipeRun open_recipe(const std::string& file, const std::vector<std::string>& sets);
+
+/// The recipe's loss scaling: [train] loss_scale when set, else dynamic for fp16 and none otherwise.
+inline train::LossScaleConfig loss_scale_of(const recipe::Recipe& r) {
+    const double fixed = r.train.number("loss_scale");
+    const auto window = r.train.integer("loss_scale_window");
+    if (fixed < 0) throw user_error(r.file.string() + " [train] loss_scale", "must not be negative", "0 leaves the choice to the precision");
+    if (window < 1) throw user_error(r.file.string() + " [train] loss_scale_window", "must be at least 1");
+    if (fixed > 0) return {fixed, false, int(window)};
+    if (r.model.text("precision") == "fp16") return {train::LossScaler::dynamic_start, true, int(window)};
+    return {};
+}
 
 }  // namespace tessera::runner

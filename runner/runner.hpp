@@ -64,12 +64,13 @@ std::unique_ptr<typename B::Context> make_context(int threads, const std::string
     }
 #ifdef TESSERA_WITH_CUDA
     else {
-        if (precision != "fp32" && precision != "tf32")
-            throw user_error(where, "\"" + precision + "\" is not available in the CUDA backend yet",
-                             "use precision = \"tf32\" (fp32 storage, TF32 tensor cores) or \"fp32\"");
+        if (precision != "fp32" && precision != "tf32" && precision != "bf16" && precision != "fp16")
+            throw user_error(where, "\"" + precision + "\" is not a precision of the CUDA backend",
+                             "use \"bf16\" or \"fp16\" (mixed precision), \"tf32\" (fp32 on TF32 tensor cores) or \"fp32\"");
         cuda::Settings settings;
         settings.device = device;
         settings.tf32 = precision == "tf32";
+        settings.compute = precision == "bf16" ? DType::bf16 : precision == "fp16" ? DType::f16 : DType::f32;
         return std::make_unique<cuda::Context>(settings);
     }
 #endif

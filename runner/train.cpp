@@ -151,6 +151,7 @@ int train(const std::vector<std::string>& raw) {
         config.stop_on_save_failure = on_failure == "stop";
         if (r.train.integer("max_bad_steps") < 0) throw user_error(r.file.string() + " [train] max_bad_steps", "must not be negative");
         config.max_bad_steps = int(r.train.integer("max_bad_steps"));
+        config.loss_scale = loss_scale_of(r);
         train::Trainer<B> trainer(*ctx, *net, data, *optimizer, *scheduler, loggers, config);
         if (trainer.steps_per_epoch() < 1)
             throw user_error(r.file.string(), "the training data has fewer images than one batch (" + std::to_string(r.batch_size) +

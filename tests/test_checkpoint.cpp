@@ -31,6 +31,22 @@ TEST(Checkpoint, RoundTripRestoresEveryTensor) {
     EXPECT_EQ(a->params().buffers, b->params().buffers);
 }
 
+// A training state holds metadata, tensors, both or neither (an optimizer without state, such as
+// SGD without momentum, saves no tensors): each is a valid header.
+TEST(Checkpoint, TrainingStatesWithAndWithoutTensorsRoundTrip) {
+    TempDir dir;
+    for (bool metadata : {false, true})
+        for (bool tensors : {false, true}) {
+            checkpoint::TrainingState state;
+            if (metadata) state.metadata = {{"epoch", "3"}, {"loss_scale", "32768"}};
+            if (tensors) state.tensors = {{"momentum", {1.f, -2.f}}, {"step", {4.f}}};
+            checkpoint::save_state(state, dir / "s.safetensors");
+            const auto back = checkpoint::load_state(dir / "s.safetensors");
+            EXPECT_EQ(back.metadata, state.metadata) << metadata << tensors;
+            EXPECT_EQ(back.tensors, state.tensors) << metadata << tensors;
+        }
+}
+
 TEST(Checkpoint, DamagedOrMismatchedFilesAreRefusedAndChangeNothing) {
     TempDir dir;
     auto a = make("resnet20", 10, 1), b = make("resnet20", 10, 2), other = make("resnet20", 100, 3);

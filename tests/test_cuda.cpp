@@ -1,9 +1,13 @@
 // The CUDA backend against the CPU backend on the same inputs: every layer forward and backward,
-// and a whole ResNet50 training step. With TF32 off the two agree within 1e-4 of each tensor's
-// largest value. Skips itself, saying so, where no GPU answers.
+// and a whole ResNet50 training step. In fp32 with TF32 off the two agree within 1e-4 of each
+// tensor's largest value; in bf16 and fp16 (mixed precision) within 2e-2, the CPU given the same
+// rounded inputs. Skips itself, saying so, where no GPU answers.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "helpers.hpp"
 #include "runner.hpp"
@@ -41,6 +45,52 @@ std::vector<float> to_host(const float* device, std::size_t n) {
     return host;
 }
 
+// Host values rounded to what dtype holds, in place (so that the CPU sees what the GPU sees).
+void round_to(std::vector<float>& v, DType t) {
+    for (float& x : v)
+        x = t == DType::bf16 ? __bfloat162float(__float2bfloat16(x)) : t == DType::f16 ? __half2float(__float2half(x)) : x;
+}
+
+// Host floats on the device as dtype, freed at scope exit.
+struct DeviceTensor {
+    void* data = nullptr;
+    DType dtype;
+    DeviceTensor(const std::vector<float>& host, DType t) : dtype(t) {
+        std::vector<std::uint16_t> half(host.size());
+        for (std::size_t i = 0; i < host.size() && t != DType::f32; ++i) {
+            const __nv_bfloat16 b = __float2bfloat16(host[i]);
+            const __half h = __float2half(host[i]);
+            std::memcpy(&half[i], t == DType::bf16 ? static_cast<const void*>(&b) : static_cast<const void*>(&h), 2);
+        }
+        const std::size_t bytes = host.size() * element_bytes(t);
+        EXPECT_EQ(cudaMalloc(&data, bytes), cudaSuccess);
+        cudaMemcpy(data, t == DType::f32 ? static_cast<const void*>(host.data()) : half.data(), bytes, cudaMemcpyHostToDevice);
+    }
+    ~DeviceTensor() { cudaFree(data); }
+    Tensor view(Shape s) const { return Tensor{static_cast<float*>(data), s, dtype}; }
+};
+
+// A device tensor of any dtype, as host floats.
+std::vector<float> to_host(const Tensor& t) {
+    if (t.dtype == DType::f32) return to_host(t.data, t.size());
+    std::vector<std::uint16_t> raw(t.size());
+    cudaDeviceSynchronize();
+    cudaMemcpy(raw.data(), t.data, t.bytes(), cudaMemcpyDeviceToHost);
+    std::vector<float> host(t.size());
+    for (std::size_t i = 0; i < raw.size(); ++i) {
+        if (t.dtype == DType::bf16) {
+            __nv_bfloat16 b;
+            std::memcpy(&b, &raw[i], 2);
+            host[i] = __bfloat162float(b);
+        } else {
+            __half h;
+            std::memcpy(&h, &raw[i], 2);
+            host[i] = __half2float(h);
+        }
+    }
+    return host;
+}
+
 // max |a - b| over max |b|: how far apart two tensors are, relative to their scale.
 double distance(const std::vector<float>& a, const std::vector<float>& b) {
     double worst = 0, scale = 1e-30;
@@ -51,8 +101,11 @@ double distance(const std::vector<float>& a, const std::vector<float>& b) {
     return worst / scale;
 }
 
+// One layer on both backends from the same weights and inputs: output, input gradient, parameter
+// gradients and running statistics. `dtype`: the GPU's activations (bf16 and fp16 compute with fp32
+// weights, as in training).
 template <class Spec, int In>
-void check_parity(Shape in, bool training, double tol = 1e-4) {
+void check_parity(Shape in, bool training, double tol = 1e-4, DType dtype = DType::f32) {
     Bound<Spec, In> host;
     Rng rng(11);
     host.layer.init(rng, {});
@@ -71,30 +124,59 @@ void check_parity(Shape in, bool training, double tol = 1e-4) {
     store.point(layer, device.memory<models::ParamStore::Memory>());
 
     cpu::Context cpu_ctx(2);
-    cuda::Settings strict;
-    strict.tf32 = false;
-    cuda::Context gpu_ctx(strict);
+    cuda::Settings settings;
+    settings.tf32 = false;
+    settings.compute = dtype;
+    cuda::Context gpu_ctx(settings);
     cpu_ctx.training = gpu_ctx.training = training;
     std::vector<float> x(in.size());
     fill_normal(x.data(), x.size(), rng);
-    const Shape out = host.layer.output_shape(in);
-    std::vector<float> dy(out.size());
-    fill_normal(dy.data(), dy.size(), rng);
-    DeviceFloats x_gpu(x), dy_gpu(dy);
+    round_to(x, dtype);
+    DeviceTensor x_gpu(x, dtype);
 
     const Tensor y_cpu = host.layer.forward(cpu_ctx, Tensor{x.data(), in});
-    const Tensor y_gpu = layer.forward(gpu_ctx, Tensor{x_gpu.data, in});
+    const Tensor y_gpu = layer.forward(gpu_ctx, x_gpu.view(in));
     ASSERT_EQ(y_gpu.shape, y_cpu.shape);
-    EXPECT_LT(distance(to_host(y_gpu.data, y_gpu.size()), {y_cpu.data, y_cpu.data + y_cpu.size()}), tol) << "forward";
-    const Tensor dx_cpu = host.layer.backward(cpu_ctx, Tensor{dy.data(), out});
-    const Tensor dx_gpu = layer.backward(gpu_ctx, Tensor{dy_gpu.data, out});
-    EXPECT_LT(distance(to_host(dx_gpu.data, dx_gpu.size()), {dx_cpu.data, dx_cpu.data + dx_cpu.size()}), tol) << "dx";
+    EXPECT_LT(distance(to_host(y_gpu), {y_cpu.data, y_cpu.data + y_cpu.size()}), tol) << "forward, " << dtype_name(dtype);
+    std::vector<float> dy(y_cpu.size());
+    fill_normal(dy.data(), dy.size(), rng);
+    round_to(dy, y_gpu.dtype);  // the gradient has its output's type: fp32 after Linear, the compute type elsewhere
+    DeviceTensor dy_gpu(dy, y_gpu.dtype);
+    const Tensor dx_cpu = host.layer.backward(cpu_ctx, Tensor{dy.data(), y_cpu.shape});
+    const Tensor dx_gpu = layer.backward(gpu_ctx, dy_gpu.view(y_cpu.shape));
+    EXPECT_EQ(dx_gpu.dtype, dtype);
+    EXPECT_LT(distance(to_host(dx_gpu), {dx_cpu.data, dx_cpu.data + dx_cpu.size()}), tol) << "dx, " << dtype_name(dtype);
     device.download(store);
     for (auto& e : store.params) {
         const auto slice = [&](const std::vector<float>& v) { return std::vector<float>(v.begin() + e.offset, v.begin() + e.offset + e.size); };
-        EXPECT_LT(distance(slice(store.grads), slice(host.store.grads)), tol) << e.name << " gradient";
+        EXPECT_LT(distance(slice(store.grads), slice(host.store.grads)), tol) << e.name << " gradient, " << dtype_name(dtype);
     }
-    EXPECT_LT(distance(store.buffers, host.store.buffers), tol) << "running statistics";
+    EXPECT_LT(distance(store.buffers, host.store.buffers), tol) << "running statistics, " << dtype_name(dtype);
+}
+
+// Every layer of a ResNet in mixed precision: bf16 and fp16 activations, fp32 weights.
+void check_every_layer(DType dtype) {
+    const double tol = 2e-2;
+    check_parity<Conv<32, 3>, 16>({4, 14, 14, 16}, true, tol, dtype);
+    check_parity<Conv<32, 3, 2>, 16>({4, 15, 15, 16}, true, tol, dtype);
+    check_parity<Conv<64, 1>, 32>({4, 8, 8, 32}, true, tol, dtype);
+    check_parity<Conv<64, 1, 2>, 32>({4, 8, 8, 32}, true, tol, dtype);
+    check_parity<Conv<64, 7, 2>, 3>({2, 32, 32, 3}, true, tol, dtype);
+    check_parity<BatchNorm<>, 32>({4, 7, 7, 32}, true, tol, dtype);
+    check_parity<BatchNorm<>, 32>({4, 7, 7, 32}, false, tol, dtype);
+    check_parity<ReLU, 8>({2, 5, 5, 8}, true, tol, dtype);
+    check_parity<MaxPool<3, 2>, 8>({2, 9, 9, 8}, true, tol, dtype);
+    check_parity<GlobalAvgPool, 16>({3, 4, 4, 16}, true, tol, dtype);
+    check_parity<Linear<10>, 64>({5, 1, 1, 64}, true, tol, dtype);
+    check_parity<models::Bottleneck<64, 2>, 32>({2, 8, 8, 32}, true, tol, dtype);
+}
+TEST(Cuda, EveryLayerInBf16) {
+    SKIP_WITHOUT_GPU();
+    check_every_layer(DType::bf16);
+}
+TEST(Cuda, EveryLayerInFp16) {
+    SKIP_WITHOUT_GPU();
+    check_every_layer(DType::f16);
 }
 
 TEST(Cuda, Conv3x3) {
@@ -142,17 +224,20 @@ double relative_l2(const std::vector<float>& a, const std::vector<float>& b) {
 // first and last layers, and the weights after an SGD step. The last layer agrees as every layer
 // does; the first is 53 training-mode BatchNorms away, each of which amplifies rounding differences
 // (and a ReLU or max-pool winner that flips on a last-bit difference routes a gradient elsewhere),
-// so it is compared by relative L2 norm: measured 2.2% of the largest value on an H200.
-TEST(Cuda, ResNet50TrainingStepMatchesCpu) {
-    SKIP_WITHOUT_GPU();
+// so it is compared by relative L2 norm: in fp32, measured 2.2% of the largest value on an H200.
+struct StepTolerance {
+    double loss, last_gradient, first_gradient, weights, statistics;
+};
+void resnet50_step_parity(DType dtype, StepTolerance tol) {
     auto cpu_net = runner::make_cpu_network("resnet50", 1000, 3);
     auto gpu_net = runner::make_cuda_network("resnet50", 1000, 3);
     cpu_net->init(3, {});
     gpu_net->init(3, {});
     cpu::Context cpu_ctx;
-    cuda::Settings strict;
-    strict.tf32 = false;
-    cuda::Context gpu_ctx(strict);
+    cuda::Settings settings;
+    settings.tf32 = false;
+    settings.compute = dtype;
+    cuda::Context gpu_ctx(settings);
 
     plugin::Registry registry({plugin_dir()});
     const auto* sgd = registry.find("optimizer", "sgd");
@@ -172,7 +257,7 @@ TEST(Cuda, ResNet50TrainingStepMatchesCpu) {
     auto step = [&]<class B>(models::Network<B>& net, typename B::Context& ctx, plugin::Optimizer& opt) {
         ctx.arena.reset();
         net.zero_grad(ctx);
-        Tensor x = ctx.arena.tensor({4, 96, 96, 3});
+        Tensor x = ctx.arena.tensor({4, 96, 96, 3}, ctx.activations);
         B::normalize_images(ctx, batch.pixels.data(), mean.data(), inv_std.data(), x);
         const Tensor logits = net.forward(ctx, x);
         const Tensor dlogits = ctx.arena.tensor(logits.shape);
@@ -186,7 +271,8 @@ TEST(Cuda, ResNet50TrainingStepMatchesCpu) {
     };
     const auto [cpu_loss, cpu_grads] = step.template operator()<cpu::Backend>(*cpu_net, cpu_ctx, *cpu_sgd);
     const auto [gpu_loss, gpu_grads] = step.template operator()<cuda::Backend>(*gpu_net, gpu_ctx, *gpu_sgd);
-    EXPECT_NEAR(gpu_loss, cpu_loss, 1e-4 * std::abs(cpu_loss));
+    std::printf("%s: loss %.6f on the GPU, %.6f on the CPU\n", dtype_name(dtype).c_str(), gpu_loss, cpu_loss);
+    EXPECT_NEAR(gpu_loss, cpu_loss, tol.loss * std::abs(cpu_loss));
     for (const char* name : {"conv1.weight", "fc.weight", "fc.bias"}) {
         bool is_buffer = false;
         const auto* e = cpu_net->params().find(name, is_buffer);
@@ -195,11 +281,23 @@ TEST(Cuda, ResNet50TrainingStepMatchesCpu) {
         const bool first = std::string(name) == "conv1.weight";
         const double grad_gap = relative_l2(slice(gpu_grads), slice(cpu_grads));
         const double value_gap = relative_l2(slice(gpu_net->params().values), slice(cpu_net->params().values));
-        std::printf("%s: gradient relative L2 %.2e, weights after the step %.2e\n", name, grad_gap, value_gap);
-        EXPECT_LT(grad_gap, first ? 5e-2 : 1e-3) << name << " gradient";
-        EXPECT_LT(value_gap, first ? 5e-2 : 1e-4) << name << " after the step";
+        std::printf("%s %s: gradient relative L2 %.2e, weights after the step %.2e\n", dtype_name(dtype).c_str(), name, grad_gap,
+                    value_gap);
+        EXPECT_LT(grad_gap, first ? tol.first_gradient : tol.last_gradient) << name << " gradient";
+        EXPECT_LT(value_gap, first ? tol.first_gradient : tol.weights) << name << " after the step";
     }
-    EXPECT_LT(distance(gpu_net->params().buffers, cpu_net->params().buffers), 1e-4) << "BatchNorm statistics";
+    EXPECT_LT(distance(gpu_net->params().buffers, cpu_net->params().buffers), tol.statistics) << "BatchNorm statistics";
+}
+
+TEST(Cuda, ResNet50TrainingStepMatchesCpu) {
+    SKIP_WITHOUT_GPU();
+    resnet50_step_parity(DType::f32, {1e-4, 1e-3, 5e-2, 1e-4, 1e-4});
+}
+// bf16 keeps 8 bits of mantissa: each layer within 2e-2 as above; the first layer's gradient, 53
+// BatchNorms down, is held to 25%.
+TEST(Cuda, ResNet50TrainingStepMatchesCpuInBf16) {
+    SKIP_WITHOUT_GPU();
+    resnet50_step_parity(DType::bf16, {2e-2, 5e-2, 0.25, 2e-2, 2e-2});
 }
 
 TEST(Cuda, VectorOpsMatchCpu) {

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "helpers.hpp"
+#include "recipe_run.hpp"
 #include "runner.hpp"
 #include "tessera/train/checkpoint.hpp"
 #include "tessera/train/trainer.hpp"
@@ -288,6 +289,118 @@ TEST(NonFinite, AStepWithNanGradientsIsSkippedAndTooManyStopTheRun) {
     } catch (const Error& e) {
         EXPECT_TRUE(e.is_user_error());
         EXPECT_NE(std::string(e.what()).find("not finite for 2 steps in a row"), std::string::npos) << e.what();
+    }
+}
+
+// Loss scaling multiplies the loss's gradient by a power of two and divides the weights'
+// gradients by it: in fp32, barring overflow and denormals, both are exact, so the optimizer sees
+// the same gradients bit for bit. (What scaling is for, fp16 on the GPU, is checked there.)
+TEST(LossScale, AFixedPowerOfTwoChangesNoGradient) {
+    std::vector<std::vector<float>> seen;
+    for (double scale : {0.0, 1024.0}) {
+        train::TrainConfig config;
+        config.batch_size = 8;
+        config.loss_scale = {scale, false};
+        Rig s(0.05);
+        auto t = s.trainer(config);
+        const plugin::Parameters p = train::optimizer_view(*s.net, s.ctx);
+        s.data.start_epoch(plugin::Split::train, {1, 0, 8});
+        std::int64_t batch = 0;
+        for (int step = 0; step < 3; ++step) t.optimizer_step(1, batch, {0.05, {}}, p);
+        seen.push_back(s.optimizer.grads.back());
+        EXPECT_EQ(t.loss_scale(), scale > 0 ? scale : 1.0);
+    }
+    ASSERT_EQ(seen[0].size(), seen[1].size());
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < seen[0].size(); ++i) differ += seen[0][i] != seen[1][i];
+    EXPECT_EQ(differ, 0u) << "of " << seen[0].size() << " gradient values after three steps";
+    EXPECT_GT(norm(seen[1]), 0);
+}
+
+// GradScaler's rule: an overflow skips the step and halves the scale; `window` good steps in a row
+// double it.
+TEST(LossScale, DynamicScaleHalvesOnOverflowAndGrowsAfterAWindow) {
+    train::TrainConfig config;
+    config.batch_size = 8;
+    config.max_bad_steps = 3;
+    config.loss_scale = {65536, true, 2};
+    config.on_gradients = [](std::int64_t step, float* grads, std::size_t) {
+        if (step == 0 || step == 1) grads[5] = INFINITY;  // as fp16 overflowing in backward
+    };
+    Rig s(0.05);
+    auto t = s.trainer(config);
+    const plugin::Parameters p = train::optimizer_view(*s.net, s.ctx);
+    s.data.start_epoch(plugin::Split::train, {1, 0, 8});
+    std::int64_t batch = 0;
+    const auto weights = s.net->params().values;
+    t.optimizer_step(1, batch, {0.05, {}}, p);
+    EXPECT_EQ(t.loss_scale(), 32768);
+    t.optimizer_step(1, batch, {0.05, {}}, p);
+    EXPECT_EQ(t.loss_scale(), 16384);
+    EXPECT_TRUE(s.net->params().values == weights) << "an overflowed step changed the weights";
+    EXPECT_TRUE(s.optimizer.grads.empty());
+    t.optimizer_step(1, batch, {0.05, {}}, p);
+    EXPECT_EQ(t.loss_scale(), 16384);
+    t.optimizer_step(1, batch, {0.05, {}}, p);
+    EXPECT_EQ(t.loss_scale(), 32768) << "two good steps did not double the scale";
+    EXPECT_EQ(s.optimizer.grads.size(), 2u);
+}
+
+// The dynamic scale and its count of good steps are saved with the training state.
+TEST(LossScale, ResumesWhereTheScaleStood) {
+    TempDir dir;
+    train::TrainConfig config;
+    config.batch_size = 8;
+    config.run_dir = dir.path();
+    config.loss_scale = {65536, true, 3};
+    config.stop_after_steps = 3;
+    config.on_gradients = [](std::int64_t step, float* grads, std::size_t) {
+        if (step == 0) grads[5] = INFINITY;
+    };
+    Rig first(0.05);
+    auto t = first.trainer(config);
+    t.fit();
+    ASSERT_TRUE(t.interrupted());
+    EXPECT_EQ(t.loss_scale(), 32768);  // halved once, then two good steps of the three that double it
+
+    config.stop_after_steps = 0;
+    config.on_gradients = nullptr;
+    Rig second(0.05);
+    auto u = second.trainer(config);
+    u.resume(dir / "last.safetensors");
+    EXPECT_EQ(u.loss_scale(), 32768);
+    const plugin::Parameters p = train::optimizer_view(*second.net, second.ctx);
+    second.data.start_epoch(plugin::Split::train, {1, 0, 8});
+    std::int64_t batch = 0;
+    u.optimizer_step(1, batch, {0.05, {}}, p);
+    EXPECT_EQ(u.loss_scale(), 65536) << "the good steps before the save were not counted";
+}
+
+TEST(LossScale, RecipeKeysAndTheirChecks) {
+    TempDir dir;
+    const plugin::Registry registry({plugin_dir()});
+    auto recipe = [&](const std::string& model, const std::string& train) {
+        std::ofstream(dir / "r.toml") << "[model]\narch = 'resnet20'\n" << model << "\n[data]\nplugin = 'synthetic'\n[train]\n" << train << "\n";
+        recipe::Recipe r = recipe::load(dir / "r.toml", {});
+        recipe::resolve(r, registry);
+        return r;
+    };
+    EXPECT_FALSE(runner::loss_scale_of(recipe("", "")).initial > 0) << "fp32 needs no scaling";
+    const auto fp16 = runner::loss_scale_of(recipe("precision = 'fp16'", ""));
+    EXPECT_TRUE(fp16.dynamic);
+    EXPECT_EQ(fp16.initial, 65536);
+    EXPECT_EQ(fp16.window, 2000);
+    const auto fixed = runner::loss_scale_of(recipe("precision = 'fp16'", "loss_scale = 128.0\nloss_scale_window = 50"));
+    EXPECT_FALSE(fixed.dynamic);
+    EXPECT_EQ(fixed.initial, 128);
+    for (const char* bad : {"loss_scale = -1.0", "loss_scale_window = 0"}) {
+        try {
+            runner::loss_scale_of(recipe("", bad));
+            ADD_FAILURE() << bad << " was accepted";
+        } catch (const Error& e) {
+            EXPECT_TRUE(e.is_user_error()) << e.what();
+            EXPECT_NE(std::string(e.what()).find("r.toml [train] loss_scale"), std::string::npos) << e.what();
+        }
     }
 }
 

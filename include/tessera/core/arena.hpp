@@ -56,8 +56,11 @@ public:
     BasicArena& operator=(const BasicArena&) = delete;
 
     /// Room for `count` floats, aligned.
-    float* allocate_floats(std::size_t count) {
-        std::size_t bytes = round_up(std::max<std::size_t>(count, 1) * sizeof(float));
+    float* allocate_floats(std::size_t count) { return allocate_bytes(count * sizeof(float)); }
+
+    /// Room for `bytes` bytes, aligned (as a float pointer: the handle a Tensor holds).
+    float* allocate_bytes(std::size_t bytes) {
+        bytes = round_up(std::max<std::size_t>(bytes, 1));
         if (blocks_.empty() || blocks_[current_].bytes - offset_ < bytes) next_block(bytes);
         float* p = reinterpret_cast<float*>(blocks_[current_].data.get() + offset_);
         offset_ += bytes;
@@ -65,7 +68,9 @@ public:
         return p;
     }
 
-    Tensor tensor(Shape shape) { return Tensor{allocate_floats(shape.size()), shape}; }
+    Tensor tensor(Shape shape, DType dtype = DType::f32) {
+        return Tensor{allocate_bytes(shape.size() * element_bytes(dtype)), shape, dtype};
+    }
 
     /// Scratch space is released in LIFO order: mark, allocate, release(mark).
     Mark mark() const { return {current_, offset_}; }
@@ -142,8 +147,8 @@ public:
     BasicTensorPool(const BasicTensorPool&) = delete;
     BasicTensorPool& operator=(const BasicTensorPool&) = delete;
 
-    Tensor acquire(Shape shape) {
-        const std::size_t bytes = shape.size() * sizeof(float);
+    Tensor acquire(Shape shape, DType dtype = DType::f32) {
+        const std::size_t bytes = shape.size() * element_bytes(dtype);
         Block* best = nullptr;
         for (auto& b : blocks_)
             if (!b.used && b.memory.bytes >= bytes && (!best || b.memory.bytes < best->memory.bytes)) best = &b;
@@ -154,7 +159,7 @@ public:
         best->used = true;
         in_use_ += best->memory.bytes;
         peak_ = std::max(peak_, in_use_);
-        return Tensor{reinterpret_cast<float*>(best->memory.data.get()), shape};
+        return Tensor{reinterpret_cast<float*>(best->memory.data.get()), shape, dtype};
     }
 
     /// Gives back a tensor from acquire(); a tensor from elsewhere (or none) is ignored.

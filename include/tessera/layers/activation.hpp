@@ -16,12 +16,12 @@ public:
     Shape output_shape(Shape in) const { return in; }
 
     Tensor forward(Context& ctx, const Tensor& x) {
-        y_ = ctx.input_is_private ? x : ctx.arena.tensor(x.shape);
+        y_ = ctx.input_is_private ? x : ctx.arena.tensor(x.shape, x.dtype);
         B::relu_forward(ctx, x, y_);
         return y_;
     }
     Tensor backward(Context& ctx, const Tensor& dy) {
-        Tensor dx = ctx.grads.acquire(dy.shape);
+        Tensor dx = ctx.grads.acquire(dy.shape, dy.dtype);
         B::relu_backward(ctx, y_, dy, dx);
         return dx;
     }

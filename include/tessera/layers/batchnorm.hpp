@@ -23,7 +23,7 @@ public:
 
     Tensor forward(Context& ctx, const Tensor& x) {  // (N, H, W, C) -> same
         x_ = x;
-        Tensor y = ctx.arena.tensor(x.shape);
+        Tensor y = ctx.arena.tensor(x.shape, x.dtype);
         saved_ = {nullptr, nullptr};
         if (ctx.training) {
             saved_ = {ctx.arena.allocate_floats(channels_), ctx.arena.allocate_floats(channels_)};
@@ -34,7 +34,7 @@ public:
     }
 
     Tensor backward(Context& ctx, const Tensor& dy) {
-        Tensor dx = ctx.grads.acquire(x_.shape);
+        Tensor dx = ctx.grads.acquire(x_.shape, x_.dtype);
         B::batchnorm_backward(ctx, x_, dy, params(), saved_, gamma_grad_, beta_grad_, dx);
         gradients_ready(ctx, gamma_grad_, std::size_t(channels_));
         gradients_ready(ctx, beta_grad_, std::size_t(channels_));

@@ -20,14 +20,14 @@ public:
 
     Tensor forward(Context& ctx, const Tensor& x) {  // (N, H, W, Cin) -> (N, Ho, Wo, Cout)
         x_ = x;
-        Tensor y = ctx.arena.tensor(g_.output_shape(x.shape));
+        Tensor y = ctx.arena.tensor(g_.output_shape(x.shape), x.dtype);
         B::conv_forward(ctx, x, weight_, g_, y);
         return y;
     }
 
     Tensor backward(Context& ctx, const Tensor& dy) {  // (N, Ho, Wo, Cout) -> (N, H, W, Cin)
-        Tensor dx{nullptr, x_.shape};
-        if (x_.data != ctx.network_input) dx = ctx.grads.acquire(x_.shape);
+        Tensor dx{nullptr, x_.shape, x_.dtype};
+        if (x_.data != ctx.network_input) dx = ctx.grads.acquire(x_.shape, x_.dtype);
         B::conv_backward(ctx, x_, weight_, g_, dy, weight_grad_, dx);
         gradients_ready(ctx, weight_grad_, std::size_t(g_.out_channels) * g_.patch());
         return dx;

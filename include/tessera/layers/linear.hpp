@@ -27,13 +27,13 @@ public:
         TESSERA_CHECK(x.size() == std::size_t(x.shape.n) * in_, "Linear expects " + std::to_string(in_) +
                                                                     " features per sample, got " + x.shape.str());
         x_ = x;
-        Tensor y = ctx.arena.tensor(output_shape(x.shape));
+        Tensor y = ctx.arena.tensor(output_shape(x.shape), DType::f32);  // logits in fp32, as autocast gives the loss
         B::linear_forward(ctx, x, weight_, bias_, out_, y);
         return y;
     }
     Tensor backward(Context& ctx, const Tensor& dy) {
-        Tensor dx{nullptr, x_.shape};
-        if (x_.data != ctx.network_input) dx = ctx.grads.acquire(x_.shape);
+        Tensor dx{nullptr, x_.shape, x_.dtype};
+        if (x_.data != ctx.network_input) dx = ctx.grads.acquire(x_.shape, x_.dtype);
         B::linear_backward(ctx, x_, weight_, dy, out_, weight_grad_, bias_grad_, dx);
         gradients_ready(ctx, weight_grad_, std::size_t(out_) * in_);
         gradients_ready(ctx, bias_grad_, std::size_t(out_));

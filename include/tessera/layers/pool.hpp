@@ -18,15 +18,16 @@ public:
 
     Tensor forward(Context& ctx, const Tensor& x) {  // (N, H, W, C) -> (N, Ho, Wo, C)
         input_shape_ = x.shape;
-        Tensor y = ctx.arena.tensor(g_.output_shape(x.shape));
+        input_dtype_ = x.dtype;
+        Tensor y = ctx.arena.tensor(g_.output_shape(x.shape), x.dtype);
         // The winners' indices are int32, the same size as a float: they share the arena.
         argmax_ = reinterpret_cast<std::int32_t*>(ctx.arena.allocate_floats(y.size()));
         B::maxpool_forward(ctx, x, g_, y, argmax_);
         return y;
     }
     Tensor backward(Context& ctx, const Tensor& dy) {
-        Tensor dx = ctx.grads.acquire(input_shape_);
-        B::maxpool_backward(ctx, dy, argmax_, dx);
+        Tensor dx = ctx.grads.acquire(input_shape_, input_dtype_);
+        B::maxpool_backward(ctx, dy, argmax_, g_, dx);
         return dx;
     }
     void visit(ParamVisitor&) {}
@@ -41,6 +42,7 @@ public:
 private:
     PoolGeometry g_;
     Shape input_shape_;
+    DType input_dtype_ = DType::f32;
     std::int32_t* argmax_ = nullptr;
 };
 
@@ -67,12 +69,13 @@ public:
 
     Tensor forward(Context& ctx, const Tensor& x) {  // (N, H, W, C) -> (N, 1, 1, C)
         input_shape_ = x.shape;
-        Tensor y = ctx.arena.tensor(output_shape(x.shape));
+        input_dtype_ = x.dtype;
+        Tensor y = ctx.arena.tensor(output_shape(x.shape), x.dtype);
         B::global_avgpool_forward(ctx, x, y);
         return y;
     }
     Tensor backward(Context& ctx, const Tensor& dy) {
-        Tensor dx = ctx.grads.acquire(input_shape_);
+        Tensor dx = ctx.grads.acquire(input_shape_, input_dtype_);
         B::global_avgpool_backward(ctx, dy, dx);
         return dx;
     }
@@ -85,6 +88,7 @@ public:
 
 private:
     Shape input_shape_;
+    DType input_dtype_ = DType::f32;
 };
 
 struct GlobalAvgPool {

@@ -26,7 +26,7 @@ public:
         Tensor a = branch_.forward(ctx, x);
         ctx.input_is_private = false;
         Tensor b = shortcut_.forward(ctx, x);
-        Tensor y = ctx.arena.tensor(a.shape);
+        Tensor y = ctx.arena.tensor(a.shape, a.dtype);
         B::add(ctx, a, b, y);
         return y;
     }
@@ -41,7 +41,7 @@ public:
             return Tensor{nullptr, a.shape};
         }
         if (a.data == dy.data && b.data == dy.data) {
-            Tensor sum = ctx.grads.acquire(dy.shape);
+            Tensor sum = ctx.grads.acquire(dy.shape, dy.dtype);
             B::add(ctx, a, b, sum);
             return sum;
         }

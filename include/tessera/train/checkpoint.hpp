@@ -66,13 +66,13 @@ struct Record {
     const float* source;
 };
 
-// "__metadata__":{...}, for a header.
+// "__metadata__":{...}, the first entry of a header (none without metadata).
 inline std::string metadata_json(const std::map<std::string, std::string>& metadata) {
     if (metadata.empty()) return "";
     std::string out = "\"__metadata__\":{";
     bool first = true;
     for (auto& [k, v] : metadata) out += (first ? "" : ",") + json::quote(k) + ":" + json::quote(v), first = false;
-    return out + "},";
+    return out + "}";
 }
 
 // Flushes `path` (a file, or a folder's entries) to the disk, so that a power cut after a rename
@@ -196,7 +196,7 @@ inline void save(const ParamStore& store, const std::filesystem::path& path,
         const ParamEntry& e = *records[r].entry;
         const bool is_i64 = e.role == layers::Role::num_batches_tracked;
         const std::size_t bytes = e.size * (is_i64 ? 8 : 4);
-        header += (r ? "," : "") + json::quote(e.name) + ":{\"dtype\":\"" + (is_i64 ? "I64" : "F32") +
+        header += (header.size() > 1 ? "," : "") + json::quote(e.name) + ":{\"dtype\":\"" + (is_i64 ? "I64" : "F32") +
                   "\",\"shape\":" + dims_str(e.dims) + ",\"data_offsets\":[" + std::to_string(offset) + "," +
                   std::to_string(offset + bytes) + "]}";
         offset += bytes;
@@ -345,12 +345,10 @@ struct TrainingState {
 inline void save_state(const TrainingState& state, const std::filesystem::path& path, FileSet* set = nullptr) {
     std::string header = "{" + detail::metadata_json(state.metadata);
     std::size_t offset = 0;
-    bool first = true;
     for (auto& [name, values] : state.tensors) {
-        header += (first ? "" : ",") + json::quote(name) + ":{\"dtype\":\"F32\",\"shape\":[" + std::to_string(values.size()) +
+        header += (header.size() > 1 ? "," : "") + json::quote(name) + ":{\"dtype\":\"F32\",\"shape\":[" + std::to_string(values.size()) +
                   "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + values.size() * 4) + "]}";
         offset += values.size() * 4;
-        first = false;
     }
     detail::write_atomically(path, header + "}", [&](std::ofstream& out) {
         for (auto& [name, values] : state.tensors)

@@ -28,6 +28,7 @@
 #include "tessera/plugin/api.hpp"
 #include "tessera/train/checkpoint.hpp"
 #include "tessera/train/ema.hpp"
+#include "tessera/train/loss_scale.hpp"
 #include "tessera/train/metrics.hpp"
 #include "tessera/train/mix.hpp"
 
@@ -55,6 +56,7 @@ struct TrainConfig {
     int keep_epochs = 0;                 // also keep the weights of the last so many epochs, as epoch_<N>.safetensors
     bool stop_on_save_failure = true;    // a checkpoint that cannot be written stops the run (false: warn, go on)
     int max_bad_steps = 10;              // stop after so many steps in a row with gradients not finite (0: never)
+    LossScaleConfig loss_scale;          // fp16: the loss's gradient is scaled up for backward, the weights' down after
     // Called with each step's gradients (averaged over the ranks) before they are checked and used:
     // for fault injection in tests, and for debugging. On a GPU they are device memory.
     std::function<void(std::int64_t step, float* grads, std::size_t count)> on_gradients;
@@ -100,6 +102,7 @@ public:
         if (config_.ema_decay < 0 || config_.ema_decay >= 1)
             throw user_error("[train] ema", "the decay must be in [0, 1)", "0 turns the average off; 0.9998 is usual for ImageNet");
         check(config_.mix, "[train]");
+        scaler_ = LossScaler(config_.loss_scale);
         if (config_.ema_decay > 0) ema_ = std::make_unique<WeightAverage<B>>(ctx_, net_, config_.ema_decay);
         if (distributed()) {
             reducer_ = make_reducer();
@@ -214,6 +217,8 @@ public:
         optimizer_.load_state(state.tensors);
         const auto number = [&](const char* key) { return std::stod(state.metadata.at(key)); };
         progress_ = {int(number("epoch")), std::int64_t(number("batch")), Meter{}, number("best_top1")};
+        if (scaler_.dynamic() && state.metadata.count("loss_scale"))
+            scaler_.restore(number("loss_scale"), std::int64_t(number("loss_scale_good_steps")));
         steps_done_ = std::int64_t(progress_.epoch - 1) * steps_per_epoch() + progress_.batch / config_.accumulate;
         if (progress_.batch % config_.accumulate != 0)
             throw user_error(weights.string(), "was saved after batch " + std::to_string(progress_.batch) +
@@ -236,6 +241,7 @@ public:
     const Progress& progress() const { return progress_; }
     bool interrupted() const { return interrupted_; }
     bool reached_target() const { return reached_target_; }
+    double loss_scale() const { return scaler_.scale(); }
 
     /// One optimizer step on `accumulate` batches from the data source, from batch `batch` of `epoch`
     /// on (advanced past them).
@@ -293,14 +299,15 @@ private:
         const Mixing mixing = mix_batch(batch_, mix, mixing_rng);
         const Tensor logits = net_.forward(ctx_, input(batch_));
         const Tensor dlogits = ctx_.arena.tensor(logits.shape);
-        const float share = 1.f / float(config_.accumulate), lam = mixing.lam;
+        // Each batch's share of the step's loss, times the loss scale (fp16).
+        const float share = float(scaler_.scale() / config_.accumulate), lam = mixing.lam;
         auto loss = B::softmax_cross_entropy(ctx_, logits, batch_.labels.data(), config_.label_smoothing, dlogits.data);
         if (mixing.active) {
             const Tensor dpartner = ctx_.arena.tensor(logits.shape);
             const auto partner = B::softmax_cross_entropy(ctx_, logits, mixing.partner.data(), config_.label_smoothing, dpartner.data);
             B::axpby(ctx_, share * (1 - lam), dpartner.data, share * lam, dlogits.data, dlogits.size());
             loss = {lam * loss.loss + (1 - lam) * partner.loss, lam >= 0.5f ? loss.top1 : partner.top1, lam >= 0.5f ? loss.top5 : partner.top5};
-        } else if (config_.accumulate > 1) {
+        } else if (share != 1.f) {
             B::scale(ctx_, dlogits.data, dlogits.size(), share);
         }
         ctx_.gradient_hook = last ? reducer_.get() : nullptr;  // DDP's no_sync() for the batches before
@@ -311,17 +318,19 @@ private:
         return m;
     }
 
-    // The summed gradients, averaged over the ranks, clipped: the optimizer's step, then the average's.
-    // Gradients that are not finite (a diverging loss, a bad batch) skip the step: the weights stay,
-    // BatchNorm's statistics go back to what they were before it; too many such steps in a row stop
-    // the run, whose last checkpoint is from before them. Every rank sees the same gradients, so
-    // every rank decides the same.
+    // The summed gradients, averaged over the ranks, unscaled, clipped: the optimizer's step, then the
+    // average's. Gradients that are not finite (fp16 overflow, a diverging loss, a bad batch) skip the
+    // step: the weights stay, BatchNorm's statistics go back to what they were before it, a dynamic
+    // loss scale halves; too many such steps in a row stop the run, whose last checkpoint is from
+    // before them. Every rank sees the same gradients, so every rank decides the same.
     void apply_gradients(const plugin::StepRates& rates, const plugin::Parameters& params) {
         if (reducer_) reducer_->finish();
         float* grads = net_.working().grads;
+        if (scaler_.active()) B::scale(ctx_, grads, params.count, float(1 / scaler_.scale()));
         if (config_.on_gradients) config_.on_gradients(steps_done_, grads, params.count);
         ++steps_done_;
         const double norm = std::sqrt(B::sum_squares(ctx_, grads, params.count));
+        scaler_.update(std::isfinite(norm));
         if (!std::isfinite(norm)) return skip_step();
         bad_steps_in_row_ = 0;
         if (config_.grad_clip > 0 && norm > config_.grad_clip)
@@ -335,7 +344,10 @@ private:
         B::axpby(ctx_, 1, saved_statistics_, 0, w.buffers, net_.params().buffers.size());
         ++skipped_in_epoch_;
         ++bad_steps_in_row_;
-        if (is_root())
+        if (is_root() && scaler_.dynamic())
+            std::fprintf(stderr, "note: step %lld skipped: its gradients overflowed fp16; the loss scale is now %g\n", (long long)steps_done_,
+                         scaler_.scale());
+        else if (is_root())
             std::fprintf(stderr, "warning: step %lld skipped: its gradients are not finite (the loss diverged, or a batch was bad)\n",
                          (long long)steps_done_);
         if (config_.max_bad_steps > 0 && bad_steps_in_row_ >= config_.max_bad_steps)
@@ -417,7 +429,7 @@ private:
     }
 
     Tensor input(const plugin::Batch& b) {  // (N, H, W, C), normalised
-        Tensor x = ctx_.arena.tensor({b.count, b.height, b.width, b.channels});
+        Tensor x = ctx_.arena.tensor({b.count, b.height, b.width, b.channels}, ctx_.activations);
         B::normalize_images(ctx_, b.pixels.data(), mean_.data(), inv_std_.data(), x);
         return x;
     }
@@ -458,6 +470,12 @@ private:
         state.metadata["top5"] = std::to_string(meter.top5);
         state.metadata["count"] = std::to_string(meter.count);
         state.metadata["best_top1"] = std::to_string(at.best_top1);
+        if (scaler_.dynamic()) {
+            char scale[32];
+            std::snprintf(scale, sizeof scale, "%.17g", scaler_.scale());
+            state.metadata["loss_scale"] = scale;
+            state.metadata["loss_scale_good_steps"] = std::to_string(scaler_.good_steps());
+        }
         guarded_save("the checkpoint", [&] {
             checkpoint::FileSet files;
             checkpoint::save_state(state, state_file(config_.run_dir / "last.safetensors"), &files);
@@ -544,6 +562,7 @@ private:
     float* saved_statistics_ = nullptr;  // BatchNorm's statistics before the current step
     std::int64_t steps_done_ = 0, skipped_in_epoch_ = 0;
     int bad_steps_in_row_ = 0;
+    LossScaler scaler_;
     Progress progress_;
     bool interrupted_ = false, reached_target_ = false;
 };

@@ -50,7 +50,7 @@ struct Backend {
                                 std::int32_t* argmax) {
         cpu::maxpool_forward(ctx, x, g, y, argmax);
     }
-    static void maxpool_backward(Context& ctx, const Tensor& dy, const std::int32_t* argmax, const Tensor& dx) {
+    static void maxpool_backward(Context& ctx, const Tensor& dy, const std::int32_t* argmax, const PoolGeometry&, const Tensor& dx) {
         cpu::maxpool_backward(ctx, dy, argmax, dx);
     }
     static void global_avgpool_forward(Context& ctx, const Tensor& x, const Tensor& y) {

@@ -10,6 +10,8 @@ namespace tessera::cpu {
 struct Context {
     explicit Context(int threads = ThreadPool::default_threads()) : pool(threads) { set_gemm_threads(threads); }
 
+    static constexpr DType activations = DType::f32;  // the CPU computes in fp32
+
     ThreadPool pool;
     Arena arena;       // activations and scratch of one step
     TensorPool grads;  // gradients flowing back, each freed once the layer below has used it

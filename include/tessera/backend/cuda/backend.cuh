@@ -3,6 +3,8 @@
 // cuBLAS calls. Convolutions go to cuDNN; BatchNorm runs on kernels of our own, because cuDNN's
 // fp32 NHWC BatchNorm took 0.7 s of a 0.78 s ResNet50 step (batch 256, H200). Include from exactly
 // one .cu file of a program.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -12,6 +14,7 @@
 #include <string>
 #include <map>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "tessera/backend/cuda/backend.hpp"
@@ -30,17 +33,37 @@ inline unsigned blocks_for(std::size_t n) { return unsigned(std::min<std::size_t
 #define TESSERA_GRID_STRIDE(i, n) \
     for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < (n); i += std::size_t(blockDim.x) * gridDim.x)
 
-__global__ void relu_forward(const float* x, float* y, std::size_t n) {
-    TESSERA_GRID_STRIDE(i, n) y[i] = fmaxf(x[i], 0.f);
+// ---- element types ----
+// Activations are float, __nv_bfloat16 or __half (Tensor::dtype); every kernel computes in float.
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+template <class T>
+__device__ __forceinline__ T from_float(float v) {
+    if constexpr (std::is_same_v<T, float>) return v;
+    else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16(v);  // round to nearest even
+    else return __float2half(v);
 }
-__global__ void relu_backward(const float* y, const float* dy, float* dx, std::size_t n) {
-    TESSERA_GRID_STRIDE(i, n) dx[i] = y[i] > 0.f ? dy[i] : 0.f;
+
+template <class T>
+__global__ void relu_forward(const T* x, T* y, std::size_t n) {
+    TESSERA_GRID_STRIDE(i, n) y[i] = from_float<T>(fmaxf(to_float(x[i]), 0.f));
 }
-__global__ void add(const float* a, const float* b, float* y, std::size_t n) {
-    TESSERA_GRID_STRIDE(i, n) y[i] = a[i] + b[i];
+template <class T>
+__global__ void relu_backward(const T* y, const T* dy, T* dx, std::size_t n) {
+    TESSERA_GRID_STRIDE(i, n) dx[i] = to_float(y[i]) > 0.f ? dy[i] : from_float<T>(0.f);
 }
-__global__ void accumulate(const float* x, float* y, std::size_t n) {
-    TESSERA_GRID_STRIDE(i, n) y[i] += x[i];
+template <class T>
+__global__ void add(const T* a, const T* b, T* y, std::size_t n) {
+    TESSERA_GRID_STRIDE(i, n) y[i] = from_float<T>(to_float(a[i]) + to_float(b[i]));
+}
+template <class T, class U>
+__global__ void accumulate(const T* x, U* y, std::size_t n) {  // y += x, in y's type
+    TESSERA_GRID_STRIDE(i, n) y[i] = from_float<U>(to_float(y[i]) + to_float(x[i]));
+}
+template <class T>
+__global__ void cast(const float* x, T* y, std::size_t n) {
+    TESSERA_GRID_STRIDE(i, n) y[i] = from_float<T>(x[i]);
 }
 __global__ void add_scalar(float* data, float value) { *data += value; }
 __global__ void axpby(float a, const float* x, float b, float* y, std::size_t n) {
@@ -68,8 +91,9 @@ __global__ void sum_squares(const float* x, std::size_t n, double* total) {
 }
 
 // One thread per output value (n, oy, ox, c); argmax holds the winning pixel within the image.
-__global__ void maxpool_forward(const float* x, int h, int w, int c, PoolGeometry g, float* y, std::int32_t* argmax,
-                                int ho, int wo, std::size_t n) {
+template <class T>
+__global__ void maxpool_forward(const T* x, int h, int w, int c, PoolGeometry g, T* y, std::int32_t* argmax, int ho, int wo,
+                                std::size_t n) {
     TESSERA_GRID_STRIDE(i, n) {
         const int ch = int(i % c), ox = int(i / c % wo), oy = int(i / c / wo % ho);
         const std::size_t image = i / c / wo / ho;
@@ -81,32 +105,48 @@ __global__ void maxpool_forward(const float* x, int h, int w, int c, PoolGeometr
             for (int kx = 0; kx < g.kernel; ++kx) {
                 const int ix = ox * g.stride - g.pad + kx;
                 if (ix < 0 || ix >= w) continue;
-                const float v = x[((image * h + iy) * w + ix) * c + ch];
+                const float v = to_float(x[((image * h + iy) * w + ix) * c + ch]);
                 if (v > best) best = v, winner = iy * w + ix;
             }
         }
-        y[i] = best;
+        y[i] = from_float<T>(best);
         argmax[i] = winner;
     }
 }
-__global__ void maxpool_backward(const float* dy, const std::int32_t* argmax, int c, int in_pixels, int out_pixels,
-                                 float* dx, std::size_t n) {
+// One thread per input value: the sum of dy over the windows this pixel won. A gather, so no
+// atomics (which would round at every addition in bf16) and no zeroing first.
+template <class T>
+__global__ void maxpool_backward(const T* dy, const std::int32_t* argmax, int h, int w, int c, PoolGeometry g, int ho, int wo, T* dx,
+                                 std::size_t n) {
     TESSERA_GRID_STRIDE(i, n) {
-        const std::size_t image = i / c / out_pixels;
-        atomicAdd(&dx[(image * in_pixels + argmax[i]) * c + i % c], dy[i]);
+        const int ch = int(i % c), ix = int(i / c % w), iy = int(i / c / w % h);
+        const std::size_t image = i / c / w / h;
+        const int pixel = iy * w + ix;
+        // Windows oy cover iy when oy * stride - pad <= iy <= oy * stride - pad + kernel - 1.
+        const int oy_first = max(0, (iy + g.pad - g.kernel + g.stride) / g.stride), oy_last = min(ho - 1, (iy + g.pad) / g.stride);
+        const int ox_first = max(0, (ix + g.pad - g.kernel + g.stride) / g.stride), ox_last = min(wo - 1, (ix + g.pad) / g.stride);
+        float sum = 0.f;
+        for (int oy = oy_first; oy <= oy_last; ++oy)
+            for (int ox = ox_first; ox <= ox_last; ++ox) {
+                const std::size_t o = ((image * ho + oy) * wo + ox) * c + ch;
+                if (argmax[o] == pixel) sum += to_float(dy[o]);
+            }
+        dx[i] = from_float<T>(sum);
     }
 }
 
-__global__ void global_avgpool_forward(const float* x, int pixels, int c, float* y, std::size_t n) {
+template <class T>
+__global__ void global_avgpool_forward(const T* x, int pixels, int c, T* y, std::size_t n) {
     TESSERA_GRID_STRIDE(i, n) {  // i = (image, channel)
         const std::size_t image = i / c, ch = i % c;
         float sum = 0.f;
-        for (int p = 0; p < pixels; ++p) sum += x[(image * pixels + p) * c + ch];
-        y[i] = sum / float(pixels);
+        for (int p = 0; p < pixels; ++p) sum += to_float(x[(image * pixels + p) * c + ch]);
+        y[i] = from_float<T>(sum / float(pixels));
     }
 }
-__global__ void global_avgpool_backward(const float* dy, int pixels, int c, float* dx, std::size_t n) {
-    TESSERA_GRID_STRIDE(i, n) dx[i] = dy[(i / c / pixels) * c + i % c] / float(pixels);
+template <class T>
+__global__ void global_avgpool_backward(const T* dy, int pixels, int c, T* dx, std::size_t n) {
+    TESSERA_GRID_STRIDE(i, n) dx[i] = from_float<T>(to_float(dy[(i / c / pixels) * c + i % c]) / float(pixels));
 }
 
 __global__ void broadcast_rows(const float* row, int width, float* out, std::size_t n) {
@@ -123,10 +163,11 @@ __global__ void sum_rows(const float* m, int rows, int width, float* out) {  // 
 struct Normalisation {
     float mean[4], inv_std[4];
 };
-__global__ void normalize_images(const std::uint8_t* pixels, Normalisation norm, int c, float* x, std::size_t n) {
+template <class T>
+__global__ void normalize_images(const std::uint8_t* pixels, Normalisation norm, int c, T* x, std::size_t n) {
     TESSERA_GRID_STRIDE(i, n) {
         const int ch = int(i % c);
-        x[i] = (pixels[i] * (1.f / 255.f) - norm.mean[ch]) * norm.inv_std[ch];
+        x[i] = from_float<T>((pixels[i] * (1.f / 255.f) - norm.mean[ch]) * norm.inv_std[ch]);
     }
 }
 
@@ -178,24 +219,30 @@ __global__ void softmax_cross_entropy(const float* logits, const std::int32_t* l
 // per block; blocks along y take strided rows; partial sums meet in double atomics.
 constexpr int bn_tile = 32, bn_rows = 8;
 
+template <class T>
 struct MeanTerm {  // (x, 0)
-    const float* x;
-    __device__ float2 operator()(std::size_t i, int) const { return {x[i], 0.f}; }
+    const T* x;
+    __device__ float2 operator()(std::size_t i, int) const { return {to_float(x[i]), 0.f}; }
 };
+template <class T>
 struct VarianceTerm {  // ((x - mean)^2, 0)
-    const float* x;
+    const T* x;
     const float* mean;
     __device__ float2 operator()(std::size_t i, int c) const {
-        const float d = x[i] - mean[c];
+        const float d = to_float(x[i]) - mean[c];
         return {d * d, 0.f};
     }
 };
+template <class T>
 struct GradientTerm {  // (dy, dy * xhat)
-    const float* x;
-    const float* dy;
+    const T* x;
+    const T* dy;
     const float* mean;
     const float* inv_std;
-    __device__ float2 operator()(std::size_t i, int c) const { return {dy[i], dy[i] * (x[i] - mean[c]) * inv_std[c]}; }
+    __device__ float2 operator()(std::size_t i, int c) const {
+        const float g = to_float(dy[i]);
+        return {g, g * (to_float(x[i]) - mean[c]) * inv_std[c]};
+    }
 };
 
 template <class Term>
@@ -240,11 +287,12 @@ __global__ void bn_eval_statistics(const float* running_mean, const float* runni
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c < channels) mean[c] = running_mean[c], inv_std[c] = rsqrtf(running_var[c] + eps);
 }
-__global__ void bn_normalize(const float* x, const float* mean, const float* inv_std, const float* gamma, const float* beta,
-                             int channels, float* y, std::size_t n) {
+template <class T>
+__global__ void bn_normalize(const T* x, const float* mean, const float* inv_std, const float* gamma, const float* beta, int channels,
+                             T* y, std::size_t n) {
     TESSERA_GRID_STRIDE(i, n) {
         const int c = int(i % channels);
-        y[i] = (x[i] - mean[c]) * inv_std[c] * gamma[c] + beta[c];
+        y[i] = from_float<T>((to_float(x[i]) - mean[c]) * inv_std[c] * gamma[c] + beta[c]);
     }
 }
 __global__ void bn_parameter_gradients(const double* sums, int channels, float* dgamma, float* dbeta) {
@@ -252,17 +300,18 @@ __global__ void bn_parameter_gradients(const double* sums, int channels, float* 
     if (c < channels) dbeta[c] += float(sums[c]), dgamma[c] += float(sums[channels + c]);
 }
 // training: dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)); eval: dx = gamma * inv_std * dy.
-__global__ void bn_input_gradient(const float* x, const float* dy, const float* mean, const float* inv_std, const float* gamma,
-                                  const double* sums, std::size_t rows, bool training, int channels, float* dx, std::size_t n) {
+template <class T>
+__global__ void bn_input_gradient(const T* x, const T* dy, const float* mean, const float* inv_std, const float* gamma,
+                                  const double* sums, std::size_t rows, bool training, int channels, T* dx, std::size_t n) {
     TESSERA_GRID_STRIDE(i, n) {
         const int c = int(i % channels);
-        const float scale = gamma[c] * inv_std[c];
+        const float scale = gamma[c] * inv_std[c], g = to_float(dy[i]);
         if (!training) {
-            dx[i] = scale * dy[i];
+            dx[i] = from_float<T>(scale * g);
             continue;
         }
-        const float xhat = (x[i] - mean[c]) * inv_std[c];
-        dx[i] = scale * (dy[i] - float(sums[c] / double(rows)) - xhat * float(sums[channels + c] / double(rows)));
+        const float xhat = (to_float(x[i]) - mean[c]) * inv_std[c];
+        dx[i] = from_float<T>(scale * (g - float(sums[c] / double(rows)) - xhat * float(sums[channels + c] / double(rows))));
     }
 }
 
@@ -353,7 +402,7 @@ inline std::size_t used_device_bytes() {
     return total - free_bytes;
 }
 
-Context::Context(Settings s) : settings(s), impl(std::make_unique<Impl>()) {
+Context::Context(Settings s) : activations(s.compute), settings(s), impl(std::make_unique<Impl>()) {
     std::string why;
     if (!device_available(&why))
         throw user_error("cuda", "no usable CUDA device: " + why, "train on the CPU: device = \"cpu\" (or --device cpu)");
@@ -368,7 +417,10 @@ Context::Context(Settings s) : settings(s), impl(std::make_unique<Impl>()) {
     TESSERA_CUDA(cudnnSetStream(impl->cudnn, impl->stream));
     TESSERA_CUDA(cublasCreate(&impl->cublas));
     TESSERA_CUDA(cublasSetStream(impl->cublas, impl->stream));
-    TESSERA_CUDA(cublasSetMathMode(impl->cublas, s.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH));
+    // Tensor cores for bf16 and fp16; for fp32 only with TF32 allowed (then at TF32's precision).
+    TESSERA_CUDA(cublasSetMathMode(impl->cublas, s.compute != DType::f32 ? CUBLAS_DEFAULT_MATH
+                                                 : s.tf32                ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                                         : CUBLAS_PEDANTIC_MATH));
     TESSERA_CUDA(cudaMalloc(&impl->workspace, std::max<std::size_t>(s.workspace_limit, 1)));
 }
 
@@ -425,31 +477,56 @@ void DeviceParams::download(models::ParamStore& host) const {
 
 namespace detail {
 
+inline cudnnDataType_t cudnn_type(DType t) {
+    return t == DType::f32 ? CUDNN_DATA_FLOAT : t == DType::bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_HALF;
+}
+inline cudaDataType_t cuda_type(DType t) { return t == DType::f32 ? CUDA_R_32F : t == DType::bf16 ? CUDA_R_16BF : CUDA_R_16F; }
+
+// Calls f with a value of the element type of dtype: float, __nv_bfloat16 or __half.
+template <class F>
+void with_element_type(DType dtype, F&& f) {
+    switch (dtype) {
+        case DType::f32: return f(float{});
+        case DType::bf16: return f(__nv_bfloat16{});
+        case DType::f16: return f(__half{});
+    }
+}
+
 // RAII for the descriptors one call needs; cheap next to the work they describe.
 struct TensorDesc {
     cudnnTensorDescriptor_t d{};
-    explicit TensorDesc(Shape s) {
+    TensorDesc(Shape s, DType t) {
         TESSERA_CUDA(cudnnCreateTensorDescriptor(&d));
-        TESSERA_CUDA(cudnnSetTensor4dDescriptor(d, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, s.n, s.c, s.h, s.w));
+        TESSERA_CUDA(cudnnSetTensor4dDescriptor(d, CUDNN_TENSOR_NHWC, cudnn_type(t), s.n, s.c, s.h, s.w));
     }
     ~TensorDesc() { cudnnDestroyTensorDescriptor(d); }
 };
 struct FilterDesc {  // KRSC = tessera's OHWI
     cudnnFilterDescriptor_t d{};
-    explicit FilterDesc(const ConvGeometry& g) {
+    FilterDesc(const ConvGeometry& g, DType t) {
         TESSERA_CUDA(cudnnCreateFilterDescriptor(&d));
-        TESSERA_CUDA(cudnnSetFilter4dDescriptor(d, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NHWC, g.out_channels, g.in_channels, g.kernel, g.kernel));
+        TESSERA_CUDA(cudnnSetFilter4dDescriptor(d, cudnn_type(t), CUDNN_TENSOR_NHWC, g.out_channels, g.in_channels, g.kernel, g.kernel));
     }
     ~FilterDesc() { cudnnDestroyFilterDescriptor(d); }
 };
+// Accumulation in fp32 whatever the data type (cuDNN's PSEUDO_HALF and PSEUDO_BFLOAT16 configurations);
+// tensor cores for bf16 and fp16, and for fp32 when TF32 is allowed.
 struct ConvDesc {
     cudnnConvolutionDescriptor_t d{};
-    ConvDesc(const ConvGeometry& g, bool tf32) {
+    ConvDesc(const ConvGeometry& g, DType t, bool tf32) {
         TESSERA_CUDA(cudnnCreateConvolutionDescriptor(&d));
         TESSERA_CUDA(cudnnSetConvolution2dDescriptor(d, g.pad, g.pad, g.stride, g.stride, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
-        TESSERA_CUDA(cudnnSetConvolutionMathType(d, tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH));
+        TESSERA_CUDA(cudnnSetConvolutionMathType(d, t != DType::f32 || tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH));
     }
     ~ConvDesc() { cudnnDestroyConvolutionDescriptor(d); }
+};
+// Everything one convolution's three calls describe: input, output, filter, the convolution.
+struct ConvDescriptors {
+    TensorDesc x, y;
+    FilterDesc w;
+    ConvDesc conv;
+    ConvDescriptors(const ConvGeometry& g, Shape x_shape, DType t, bool tf32)
+        : x(x_shape, t), y(g.output_shape(x_shape), t), w(g, t), conv(g, t, tf32) {}
 };
 
 enum ConvKind { forward, backward_data, backward_filter };
@@ -465,12 +542,47 @@ int fastest(const Perf* perf, int found, const char* call) {
 // The fastest algorithm that fits the workspace, measured once per shape and kind.
 template <class Find>
 int algorithm(Context& ctx, const ConvGeometry& g, Shape x, ConvKind kind, Find find) {
-    const ShapeKey key{x.n, x.h, x.w, x.c, g.out_channels, g.kernel, g.stride, g.pad, int(kind) + 3 * ctx.settings.tf32};
+    const ShapeKey key{x.n, x.h, x.w, x.c, g.out_channels, g.kernel, g.stride, g.pad,
+                       int(kind) + 3 * ctx.settings.tf32 + 6 * int(ctx.activations)};
     auto it = ctx.impl->algorithms.find(key);
     if (it != ctx.impl->algorithms.end()) return it->second;
     const int algo = find();
     ctx.impl->algorithms.emplace(key, algo);
     return algo;
+}
+
+// n fp32 values (a layer's master weights, the logits' gradient) as the compute type T: the values
+// themselves for fp32, else a copy cast into the arena (released with the caller's mark). Weights
+// are cast as each layer runs: one pass over them, and never a copy older than the weights.
+template <class T>
+const T* converted(Context& ctx, const float* values, std::size_t n) {
+    if constexpr (std::is_same_v<T, float>) {
+        return values;
+    } else {
+        T* copy = reinterpret_cast<T*>(ctx.arena.allocate_bytes(n * sizeof(T)));
+        if (n) kernels::cast<<<kernels::blocks_for(n), kernels::threads, 0, ctx.impl->stream>>>(values, copy, n);
+        TESSERA_CUDA(cudaGetLastError());
+        return copy;
+    }
+}
+inline const void* converted(Context& ctx, const float* values, std::size_t n, DType t) {
+    const void* result = nullptr;
+    with_element_type(t, [&](auto e) { result = converted<decltype(e)>(ctx, values, n); });
+    return result;
+}
+
+// Column-major C (m x n, of type c_type) = op(A) op(B) + beta C, A and B of type ab_type, summed in
+// fp32 (TF32 tensor cores for fp32 data when allowed).
+inline void gemm(Context& ctx, cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k, const void* a, int lda,
+                 const void* b, int ldb, DType ab_type, float beta, void* c, int ldc, DType c_type) {
+    const float one = 1.f;
+    const cublasComputeType_t compute = ab_type == DType::f32 && ctx.settings.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    TESSERA_CUDA(cublasGemmEx(ctx.impl->cublas, op_a, op_b, m, n, k, &one, a, cuda_type(ab_type), lda, b, cuda_type(ab_type), ldb,
+                              &beta, c, cuda_type(c_type), ldc, compute, CUBLAS_GEMM_DEFAULT));
+}
+
+inline void same_type(const Tensor& a, const Tensor& b, const char* op) {
+    TESSERA_CHECK(a.dtype == b.dtype, std::string(op) + ": a " + dtype_name(a.dtype) + " tensor meets a " + dtype_name(b.dtype) + " one");
 }
 
 }  // namespace detail
@@ -507,58 +619,78 @@ double Backend::sum_squares(Context& ctx, const float* x, std::size_t n) {
 void Backend::conv_forward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& y) {
     detail::OpTimer timer(ctx, "conv forward");
     using namespace detail;
-    TensorDesc xd(x.shape), yd(y.shape);
-    FilterDesc wd(g);
-    ConvDesc cd(g, ctx.settings.tf32);
+    same_type(x, y, "conv forward");
+    const ConvDescriptors d(g, x.shape, x.dtype, ctx.settings.tf32);
     auto& impl = *ctx.impl;
+    const auto mark = ctx.arena.mark();
+    const void* weights = converted(ctx, w, std::size_t(g.out_channels) * g.patch(), x.dtype);
     const auto algo = cudnnConvolutionFwdAlgo_t(algorithm(ctx, g, x.shape, forward, [&] {
         cudnnConvolutionFwdAlgoPerf_t perf[8];
         int found = 0;
-        TESSERA_CUDA(cudnnFindConvolutionForwardAlgorithmEx(impl.cudnn, xd.d, x.data, wd.d, w, cd.d, yd.d, y.data, 8, &found, perf,
-                                                            impl.workspace, ctx.settings.workspace_limit));
+        TESSERA_CUDA(cudnnFindConvolutionForwardAlgorithmEx(impl.cudnn, d.x.d, x.data, d.w.d, weights, d.conv.d, d.y.d, y.data, 8, &found,
+                                                            perf, impl.workspace, ctx.settings.workspace_limit));
         return fastest(perf, found, "cudnnFindConvolutionForwardAlgorithmEx");
     }));
     const float one = 1.f, zero = 0.f;
-    TESSERA_CUDA(cudnnConvolutionForward(impl.cudnn, &one, xd.d, x.data, wd.d, w, cd.d, algo, impl.workspace,
-                                         ctx.settings.workspace_limit, &zero, yd.d, y.data));
+    TESSERA_CUDA(cudnnConvolutionForward(impl.cudnn, &one, d.x.d, x.data, d.w.d, weights, d.conv.d, algo, impl.workspace,
+                                         ctx.settings.workspace_limit, &zero, d.y.d, y.data));
+    ctx.arena.release(mark);
 }
 
+// dw (fp32) += the filter gradient; dx = the input gradient, unless dx is null. In bf16 and fp16,
+// cuDNN writes the filter gradient in the compute type (as it does under PyTorch's autocast), into
+// scratch that is then added to the fp32 gradient.
 void Backend::conv_backward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& dy, float* dw,
                             const Tensor& dx) {
     detail::OpTimer timer(ctx, "conv backward");
     using namespace detail;
-    TensorDesc xd(x.shape), dyd(dy.shape);
-    FilterDesc wd(g);
-    ConvDesc cd(g, ctx.settings.tf32);
+    same_type(x, dy, "conv backward");
+    const ConvDescriptors d(g, x.shape, x.dtype, ctx.settings.tf32);
     auto& impl = *ctx.impl;
     const float one = 1.f, zero = 0.f;
+    const std::size_t weight_count = std::size_t(g.out_channels) * g.patch();
+    const bool fp32 = x.dtype == DType::f32;
+    const auto mark = ctx.arena.mark();
+    // The filter gradient's destination: dw itself in fp32 (accumulated, beta 1), else scratch.
+    void* filter_grad = fp32 ? static_cast<void*>(dw) : ctx.arena.allocate_bytes(weight_count * element_bytes(x.dtype));
+    const float& filter_beta = fp32 ? one : zero;
     const auto filter_algo = cudnnConvolutionBwdFilterAlgo_t(algorithm(ctx, g, x.shape, backward_filter, [&] {
         // The search writes its output: give it scratch, not the gradients being accumulated.
-        auto mark = ctx.arena.mark();
-        float* scratch = ctx.arena.allocate_floats(std::size_t(g.out_channels) * g.patch());
+        const auto search_mark = ctx.arena.mark();
+        float* scratch = ctx.arena.allocate_bytes(weight_count * element_bytes(x.dtype));
         cudnnConvolutionBwdFilterAlgoPerf_t perf[8];
         int found = 0;
-        TESSERA_CUDA(cudnnFindConvolutionBackwardFilterAlgorithmEx(impl.cudnn, xd.d, x.data, dyd.d, dy.data, cd.d, wd.d, scratch, 8,
+        TESSERA_CUDA(cudnnFindConvolutionBackwardFilterAlgorithmEx(impl.cudnn, d.x.d, x.data, d.y.d, dy.data, d.conv.d, d.w.d, scratch, 8,
                                                                    &found, perf, impl.workspace, ctx.settings.workspace_limit));
-        ctx.arena.release(mark);
+        ctx.arena.release(search_mark);
         return fastest(perf, found, "cudnnFindConvolutionBackwardFilterAlgorithmEx");
     }));
     {
         detail::OpTimer filter_timer(ctx, "conv backward filter");
-        TESSERA_CUDA(cudnnConvolutionBackwardFilter(impl.cudnn, &one, xd.d, x.data, dyd.d, dy.data, cd.d, filter_algo, impl.workspace,
-                                                    ctx.settings.workspace_limit, &one, wd.d, dw));
+        TESSERA_CUDA(cudnnConvolutionBackwardFilter(impl.cudnn, &one, d.x.d, x.data, d.y.d, dy.data, d.conv.d, filter_algo, impl.workspace,
+                                                    ctx.settings.workspace_limit, &filter_beta, d.w.d, filter_grad));
+        if (!fp32)
+            with_element_type(x.dtype, [&](auto t) {
+                kernels::accumulate<<<kernels::blocks_for(weight_count), kernels::threads, 0, impl.stream>>>(
+                    static_cast<const decltype(t)*>(filter_grad), dw, weight_count);
+            });
+        TESSERA_CUDA(cudaGetLastError());
     }
-    if (!dx.data) return;
-    const auto data_algo = cudnnConvolutionBwdDataAlgo_t(algorithm(ctx, g, x.shape, backward_data, [&] {
-        cudnnConvolutionBwdDataAlgoPerf_t perf[8];
-        int found = 0;
-        TESSERA_CUDA(cudnnFindConvolutionBackwardDataAlgorithmEx(impl.cudnn, wd.d, w, dyd.d, dy.data, cd.d, xd.d, dx.data, 8, &found,
-                                                                 perf, impl.workspace, ctx.settings.workspace_limit));
-        return fastest(perf, found, "cudnnFindConvolutionBackwardDataAlgorithmEx");
-    }));
-    detail::OpTimer data_timer(ctx, "conv backward data");
-    TESSERA_CUDA(cudnnConvolutionBackwardData(impl.cudnn, &one, wd.d, w, dyd.d, dy.data, cd.d, data_algo, impl.workspace,
-                                              ctx.settings.workspace_limit, &zero, xd.d, dx.data));
+    if (dx.data) {
+        same_type(x, dx, "conv backward");
+        const void* weights = converted(ctx, w, weight_count, x.dtype);
+        const auto data_algo = cudnnConvolutionBwdDataAlgo_t(algorithm(ctx, g, x.shape, backward_data, [&] {
+            cudnnConvolutionBwdDataAlgoPerf_t perf[8];
+            int found = 0;
+            TESSERA_CUDA(cudnnFindConvolutionBackwardDataAlgorithmEx(impl.cudnn, d.w.d, weights, d.y.d, dy.data, d.conv.d, d.x.d, dx.data, 8,
+                                                                     &found, perf, impl.workspace, ctx.settings.workspace_limit));
+            return fastest(perf, found, "cudnnFindConvolutionBackwardDataAlgorithmEx");
+        }));
+        detail::OpTimer data_timer(ctx, "conv backward data");
+        TESSERA_CUDA(cudnnConvolutionBackwardData(impl.cudnn, &one, d.w.d, weights, d.y.d, dy.data, d.conv.d, data_algo, impl.workspace,
+                                                  ctx.settings.workspace_limit, &zero, d.x.d, dx.data));
+    }
+    ctx.arena.release(mark);
 }
 
 namespace detail {
@@ -580,34 +712,40 @@ inline unsigned channel_blocks(int c) { return unsigned((c + kernels::threads - 
 
 void Backend::batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormParams& p, BatchNormSaved saved, const Tensor& y) {
     detail::OpTimer timer(ctx, "batchnorm forward");
+    detail::same_type(x, y, "batchnorm forward");
     const int c = x.shape.c;
     const std::size_t rows = x.shape.pixels();
     auto stream = ctx.impl->stream;
     auto mark = ctx.arena.mark();
     float* mean = saved.mean;
     float* inv_std = saved.inv_std;
-    if (ctx.training) {
-        const double* sums = detail::channel_sums(ctx, x.shape, kernels::MeanTerm{x.data});
-        kernels::bn_finish_mean<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(sums, c, rows, mean);
-        sums = detail::channel_sums(ctx, x.shape, kernels::VarianceTerm{x.data, mean});
-        kernels::bn_finish_variance<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(
-            sums, c, rows, p.eps, p.momentum, mean, inv_std, p.running_mean, p.running_var);
-    } else {
-        mean = ctx.arena.allocate_floats(c);
-        inv_std = ctx.arena.allocate_floats(c);
-        kernels::bn_eval_statistics<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(p.running_mean, p.running_var, p.eps, c,
-                                                                                              mean, inv_std);
-    }
-    TESSERA_CUDA(cudaGetLastError());
-    kernels::bn_normalize<<<kernels::blocks_for(y.size()), kernels::threads, 0, stream>>>(x.data, mean, inv_std, p.gamma, p.beta, c,
-                                                                                        y.data, y.size());
-    TESSERA_CUDA(cudaGetLastError());
+    detail::with_element_type(x.dtype, [&](auto t) {
+        using T = decltype(t);
+        const T* xs = x.as<T>();
+        if (ctx.training) {
+            const double* sums = detail::channel_sums(ctx, x.shape, kernels::MeanTerm<T>{xs});
+            kernels::bn_finish_mean<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(sums, c, rows, mean);
+            sums = detail::channel_sums(ctx, x.shape, kernels::VarianceTerm<T>{xs, mean});
+            kernels::bn_finish_variance<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(
+                sums, c, rows, p.eps, p.momentum, mean, inv_std, p.running_mean, p.running_var);
+        } else {
+            mean = ctx.arena.allocate_floats(c);
+            inv_std = ctx.arena.allocate_floats(c);
+            kernels::bn_eval_statistics<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(p.running_mean, p.running_var, p.eps,
+                                                                                                  c, mean, inv_std);
+        }
+        TESSERA_CUDA(cudaGetLastError());
+        kernels::bn_normalize<<<kernels::blocks_for(y.size()), kernels::threads, 0, stream>>>(xs, mean, inv_std, p.gamma, p.beta, c,
+                                                                                            y.as<T>(), y.size());
+        TESSERA_CUDA(cudaGetLastError());
+    });
     ctx.arena.release(mark);
 }
 
 void Backend::batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& dy, const BatchNormParams& p, BatchNormSaved saved,
                                  float* dgamma, float* dbeta, const Tensor& dx) {
     detail::OpTimer timer(ctx, "batchnorm backward");
+    detail::same_type(x, dy, "batchnorm backward");
     const int c = x.shape.c;
     auto stream = ctx.impl->stream;
     auto mark = ctx.arena.mark();
@@ -619,17 +757,21 @@ void Backend::batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& dy
         kernels::bn_eval_statistics<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(p.running_mean, p.running_var, p.eps, c, m, s);
         mean = m, inv_std = s;
     }
-    const double* sums = detail::channel_sums(ctx, x.shape, kernels::GradientTerm{x.data, dy.data, mean, inv_std});
-    kernels::bn_parameter_gradients<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(sums, c, dgamma, dbeta);
-    TESSERA_CUDA(cudaGetLastError());
-    if (dx.data) {
-        kernels::bn_input_gradient<<<kernels::blocks_for(dx.size()), kernels::threads, 0, stream>>>(
-            x.data, dy.data, mean, inv_std, p.gamma, sums, x.shape.pixels(), ctx.training, c, dx.data, dx.size());
+    detail::with_element_type(x.dtype, [&](auto t) {
+        using T = decltype(t);
+        const double* sums = detail::channel_sums(ctx, x.shape, kernels::GradientTerm<T>{x.as<T>(), dy.as<T>(), mean, inv_std});
+        kernels::bn_parameter_gradients<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(sums, c, dgamma, dbeta);
         TESSERA_CUDA(cudaGetLastError());
-    }
+        if (dx.data) {
+            kernels::bn_input_gradient<<<kernels::blocks_for(dx.size()), kernels::threads, 0, stream>>>(
+                x.as<T>(), dy.as<T>(), mean, inv_std, p.gamma, sums, x.shape.pixels(), ctx.training, c, dx.as<T>(), dx.size());
+            TESSERA_CUDA(cudaGetLastError());
+        }
+    });
     ctx.arena.release(mark);
 }
 
+// A grid-stride kernel over n values, on the context's stream.
 #define TESSERA_LAUNCH(kernel, n, ...)                                                                            \
     do {                                                                                                          \
         if (n) kernels::kernel<<<kernels::blocks_for(n), kernels::threads, 0, ctx.impl->stream>>>(__VA_ARGS__);  \
@@ -638,61 +780,99 @@ void Backend::batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& dy
 
 void Backend::relu_forward(Context& ctx, const Tensor& x, const Tensor& y) {
     detail::OpTimer timer(ctx, "relu forward");
-    TESSERA_LAUNCH(relu_forward, x.size(), x.data, y.data, x.size());
+    detail::same_type(x, y, "relu forward");
+    detail::with_element_type(x.dtype, [&](auto t) {
+        using T = decltype(t);
+        TESSERA_LAUNCH(relu_forward<T>, x.size(), x.as<T>(), y.as<T>(), x.size());
+    });
 }
 void Backend::relu_backward(Context& ctx, const Tensor& y, const Tensor& dy, const Tensor& dx) {
     detail::OpTimer timer(ctx, "relu backward");
-    TESSERA_LAUNCH(relu_backward, y.size(), y.data, dy.data, dx.data, y.size());
+    detail::same_type(y, dy, "relu backward");
+    detail::with_element_type(y.dtype, [&](auto t) {
+        using T = decltype(t);
+        TESSERA_LAUNCH(relu_backward<T>, y.size(), y.as<T>(), dy.as<T>(), dx.as<T>(), y.size());
+    });
 }
 void Backend::add(Context& ctx, const Tensor& a, const Tensor& b, const Tensor& y) {
     detail::OpTimer timer(ctx, "add");
-    TESSERA_LAUNCH(add, y.size(), a.data, b.data, y.data, y.size());
+    detail::same_type(a, b, "add");
+    detail::with_element_type(y.dtype, [&](auto t) {
+        using T = decltype(t);
+        TESSERA_LAUNCH(add<T>, y.size(), a.as<T>(), b.as<T>(), y.as<T>(), y.size());
+    });
 }
 void Backend::accumulate(Context& ctx, const Tensor& x, const Tensor& y) {
     detail::OpTimer timer(ctx, "accumulate");
-    TESSERA_LAUNCH(accumulate, y.size(), x.data, y.data, y.size());
+    detail::same_type(x, y, "accumulate");
+    detail::with_element_type(y.dtype, [&](auto t) {
+        using T = decltype(t);
+        if (y.size()) kernels::accumulate<<<kernels::blocks_for(y.size()), kernels::threads, 0, ctx.impl->stream>>>(x.as<T>(), y.as<T>(), y.size());
+        TESSERA_CUDA(cudaGetLastError());
+    });
 }
 
 void Backend::maxpool_forward(Context& ctx, const Tensor& x, const PoolGeometry& g, const Tensor& y, std::int32_t* argmax) {
     detail::OpTimer timer(ctx, "maxpool forward");
-    TESSERA_LAUNCH(maxpool_forward, y.size(), x.data, x.shape.h, x.shape.w, x.shape.c, g, y.data, argmax, y.shape.h, y.shape.w, y.size());
+    detail::with_element_type(x.dtype, [&](auto t) {
+        using T = decltype(t);
+        TESSERA_LAUNCH(maxpool_forward<T>, y.size(), x.as<T>(), x.shape.h, x.shape.w, x.shape.c, g, y.as<T>(), argmax, y.shape.h, y.shape.w,
+                       y.size());
+    });
 }
-void Backend::maxpool_backward(Context& ctx, const Tensor& dy, const std::int32_t* argmax, const Tensor& dx) {
+void Backend::maxpool_backward(Context& ctx, const Tensor& dy, const std::int32_t* argmax, const PoolGeometry& g, const Tensor& dx) {
     detail::OpTimer timer(ctx, "maxpool backward");
-    fill_zero(ctx, dx.data, dx.size());
-    TESSERA_LAUNCH(maxpool_backward, dy.size(), dy.data, argmax, dx.shape.c, dx.shape.h * dx.shape.w, dy.shape.h * dy.shape.w, dx.data,
-                   dy.size());
+    detail::with_element_type(dx.dtype, [&](auto t) {
+        using T = decltype(t);
+        TESSERA_LAUNCH(maxpool_backward<T>, dx.size(), dy.as<T>(), argmax, dx.shape.h, dx.shape.w, dx.shape.c, g, dy.shape.h, dy.shape.w,
+                       dx.as<T>(), dx.size());
+    });
 }
 void Backend::global_avgpool_forward(Context& ctx, const Tensor& x, const Tensor& y) {
     detail::OpTimer timer(ctx, "avgpool forward");
-    TESSERA_LAUNCH(global_avgpool_forward, y.size(), x.data, x.shape.h * x.shape.w, x.shape.c, y.data, y.size());
+    detail::with_element_type(x.dtype, [&](auto t) {
+        using T = decltype(t);
+        TESSERA_LAUNCH(global_avgpool_forward<T>, y.size(), x.as<T>(), x.shape.h * x.shape.w, x.shape.c, y.as<T>(), y.size());
+    });
 }
 void Backend::global_avgpool_backward(Context& ctx, const Tensor& dy, const Tensor& dx) {
     detail::OpTimer timer(ctx, "avgpool backward");
-    TESSERA_LAUNCH(global_avgpool_backward, dx.size(), dy.data, dx.shape.h * dx.shape.w, dx.shape.c, dx.data, dx.size());
+    detail::with_element_type(dx.dtype, [&](auto t) {
+        using T = decltype(t);
+        TESSERA_LAUNCH(global_avgpool_backward<T>, dx.size(), dy.as<T>(), dx.shape.h * dx.shape.w, dx.shape.c, dx.as<T>(), dx.size());
+    });
 }
 
 // Row-major products through column-major cuBLAS: a row-major (r x c) matrix is a column-major (c x r) one.
+// x (N, In) and the weights in the compute type; the logits y (N, Out) and all gradients but dx in fp32.
 void Backend::linear_forward(Context& ctx, const Tensor& x, const float* w, const float* b, int out, const Tensor& y) {
     detail::OpTimer timer(ctx, "linear forward");
+    TESSERA_CHECK(y.dtype == DType::f32, "linear forward: the logits are fp32");
     const int n = x.shape.n, in = int(x.size() / n);
+    const auto mark = ctx.arena.mark();
+    const void* weights = detail::converted(ctx, w, std::size_t(out) * in, x.dtype);
     TESSERA_LAUNCH(broadcast_rows, y.size(), b, out, y.data, y.size());
-    const float one = 1.f;
-    // y^T (out x n) = W (out x in) x^T: column-major W is (in x out), so op = T.
-    TESSERA_CUDA(cublasSgemm(ctx.impl->cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, w, in, x.data, in, &one, y.data, out));
+    // y^T (out x n) += W (out x in) x^T: column-major W is (in x out), so op = T.
+    detail::gemm(ctx, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, weights, in, x.data, in, x.dtype, 1.f, y.data, out, DType::f32);
+    ctx.arena.release(mark);
 }
 void Backend::linear_backward(Context& ctx, const Tensor& x, const float* w, const Tensor& dy, int out, float* dw, float* db,
                               const Tensor& dx) {
     detail::OpTimer timer(ctx, "linear backward");
+    TESSERA_CHECK(dy.dtype == DType::f32, "linear backward: the logits' gradient is fp32");
     const int n = x.shape.n, in = int(x.size() / n);
-    const float one = 1.f, zero = 0.f;
+    const auto mark = ctx.arena.mark();
+    const void* dy_compute = detail::converted(ctx, dy.data, dy.size(), x.dtype);
     // dW (out x in, row-major) += dy^T x: column-major (in x out) = x^T (in x n) dy (n x out).
-    TESSERA_CUDA(cublasSgemm(ctx.impl->cublas, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, &one, x.data, in, dy.data, out, &one, dw, in));
+    detail::gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, x.data, in, dy_compute, out, x.dtype, 1.f, dw, in, DType::f32);
     kernels::sum_rows<<<(out + kernels::threads - 1) / kernels::threads, kernels::threads, 0, ctx.impl->stream>>>(dy.data, n, out, db);
     TESSERA_CUDA(cudaGetLastError());
-    // dx (n x in) = dy W: column-major (in x n) = W^T... = column-major W (in x out) times dy^T (out x n).
-    if (dx.data)
-        TESSERA_CUDA(cublasSgemm(ctx.impl->cublas, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, &one, w, in, dy.data, out, &zero, dx.data, in));
+    // dx (n x in) = dy W: column-major (in x n) = column-major W (in x out) times dy^T (out x n).
+    if (dx.data) {
+        const void* weights = detail::converted(ctx, w, std::size_t(out) * in, x.dtype);
+        detail::gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, weights, in, dy_compute, out, x.dtype, 0.f, dx.data, in, dx.dtype);
+    }
+    ctx.arena.release(mark);
 }
 
 void Backend::normalize_images(Context& ctx, const std::uint8_t* pixels, const float* mean, const float* inv_std, const Tensor& x) {
@@ -712,13 +892,17 @@ void Backend::normalize_images(Context& ctx, const std::uint8_t* pixels, const f
     TESSERA_CUDA(cudaMemcpyAsync(device_pixels, impl.pixels, n, cudaMemcpyHostToDevice, impl.stream));
     kernels::Normalisation norm{};
     for (int c = 0; c < x.shape.c; ++c) norm.mean[c] = mean[c], norm.inv_std[c] = inv_std[c];
-    TESSERA_LAUNCH(normalize_images, n, device_pixels, norm, x.shape.c, x.data, n);
+    detail::with_element_type(x.dtype, [&](auto t) {
+        using T = decltype(t);
+        TESSERA_LAUNCH(normalize_images<T>, n, device_pixels, norm, x.shape.c, x.as<T>(), n);
+    });
 }
 
 cpu::LossResult Backend::softmax_cross_entropy(Context& ctx, const Tensor& logits, const std::int32_t* labels, float label_smoothing,
                                                float* dlogits) {
     detail::OpTimer timer(ctx, "loss");
     auto& impl = *ctx.impl;
+    TESSERA_CHECK(logits.dtype == DType::f32, "the loss takes fp32 logits");
     const int n = logits.shape.n, k = int(logits.size() / n);
     if (impl.labels_capacity < n) {
         cudaFreeHost(impl.labels);

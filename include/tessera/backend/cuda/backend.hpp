@@ -1,6 +1,10 @@
 #pragma once
-// tessera::cuda::Backend: the layers' kernels on one NVIDIA GPU, NHWC, fp32 with TF32 tensor cores
-// allowed or not: convolutions on cuDNN 9, the classifier on cuBLAS, the rest on kernels of our own.
+// tessera::cuda::Backend: the layers' kernels on one NVIDIA GPU, NHWC: convolutions on cuDNN 9, the
+// classifier on cuBLAS, the rest on kernels of our own.
+//
+// Precision: fp32 (TF32 tensor cores allowed or not), or mixed: activations and their gradients in
+// bf16 or fp16, with fp32 master weights, fp32 weight gradients, fp32 BatchNorm statistics and fp32
+// logits, as PyTorch's autocast. A layer's weights are cast to the compute type as it runs.
 //
 // This header is plain C++: it declares the backend, so code compiled by the host compiler (the
 // trainer, runner, tests) can use it. The definitions, kernels included, are in backend.cuh, which
@@ -31,6 +35,7 @@ struct DeviceMemory {
 struct Settings {
     int device = 0;
     bool tf32 = true;                              // let cuDNN and cuBLAS use TF32 tensor cores for fp32
+    DType compute = DType::f32;                    // activations: fp32, or bf16 / fp16 (mixed precision)
     std::size_t workspace_limit = std::size_t(1) << 30;  // cuDNN workspace, bytes
 };
 
@@ -44,6 +49,7 @@ public:
     Context(const Context&) = delete;
     Context& operator=(const Context&) = delete;
 
+    DType activations = DType::f32;       // settings.compute
     BasicArena<DeviceMemory> arena;       // activations and scratch of one step
     BasicTensorPool<DeviceMemory> grads;  // gradients flowing back, each freed once used
     bool training = true;
@@ -109,7 +115,7 @@ struct Backend {
     static void add(Context& ctx, const Tensor& a, const Tensor& b, const Tensor& y);
     static void accumulate(Context& ctx, const Tensor& x, const Tensor& y);
     static void maxpool_forward(Context& ctx, const Tensor& x, const PoolGeometry& g, const Tensor& y, std::int32_t* argmax);
-    static void maxpool_backward(Context& ctx, const Tensor& dy, const std::int32_t* argmax, const Tensor& dx);
+    static void maxpool_backward(Context& ctx, const Tensor& dy, const std::int32_t* argmax, const PoolGeometry& g, const Tensor& dx);
     static void global_avgpool_forward(Context& ctx, const Tensor& x, const Tensor& y);
     static void global_avgpool_backward(Context& ctx, const Tensor& dy, const Tensor& dx);
     static void linear_forward(Context& ctx, const Tensor& x, const float* w, const float* b, int out, const Tensor& y);
