@@ -105,7 +105,7 @@ double distance(const std::vector<float>& a, const std::vector<float>& b) {
 // gradients and running statistics. `dtype`: the GPU's activations (bf16 and fp16 compute with fp32
 // weights, as in training).
 template <class Spec, int In>
-void check_parity(Shape in, bool training, double tol = 1e-4, DType dtype = DType::f32) {
+void check_parity(Shape in, bool training, double tol = 1e-4, DType dtype = DType::f32, dist::Communicator* group = nullptr) {
     Bound<Spec, In> host;
     Rng rng(11);
     host.layer.init(rng, {});
@@ -129,6 +129,7 @@ void check_parity(Shape in, bool training, double tol = 1e-4, DType dtype = DTyp
     settings.compute = dtype;
     cuda::Context gpu_ctx(settings);
     cpu_ctx.training = gpu_ctx.training = training;
+    cpu_ctx.batchnorm_group = gpu_ctx.batchnorm_group = group;
     std::vector<float> x(in.size());
     fill_normal(x.data(), x.size(), rng);
     round_to(x, dtype);
@@ -170,6 +171,46 @@ void check_every_layer(DType dtype) {
     check_parity<Linear<10>, 64>({5, 1, 1, 64}, true, tol, dtype);
     check_parity<models::Bottleneck<64, 2>, 32>({2, 8, 8, 32}, true, tol, dtype);
 }
+// Two ranks with the same batch, seen from one of them: every sum comes back doubled. The host
+// collectives serve the CPU backend, the device ones the GPU's.
+class TwoIdenticalRanks final : public dist::Communicator {
+public:
+    int rank() const override { return 0; }
+    int size() const override { return 2; }
+    int local_rank() const override { return 0; }
+    int local_size() const override { return 1; }
+    std::string name() const override { return "two identical ranks"; }
+    bool device_memory() const override { return true; }
+    void all_reduce_sum(double* data, std::size_t count) override {
+        for (std::size_t i = 0; i < count; ++i) data[i] *= 2;
+    }
+    void all_reduce_sum(double* data, std::size_t count, void* stream) override { doubled(data, count, stream); }
+    void all_reduce_sum(float* data, std::size_t count, void* stream) override { doubled(data, count, stream); }
+    void broadcast(void*, std::size_t, int) override {}
+    void barrier() override {}
+    [[noreturn]] void abort(int code) override { std::_Exit(code); }
+    std::unique_ptr<Communicator> duplicate() const override { return std::make_unique<TwoIdenticalRanks>(); }
+
+private:
+    template <class T>
+    static void doubled(T* device, std::size_t count, void* stream) {
+        std::vector<T> host(count);
+        cudaStreamSynchronize(static_cast<cudaStream_t>(stream));
+        cudaMemcpy(host.data(), device, count * sizeof(T), cudaMemcpyDeviceToHost);
+        for (T& v : host) v *= 2;
+        cudaMemcpy(device, host.data(), count * sizeof(T), cudaMemcpyHostToDevice);
+    }
+};
+
+// Synchronised BatchNorm on the GPU (sums all-reduced on the device) against the CPU's, both over
+// "two ranks": the statistics are those of the two batches together, dgamma and dbeta this rank's.
+TEST(Cuda, SynchronisedBatchNormMatchesCpu) {
+    SKIP_WITHOUT_GPU();
+    TwoIdenticalRanks two;
+    check_parity<BatchNorm<>, 32>({4, 7, 7, 32}, true, 1e-4, DType::f32, &two);
+    check_parity<BatchNorm<>, 32>({4, 7, 7, 32}, true, 2e-2, DType::bf16, &two);
+}
+
 TEST(Cuda, EveryLayerInBf16) {
     SKIP_WITHOUT_GPU();
     check_every_layer(DType::bf16);

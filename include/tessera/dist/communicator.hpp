@@ -24,6 +24,9 @@ public:
     /// Sums gradients across ranks, in place, in the memory this communicator works on (host for
     /// MPI; device for NCCL, on `stream`, without waiting for it).
     virtual void all_reduce_sum(float* data, std::size_t count, void* stream) = 0;
+    /// Sums doubles across ranks, in place, in the memory this communicator works on, on `stream`:
+    /// synchronised BatchNorm's per-channel sums, which on a GPU never leave the device.
+    virtual void all_reduce_sum(double* data, std::size_t count, void* /*stream*/) { all_reduce_sum(data, count); }
     /// The same, divided by the number of ranks: the mean gradient.
     virtual void all_reduce_average(float* data, std::size_t count, void* stream) {
         all_reduce_sum(data, count, stream);
@@ -54,6 +57,7 @@ public:
     int local_rank() const override { return 0; }
     int local_size() const override { return 1; }
     std::string name() const override { return "single process"; }
+    using Communicator::all_reduce_sum;
     void all_reduce_sum(double*, std::size_t) override {}
     void all_reduce_sum(float*, std::size_t, void*) override {}
     void broadcast(void*, std::size_t, int) override {}

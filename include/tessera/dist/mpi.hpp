@@ -46,6 +46,7 @@ public:
     /// Whether two threads may run collectives at once, each on its own duplicate (MPI_THREAD_MULTIPLE).
     bool concurrent() const override { return concurrent_; }
 
+    using Communicator::all_reduce_sum;
     void all_reduce_sum(double* data, std::size_t count) override { chunked(data, count, MPI_DOUBLE); }
     void all_reduce_sum(float* data, std::size_t count, void*) override { chunked(data, count, MPI_FLOAT); }
 

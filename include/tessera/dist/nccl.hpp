@@ -34,6 +34,11 @@ inline void check(cudaError_t status, const char* call, const char* file, int li
 
 namespace tessera::dist {
 
+// Every device collective of one communicator runs on the communicator's own stream, in the order
+// the process issued it, as PyTorch's ProcessGroupNCCL does: the gradient buckets (issued from the
+// reducer's stream) and synchronised BatchNorm's sums (from the compute stream) then run in the same
+// order on every rank, which two streams sharing one NCCL communicator would not promise. The
+// caller's stream waits for the collective; the host never does.
 class NcclCommunicator final : public Communicator {
 public:
     /// The ranks of `host` (an MPI world), one GPU each: `device`, usually the local rank.
@@ -43,9 +48,15 @@ public:
         host_->broadcast(&id, sizeof id, 0);
         TESSERA_NCCL(cudaSetDevice(device_));
         TESSERA_NCCL(ncclCommInitRank(&comm_, host_->size(), id, host_->rank()));
+        TESSERA_NCCL(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+        TESSERA_NCCL(cudaEventCreateWithFlags(&issued_, cudaEventDisableTiming));
+        TESSERA_NCCL(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
     }
     ~NcclCommunicator() override {
         if (comm_) ncclCommDestroy(comm_);
+        cudaEventDestroy(issued_);
+        cudaEventDestroy(done_);
+        cudaStreamDestroy(stream_);
     }
     NcclCommunicator(const NcclCommunicator&) = delete;
     NcclCommunicator& operator=(const NcclCommunicator&) = delete;
@@ -59,11 +70,14 @@ public:
     bool concurrent() const override { return true; }
 
     void all_reduce_sum(double* data, std::size_t count) override { host_->all_reduce_sum(data, count); }
+    void all_reduce_sum(double* data, std::size_t count, void* stream) override {
+        in_order(stream, [&] { TESSERA_NCCL(ncclAllReduce(data, data, count, ncclDouble, ncclSum, comm_, stream_)); });
+    }
     void all_reduce_sum(float* data, std::size_t count, void* stream) override {
-        TESSERA_NCCL(ncclAllReduce(data, data, count, ncclFloat, ncclSum, comm_, static_cast<cudaStream_t>(stream)));
+        in_order(stream, [&] { TESSERA_NCCL(ncclAllReduce(data, data, count, ncclFloat, ncclSum, comm_, stream_)); });
     }
     void all_reduce_average(float* data, std::size_t count, void* stream) override {
-        TESSERA_NCCL(ncclAllReduce(data, data, count, ncclFloat, ncclAvg, comm_, static_cast<cudaStream_t>(stream)));
+        in_order(stream, [&] { TESSERA_NCCL(ncclAllReduce(data, data, count, ncclFloat, ncclAvg, comm_, stream_)); });
     }
     void broadcast(void* data, std::size_t bytes, int root) override { host_->broadcast(data, bytes, root); }
     void barrier() override { host_->barrier(); }
@@ -75,9 +89,23 @@ public:
     std::unique_ptr<Communicator> duplicate() const override { return std::make_unique<NcclCommunicator>(*host_, device_); }
 
 private:
+    // `collective` on the communicator's stream, after what `caller` has issued so far; `caller`
+    // then waits for it.
+    template <class Collective>
+    void in_order(void* caller, Collective collective) {
+        const auto caller_stream = static_cast<cudaStream_t>(caller);
+        TESSERA_NCCL(cudaEventRecord(issued_, caller_stream));
+        TESSERA_NCCL(cudaStreamWaitEvent(stream_, issued_, 0));
+        collective();
+        TESSERA_NCCL(cudaEventRecord(done_, stream_));
+        TESSERA_NCCL(cudaStreamWaitEvent(caller_stream, done_, 0));
+    }
+
     std::unique_ptr<Communicator> host_;
     int device_;
     ncclComm_t comm_ = nullptr;
+    cudaStream_t stream_ = nullptr;
+    cudaEvent_t issued_ = nullptr, done_ = nullptr;
 };
 
 /// GradientReducer's device twin (see dist/gradient_reducer.hpp for the bucketing).

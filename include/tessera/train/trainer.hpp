@@ -107,12 +107,7 @@ public:
         if (distributed()) {
             reducer_ = make_reducer();
             ctx_.gradient_hook = reducer_.get();
-            if (config_.sync_batchnorm) {
-                if constexpr (B::has_device_memory)
-                    throw user_error("[train] sync_batchnorm", "synchronised BatchNorm runs on the CPU backend only, so far",
-                                     "set sync_batchnorm = false: each GPU normalises over its own batch, as DDP does by default");
-                ctx_.batchnorm_group = config_.comm;
-            }
+            if (config_.sync_batchnorm) ctx_.batchnorm_group = config_.comm;
             // Every rank starts from rank 0's weights and statistics.
             auto host = net_.params().host();
             config_.comm->broadcast(host.values, net_.params().values.size() * sizeof(float), 0);

@@ -710,11 +710,15 @@ double* channel_sums(Context& ctx, Shape shape, Term term) {
 inline unsigned channel_blocks(int c) { return unsigned((c + kernels::threads - 1) / kernels::threads); }
 }  // namespace detail
 
+// Synchronised (ctx.batchnorm_group set, as torch.nn.SyncBatchNorm): the per-channel sums are
+// all-reduced on the device, and the row count is every rank's: their training batches are all of
+// one size. dgamma and dbeta stay this rank's sums, which the gradient all-reduce then averages.
 void Backend::batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormParams& p, BatchNormSaved saved, const Tensor& y) {
     detail::OpTimer timer(ctx, "batchnorm forward");
     detail::same_type(x, y, "batchnorm forward");
     const int c = x.shape.c;
-    const std::size_t rows = x.shape.pixels();
+    dist::Communicator* group = ctx.batchnorm_group;
+    const std::size_t total_rows = x.shape.pixels() * (group ? group->size() : 1);
     auto stream = ctx.impl->stream;
     auto mark = ctx.arena.mark();
     float* mean = saved.mean;
@@ -723,11 +727,13 @@ void Backend::batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormPa
         using T = decltype(t);
         const T* xs = x.as<T>();
         if (ctx.training) {
-            const double* sums = detail::channel_sums(ctx, x.shape, kernels::MeanTerm<T>{xs});
-            kernels::bn_finish_mean<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(sums, c, rows, mean);
+            double* sums = detail::channel_sums(ctx, x.shape, kernels::MeanTerm<T>{xs});
+            if (group) group->all_reduce_sum(sums, std::size_t(c), stream);
+            kernels::bn_finish_mean<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(sums, c, total_rows, mean);
             sums = detail::channel_sums(ctx, x.shape, kernels::VarianceTerm<T>{xs, mean});
+            if (group) group->all_reduce_sum(sums, std::size_t(c), stream);
             kernels::bn_finish_variance<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(
-                sums, c, rows, p.eps, p.momentum, mean, inv_std, p.running_mean, p.running_var);
+                sums, c, total_rows, p.eps, p.momentum, mean, inv_std, p.running_mean, p.running_var);
         } else {
             mean = ctx.arena.allocate_floats(c);
             inv_std = ctx.arena.allocate_floats(c);
@@ -757,14 +763,17 @@ void Backend::batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& dy
         kernels::bn_eval_statistics<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(p.running_mean, p.running_var, p.eps, c, m, s);
         mean = m, inv_std = s;
     }
+    dist::Communicator* group = ctx.training ? ctx.batchnorm_group : nullptr;
+    const std::size_t total_rows = x.shape.pixels() * (group ? group->size() : 1);
     detail::with_element_type(x.dtype, [&](auto t) {
         using T = decltype(t);
-        const double* sums = detail::channel_sums(ctx, x.shape, kernels::GradientTerm<T>{x.as<T>(), dy.as<T>(), mean, inv_std});
+        double* sums = detail::channel_sums(ctx, x.shape, kernels::GradientTerm<T>{x.as<T>(), dy.as<T>(), mean, inv_std});
         kernels::bn_parameter_gradients<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(sums, c, dgamma, dbeta);
         TESSERA_CUDA(cudaGetLastError());
         if (dx.data) {
+            if (group) group->all_reduce_sum(sums, 2 * std::size_t(c), stream);  // after this rank's dgamma and dbeta
             kernels::bn_input_gradient<<<kernels::blocks_for(dx.size()), kernels::threads, 0, stream>>>(
-                x.as<T>(), dy.as<T>(), mean, inv_std, p.gamma, sums, x.shape.pixels(), ctx.training, c, dx.as<T>(), dx.size());
+                x.as<T>(), dy.as<T>(), mean, inv_std, p.gamma, sums, total_rows, ctx.training, c, dx.as<T>(), dx.size());
             TESSERA_CUDA(cudaGetLastError());
         }
     });

@@ -56,7 +56,7 @@ public:
     bool input_is_private = false;  // as cpu::Context: a ReLU may overwrite its input
     const float* network_input = nullptr;  // the first layer skips its dx
     dist::GradientHook* gradient_hook = nullptr;    // as cpu::Context
-    dist::Communicator* batchnorm_group = nullptr;  // synchronised BatchNorm: not on the GPU yet
+    dist::Communicator* batchnorm_group = nullptr;  // as cpu::Context (device collectives: NCCL)
     Settings settings;
 
     struct Impl;  // handles, stream, algorithm cache, workspace
