@@ -98,7 +98,7 @@ struct Device;
 template <>
 struct Device<cpu::Backend> {
     static bool available(std::string*) { return true; }
-    static std::unique_ptr<cpu::Context> context() { return std::make_unique<cpu::Context>(); }
+    static std::unique_ptr<cpu::Context> context(DType) { return std::make_unique<cpu::Context>(); }  // fp32 only
     static void sync(cpu::Context&) {}
     static int threads(cpu::Context& ctx) { return ctx.pool.size(); }
 };
@@ -107,21 +107,29 @@ struct Device<cpu::Backend> {
 template <>
 struct Device<cuda::Backend> {
     static bool available(std::string* why) { return cuda::device_available(why); }
-    static std::unique_ptr<cuda::Context> context() { return std::make_unique<cuda::Context>(cuda::Settings{.tf32 = true}); }
+    static std::unique_ptr<cuda::Context> context(DType compute) {
+        return std::make_unique<cuda::Context>(cuda::Settings{.tf32 = true, .compute = compute});
+    }
     static void sync(cuda::Context& ctx) { ctx.synchronize(); }
     static int threads(cuda::Context&) { return 0; }
 };
 #endif
 
-/// The backend's context, or null after telling the benchmark why it skips.
+/// The backend's context computing in `compute`, or null after telling the benchmark why it skips.
 template <class B>
-std::unique_ptr<typename B::Context> context_or_skip(benchmark::State& state) {
+std::unique_ptr<typename B::Context> context_or_skip(benchmark::State& state, DType compute) {
     std::string why;
     if (!Device<B>::available(&why)) {
         state.SkipWithError(("no CUDA device: " + why).c_str());
         return nullptr;
     }
-    return Device<B>::context();
+    return Device<B>::context(compute);
+}
+
+/// Zeroes a tensor of any element type.
+template <class B>
+void zero(typename B::Context& ctx, const Tensor& t) {
+    B::fill_zero(ctx, t.data, (t.bytes() + sizeof(float) - 1) / sizeof(float));
 }
 
 /// Times the benchmark's loop over `step`, then sets GFLOP/s and, on the CPU, the fraction of the
@@ -154,28 +162,31 @@ struct ConvShape {
     }
 };
 
-template <class B>
+// Precision: the activations' type (the weights are fp32, as in training).
+template <class B, DType Precision = DType::f32>
 void ConvForward(benchmark::State& state) {
-    auto ctx = context_or_skip<B>(state);
+    auto ctx = context_or_skip<B>(state, Precision);
     if (!ctx) return;
     const ConvShape c(state);
-    const Tensor x = ctx->arena.tensor(c.in), y = ctx->arena.tensor(c.out);
+    const Tensor x = ctx->arena.tensor(c.in, Precision), y = ctx->arena.tensor(c.out, Precision);
     float* w = ctx->arena.allocate_floats(std::size_t(c.g.out_channels) * c.g.patch());
-    B::fill_zero(*ctx, x.data, x.size());
+    zero<B>(*ctx, x);
     B::fill_zero(*ctx, w, std::size_t(c.g.out_channels) * c.g.patch());
     run_flops<B>(state, *ctx, c.flops, [&] { B::conv_forward(*ctx, x, w, c.g, y); });
 }
 
-template <class B>
+template <class B, DType Precision = DType::f32>
 void ConvBackward(benchmark::State& state) {  // data and filter gradients
-    auto ctx = context_or_skip<B>(state);
+    auto ctx = context_or_skip<B>(state, Precision);
     if (!ctx) return;
     const ConvShape c(state);
-    const Tensor x = ctx->arena.tensor(c.in), dx = ctx->arena.tensor(c.in), dy = ctx->arena.tensor(c.out);
+    const Tensor x = ctx->arena.tensor(c.in, Precision), dx = ctx->arena.tensor(c.in, Precision), dy = ctx->arena.tensor(c.out, Precision);
     const std::size_t weights = std::size_t(c.g.out_channels) * c.g.patch();
     float* w = ctx->arena.allocate_floats(weights);
     float* dw = ctx->arena.allocate_floats(weights);
-    for (auto [p, n] : {std::pair{x.data, x.size()}, {dy.data, dy.size()}, {w, weights}, {dw, weights}}) B::fill_zero(*ctx, p, n);
+    zero<B>(*ctx, x);
+    zero<B>(*ctx, dy);
+    for (float* p : {w, dw}) B::fill_zero(*ctx, p, weights);
     run_flops<B>(state, *ctx, 2 * c.flops, [&] { B::conv_backward(*ctx, x, w, c.g, dy, dw, dx); });
 }
 
@@ -198,28 +209,28 @@ void stage_shapes(benchmark::internal::Benchmark* b) {
 
 // ---- BatchNorm: args = batch, size, channels ------------------------------------------------------
 
-template <class B>
+template <class B, DType Precision = DType::f32>
 void BatchNormForwardTraining(benchmark::State& state) {
-    auto ctx = context_or_skip<B>(state);
+    auto ctx = context_or_skip<B>(state, Precision);
     if (!ctx) return;
     const int n = int(state.range(0)), size = int(state.range(1)), c = int(state.range(2));
-    const Tensor x = ctx->arena.tensor({n, size, size, c}), y = ctx->arena.tensor({n, size, size, c});
+    const Tensor x = ctx->arena.tensor({n, size, size, c}, Precision), y = ctx->arena.tensor({n, size, size, c}, Precision);
     float* v = ctx->arena.allocate_floats(6 * std::size_t(c));  // gamma, beta, running mean/var, saved mean/inv_std
-    B::fill_zero(*ctx, x.data, x.size());
+    zero<B>(*ctx, x);
     B::fill_zero(*ctx, v, 6 * std::size_t(c));
     for (auto _ : state) {
         B::batchnorm_forward(*ctx, x, {v, v + c, v + 2 * c, v + 3 * c}, {v + 4 * c, v + 5 * c}, y);  // training mode
         Device<B>::sync(*ctx);
     }
     // Reads x twice (statistics, then normalise) and writes y once.
-    state.counters["GB/s"] = benchmark::Counter(3.0 * double(x.size()) * 4 * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["GB/s"] = benchmark::Counter(3.0 * double(x.bytes()) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // ---- one bottleneck, and a whole training step ------------------------------------------------------
 
-template <class B>
+template <class B, DType Precision = DType::f32>
 void BottleneckForwardBackward(benchmark::State& state) {  // layer2's stride-2 block at batch 8
-    auto ctx = context_or_skip<B>(state);
+    auto ctx = context_or_skip<B>(state, Precision);
     if (!ctx) return;
     using Block = models::Bottleneck<512, 2>;
     models::Model<Block, 256, B> block("bottleneck", 0);
@@ -228,11 +239,11 @@ void BottleneckForwardBackward(benchmark::State& state) {  // layer2's stride-2 
     for (auto _ : state) {
         ctx->arena.reset();
         ctx->grads.reset();
-        const Tensor x = ctx->arena.tensor(in);
-        B::fill_zero(*ctx, x.data, x.size());
+        const Tensor x = ctx->arena.tensor(in, Precision);
+        zero<B>(*ctx, x);
         const Tensor y = block.forward(*ctx, x);
-        const Tensor dy = ctx->arena.tensor(y.shape);
-        B::fill_zero(*ctx, dy.data, dy.size());
+        const Tensor dy = ctx->arena.tensor(y.shape, y.dtype);
+        zero<B>(*ctx, dy);
         block.backward(*ctx, dy);
         Device<B>::sync(*ctx);
     }
@@ -241,9 +252,9 @@ void BottleneckForwardBackward(benchmark::State& state) {  // layer2's stride-2 
 
 // ResNet50's training step (forward, loss, backward, SGD with momentum) on synthetic 224x224 images:
 // args = batch. The plugins come from the build tree, as runner's do.
-template <class B>
+template <class B, DType Precision = DType::f32>
 void ResNet50TrainingStep(benchmark::State& state) {
-    auto ctx = context_or_skip<B>(state);
+    auto ctx = context_or_skip<B>(state, Precision);
     if (!ctx) return;
     const int batch = int(state.range(0));
     plugin::Registry plugins;
@@ -277,6 +288,12 @@ BENCHMARK_TEMPLATE(ConvBackward, cuda::Backend)->Apply(stage_shapes);
 BENCHMARK_TEMPLATE(BatchNormForwardTraining, cuda::Backend)->Args({8, 56, 256})->Args({8, 14, 1024})->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BottleneckForwardBackward, cuda::Backend)->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(ResNet50TrainingStep, cuda::Backend)->Arg(256)->Unit(benchmark::kMillisecond);
+// Mixed precision: bf16 activations, fp32 weights.
+BENCHMARK_TEMPLATE(ConvForward, cuda::Backend, DType::bf16)->Apply(stage_shapes);
+BENCHMARK_TEMPLATE(ConvBackward, cuda::Backend, DType::bf16)->Apply(stage_shapes);
+BENCHMARK_TEMPLATE(BatchNormForwardTraining, cuda::Backend, DType::bf16)->Args({8, 56, 256})->Args({8, 14, 1024})->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BottleneckForwardBackward, cuda::Backend, DType::bf16)->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(ResNet50TrainingStep, cuda::Backend, DType::bf16)->Arg(256)->Unit(benchmark::kMillisecond);
 #endif
 
 }  // namespace

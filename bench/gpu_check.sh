@@ -45,13 +45,16 @@ rows = [("fp32 (TF32 off)", "tessera_fp32", "torch_fp32-strict"),
         ("fp16 + loss scale", "tessera_fp16", "torch_fp16")]
 gpu = next((t["gpu"] for _, _, p in rows if (t := load(p))), "?")
 print(f"\nResNet50 training, 224x224, batch per step as in each row, {gpu}")
-print(f"{'configuration':<18} {'tessera img/s':>14} {'PyTorch img/s':>14} {'ratio':>7} {'tessera GiB':>12} {'PyTorch GiB':>12}")
+# Memory: tessera's allocations (arena, gradients, weights, optimizer state, cuDNN workspace) as
+# PyTorch's max_memory_allocated counts them; the device total (cudaMemGetInfo, with the CUDA
+# context and library handles) in brackets.
+print(f"{'configuration':<18} {'tessera img/s':>14} {'PyTorch img/s':>14} {'ratio':>7} {'tessera GiB':>16} {'PyTorch GiB':>12}")
 for label, mine, theirs in rows:
     t, p = load(mine) if mine else None, load(theirs)
     ti = f"{t['train_img_per_s']:.0f}" if t else "n/a"
     pi = f"{p['train_img_per_s']:.0f}" if p else "n/a"
     ratio = f"{t['train_img_per_s'] / p['train_img_per_s']:.2f}" if t and p else "-"
-    tm = f"{t['peak_mem_bytes'] / 2**30:.1f}" if t else "-"
+    tm = f"{t.get('allocated_bytes', 0) / 2**30:.1f} ({t['peak_mem_bytes'] / 2**30:.1f})" if t else "-"
     pm = f"{p['peak_mem_gib']:.1f}" if p else "-"
-    print(f"{label:<18} {ti:>14} {pi:>14} {ratio:>7} {tm:>12} {pm:>12}")
+    print(f"{label:<18} {ti:>14} {pi:>14} {ratio:>7} {tm:>16} {pm:>12}")
 PY

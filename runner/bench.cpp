@@ -171,15 +171,24 @@ int bench(const std::vector<std::string>& raw) {
         const double img_per_s = double(batch) * steps / timed;
         std::size_t peak = peak_resident_bytes();
         if constexpr (B::has_device_memory) peak = ctx->device_bytes_in_use();
+        // What tessera allocated, counted as PyTorch's max_memory_allocated() counts: activations
+        // and scratch (the arena), gradients in flight, the weights with their gradients and
+        // statistics, the optimizer's state and, on the GPU, cuDNN's workspace.
+        const auto& store = net->params();
+        std::size_t allocated = ctx->arena.capacity_bytes() + ctx->grads.capacity_bytes() +
+                                sizeof(float) * (2 * store.values.size() + store.buffers.size());
+        for (const auto& [name, values] : sgd->state()) allocated += sizeof(float) * values.size();
+        if constexpr (B::has_device_memory) allocated += ctx->settings.workspace_limit;
         if (args.flag("json")) {
             std::printf("{\"arch\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", \"batch\": %d, \"image_size\": %d, "
                         "\"threads\": %d, \"steps\": %d, \"step_s\": %.4f, \"train_img_per_s\": %.3f, \"peak_mem_bytes\": %zu, "
-                        "\"arena_bytes\": %zu}\n",
+                        "\"allocated_bytes\": %zu, \"arena_bytes\": %zu}\n",
                         arch.c_str(), B::name, precision.c_str(), batch, image, threads, steps, timed / steps, img_per_s, peak,
-                        ctx->arena.capacity_bytes());
+                        allocated, ctx->arena.capacity_bytes());
         } else {
-            std::printf("%s, batch %d, %dx%d, %s %s, %d threads: %.3f s/step, %.2f img/s, peak memory %.2f GiB\n", arch.c_str(),
-                        batch, image, image, B::name, precision.c_str(), threads, timed / steps, img_per_s, peak / double(1u << 30));
+            std::printf("%s, batch %d, %dx%d, %s %s, %d threads: %.3f s/step, %.2f img/s, peak memory %.2f GiB (%.2f GiB allocated)\n",
+                        arch.c_str(), batch, image, image, B::name, precision.c_str(), threads, timed / steps, img_per_s,
+                        peak / double(1u << 30), allocated / double(1u << 30));
         }
         return 0;
     });

@@ -59,7 +59,8 @@ std::unique_ptr<typename B::Context> make_context(int threads, const std::string
                                                   int device = 0) {
     if constexpr (std::is_same_v<B, cpu::Backend>) {
         if (precision != "fp32")
-            throw user_error(where, "\"" + precision + "\": the CPU backend computes in fp32", "use precision = \"fp32\"");
+            throw user_error(where, "\"" + precision + "\": the CPU backend computes in fp32",
+                             "use precision = \"fp32\" on the CPU; tf32, bf16 and fp16 are for device = \"cuda\"");
         return std::make_unique<cpu::Context>(threads);
     }
 #ifdef TESSERA_WITH_CUDA

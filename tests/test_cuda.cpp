@@ -341,6 +341,43 @@ TEST(Cuda, ResNet50TrainingStepMatchesCpuInBf16) {
     resnet50_step_parity(DType::bf16, {2e-2, 5e-2, 0.25, 2e-2, 2e-2});
 }
 
+// Training end to end in each precision: 40 steps on one batch of synthetic images, whose brightness
+// gives the class. The loss falls as in fp32, and fp16's dynamic loss scale stays a power of two.
+TEST(Cuda, MixedPrecisionTrainingLearns) {
+    SKIP_WITHOUT_GPU();
+    plugin::Registry registry({plugin_dir()});
+    for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
+        auto data = registry.create<plugin::DataSource>(*registry.find("data", "synthetic"), plugin::Options({
+            {"image_size", std::int64_t(32)}, {"channels", std::int64_t(3)}, {"num_classes", std::int64_t(10)},
+            {"train_size", std::int64_t(64)}, {"val_size", std::int64_t(0)}}));
+        auto sgd = registry.create<plugin::Optimizer>(*registry.find("optimizer", "sgd"), plugin::Options({
+            {"momentum", 0.9}, {"weight_decay", 0.0}, {"nesterov", false}, {"no_decay_bn_bias", false}}));
+        auto constant = registry.create<plugin::Scheduler>(*registry.find("scheduler", "constant"), plugin::Options({{"lr", 0.05}}));
+        cuda::Settings settings;
+        settings.compute = dtype;
+        cuda::Context ctx(settings);
+        auto net = runner::make_cuda_network("resnet20", 10, 3);
+        net->init(1, {});
+        train::TrainConfig config;
+        config.batch_size = 64;
+        if (dtype == DType::f16) config.loss_scale = {train::LossScaler::dynamic_start, true, 10};
+        train::Trainer<cuda::Backend> trainer(ctx, *net, *data, *sgd, *constant, {}, config);
+        const plugin::Parameters params = train::optimizer_view(*net, ctx);
+        plugin::EpochPlan plan;
+        plan.batch_size = 64;
+        data->start_epoch(plugin::Split::train, plan);
+        ASSERT_TRUE(data->next(trainer.batch()));
+        const double first = trainer.train_step({0.05, std::nullopt}, params).loss();
+        double last = first;
+        for (int step = 1; step < 40; ++step) last = trainer.train_step({0.05, std::nullopt}, params).loss();
+        std::printf("%s: loss %.4f after the first step, %.4f after 40; loss scale %g\n", dtype_name(dtype).c_str(), first, last,
+                    trainer.loss_scale());
+        EXPECT_LT(last, 0.5 * first) << dtype_name(dtype);
+        const double exponent = std::log2(trainer.loss_scale());
+        EXPECT_EQ(exponent, std::round(exponent)) << dtype_name(dtype);
+    }
+}
+
 TEST(Cuda, VectorOpsMatchCpu) {
     SKIP_WITHOUT_GPU();
     cpu::Context cpu_ctx(2);
