@@ -68,6 +68,10 @@ private:
     fs::path path_;
 };
 
+/// The weights and BatchNorm statistics a checkpoint holds, loaded into a CPU network of `arch`
+/// with `classes` outputs: for comparing checkpoints value for value.
+std::vector<float> checkpoint_values(const fs::path& file, const std::string& arch = "resnet20", int classes = 4);
+
 inline void fill_normal(float* data, std::size_t n, Rng& rng, double scale = 1.0) {
     for (std::size_t i = 0; i < n; ++i) data[i] = float(rng.normal() * scale);
 }

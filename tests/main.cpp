@@ -2,7 +2,9 @@
 #include <gtest/gtest.h>
 
 #include "helpers.hpp"
+#include "runner.hpp"
 #include "tessera/backend/cpu/gemm.hpp"
+#include "tessera/train/checkpoint.hpp"
 
 namespace tessera::test {
 fs::path& binary_dir() {
@@ -12,6 +14,13 @@ fs::path& binary_dir() {
 fs::path source_root() {
     if (const char* root = std::getenv("TESSERA_SOURCE_ROOT")) return root;
     return fs::current_path();
+}
+std::vector<float> checkpoint_values(const fs::path& file, const std::string& arch, int classes) {
+    auto net = runner::make_cpu_network(arch, classes, 3);
+    checkpoint::load(net->params(), file);
+    std::vector<float> all = net->params().values;
+    all.insert(all.end(), net->params().buffers.begin(), net->params().buffers.end());
+    return all;
 }
 }  // namespace tessera::test
 

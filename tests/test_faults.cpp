@@ -40,12 +40,6 @@ plugin = "console"
 mode = "lines"
 )";
 
-std::vector<float> weights(const fs::path& file, const std::string& arch = "resnet20") {
-    auto net = runner::make_cpu_network(arch, 4, 3);
-    checkpoint::load(net->params(), file);
-    return net->params().values;
-}
-
 bool has_temporaries(const fs::path& folder) {
     for (auto& f : fs::directory_iterator(folder))
         if (f.path().extension() == ".tmp") return true;
@@ -60,7 +54,7 @@ struct Stopped {  // a run stopped after 4 steps: the checkpoint the faults must
         std::ofstream(dir / "r.toml") << text;
         const RunResult r = run_runner("r.toml --threads 2 --stop-after-steps 4", dir.path());
         EXPECT_EQ(r.exit_code, 0) << r.output;
-        saved = weights(folder / "last.safetensors");
+        saved = checkpoint_values(folder / "last.safetensors");
     }
     RunResult run(const std::string& args, const std::string& limits = "") const {
         return run_shell("cd '" + dir.path().string() + "' && " + limits + " '" + fs::absolute(runner_path()).string() + "' " + args +
@@ -77,14 +71,14 @@ TEST(Faults, DiskFullDuringACheckpointLeavesThePreviousOne) {
     EXPECT_EQ(r.exit_code, 2) << r.output;
     EXPECT_NE(r.output.find("write failed (disk full?)"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("the previous files are as they were"), std::string::npos) << r.output;
-    EXPECT_TRUE(weights(s.folder / "last.safetensors") == s.saved);
+    EXPECT_TRUE(checkpoint_values(s.folder / "last.safetensors") == s.saved);
     EXPECT_FALSE(has_temporaries(s.folder));
     // on_failure = "continue": the run trains on, warning at each save.
     r = s.run("r.toml --threads 2 --set checkpoint.on_failure=continue", full_disk);
     EXPECT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("warning: could not save the checkpoint"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("final: epoch=2"), std::string::npos) << r.output;
-    EXPECT_TRUE(weights(s.folder / "last.safetensors") == s.saved);
+    EXPECT_TRUE(checkpoint_values(s.folder / "last.safetensors") == s.saved);
     // With room again, the run resumes from the checkpoint it kept.
     r = s.run("r.toml --threads 2");
     EXPECT_EQ(r.exit_code, 0) << r.output;
@@ -98,7 +92,7 @@ TEST(Faults, AFolderThatCannotBeWrittenLeavesThePreviousOne) {
     const RunResult r = s.run("r.toml --threads 2");
     EXPECT_EQ(r.exit_code, 2) << r.output;
     EXPECT_NE(r.output.find("last.state.safetensors.tmp: cannot open for writing"), std::string::npos) << r.output;
-    EXPECT_TRUE(weights(s.folder / "last.safetensors") == s.saved);
+    EXPECT_TRUE(checkpoint_values(s.folder / "last.safetensors") == s.saved);
     EXPECT_NO_THROW(checkpoint::load_state(s.folder / "last.state.safetensors"));
 }
 
@@ -112,7 +106,7 @@ TEST(Faults, KilledWhileWritingACheckpointThePreviousStillLoads) {
     std::ofstream(dir / "r.toml") << big;
     ASSERT_EQ(run_runner("r.toml --threads 2 --stop-after-steps 1", dir.path()).exit_code, 0);
     const fs::path folder = dir / "runs" / "run";
-    const auto saved = weights(folder / "last.safetensors", "resnet50");
+    const auto saved = checkpoint_values(folder / "last.safetensors", "resnet50");
     bool caught = false;
     for (int attempt = 0; attempt < 3 && !caught; ++attempt) {
         const pid_t child = fork();
@@ -135,7 +129,7 @@ TEST(Faults, KilledWhileWritingACheckpointThePreviousStillLoads) {
         waitpid(child, nullptr, 0);
     }
     ASSERT_TRUE(caught) << "never saw the checkpoint being written";
-    EXPECT_TRUE(weights(folder / "last.safetensors", "resnet50") == saved) << "the previous checkpoint changed";
+    EXPECT_TRUE(checkpoint_values(folder / "last.safetensors", "resnet50") == saved) << "the previous checkpoint changed";
     const RunResult r = run_runner("r.toml --threads 2 --stop-after-steps 2", dir.path());
     EXPECT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("resuming from runs/run/last.safetensors: epoch 1, step 1 of 4"), std::string::npos) << r.output;
@@ -162,7 +156,7 @@ TEST(Faults, APluginThatThrowsIsNamedAndTheCheckpointKept) {
     const auto meta = checkpoint::read_metadata(dir / "runs" / "run" / "last.safetensors");
     EXPECT_EQ(meta.at("epoch"), "2");
     EXPECT_EQ(meta.at("batch"), "0");
-    EXPECT_NO_THROW(weights(dir / "runs" / "run" / "last.safetensors"));
+    EXPECT_NO_THROW(checkpoint_values(dir / "runs" / "run" / "last.safetensors"));
 }
 
 }  // namespace
