@@ -10,23 +10,25 @@ peer=${2:-.gpu/torch_peer.py}
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
 batch=${TESSERA_CHECK_BATCH:-256}
+# Each stage has a time limit, so that the whole check fits one 8-minute call and the table is
+# always printed (a stage that ran out shows n/a): tests 100 s, each benchmark 40 s, NCCL 30 s.
 
 echo "== CUDA tests"
-"$build/tests/tessera_tests" --gtest_filter='Cuda*' 2>&1 | tee "$out/gpu_tests.log" | grep -E '^\[ +(OK|FAILED|SKIPPED) +\]|Failure|error'
+timeout 100 "$build/tests/tessera_tests" --gtest_filter='Cuda*' 2>&1 | tee "$out/gpu_tests.log" | grep -E '^\[ +(OK|FAILED|SKIPPED) +\]|Failure|error'
 
 echo "== tessera"
 for precision in fp32 tf32 bf16 fp16; do
-  "$build/runner/runner" bench --device cuda --precision "$precision" --arch resnet50 --batch "$batch" --image-size 224 \
+  timeout 40 "$build/runner/runner" bench --device cuda --precision "$precision" --arch resnet50 --batch "$batch" --image-size 224 \
     --steps 10 --warmup 3 --json > "$out/tessera_$precision.json" 2> "$out/tessera_$precision.err"
   cat "$out/tessera_$precision.json" "$out/tessera_$precision.err"
 done
 
 echo "== NCCL all-reduce of ResNet50's gradients on this one GPU (a local copy: no link is crossed)"
-"$build/runner/runner" bench --allreduce --device cuda --json 2>&1 | tee "$out/nccl_allreduce.json"
+timeout 30 "$build/runner/runner" bench --allreduce --device cuda --json 2>&1 | tee "$out/nccl_allreduce.json"
 
 echo "== PyTorch"
 for precision in fp32-strict fp32 bf16 fp16; do
-  python3 "$peer" --precision "$precision" --batch "$batch" > "$out/torch_$precision.json" 2> "$out/torch_$precision.err"
+  timeout 40 python3 "$peer" --precision "$precision" --batch "$batch" > "$out/torch_$precision.json" 2> "$out/torch_$precision.err"
   tail -n 1 "$out/torch_$precision.json"; tail -n 3 "$out/torch_$precision.err"
 done
 
