@@ -145,7 +145,7 @@ void check_parity(Shape in, bool training, double tol = 1e-4, DType dtype = DTyp
     DeviceTensor dy_gpu(dy, y_gpu.dtype);
     const Tensor dx_cpu = host.layer.backward(cpu_ctx, Tensor{dy.data(), y_cpu.shape});
     const Tensor dx_gpu = layer.backward(gpu_ctx, dy_gpu.view(y_cpu.shape));
-    EXPECT_EQ(dx_gpu.dtype, dtype);
+    EXPECT_EQ(dtype_name(dx_gpu.dtype), dtype_name(dtype));
     EXPECT_LT(distance(to_host(dx_gpu), {dx_cpu.data, dx_cpu.data + dx_cpu.size()}), tol) << "dx, " << dtype_name(dtype);
     device.download(store);
     for (auto& e : store.params) {
