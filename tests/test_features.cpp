@@ -318,11 +318,12 @@ TEST(LossScale, AFixedPowerOfTwoChangesNoGradient) {
 }
 
 // GradScaler's rule: an overflow skips the step and halves the scale; `window` good steps in a row
-// double it.
+// double it. Overflows are routine, so they do not count as bad steps (max_bad_steps = 1 would stop
+// the run at the first).
 TEST(LossScale, DynamicScaleHalvesOnOverflowAndGrowsAfterAWindow) {
     train::TrainConfig config;
     config.batch_size = 8;
-    config.max_bad_steps = 3;
+    config.max_bad_steps = 1;
     config.loss_scale = {65536, true, 2};
     config.on_gradients = [](std::int64_t step, float* grads, std::size_t) {
         if (step == 0 || step == 1) grads[5] = INFINITY;  // as fp16 overflowing in backward
@@ -344,6 +345,31 @@ TEST(LossScale, DynamicScaleHalvesOnOverflowAndGrowsAfterAWindow) {
     t.optimizer_step(1, batch, {0.05, {}}, p);
     EXPECT_EQ(t.loss_scale(), 32768) << "two good steps did not double the scale";
     EXPECT_EQ(s.optimizer.grads.size(), 2u);
+}
+
+// A loss that is not finite overflows at any scale: once the scale has fallen below 1, the skipped
+// steps count as bad ones again, and max_bad_steps in a row stop the run.
+TEST(LossScale, AGradientThatIsNeverFiniteStillStopsTheRun) {
+    train::TrainConfig config;
+    config.batch_size = 8;
+    config.max_bad_steps = 2;
+    config.loss_scale = {2, true, 100};
+    config.on_gradients = [](std::int64_t, float* grads, std::size_t) { grads[5] = NAN; };
+    Rig s(0.05);
+    auto t = s.trainer(config);
+    const plugin::Parameters p = train::optimizer_view(*s.net, s.ctx);
+    s.data.start_epoch(plugin::Split::train, {1, 0, 8});
+    std::int64_t batch = 0;
+    t.optimizer_step(1, batch, {0.05, {}}, p);  // scale 2 -> 1: an overflow, routine
+    t.optimizer_step(1, batch, {0.05, {}}, p);  // 1 -> 0.5: a bad step
+    EXPECT_EQ(t.loss_scale(), 0.5);
+    try {
+        t.optimizer_step(1, batch, {0.05, {}}, p);  // the second bad step in a row
+        FAIL() << "gradients never finite did not stop the run";
+    } catch (const Error& e) {
+        EXPECT_TRUE(e.is_user_error());
+        EXPECT_NE(std::string(e.what()).find("not finite for 2 steps in a row"), std::string::npos) << e.what();
+    }
 }
 
 // The dynamic scale and its count of good steps are saved with the training state.

@@ -338,11 +338,16 @@ private:
         const auto w = net_.working();
         B::axpby(ctx_, 1, saved_statistics_, 0, w.buffers, net_.params().buffers.size());
         ++skipped_in_epoch_;
+        // Under dynamic loss scaling an overflow is routine, and lowers the scale; only once the scale
+        // has fallen below 1 is the loss itself not finite, and the step a bad one.
+        if (scaler_.dynamic() && scaler_.scale() >= 1) {
+            if (is_root())
+                std::fprintf(stderr, "note: step %lld skipped: its gradients overflowed fp16; the loss scale is now %g\n",
+                             (long long)steps_done_, scaler_.scale());
+            return;
+        }
         ++bad_steps_in_row_;
-        if (is_root() && scaler_.dynamic())
-            std::fprintf(stderr, "note: step %lld skipped: its gradients overflowed fp16; the loss scale is now %g\n", (long long)steps_done_,
-                         scaler_.scale());
-        else if (is_root())
+        if (is_root())
             std::fprintf(stderr, "warning: step %lld skipped: its gradients are not finite (the loss diverged, or a batch was bad)\n",
                          (long long)steps_done_);
         if (config_.max_bad_steps > 0 && bad_steps_in_row_ >= config_.max_bad_steps)
