@@ -345,6 +345,10 @@ TEST(LossScale, DynamicScaleHalvesOnOverflowAndGrowsAfterAWindow) {
     t.optimizer_step(1, batch, {0.05, {}}, p);
     EXPECT_EQ(t.loss_scale(), 32768) << "two good steps did not double the scale";
     EXPECT_EQ(s.optimizer.grads.size(), 2u);
+    // Dynamic without a starting scale starts where GradScaler does, and scales.
+    const train::LossScaler from_default({0, true});
+    EXPECT_TRUE(from_default.active());
+    EXPECT_EQ(from_default.scale(), train::LossScaler::dynamic_start);
 }
 
 // A loss that is not finite overflows at any scale: once the scale has fallen below 1, the skipped

@@ -14,7 +14,7 @@
 namespace tessera::train {
 
 struct LossScaleConfig {
-    double initial = 0;   // 0: no scaling
+    double initial = 0;   // 0: no scaling, or dynamic scaling from GradScaler's 65536
     bool dynamic = false;
     int window = 2000;    // good steps before the scale doubles (dynamic)
 };
@@ -24,12 +24,13 @@ public:
     static constexpr double growth = 2, backoff = 0.5;
     static constexpr double dynamic_start = 65536;  // GradScaler's init_scale
 
-    explicit LossScaler(LossScaleConfig config = {}) : config_(config), scale_(config.initial > 0 ? config.initial : 1) {
+    explicit LossScaler(LossScaleConfig config = {})
+        : config_(config), scale_(config.initial > 0 ? config.initial : config.dynamic ? dynamic_start : 1) {
         if (config.initial < 0) throw user_error("[train] loss_scale", "must not be negative", "0 leaves the choice to the precision");
         if (config.dynamic && config.window < 1) throw user_error("[train] loss_scale_window", "must be at least 1");
     }
 
-    bool active() const { return config_.initial > 0; }
+    bool active() const { return config_.initial > 0 || config_.dynamic; }
     bool dynamic() const { return config_.dynamic; }
     double scale() const { return scale_; }
     std::int64_t good_steps() const { return good_steps_; }
