@@ -151,7 +151,9 @@ int bench(const std::vector<std::string>& raw) {
         auto ctx = make_context<B>(threads, precision, "--precision " + precision);
         auto net = make_network<B>(arch, classes, 3);
         net->init(0, {});
-        train::TrainConfig config{1, batch, 0.f, 0, 1, {}};
+        train::TrainConfig config;
+        config.epochs = 1;
+        config.batch_size = batch;
         if (precision == "fp16") config.loss_scale = {train::LossScaler::dynamic_start, true};  // as training in fp16 does
         train::Trainer<B> trainer(*ctx, *net, *data, *sgd, *constant, {}, config);
         const plugin::Parameters params = train::optimizer_view(*net, *ctx);

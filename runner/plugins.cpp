@@ -3,6 +3,7 @@
 #include <variant>
 
 #include "runner.hpp"
+#include "tessera/core/strings.hpp"
 #include "tessera/plugin/registry.hpp"
 
 namespace tessera::runner {
@@ -14,9 +15,12 @@ std::string show(const plugin::Value& v) {
         if constexpr (std::is_same_v<T, bool>) return x ? "true" : "false";
         else if constexpr (std::is_same_v<T, std::string>) return "\"" + x + "\"";
         else if constexpr (std::is_same_v<T, std::vector<double>>) {
-            std::string s = "[";
-            for (std::size_t i = 0; i < x.size(); ++i) s += (i ? ", " : "") + std::to_string(x[i]);
-            return s + "]";
+            std::vector<std::string> each;
+            for (double v : x) each.push_back(std::to_string(v));
+            std::string list = "[";  // appended, not "[" + …: GCC 12 warns falsely (-Wrestrict) on literal + std::string&&
+            list += join(each);
+            list += ']';
+            return list;
         } else {
             char buf[32];
             std::snprintf(buf, sizeof buf, "%g", double(x));

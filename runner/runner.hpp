@@ -56,7 +56,7 @@ std::unique_ptr<models::Network<B>> make_network(const std::string& arch, int nu
 /// error naming what this backend computes in.
 template <class B>
 std::unique_ptr<typename B::Context> make_context(int threads, const std::string& precision, const std::string& where,
-                                                  int device = 0) {
+                                                  [[maybe_unused]] int device = 0) {  // unused in a build without CUDA
     if constexpr (std::is_same_v<B, cpu::Backend>) {
         if (precision != "fp32")
             throw user_error(where, "\"" + precision + "\": the CPU backend computes in fp32",

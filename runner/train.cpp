@@ -65,7 +65,8 @@ double lr_scale(const recipe::Recipe& r, int world_size) {
 }  // namespace
 
 RecipeRun open_recipe(const std::string& file, const std::vector<std::string>& sets) {
-    RecipeRun run{recipe::load(file, sets)};
+    RecipeRun run;
+    run.recipe = recipe::load(file, sets);
     run.registry = std::make_unique<plugin::Registry>(recipe::plugin_path(run.recipe.effective));
     recipe::resolve(run.recipe, *run.registry);
     const recipe::Recipe& r = run.recipe;
@@ -127,9 +128,13 @@ int train(const std::vector<std::string>& raw) {
             std::ofstream(run_dir / "recipe.toml") << r.effective << "\n";
         }
 
-        train::TrainConfig config{int(r.train.integer("epochs")), r.batch_size, float(r.train.number("label_smoothing")),
-                                  std::uint64_t(r.run.integer("seed")),
-                                  int(std::max<std::int64_t>(1, r.checkpoint.integer("every_epochs"))), run_dir};
+        train::TrainConfig config;
+        config.epochs = int(r.train.integer("epochs"));
+        config.batch_size = r.batch_size;
+        config.label_smoothing = float(r.train.number("label_smoothing"));
+        config.seed = std::uint64_t(r.run.integer("seed"));
+        config.checkpoint_every = int(std::max<std::int64_t>(1, r.checkpoint.integer("every_epochs")));
+        config.run_dir = run_dir;
         config.comm = gpus ? gpus.get() : world.get();
         config.sync_batchnorm = r.train.flag("sync_batchnorm");
         config.bucket_bytes = std::size_t(r.train.integer("bucket_mb")) << 20;
@@ -171,8 +176,14 @@ int train(const std::vector<std::string>& raw) {
                 return 0;
             }
         }
-        plugin::RunInfo about{r.run.text("name"), run_dir.string(), net->arch(), config.epochs, config.batch_size,
-                              trainer.steps_per_epoch(), std::int64_t(net->params().values.size())};
+        plugin::RunInfo about;
+        about.name = r.run.text("name");
+        about.run_dir = run_dir.string();
+        about.arch = net->arch();
+        about.epochs = config.epochs;
+        about.batch_size = config.batch_size;
+        about.steps_per_epoch = trainer.steps_per_epoch();
+        about.parameters = std::int64_t(net->params().values.size());
         about.first_epoch = trainer.progress().epoch;
         about.first_step = std::int64_t(about.first_epoch - 1) * about.steps_per_epoch + trainer.progress().batch / config.accumulate;
         about.recipe = (std::ostringstream() << r.effective).str();

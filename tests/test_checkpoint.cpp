@@ -4,7 +4,7 @@
 
 #include "helpers.hpp"
 #include "tessera/core/json.hpp"
-#include "tessera/models/zoo.hpp"
+#include "runner.hpp"  // the zoo, compiled once in the runner's library
 #include "tessera/train/checkpoint.hpp"
 
 namespace tessera::test {
@@ -13,7 +13,7 @@ namespace {
 using Net = models::Network<cpu::Backend>;
 
 std::unique_ptr<Net> make(const std::string& arch, int classes, std::uint64_t seed) {
-    auto net = models::make_network<cpu::Backend>(arch, {classes, 3});
+    auto net = runner::make_cpu_network(arch, classes, 3);
     net->init(seed, {});
     return net;
 }
@@ -82,7 +82,7 @@ TEST(Checkpoint, InterchangeWithPyTorch) {
         const fs::path folder = dir / arch;
         fs::create_directories(folder);
         ASSERT_EQ(std::system(("/usr/bin/python3 '" + script.string() + "' export " + arch + " '" + folder.string() + "'").c_str()), 0);
-        auto net = models::make_network<cpu::Backend>(arch, {1000, 3});
+        auto net = runner::make_cpu_network(arch, 1000, 3);
         checkpoint::load(net->params(), folder / "weights.safetensors");
         checkpoint::save(net->params(), folder / "from_tessera.safetensors");  // before training mode moves the statistics
         std::ifstream meta(folder / "shape.txt");

@@ -44,15 +44,23 @@ plugin = "html"
 every_steps = 1
 )";
 
-/// One run of 3 epochs of 10 steps, stopped after 15 steps and resumed: its folder.
+/// One run of 3 epochs of 10 steps in three processes: the first stops after 12 steps, the second
+/// goes on to step 17, and the third resumes from the first's checkpoint (a copy of it), at step 12,
+/// behind the last step logged. Each file must keep what came before step 12 and drop what the
+/// second process logged after it. Its folder.
 const fs::path& run_folder() {
     static TempDir dir;
     static const bool done = [] {
         std::ofstream(dir / "r.toml") << recipe;
-        const RunResult first = run_runner("r.toml --threads 2 --stop-after-steps 15", dir.path());
+        const RunResult first = run_runner("r.toml --threads 2 --stop-after-steps 12", dir.path());
         EXPECT_EQ(first.exit_code, 0) << first.output;
-        const RunResult second = run_runner("r.toml --threads 2", dir.path());
+        fs::create_directories(dir / "at12");
+        for (const char* file : {"last.safetensors", "last.state.safetensors", "last.ema.safetensors"})
+            fs::copy_file(dir / "runs" / "logs" / file, dir / "at12" / file);
+        const RunResult second = run_runner("r.toml --threads 2 --stop-after-steps 17", dir.path());
         EXPECT_EQ(second.exit_code, 0) << second.output;
+        const RunResult third = run_runner("r.toml --threads 2 --resume at12/last.safetensors", dir.path());
+        EXPECT_EQ(third.exit_code, 0) << third.output;
         return true;
     }();
     static const fs::path folder = dir / "runs" / "logs";
@@ -100,7 +108,8 @@ TEST(Loggers, JsonlHasEveryStepOnceInOrder) {
             EXPECT_TRUE(o.at("ema_val_top1").is_number());
         }
     }
-    EXPECT_EQ(run_begins, 2);  // the first process and the resumed one
+    // Each process began, and the third dropped what the second wrote after step 12, its end among it.
+    EXPECT_EQ(run_begins, 3);
     EXPECT_EQ(run_ends, 2);
     std::vector<double> want(30);
     for (int i = 0; i < 30; ++i) want[std::size_t(i)] = i + 1;
@@ -211,28 +220,35 @@ TEST(Loggers, TensorboardRecordsPassTheirCrcsAndHoldTheScalars) {
     std::vector<fs::path> files;
     for (auto& f : fs::directory_iterator(run_folder() / "tensorboard")) files.push_back(f.path());
     std::sort(files.begin(), files.end());  // by creation second, then pid
-    ASSERT_EQ(files.size(), 2u);
-    // TensorBoard's reading: a SessionLog START at step s drops what earlier files logged from s on.
-    std::map<std::string, std::map<std::int64_t, float>> series;
+    ASSERT_EQ(files.size(), 3u);
+    // TensorBoard's reading: a SessionLog START at step s drops what earlier files logged from s on;
+    // every point is kept as logged, so a step that survived the purge and was logged again shows twice.
+    std::map<std::string, std::vector<std::pair<std::int64_t, float>>> series;
+    int starts = 0;
     for (auto& file : files) {
         const auto events = read_events(file);
         ASSERT_FALSE(events.empty());
         EXPECT_TRUE(events.front().has_version) << file;
         for (auto& e : events) {
-            if (e.session_start)
-                for (auto& [tag, points] : series) points.erase(points.lower_bound(e.step), points.end());
-            for (auto& [tag, value] : e.scalars) series[tag][e.step] = value;
+            if (e.session_start) {
+                ++starts;
+                for (auto& [tag, points] : series)
+                    std::erase_if(points, [&](const auto& point) { return point.first >= e.step; });
+            }
+            for (auto& [tag, value] : e.scalars) series[tag].emplace_back(e.step, value);
         }
     }
-    EXPECT_EQ(series["lr"].size(), 30u);
-    EXPECT_EQ(series["train/loss"].size(), 30u);
+    EXPECT_EQ(starts, 2);  // the second and third processes
+    for (const char* tag : {"lr", "train/loss"}) {
+        ASSERT_EQ(series[tag].size(), 30u) << tag << ": the steps the third process took again were not dropped";
+        for (std::size_t i = 0; i < 30; ++i) EXPECT_EQ(series[tag][i].first, std::int64_t(i + 1)) << tag;
+    }
     ASSERT_EQ(series["val/top1"].size(), 3u);
     ASSERT_EQ(series["ema/val_top1"].size(), 3u);
     const auto csv = csv_val_top1();
-    int epoch = 0;
-    for (auto& [step, value] : series["val/top1"]) {
-        EXPECT_EQ(step, 10 * (epoch + 1));
-        EXPECT_NEAR(value, csv.at(std::size_t(epoch++)), 1e-6);
+    for (std::size_t epoch = 0; epoch < 3; ++epoch) {
+        EXPECT_EQ(series["val/top1"][epoch].first, std::int64_t(10 * (epoch + 1)));
+        EXPECT_NEAR(series["val/top1"][epoch].second, csv.at(epoch), 1e-6);
     }
 }
 

@@ -1,6 +1,7 @@
 // The registry: it finds the build's plugins, refuses modules that are not tessera plugins of this
 // ABI (naming the file and the versions), and the schedulers follow PyTorch's formulas.
 #include <cmath>
+#include <fstream>
 #include <numbers>
 #include <sstream>
 
@@ -115,9 +116,38 @@ struct SmallParameters {
     }
 };
 
+bool have_torch() { return std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") == 0; }
+#define SKIP_WITHOUT_TORCH() \
+    if (!have_torch()) GTEST_SKIP() << "PyTorch is not installed (apt install python3-torch); scripts/test installs it"
+
+/// The numbers a Python program prints, one run of PyTorch.
+std::vector<double> python_numbers(const std::string& program) {
+    TempDir dir;
+    std::ofstream(dir / "p.py") << program;
+    const RunResult r = run_shell("/usr/bin/python3 '" + (dir / "p.py").string() + "' 2>&1");
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    std::stringstream in(r.output);
+    std::vector<double> numbers;
+    for (double x; in >> x;) numbers.push_back(x);
+    return numbers;
+}
+
+/// What both sides of an optimizer test start from: SmallParameters' values and its first gradient,
+/// the gradient changing after each step as g = -0.5 g + 0.01; the rate of step s is 0.01 (s + 1).
+const char* torch_prelude = R"(import torch
+w0 = torch.tensor([0.5, -1.0, 2.0, 0.25, 1.0, 0.1], dtype=torch.float32)
+g0 = torch.tensor([0.2, 0.3, -0.1, 0.05, -0.4, 0.3], dtype=torch.float32)
+def show(*tensors):
+    print(" ".join("%.9g" % x for t in tensors for x in t.detach().tolist()))
+)";
+
+void expect_values(const std::vector<float>& got, const std::vector<double>& want, std::size_t from, const char* what) {
+    ASSERT_GE(want.size(), from + got.size()) << what;
+    for (std::size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[from + i], 1e-6 * std::max(1.0, std::abs(want[from + i]))) << what << ", value " << i;
+}
+
 TEST(Optimizers, AdamwMatchesPyTorch) {
-    if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0)
-        GTEST_SKIP() << "PyTorch is not installed (apt install python3-torch); scripts/test installs it";
+    SKIP_WITHOUT_TORCH();
     Registry registry({plugin_dir()});
     auto adamw = make<plugin::Optimizer>(registry, "adamw", {{"weight_decay", 0.1}, {"no_decay_bn_bias", true}});
     SmallParameters p;
@@ -127,11 +157,8 @@ TEST(Optimizers, AdamwMatchesPyTorch) {
         for (auto& x : p.g) x = -0.5f * x + 0.01f;
     }
     // torch.optim.AdamW with the same groups: decay for the conv weight, none for gamma and bias.
-    const RunResult torch = run_shell(R"(/usr/bin/python3 -c '
-import torch
-w = torch.tensor([0.5, -1.0, 2.0, 0.25, 1.0, 0.1], dtype=torch.float32)
-g = torch.tensor([0.2, 0.3, -0.1, 0.05, -0.4, 0.3], dtype=torch.float32)
-conv, rest = w[:4].clone().requires_grad_(), w[4:].clone().requires_grad_()
+    const auto torch = python_numbers(std::string(torch_prelude) + R"(
+conv, rest, g = w0[:4].clone().requires_grad_(), w0[4:].clone().requires_grad_(), g0.clone()
 opt = torch.optim.AdamW([{"params": [conv], "weight_decay": 0.1}, {"params": [rest], "weight_decay": 0.0}], lr=0.01)
 for step in range(3):
     for group in opt.param_groups:
@@ -140,15 +167,9 @@ for step in range(3):
     conv.grad, rest.grad = g[:4].clone(), g[4:].clone()
     opt.step()
     g = -0.5 * g + 0.01
-print(" ".join("%.9g" % x for x in torch.cat([conv.detach(), rest.detach()]).tolist()))
-' 2>&1)");
-    ASSERT_EQ(torch.exit_code, 0) << torch.output;
-    std::stringstream expected(torch.output);
-    for (std::size_t i = 0; i < p.w.size(); ++i) {
-        double want = 0;
-        expected >> want;
-        EXPECT_NEAR(p.w[i], want, 1e-6) << "value " << i;
-    }
+show(conv, rest)
+)");
+    expect_values(p.w, torch, 0, "AdamW");
     // The state round-trips: a fresh optimizer given it takes the same next step.
     auto resumed = make<plugin::Optimizer>(registry, "adamw", {{"weight_decay", 0.1}, {"no_decay_bn_bias", true}});
     resumed->load_state(adamw->state());
@@ -158,43 +179,90 @@ print(" ".join("%.9g" % x for x in torch.cat([conv.detach(), rest.detach()]).tol
     EXPECT_EQ(a.w, b.w);
 }
 
-TEST(Optimizers, LarsScalesEachTensorByItsTrustRatioAndExemptsBatchNormAndBiases) {
+// LARS as MLPerf's ResNet-50 reference runs it: TensorFlow's LARSOptimizer (compute_lr, then
+// apply_momentum with a rate of 1 and the gradient times the scaled rate), skipping BatchNorm and
+// biases, written out here in PyTorch's tensors. Three steps, nesterov off and on.
+TEST(Optimizers, LarsMatchesMlperfsReference) {
+    SKIP_WITHOUT_TORCH();
     Registry registry({plugin_dir()});
-    const double lr = 2.0, momentum = 0.9, decay = 5e-5, eeta = 0.001;
-    auto lars = make<plugin::Optimizer>(registry, "lars", {{"momentum", momentum}, {"weight_decay", decay}, {"eeta", eeta}});
-    SmallParameters p;
-    std::vector<double> w(p.w.begin(), p.w.end()), v(w.size(), 0.0);
-    for (int step = 0; step < 2; ++step) {
-        // The MLPerf reference in double: the conv weight adapts, gamma and the bias take the base rate.
-        double ww = 0, gg = 0;
-        for (int i = 0; i < 4; ++i) ww += w[std::size_t(i)] * w[std::size_t(i)], gg += double(p.g[std::size_t(i)]) * p.g[std::size_t(i)];
-        const double trust = eeta * std::sqrt(ww) / (std::sqrt(gg) + decay * std::sqrt(ww));
-        for (std::size_t i = 0; i < w.size(); ++i) {
-            const bool adapt = i < 4;
-            const double g = p.g[i] + (adapt ? decay * w[i] : 0.0);
-            v[i] = momentum * v[i] + lr * (adapt ? trust : 1.0) * g;
-            w[i] -= v[i];
+    std::vector<float> ours;
+    for (bool nesterov : {false, true}) {
+        auto lars = make<plugin::Optimizer>(registry, "lars",
+                                            {{"momentum", 0.9}, {"weight_decay", 5e-5}, {"eeta", 0.001}, {"nesterov", nesterov}});
+        SmallParameters p;
+        for (int step = 0; step < 3; ++step) {
+            lars->step(p.view(), {2.0 * (step + 1), std::nullopt});
+            for (auto& x : p.g) x = -0.5f * x + 0.01f;
         }
-        lars->step(p.view(), {lr, std::nullopt});
+        ours.insert(ours.end(), p.w.begin(), p.w.end());
+        if (!nesterov) {
+            EXPECT_GT(std::abs(p.w[4] - 1.f), 100 * std::abs(p.w[0] - 0.5f)) << "gamma moves at the base rate, the conv weight far slower";
+        }
     }
-    for (std::size_t i = 0; i < w.size(); ++i) EXPECT_NEAR(p.w[i], w[i], 1e-6 * std::max(1.0, std::abs(w[i]))) << "value " << i;
-    EXPECT_GT(std::abs(p.w[4] - 1.f), 100 * std::abs(p.w[0] - 0.5f)) << "gamma should move at the base rate, the conv weight far slower";
+    const auto reference = python_numbers(std::string(torch_prelude) + R"(
+momentum, weight_decay, eeta, epsilon = 0.9, 5e-5, 0.001, 0.0
+def lars(w, v, g, lr, skip, nesterov):
+    # compute_lr: the trust ratio from the norms of the weights and the raw gradient; skipped
+    # variables (batch_normalization, bias) keep the base rate and take no decay.
+    if skip:
+        scaled_lr = lr
+    else:
+        w_norm, g_norm = torch.linalg.norm(w), torch.linalg.norm(g)
+        one = torch.tensor(1.0)
+        trust = torch.where(w_norm > 0, torch.where(g_norm > 0, eeta * w_norm / (g_norm + weight_decay * w_norm + epsilon), one), one)
+        scaled_lr = lr * trust
+        g = g + weight_decay * w
+    # apply_momentum(var, accum, lr=1, grad=g * scaled_lr, momentum)
+    grad = g * scaled_lr
+    v.mul_(momentum).add_(grad)
+    w.sub_(grad + momentum * v if nesterov else v)
+for nesterov in (False, True):
+    tensors = [w0[:4].clone(), w0[4:5].clone(), w0[5:].clone()]
+    velocity = [torch.zeros_like(t) for t in tensors]
+    g = g0.clone()
+    for step in range(3):
+        for t, v, grad, skip in zip(tensors, velocity, (g[:4], g[4:5], g[5:]), (False, True, True)):
+            lars(t, v, grad, 2.0 * (step + 1), skip, nesterov)
+        g = -0.5 * g + 0.01
+    show(*tensors)
+)");
+    expect_values(ours, reference, 0, "LARS");
 }
 
-TEST(Optimizers, SgdMatchesTorchFormulaWithNoDecayForBatchNorm) {
+// torch.optim.SGD itself, three steps with the gradient and the rate changing: nesterov with no
+// decay on BatchNorm and biases (two parameter groups), and plain momentum with decay everywhere;
+// at the third step a scheduler's momentum (OneCycle) replaces the optimizer's.
+TEST(Optimizers, SgdMatchesTorchOptimSgd) {
+    SKIP_WITHOUT_TORCH();
     Registry registry({plugin_dir()});
-    const auto* entry = registry.find("optimizer", "sgd");
-    auto sgd = registry.create<plugin::Optimizer>(*entry, plugin::Options({{"momentum", 0.9}, {"weight_decay", 0.1},
-                                                                           {"nesterov", true}, {"no_decay_bn_bias", true}}));
-    std::vector<float> w = {1.f, 2.f}, g = {0.5f, 0.5f};
-    plugin::Parameters p{w.data(), g.data(), 2, {{"conv.weight", "conv_weight", 0, 1}, {"bn.weight", "bn_weight", 1, 1}}};
-    sgd->step(p, {0.1, std::nullopt});
-    sgd->step(p, {0.1, std::nullopt});
-    // conv: step 1 g = 0.6, v = 0.6, w = 1 - 0.1 (0.6 + 0.54) = 0.886; step 2 g = 0.5886, v = 1.1286,
-    // w = 0.886 - 0.1 (0.5886 + 1.01574) = 0.725566. bn (no decay): v = 0.5, then 0.95.
-    EXPECT_NEAR(w[0], 0.725566, 1e-6);
-    EXPECT_NEAR(w[1], 2.0 - 0.1 * (0.5 + 0.45) - 0.1 * (0.5 + 0.855), 1e-6);
-    // A scheduler's momentum replaces the optimizer's: momentum 0 is plain gradient descent.
+    std::vector<float> ours;
+    for (bool nesterov : {true, false}) {
+        auto sgd = make<plugin::Optimizer>(registry, "sgd", {{"momentum", 0.9}, {"weight_decay", 0.1}, {"nesterov", nesterov},
+                                                             {"no_decay_bn_bias", nesterov}});
+        SmallParameters p;
+        for (int step = 0; step < 3; ++step) {
+            sgd->step(p.view(), {0.01 * (step + 1), step == 2 ? std::optional(0.85) : std::nullopt});
+            for (auto& x : p.g) x = -0.5f * x + 0.01f;
+        }
+        ours.insert(ours.end(), p.w.begin(), p.w.end());
+    }
+    const auto torch = python_numbers(std::string(torch_prelude) + R"(
+for nesterov in (True, False):
+    conv, rest, g = w0[:4].clone().requires_grad_(), w0[4:].clone().requires_grad_(), g0.clone()
+    opt = torch.optim.SGD([{"params": [conv], "weight_decay": 0.1}, {"params": [rest], "weight_decay": 0.0 if nesterov else 0.1}],
+                          lr=0.01, momentum=0.9, nesterov=nesterov)
+    for step in range(3):
+        for group in opt.param_groups:
+            group["lr"] = 0.01 * (step + 1)
+            group["momentum"] = 0.85 if step == 2 else 0.9
+        conv.grad, rest.grad = g[:4].clone(), g[4:].clone()
+        opt.step()
+        g = -0.5 * g + 0.01
+    show(conv, rest)
+)");
+    expect_values(ours, torch, 0, "SGD");
+    // Momentum 0 from a scheduler is plain gradient descent.
+    auto sgd = make<plugin::Optimizer>(registry, "sgd", {{"momentum", 0.9}, {"weight_decay", 0.0}});
     std::vector<float> v = {1.f}, h = {0.5f};
     plugin::Parameters q{v.data(), h.data(), 1, {{"bn.bias", "bn_bias", 0, 1}}};
     sgd->step(q, {0.1, 0.0});

@@ -1,7 +1,9 @@
 // Recipe and command-line mistakes: each exits with code 2 and a message that says where and what.
+#include <cmath>
 #include <fstream>
 
 #include "helpers.hpp"
+#include "recipe_run.hpp"
 #include "tessera/recipe/recipe.hpp"
 
 namespace tessera::test {
@@ -159,7 +161,32 @@ TEST(Recipes, EveryShippedRecipeIsValid) {
         ++count;
         SCOPED_TRACE(entry.path().filename().string());
         recipe::Recipe r = recipe::load(entry.path(), {});
-        EXPECT_NO_THROW(recipe::resolve(r, registry));
+        ASSERT_NO_THROW(recipe::resolve(r, registry));
+        // What a run makes of it before it reads any data: every plugin built from its options (their
+        // constructors check them), the loss scaling, and rates that stay finite and positive over the
+        // whole schedule (100 steps an epoch stand in for the data's count).
+        EXPECT_NO_THROW(registry.create<plugin::Optimizer>(*r.optimizer.entry, r.optimizer.options));
+        for (auto& logger : r.loggers) EXPECT_NO_THROW(registry.create<plugin::Logger>(*logger.entry, logger.options)) << logger.entry->info.name;
+        EXPECT_NO_THROW(runner::loss_scale_of(r));
+        EXPECT_GE(r.train.integer("epochs"), 1);
+        EXPECT_GE(r.batch_size, 1);
+        const std::string precision = r.model.text("precision"), device = r.train.text("device");
+        EXPECT_TRUE(precision == "fp32" || precision == "tf32" || precision == "bf16" || precision == "fp16") << precision;
+        EXPECT_TRUE(device == "cpu" || device == "cuda") << device;
+        EXPECT_TRUE(device == "cuda" || precision == "fp32") << "the CPU computes in fp32";
+        std::shared_ptr<plugin::Scheduler> scheduler;
+        ASSERT_NO_THROW(scheduler = registry.create<plugin::Scheduler>(*r.scheduler.entry, r.scheduler.options));
+        const std::int64_t per_epoch = 100, total = per_epoch * r.train.integer("epochs");
+        for (std::int64_t step = 0; step < total; step += 7) {
+            const double lr = scheduler->lr({step, total, per_epoch});
+            ASSERT_TRUE(std::isfinite(lr) && lr > 0) << "lr " << lr << " at step " << step;
+        }
+        // The data, where it is on this machine (Fashion-MNIST, which scripts/deps installs).
+        if (r.data.entry->info.name == "idx") {
+            std::shared_ptr<plugin::DataSource> data;
+            ASSERT_NO_THROW(data = registry.create<plugin::DataSource>(*r.data.entry, r.data.options));
+            EXPECT_GE(data->info().train_size, r.batch_size);
+        }
         std::ifstream in(entry.path());
         const std::string text((std::istreambuf_iterator<char>(in)), {});
         EXPECT_EQ(text.rfind("# ", 0), 0u) << "a recipe begins by saying what it trains";

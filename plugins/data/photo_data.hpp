@@ -33,6 +33,7 @@ inline std::vector<Option> photo_options() {
             {"mean", std::vector<double>{0.485, 0.456, 0.406}, "per-channel mean for normalisation"},
             {"std", std::vector<double>{0.229, 0.224, 0.225}, "per-channel standard deviation"},
             {"workers", std::int64_t(0), "decoding threads (0: one per core)"},
+            {"inline", false, "decode in the training thread, with no worker threads (as PyTorch's num_workers = 0): for debugging"},
             {"prefetch", std::int64_t(3), "batches prepared ahead"},
             {"limit_train", std::int64_t(0), "use only N training images, spread over the classes (0: all)"},
             {"limit_val", std::int64_t(0), "use only N validation images, spread over the classes (0: all)"}};
@@ -114,7 +115,7 @@ class PhotoData final : public DataSource {
 public:
     PhotoData(Store train, Store val, const Options& o)
         : source_(std::move(train), std::move(val), o),
-          loader_(source_, worker_count(o.integer("workers")), int(std::max<std::int64_t>(1, o.integer("prefetch")))) {
+          loader_(source_, o.flag("inline") ? 0 : worker_count(o.integer("workers")), int(std::max<std::int64_t>(1, o.integer("prefetch")))) {
         const data::Size2 size = source_.output(Split::train);
         const auto& classes = source_.store(Split::train).classes();
         info_.height = size.height;

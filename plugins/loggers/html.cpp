@@ -51,7 +51,10 @@ std::string json_rows(const std::vector<std::vector<double>>& rows) {
     std::string s = "[";
     for (std::size_t i = 0; i < rows.size(); ++i) {
         s += i ? ",[" : "[";
-        for (std::size_t j = 0; j < rows[i].size(); ++j) s += (j ? "," : "") + json_number(rows[i][j]);
+        for (std::size_t j = 0; j < rows[i].size(); ++j) {
+            if (j) s += ',';
+            s += json_number(rows[i][j]);
+        }
         s += "]";
     }
     return s + "]";

@@ -45,7 +45,7 @@ std::uint32_t masked_crc(const std::string& bytes) {
 // ---- protocol buffer encoding: the few wire types an Event needs --------------------------------
 
 void varint(std::string& out, std::uint64_t v) {
-    for (; v >= 0x80; v >>= 7) out += char(v & 0x7F | 0x80);
+    for (; v >= 0x80; v >>= 7) out += char((v & 0x7F) | 0x80);
     out += char(v);
 }
 

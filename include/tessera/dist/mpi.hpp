@@ -4,6 +4,11 @@
 //
 // A process started without a launcher is a world of one and never calls into MPI (see
 // launched_by_mpi() in communicator.hpp).
+// tessera calls MPI's C API only; Open MPI's deprecated C++ bindings would otherwise come along
+// (and warn under -Wextra).
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1
+#endif
 #include <mpi.h>
 
 #include <algorithm>

@@ -85,6 +85,7 @@ public:
         ncclCommAbort(comm_);
         comm_ = nullptr;
         host_->abort(code);
+        std::abort();  // not reached: the host world's abort ends the process, behind a virtual call
     }
     std::unique_ptr<Communicator> duplicate() const override { return std::make_unique<NcclCommunicator>(*host_, device_); }
 

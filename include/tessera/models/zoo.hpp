@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "tessera/core/error.hpp"
+#include "tessera/core/strings.hpp"
 #include "tessera/models/network.hpp"
 #include "tessera/models/resnet.hpp"
 
@@ -56,9 +57,7 @@ std::unique_ptr<Network<B>> make_network(const std::string& arch, const NetworkO
     if (arch == "resnet44") return make_for_channels<ResNet44, B>(arch, o);
     if (arch == "resnet56") return make_for_channels<ResNet56, B>(arch, o);
     if (arch == "resnet110") return make_for_channels<ResNet110, B>(arch, o);
-    std::string known;
-    for (auto& n : arch_names()) known += (known.empty() ? "" : ", ") + n;
-    throw user_error("model", "unknown architecture \"" + arch + "\"", "choose one of: " + known);
+    throw user_error("model", "unknown architecture \"" + arch + "\"", "choose one of: " + join(arch_names()));
 }
 
 }  // namespace tessera::models

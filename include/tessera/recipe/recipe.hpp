@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "tessera/core/error.hpp"
+#include "tessera/core/strings.hpp"
 #include "tessera/plugin/api.hpp"
 #include "tessera/plugin/registry.hpp"
 
@@ -127,9 +128,7 @@ inline std::string suggest(const std::string& word, const std::vector<std::strin
         return edit_distance(word, a) < edit_distance(word, b);
     });
     if (edit_distance(word, *best) <= std::max<std::size_t>(2, word.size() / 3)) return "did you mean '" + *best + "'?";
-    std::string list;
-    for (auto& k : known) list += (list.empty() ? "" : ", ") + k;
-    return "known keys: " + list;
+    return "known keys: " + join(known);
 }
 
 /// A TOML value as an option value of the declared type, or a located error.
@@ -188,16 +187,14 @@ inline PluginChoice choose_plugin(const toml::table& table, const std::string& k
     const std::string where = locate(table.source(), file + " [" + section + "]");
     const toml::node* name_node = table.get("plugin");
     if (!name_node) throw user_error(where, "[" + section + "] needs plugin = \"name\"", "available " + kind + " plugins: " + [&] {
-        std::string s;
-        for (auto& n : registry.names(kind)) s += (s.empty() ? "" : ", ") + n;
+        const std::string s = join(registry.names(kind));
         return s.empty() ? std::string("none found") : s;
     }());
     auto name = name_node->value_exact<std::string>();
     if (!name) throw user_error(locate(name_node->source(), where), section + ".plugin must be a string");
     const plugin::Registry::Entry* entry = registry.find(kind, *name);
     if (!entry) {
-        std::string available;
-        for (auto& n : registry.names(kind)) available += (available.empty() ? "" : ", ") + n;
+        const std::string available = join(registry.names(kind));
         throw user_error(locate(name_node->source(), where), "unknown " + kind + " plugin \"" + *name + "\"",
                          "available: " + (available.empty() ? std::string("none found; set TESSERA_PLUGIN_PATH") : available));
     }

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "tessera/core/error.hpp"
+#include "tessera/core/strings.hpp"
 #include "tessera/core/json.hpp"
 #include "tessera/models/network.hpp"
 
@@ -56,9 +57,12 @@ inline void ohwi_to_oihw(const float* in, float* out, const std::vector<std::int
 }
 
 inline std::string dims_str(const std::vector<std::int64_t>& dims) {
-    std::string s = "[";
-    for (std::size_t k = 0; k < dims.size(); ++k) s += (k ? ", " : "") + std::to_string(dims[k]);
-    return s + "]";
+    std::vector<std::string> each;
+    for (auto d : dims) each.push_back(std::to_string(d));
+    std::string s = "[";  // appended, not "[" + …: GCC 12 warns falsely (-Wrestrict) on literal + std::string&&
+    s += join(each);
+    s += ']';
+    return s;
 }
 
 struct Record {
@@ -69,10 +73,12 @@ struct Record {
 // "__metadata__":{...}, the first entry of a header (none without metadata).
 inline std::string metadata_json(const std::map<std::string, std::string>& metadata) {
     if (metadata.empty()) return "";
+    std::vector<std::string> entries;
+    for (auto& [k, v] : metadata) entries.push_back(json::quote(k) + ":" + json::quote(v));
     std::string out = "\"__metadata__\":{";
-    bool first = true;
-    for (auto& [k, v] : metadata) out += (first ? "" : ",") + json::quote(k) + ":" + json::quote(v), first = false;
-    return out + "}";
+    out += join(entries, ",");
+    out += '}';
+    return out;
 }
 
 // Flushes `path` (a file, or a folder's entries) to the disk, so that a power cut after a rename
@@ -190,13 +196,15 @@ inline void save(const ParamStore& store, const std::filesystem::path& path,
         return a64 != b64 ? a64 : a.entry->name < b.entry->name;
     });
 
-    std::string header = "{" + metadata_json(metadata);
+    std::string header = "{";
+    header += metadata_json(metadata);
     std::size_t offset = 0;
     for (std::size_t r = 0; r < records.size(); ++r) {
         const ParamEntry& e = *records[r].entry;
         const bool is_i64 = e.role == layers::Role::num_batches_tracked;
         const std::size_t bytes = e.size * (is_i64 ? 8 : 4);
-        header += (header.size() > 1 ? "," : "") + json::quote(e.name) + ":{\"dtype\":\"" + (is_i64 ? "I64" : "F32") +
+        if (header.size() > 1) header += ',';
+        header += json::quote(e.name) + ":{\"dtype\":\"" + (is_i64 ? "I64" : "F32") +
                   "\",\"shape\":" + dims_str(e.dims) + ",\"data_offsets\":[" + std::to_string(offset) + "," +
                   std::to_string(offset + bytes) + "]}";
         offset += bytes;
@@ -295,12 +303,12 @@ inline void load(ParamStore& store, const std::filesystem::path& path) {
         seen.push_back(name);
     }
     std::sort(seen.begin(), seen.end());
-    std::string missing;
+    std::vector<std::string> missing;
     for (auto* group : {&store.params, &store.buffer_entries})
         for (auto& e : *group)
-            if (!std::binary_search(seen.begin(), seen.end(), e.name)) missing += (missing.empty() ? "" : ", ") + e.name;
+            if (!std::binary_search(seen.begin(), seen.end(), e.name)) missing.push_back(e.name);
     if (!missing.empty())
-        throw user_error(where, "the checkpoint lacks " + missing, "was it saved from another architecture?");
+        throw user_error(where, "the checkpoint lacks " + join(missing), "was it saved from another architecture?");
     std::copy(values.begin(), values.end(), store.values.begin());  // layers point into these buffers
     std::copy(buffers.begin(), buffers.end(), store.buffers.begin());
 }
@@ -343,10 +351,12 @@ struct TrainingState {
 
 /// Writes `state` as a safetensors file of 1-d F32 tensors, atomically (with `set`: at its commit()).
 inline void save_state(const TrainingState& state, const std::filesystem::path& path, FileSet* set = nullptr) {
-    std::string header = "{" + detail::metadata_json(state.metadata);
+    std::string header = "{";
+    header += detail::metadata_json(state.metadata);
     std::size_t offset = 0;
     for (auto& [name, values] : state.tensors) {
-        header += (header.size() > 1 ? "," : "") + json::quote(name) + ":{\"dtype\":\"F32\",\"shape\":[" + std::to_string(values.size()) +
+        if (header.size() > 1) header += ',';
+        header += json::quote(name) + ":{\"dtype\":\"F32\",\"shape\":[" + std::to_string(values.size()) +
                   "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + values.size() * 4) + "]}";
         offset += values.size() * 4;
     }

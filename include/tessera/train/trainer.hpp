@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "tessera/core/strings.hpp"
 #include "tessera/core/json.hpp"
 #include "tessera/dist/gradient_reducer.hpp"
 #ifdef TESSERA_WITH_NCCL
@@ -525,7 +526,8 @@ private:
             char buf[32];
             for (double x : v) {
                 std::snprintf(buf, sizeof buf, "%.9g", x);  // exact for the floats they become
-                s += (s.empty() ? "" : ",") + std::string(buf);
+                if (!s.empty()) s += ',';
+                s += buf;
             }
             return s;
         };
@@ -535,9 +537,12 @@ private:
             {"input_height", std::to_string(info_.height)}, {"input_width", std::to_string(info_.width)},
             {"val_resize", std::to_string(info_.val_resize)}, {"mean", numbers(info_.mean)}, {"std", numbers(info_.std)}};
         if (!info_.class_names.empty()) {
-            std::string names = "[";
-            for (auto& n : info_.class_names) names += (names.size() > 1 ? ", " : "") + json::quote(n);
-            m["class_names"] = names + "]";
+            std::vector<std::string> quoted;
+            for (auto& n : info_.class_names) quoted.push_back(json::quote(n));
+            std::string& names = m["class_names"];
+            names = "[";
+            names += join(quoted);
+            names += ']';
         }
         return m;
     }
