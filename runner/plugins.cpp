@@ -14,14 +14,8 @@ std::string show(const plugin::Value& v) {
         using T = std::decay_t<decltype(x)>;
         if constexpr (std::is_same_v<T, bool>) return x ? "true" : "false";
         else if constexpr (std::is_same_v<T, std::string>) return "\"" + x + "\"";
-        else if constexpr (std::is_same_v<T, std::vector<double>>) {
-            std::vector<std::string> each;
-            for (double v : x) each.push_back(std::to_string(v));
-            std::string list = "[";  // appended, not "[" + …: GCC 12 warns falsely (-Wrestrict) on literal + std::string&&
-            list += join(each);
-            list += ']';
-            return list;
-        } else {
+        else if constexpr (std::is_same_v<T, std::vector<double>>) return number_list(x);
+        else {
             char buf[32];
             std::snprintf(buf, sizeof buf, "%g", double(x));
             return buf;

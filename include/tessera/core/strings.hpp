@@ -2,6 +2,7 @@
 // Joining words into the lists that messages show ("resnet18, resnet34, …").
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace tessera {
 
@@ -15,6 +16,17 @@ std::string join(const Range& range, std::string_view separator = ", ") {
         out += std::string_view(item);
         first = false;
     }
+    return out;
+}
+
+/// "[1, 2, 3]": the numbers of `range` as std::to_string writes them.
+template <class Range>
+std::string number_list(const Range& range) {
+    std::vector<std::string> each;
+    for (const auto& number : range) each.push_back(std::to_string(number));
+    std::string out = "[";  // appended, not "[" + …: GCC 12 warns falsely (-Wrestrict) on literal + std::string&&
+    out += join(each);
+    out += ']';
     return out;
 }
 

@@ -56,14 +56,7 @@ inline void ohwi_to_oihw(const float* in, float* out, const std::vector<std::int
                 for (std::size_t x = 0; x < w; ++x) out[((a * i + b) * h + y) * w + x] = in[((a * h + y) * w + x) * i + b];
 }
 
-inline std::string dims_str(const std::vector<std::int64_t>& dims) {
-    std::vector<std::string> each;
-    for (auto d : dims) each.push_back(std::to_string(d));
-    std::string s = "[";  // appended, not "[" + …: GCC 12 warns falsely (-Wrestrict) on literal + std::string&&
-    s += join(each);
-    s += ']';
-    return s;
-}
+inline std::string dims_str(const std::vector<std::int64_t>& dims) { return number_list(dims); }
 
 struct Record {
     const ParamEntry* entry;
