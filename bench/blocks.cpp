@@ -13,7 +13,7 @@
 #include "tessera/models/network.hpp"
 #include "tessera/models/resnet.hpp"
 #include "tessera/plugin/registry.hpp"
-#include "tessera/train/trainer.hpp"
+#include "tessera/train/step.hpp"
 #ifdef TESSERA_WITH_CUDA
 #include "tessera/backend/cuda/backend.hpp"
 #endif
@@ -273,19 +273,16 @@ void ResNet50TrainingStep(benchmark::State& state) {
     auto data = plugins.create<plugin::DataSource>("synthetic", {{"image_size", std::int64_t(224)}, {"num_classes", std::int64_t(1000)},
                                                                  {"channels", std::int64_t(3)}, {"train_size", std::int64_t(batch)}});
     auto sgd = plugins.create<plugin::Optimizer>("sgd", {{"momentum", 0.9}, {"weight_decay", 1e-4}});
-    auto constant = plugins.create<plugin::Scheduler>("constant", {{"lr", 0.01}});
     models::Model<models::ResNet50, 3, B> net("resnet50", 1000);
     net.init(1, {});
-    train::TrainConfig config;
+    train::StepConfig config;
     config.batch_size = batch;
-    train::Trainer<B> trainer(*ctx, net, *data, *sgd, *constant, {}, config);
-    const plugin::Parameters params = train::optimizer_view(net, *ctx);
-    plugin::EpochPlan plan;
-    plan.batch_size = batch;
-    data->start_epoch(plugin::Split::train, plan);
-    data->next(trainer.batch());
+    train::Step<B> step(*ctx, net, *sgd, data->info(), config);
+    data->start_epoch(plugin::Split::train, train::epoch_plan(1, plugin::Split::train, batch, 0, nullptr));
+    plugin::Batch images;
+    data->next(images);
     for (auto _ : state) {
-        trainer.train_step({0.01, std::nullopt}, params);
+        step.run(images, {0.01, std::nullopt});
         Device<B>::sync(*ctx);
     }
     state.counters["img/s"] = benchmark::Counter(batch, benchmark::Counter::kIsIterationInvariantRate);

@@ -1,6 +1,6 @@
 #include <benchmark/benchmark.h>
 
-#include "tessera/backend/cpu/gemm.hpp"
+#include "tessera/backend/cpu/select_gemm_kernels.hpp"
 
 int main(int argc, char** argv) {
     tessera::cpu::select_gemm_kernels(argv);

@@ -10,9 +10,10 @@
 #include "runner.hpp"
 #include "tessera/plugin/registry.hpp"
 #include "tessera/recipe/recipe.hpp"
-#include "tessera/train/trainer.hpp"
+#include "tessera/recipe/run_spec.hpp"
+#include "tessera/train/step.hpp"
 #ifdef TESSERA_WITH_NCCL
-#include "tessera/dist/nccl.hpp"
+#include "tessera/parallel/nccl.hpp"
 #endif
 
 namespace tessera::runner {
@@ -30,22 +31,22 @@ std::size_t peak_resident_bytes() {
 
 /// The training loader of `recipe_file` alone: batches per second with data.workers = threads.
 int bench_data(const Args& args, const std::string& recipe_file) {
-    recipe::Recipe r = recipe::load(recipe_file, args.values("set"));
-    plugin::Registry registry(recipe::plugin_path(r.effective));
-    recipe::resolve(r, registry);
     const int threads = thread_count(args), batches = args.integer("batches", 20), warmup = args.integer("warmup", 2, 0);
-    std::map<std::string, plugin::Value> options = r.data.options.values();
-    if (options.count("workers")) options["workers"] = std::int64_t(threads);
-    auto data = registry.create<plugin::DataSource>(*r.data.entry, plugin::Options(options));
-    plugin::EpochPlan plan;
-    plan.epoch = 1;
-    plan.seed = std::uint64_t(r.run.integer("seed"));
-    plan.batch_size = r.batch_size;
-    plan.drop_last = true;
+    std::vector<std::string> overrides = args.values("set");
+    {  // decoding threads: --threads, where the data plugin has workers
+        recipe::Recipe r = recipe::load(recipe_file, overrides);
+        plugin::Registry registry(recipe::plugin_path(r.effective));
+        recipe::resolve(r, registry);
+        if (r.data.options.values().count("workers")) overrides.push_back("data.workers=" + std::to_string(threads));
+    }
+    const recipe::RunSpec spec = recipe::open_run(recipe_file, overrides);
+    plugin::DataSource* data = spec.data.get();
+    const int batch_size = spec.train.batch_size;
+    const plugin::EpochPlan plan = train::epoch_plan(1, plugin::Split::train, batch_size, spec.seed(), nullptr);
     const std::int64_t available = data->num_batches(plugin::Split::train, plan);
     if (available < warmup + batches)
         throw user_error(recipe_file, "the training data holds " + std::to_string(available) + " batches of " +
-                                          std::to_string(r.batch_size) + ", fewer than --warmup + --batches",
+                                          std::to_string(batch_size) + ", fewer than --warmup + --batches",
                          "lower --batches or data.batch_size");
     data->start_epoch(plugin::Split::train, plan);
     plugin::Batch batch;
@@ -58,11 +59,11 @@ int bench_data(const Args& args, const std::string& recipe_file) {
     if (args.flag("json"))
         std::printf("{\"data\": \"%s\", \"threads\": %d, \"batch\": %d, \"batches\": %d, \"height\": %d, \"width\": %d, "
                     "\"img_per_s\": %.1f, \"img_per_s_per_thread\": %.1f, \"bad_samples\": %lld}\n",
-                    r.data.entry->info.name.c_str(), threads, r.batch_size, batches, batch.height, batch.width, img_per_s,
+                    spec.recipe.data.entry->info.name.c_str(), threads, batch_size, batches, batch.height, batch.width, img_per_s,
                     img_per_s / threads, (long long)data->bad_samples());
     else
-        std::printf("%s loader, batch %d of %dx%d, %d threads: %.1f img/s (%.1f per thread)\n", r.data.entry->info.name.c_str(),
-                    r.batch_size, batch.height, batch.width, threads, img_per_s, img_per_s / threads);
+        std::printf("%s loader, batch %d of %dx%d, %d threads: %.1f img/s (%.1f per thread)\n", spec.recipe.data.entry->info.name.c_str(),
+                    batch_size, batch.height, batch.width, threads, img_per_s, img_per_s / threads);
     return 0;
 }
 
@@ -75,7 +76,7 @@ int bench_allreduce(const Args& args) {
     const std::size_t floats = std::size_t(args.integer("floats", 25'557'032));
     const int steps = args.integer("steps", 10), warmup = args.integer("warmup", 2, 0);
     const std::string device = args.value("device").value_or("cpu");
-    std::unique_ptr<dist::Communicator> gpus;
+    std::unique_ptr<parallel::Communicator> gpus;
     float* gradients = nullptr;
     std::vector<float> host;
     std::function<void()> wait = [] {};
@@ -83,7 +84,7 @@ int bench_allreduce(const Args& args) {
 #ifdef TESSERA_WITH_NCCL
         if (std::string why; !cuda::device_available(&why))
             throw user_error("runner bench --allreduce --device cuda", "no CUDA device: " + why, "use --device cpu under mpirun");
-        gpus = std::make_unique<dist::NcclCommunicator>(*world, world->local_rank());
+        gpus = std::make_unique<parallel::NcclCommunicator>(*world, world->local_rank());
         TESSERA_NCCL(cudaMalloc(reinterpret_cast<void**>(&gradients), floats * sizeof(float)));
         TESSERA_NCCL(cudaMemset(gradients, 0, floats * sizeof(float)));
         wait = [] { TESSERA_NCCL(cudaDeviceSynchronize()); };
@@ -99,7 +100,7 @@ int bench_allreduce(const Args& args) {
         host.assign(floats, 1.f);
         gradients = host.data();
     }
-    dist::Communicator& comm = gpus ? *gpus : *world;
+    parallel::Communicator& comm = gpus ? *gpus : *world;
     for (int s = 0; s < warmup; ++s) comm.all_reduce_sum(gradients, floats, nullptr);
     wait();
     world->barrier();
@@ -151,28 +152,27 @@ int bench(const std::vector<std::string>& raw) {
         auto ctx = make_context<B>(threads, precision, "--precision " + precision);
         auto net = make_network<B>(arch, classes, 3);
         net->init(0, {});
-        train::TrainConfig config;
-        config.epochs = 1;
+        train::StepConfig config;
         config.batch_size = batch;
         if (precision == "fp16") config.loss_scale = {train::LossScaler::dynamic_start, true};  // as training in fp16 does
-        train::Trainer<B> trainer(*ctx, *net, *data, *sgd, *constant, {}, config);
-        const plugin::Parameters params = train::optimizer_view(*net, *ctx);
-        plugin::EpochPlan plan;
-        plan.batch_size = batch;
-        plan.drop_last = true;
-        data->start_epoch(plugin::Split::train, plan);
+        train::Step<B> step(*ctx, *net, *sgd, data->info(), config);
+        data->start_epoch(plugin::Split::train, train::epoch_plan(1, plugin::Split::train, batch, 0, nullptr));
 
         double timed = 0;
+        std::size_t peak = 0;  // on a GPU: the most device memory in use after any step
+        plugin::Batch images;
         for (int s = 0; s < warmup + steps; ++s) {
-            data->next(trainer.batch());
+            data->next(images);
             const auto t0 = std::chrono::steady_clock::now();
-            trainer.train_step({0.01, std::nullopt}, params);
-            if constexpr (B::has_device_memory) ctx->synchronize();
+            step.run(images, {0.01, std::nullopt});
+            if constexpr (B::has_device_memory) {
+                ctx->synchronize();
+                peak = std::max(peak, ctx->device_bytes_in_use());
+            }
             if (s >= warmup) timed += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         }
         const double img_per_s = double(batch) * steps / timed;
-        std::size_t peak = peak_resident_bytes();
-        if constexpr (B::has_device_memory) peak = ctx->device_bytes_in_use();
+        if constexpr (!B::has_device_memory) peak = peak_resident_bytes();
         // What tessera allocated, counted as PyTorch's max_memory_allocated() counts: activations
         // and scratch (the arena), gradients in flight, the weights with their gradients and
         // statistics, the optimizer's state and, on the GPU, cuDNN's workspace.

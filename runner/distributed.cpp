@@ -4,22 +4,22 @@
 
 #include "runner.hpp"
 #ifdef TESSERA_WITH_MPI
-#include "tessera/dist/mpi.hpp"
+#include "tessera/parallel/mpi.hpp"
 #endif
 #ifdef TESSERA_WITH_NCCL
-#include "tessera/dist/nccl.hpp"
+#include "tessera/parallel/nccl.hpp"
 #endif
 
 namespace tessera::runner {
 
 namespace {
-dist::Communicator* joined = nullptr;  // for abort_world(): main's error handler has no other way to it
+parallel::Communicator* joined = nullptr;  // for abort_world(): main's error handler has no other way to it
 }  // namespace
 
 World::World() {
-    if (dist::launched_by_mpi()) {
+    if (parallel::launched_by_mpi()) {
 #ifdef TESSERA_WITH_MPI
-        comm_ = std::make_unique<dist::MpiCommunicator>();
+        comm_ = std::make_unique<parallel::MpiCommunicator>();
 #else
         throw user_error("runner", "was started by an MPI launcher, but this build has no MPI",
                          "install libopenmpi-dev and rebuild (meson setup -Dmpi=enabled), or run without mpirun");
@@ -28,16 +28,16 @@ World::World() {
         throw user_error("runner", "srun started " + std::string(tasks) + " tasks without MPI's process management",
                          "run it as srun --mpi=pmix runner … (or pmi2), so that the tasks can find each other");
     } else {
-        comm_ = std::make_unique<dist::Single>();
+        comm_ = std::make_unique<parallel::Single>();
     }
     joined = comm_.get();
 }
 
 World::~World() { joined = nullptr; }
 
-std::unique_ptr<dist::Communicator> gpu_world(const dist::Communicator& world) {
+std::unique_ptr<parallel::Communicator> gpu_world(const parallel::Communicator& world) {
 #ifdef TESSERA_WITH_NCCL
-    return std::make_unique<dist::NcclCommunicator>(world, world.local_rank());
+    return std::make_unique<parallel::NcclCommunicator>(world, world.local_rank());
 #else
     (void)world;
     throw user_error("[train] device = \"cuda\"", "training on several GPUs needs NCCL, and this build has none",

@@ -2,11 +2,11 @@
 // validation data (each image once, across the ranks when started by mpirun).
 #include <cstdio>
 
-#include "recipe_run.hpp"
 #include "runner.hpp"
 #include "tessera/core/json.hpp"
-#include "tessera/recipe/recipe.hpp"
-#include "tessera/train/trainer.hpp"
+#include "tessera/recipe/run_spec.hpp"
+#include "tessera/train/checkpoint.hpp"
+#include "tessera/train/evaluate.hpp"
 
 namespace tessera::runner {
 
@@ -16,33 +16,26 @@ int eval(const std::vector<std::string>& raw) {
         throw user_error("runner eval", "expected a recipe and --checkpoint PATH",
                          "e.g. runner eval recipes/quickstart.toml --checkpoint runs/quickstart/last.safetensors");
     const World world;
-    RecipeRun run = open_recipe(args.positional()[0], args.values("set"));
-    const recipe::Recipe& r = run.recipe;
-    const plugin::DatasetInfo& info = run.info;
+    const recipe::RunSpec spec = recipe::open_run(args.positional()[0], args.values("set"));
+    const plugin::DatasetInfo& info = spec.info;
     const int threads = args.value("threads") ? thread_count(args) : ThreadPool::default_threads();
     train::Evaluation result;
-    on_device(r.train.text("device"), r.file.string() + " [train] device", [&]<class B>() {
-        auto ctx = make_context<B>(threads, r.model.text("precision"), r.file.string() + " [model] precision", world->local_rank());
-        auto net = make_network<B>(r.model.text("arch"), run.num_classes, info.channels);
+    on_device(spec.device(), spec.where("train", "device"), [&]<class B>() {
+        auto ctx = make_context<B>(threads, spec.precision(), spec.where("model", "precision"), world->local_rank());
+        auto net = make_network<B>(spec.arch(), spec.num_classes, info.channels);
         const std::string path = *args.value("checkpoint");
         const auto meta = checkpoint::read_metadata(path);
         if (meta.count("arch") && meta.at("arch") != net->arch())
             throw user_error(path, "holds a " + meta.at("arch") + ", but the recipe builds a " + net->arch(),
                              "evaluate it with the recipe that trained it, or set model.arch = \"" + meta.at("arch") + "\"");
         const auto shapes = checkpoint::read_shapes(path);
-        if (shapes.count("fc.weight") && !shapes.at("fc.weight").empty() && shapes.at("fc.weight")[0] != run.num_classes)
+        if (shapes.count("fc.weight") && !shapes.at("fc.weight").empty() && shapes.at("fc.weight")[0] != spec.num_classes)
             throw user_error(path, "holds a model of " + std::to_string(shapes.at("fc.weight")[0]) + " classes, but the recipe's has " +
-                                       std::to_string(run.num_classes),
+                                       std::to_string(spec.num_classes),
                              "set model.num_classes = 0 to take the data's, or evaluate it on the data it was trained on");
         checkpoint::load(net->params(), path);
         net->upload();
-        auto optimizer = run.registry->create<plugin::Optimizer>(*r.optimizer.entry, r.optimizer.options);
-        auto scheduler = run.registry->create<plugin::Scheduler>(*r.scheduler.entry, r.scheduler.options);
-        train::TrainConfig config;
-        config.batch_size = r.batch_size;
-        config.comm = world.get();
-        train::Trainer<B> trainer(*ctx, *net, *run.data, *optimizer, *scheduler, {}, config);
-        result = trainer.evaluate();
+        result = train::evaluate<B>(*ctx, *net, *spec.data, spec.train.batch_size, world.get());
         return 0;
     });
     if (!world->is_root()) return 0;

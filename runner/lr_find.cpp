@@ -10,10 +10,11 @@
 #include <filesystem>
 #include <fstream>
 
-#include "recipe_run.hpp"
 #include "runner.hpp"
 #include "tessera/core/json.hpp"
-#include "tessera/train/trainer.hpp"
+#include "tessera/report/svg_chart.hpp"
+#include "tessera/recipe/run_spec.hpp"
+#include "tessera/train/step.hpp"
 
 namespace tessera::runner {
 
@@ -40,24 +41,13 @@ std::size_t steepest(const std::vector<Point>& p) {
 
 /// The smoothed loss against the rate (log scale), the suggestion marked: a self-contained SVG.
 void write_plot(const fs::path& file, const std::vector<Point>& p, std::size_t suggestion) {
-    const double w = 640, h = 400, left = 60, right = 20, top = 20, bottom = 50;
-    const double x0 = std::log10(p.front().lr), x1 = std::log10(p.back().lr);
-    double y0 = INFINITY, y1 = -INFINITY;
-    for (auto& q : p) y0 = std::min(y0, q.smoothed), y1 = std::max(y1, q.smoothed);
-    if (y1 <= y0) y1 = y0 + 1;
-    auto x = [&](double lr) { return left + (std::log10(lr) - x0) / std::max(x1 - x0, 1e-12) * (w - left - right); };
-    auto y = [&](double v) { return top + (y1 - v) / (y1 - y0) * (h - top - bottom); };
+    report::Series smoothed{"smoothed loss", "#1f77b4", {}, {}};
+    for (auto& q : p) smoothed.x.push_back(q.lr), smoothed.y.push_back(q.smoothed);
+    char label[96];
+    std::snprintf(label, sizeof label, "learning rate (log scale); dashed: suggested %.3g", p[suggestion].lr);
     std::ofstream out(file);
-    out << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << w << "\" height=\"" << h << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
-        << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"";
-    for (auto& q : p) out << x(q.lr) << "," << y(q.smoothed) << " ";
-    out << "\"/>\n<line x1=\"" << x(p[suggestion].lr) << "\" y1=\"" << top << "\" x2=\"" << x(p[suggestion].lr) << "\" y2=\""
-        << h - bottom << "\" stroke=\"#d62728\" stroke-dasharray=\"4\"/>\n";
-    for (int decade = int(std::ceil(x0)); decade <= int(std::floor(x1)); ++decade)
-        out << "<text x=\"" << x(std::pow(10.0, decade)) << "\" y=\"" << h - bottom + 18 << "\" text-anchor=\"middle\">1e" << decade << "</text>\n";
-    out << "<text x=\"" << w / 2 << "\" y=\"" << h - 8 << "\" text-anchor=\"middle\">learning rate (log scale); dashed: suggested "
-        << p[suggestion].lr << "</text>\n<text x=\"14\" y=\"" << h / 2 << "\" transform=\"rotate(-90 14 " << h / 2
-        << ")\" text-anchor=\"middle\">smoothed loss</text>\n</svg>\n";
+    out << report::svg_chart(label, {smoothed}, {.log_x = true, .mark_x = p[suggestion].lr}) << "\n";
+    if (!out.flush()) throw user_error(file.string(), "cannot write", "is the disk full?");
 }
 
 }  // namespace
@@ -79,40 +69,36 @@ int lr_find(const std::vector<std::string>& raw) {
     if (end <= start) throw user_error("runner lr-find", "--end must be above --start");
 
     const World world;
-    RecipeRun run = open_recipe(args.positional()[0], args.values("set"));
-    const recipe::Recipe& r = run.recipe;
-    const fs::path run_dir = fs::path(r.run.text("out_dir")) / r.run.text("name");
+    const recipe::RunSpec spec = recipe::open_run(args.positional()[0], args.values("set"));
+    const fs::path& run_dir = spec.train.run_dir;
     std::vector<Point> points;
-    on_device(r.train.text("device"), r.file.string() + " [train] device", [&]<class B>() {
-        auto ctx = make_context<B>(args.value("threads") ? thread_count(args) : ThreadPool::default_threads(),
-                                   r.model.text("precision"), r.file.string() + " [model] precision", world->local_rank());
-        auto net = make_network<B>(r.model.text("arch"), run.num_classes, run.info.channels);
-        net->init(std::uint64_t(r.run.integer("seed")), {r.model.flag("zero_init_residual")});
-        auto optimizer = run.registry->create<plugin::Optimizer>(*r.optimizer.entry, r.optimizer.options);
-        auto scheduler = run.registry->create<plugin::Scheduler>(*r.scheduler.entry, r.scheduler.options);
-        train::TrainConfig config;
-        config.batch_size = r.batch_size;
-        config.seed = std::uint64_t(r.run.integer("seed"));
-        config.label_smoothing = float(r.train.number("label_smoothing"));
+    on_device(spec.device(), spec.where("train", "device"), [&]<class B>() {
+        auto ctx = make_context<B>(args.value("threads") ? thread_count(args) : ThreadPool::default_threads(), spec.precision(),
+                                   spec.where("model", "precision"), world->local_rank());
+        auto net = make_network<B>(spec.arch(), spec.num_classes, spec.info.channels);
+        net->init(spec.seed(), {spec.zero_init_residual()});
+        auto optimizer = spec.optimizer();
+        // The recipe's step, one batch at a time and unmixed, as torch-lr-finder's.
+        train::StepConfig config = spec.train;
+        config.accumulate = 1;
+        config.mix = {};
+        config.ema_decay = 0;
         config.comm = world.get();
-        config.loss_scale = loss_scale_of(r);
-        train::Trainer<B> trainer(*ctx, *net, *run.data, *optimizer, *scheduler, {}, config);
-        const plugin::Parameters params = train::optimizer_view(*net, *ctx);
-        plugin::EpochPlan plan;
-        plan.seed = config.seed;
-        plan.batch_size = r.batch_size;
-        plan.drop_last = true;
-        plan.rank = world->rank();
-        plan.world_size = world->size();
+        train::Step<B> step(*ctx, *net, *optimizer, spec.info, config);
+        const plugin::EpochPlan first = train::epoch_plan(1, plugin::Split::train, config.batch_size, config.seed, world.get());
+        const std::int64_t batches = spec.data->num_batches(plugin::Split::train, first);
+        if (batches < 1) throw user_error(spec.recipe.file.string(), "the training data holds no full batch", "lower data.batch_size");
+        int epoch = 0;
+        std::int64_t batch = batches;
         double average = 0, best = INFINITY;
         for (int i = 0; i < iters; ++i) {
-            if (i == 0 || !run.data->next(trainer.batch())) {  // as many epochs as the test needs
-                plan.epoch += 1;
-                run.data->start_epoch(plugin::Split::train, plan);
-                if (!run.data->next(trainer.batch())) throw user_error(r.file.string(), "the training data holds no full batch");
+            if (batch == batches) {  // as many epochs as the test needs
+                spec.data->start_epoch(plugin::Split::train, train::epoch_plan(++epoch, plugin::Split::train, config.batch_size,
+                                                                               config.seed, world.get()));
+                batch = 0;
             }
             const double lr = start * std::pow(end / start, double(i) / (iters - 1));
-            double loss = trainer.train_step({lr, std::nullopt}, params).loss();
+            double loss = step.run(*spec.data, epoch, batch, {lr, std::nullopt}).loss();
             if (world->size() > 1) {
                 world->all_reduce_sum(&loss, 1);
                 loss /= world->size();

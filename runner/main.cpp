@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "runner.hpp"
-#include "tessera/backend/cpu/gemm.hpp"
+#include "tessera/backend/cpu/select_gemm_kernels.hpp"
 #include "tessera/core/error.hpp"
 
 namespace {

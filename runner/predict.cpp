@@ -4,6 +4,7 @@
 // (weights exported from torchvision) gets ImageNet's. Grey models get PIL's conversion to grey.
 #include <algorithm>
 #include <cmath>
+#include <charconv>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -92,9 +93,19 @@ int predict(const std::vector<std::string>& raw) {
     if (channels != 1 && channels != 3)
         throw user_error(path, "takes " + std::to_string(channels) + "-channel images; predict reads photographs as RGB (3) or grey (1)");
     // What training recorded in the checkpoint, else ImageNet's preprocessing (torchvision's weights).
-    auto recorded = [&](const char* key, int fallback) { return meta.count(key) ? std::stoi(meta.at(key)) : fallback; };
+    auto recorded = [&](const char* key, int fallback, int least = 1) {
+        if (!meta.count(key)) return fallback;
+        const std::string& text = meta.at(key);
+        int value = 0;
+        const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+        if (error != std::errc() || end != text.data() + text.size() || value < least || value > 8192)
+            throw user_error(path, std::string("its metadata's ") + key + " is \"" + text + "\", not an image size in [" +
+                                       std::to_string(least) + ", 8192]",
+                             "give the size with --image-size (and --resize), or use a checkpoint tessera wrote");
+        return value;
+    };
     const int crop = args.integer("image-size", recorded("input_height", 224));
-    const int resize = args.integer("resize", recorded("val_resize", 0) > 0 ? recorded("val_resize", 0) : meta.count("input_height") ? crop : crop * 8 / 7);
+    const int resize = args.integer("resize", recorded("val_resize", 0, 0) > 0 ? recorded("val_resize", 0, 0) : meta.count("input_height") ? crop : crop * 8 / 7);
     const int topk = args.integer("topk", 5);
     const std::vector<float> mean = metadata_numbers(meta, "mean", {0.485f, 0.456f, 0.406f}),
                              std = metadata_numbers(meta, "std", {0.229f, 0.224f, 0.225f});

@@ -234,6 +234,13 @@ int prepare_val(const std::vector<std::string>& raw) {
     if (moves.empty() && in_place == 0)
         throw user_error(dir.string(), "holds none of the " + std::to_string(wnid_of.size()) + " images the labels name",
                          "give the folder where ILSVRC2012_val_00000001.JPEG … are");
+    // Every class folder must be a folder, or be free to become one, before anything moves.
+    for (const auto& [from, to] : moves) {
+        std::error_code ec;
+        if (fs::exists(to.parent_path(), ec) && !fs::is_directory(to.parent_path(), ec))
+            throw user_error(to.parent_path().string(), "is a file, where the class folder of " + from.filename().string() + " must go",
+                             "move or remove it, then run prepare-val again: no image has been moved");
+    }
     if (args.flag("dry-run")) {
         std::printf("would move %zu images into class folders (%zu already in place, %zu not found)\n", moves.size(), in_place, missing);
         return 0;

@@ -13,7 +13,7 @@
 #include "tessera/backend/cuda/backend.hpp"
 #endif
 #include "tessera/core/error.hpp"
-#include "tessera/dist/communicator.hpp"
+#include "tessera/parallel/communicator.hpp"
 #include "tessera/models/network.hpp"
 
 namespace tessera::runner {
@@ -112,16 +112,16 @@ public:
     ~World();
     World(const World&) = delete;
     World& operator=(const World&) = delete;
-    dist::Communicator& operator*() const { return *comm_; }
-    dist::Communicator* operator->() const { return comm_.get(); }
-    dist::Communicator* get() const { return comm_.get(); }
+    parallel::Communicator& operator*() const { return *comm_; }
+    parallel::Communicator* operator->() const { return comm_.get(); }
+    parallel::Communicator* get() const { return comm_.get(); }
 
 private:
-    std::unique_ptr<dist::Communicator> comm_;
+    std::unique_ptr<parallel::Communicator> comm_;
 };
 void abort_world(int code);
 /// The GPU ranks of `world`, one GPU each (its local rank): NCCL, or a user error where this build
 /// has none.
-std::unique_ptr<dist::Communicator> gpu_world(const dist::Communicator& world);
+std::unique_ptr<parallel::Communicator> gpu_world(const parallel::Communicator& world);
 
 }  // namespace tessera::runner

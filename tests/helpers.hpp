@@ -4,8 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <fstream>
+#include <iterator>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -70,6 +73,17 @@ private:
 
 /// The weights and BatchNorm statistics a checkpoint holds, loaded into a CPU network of `arch`
 /// with `classes` outputs: for comparing checkpoints value for value.
+/// A file's whole text ("" for none).
+inline std::string read_file(const fs::path& file) {
+    std::ifstream in(file, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+/// Runs `body` in a child process whose address space may grow by `headroom` bytes at most (thread
+/// stacks and large allocations then fail); the child's exit code: body's result, 2 for a user
+/// error, 3 for another exception; 128 + the signal if it died of one (std::terminate: SIGABRT).
+int exit_code_in_child(std::size_t headroom, const std::function<int()>& body);
+
 std::vector<float> checkpoint_values(const fs::path& file, const std::string& arch = "resnet20", int classes = 4);
 
 inline void fill_normal(float* data, std::size_t n, Rng& rng, double scale = 1.0) {

@@ -4,6 +4,7 @@
 
 #include "helpers.hpp"
 #include "tessera/core/arena.hpp"
+#include "tessera/core/thread_pool.hpp"
 #include "tessera/data/sampler.hpp"
 
 namespace tessera::test {
@@ -74,6 +75,19 @@ TEST(Sampler, ShardsCoverEverySampleOnceAndDependOnlyOnSeedAndEpoch) {
     std::int64_t val_total = 0;
     for (int rank = 0; rank < 4; ++rank) val_total += std::int64_t(data::validation_order(size, rank, 4).size());
     EXPECT_EQ(val_total, size);
+}
+
+// Threads that cannot be created (a container's limits, a huge --threads) stop the program with a
+// message naming the setting, not with std::terminate from a half-built pool.
+TEST(ThreadPool, ThreadsThatCannotStartAreAUserError) {
+    EXPECT_EQ(exit_code_in_child(std::size_t(256) << 20, [] {
+        ThreadPool pool(512);  // 8 MiB of stack each, in 256 MiB of room
+        return 0;
+    }), 2);
+    EXPECT_EQ(exit_code_in_child(std::size_t(256) << 20, [] {
+        ThreadPool pool(4);
+        return pool.size() == 4 ? 0 : 1;
+    }), 0) << "a pool that fits is made as asked";
 }
 
 }  // namespace

@@ -15,7 +15,7 @@
 #include "tessera/backend/cuda/backend.hpp"
 #include "tessera/models/resnet.hpp"
 #include "tessera/plugin/registry.hpp"
-#include "tessera/train/trainer.hpp"
+#include "tessera/train/step.hpp"
 
 namespace tessera::test {
 namespace {
@@ -102,7 +102,7 @@ double distance(const std::vector<float>& a, const std::vector<float>& b) {
 // gradients and running statistics. `dtype`: the GPU's activations (bf16 and fp16 compute with fp32
 // weights, as in training).
 template <class Spec, int In>
-void check_parity(Shape in, bool training, double tol = 1e-4, DType dtype = DType::f32, dist::Communicator* group = nullptr) {
+void check_parity(Shape in, bool training, double tol = 1e-4, DType dtype = DType::f32, parallel::Communicator* group = nullptr) {
     Bound<Spec, In> host;
     Rng rng(11);
     host.layer.init(rng, {});
@@ -116,8 +116,8 @@ void check_parity(Shape in, bool training, double tol = 1e-4, DType dtype = DTyp
     store.bind(layer);
     store.values = host.store.values;
     store.buffers = host.store.buffers;
-    cuda::DeviceParams device(store);
-    device.upload(store);
+    cuda::DeviceParams device(store.values.size(), store.buffers.size());
+    device.upload(store.values.data(), store.buffers.data());
     store.point(layer, device.memory<models::ParamStore::Memory>());
 
     cpu::Context cpu_ctx(2);
@@ -144,7 +144,7 @@ void check_parity(Shape in, bool training, double tol = 1e-4, DType dtype = DTyp
     const Tensor dx_gpu = layer.backward(gpu_ctx, dy_gpu.view(y_cpu.shape));
     EXPECT_EQ(dtype_name(dx_gpu.dtype), dtype_name(dtype));
     EXPECT_LT(distance(to_host(dx_gpu), {dx_cpu.data, dx_cpu.data + dx_cpu.size()}), tol) << "dx, " << dtype_name(dtype);
-    device.download(store);
+    device.download(store.values.data(), store.grads.data(), store.buffers.data());
     for (auto& e : store.params) {
         const auto slice = [&](const std::vector<float>& v) { return std::vector<float>(v.begin() + e.offset, v.begin() + e.offset + e.size); };
         EXPECT_LT(distance(slice(store.grads), slice(host.store.grads)), tol) << e.name << " gradient, " << dtype_name(dtype);
@@ -170,7 +170,7 @@ void check_every_layer(DType dtype) {
 }
 // Two ranks with the same batch, seen from one of them: every sum comes back doubled. The host
 // collectives serve the CPU backend, the device ones the GPU's.
-class TwoIdenticalRanks final : public dist::Communicator {
+class TwoIdenticalRanks final : public parallel::Communicator {
 public:
     int rank() const override { return 0; }
     int size() const override { return 2; }
@@ -353,28 +353,25 @@ TEST(Cuda, MixedPrecisionTrainingLearns) {
             {"train_size", std::int64_t(64)}, {"val_size", std::int64_t(0)}}));
         auto sgd = registry.create<plugin::Optimizer>(*registry.find("optimizer", "sgd"), plugin::Options({
             {"momentum", 0.9}, {"weight_decay", 0.0}, {"nesterov", false}, {"no_decay_bn_bias", false}}));
-        auto constant = registry.create<plugin::Scheduler>(*registry.find("scheduler", "constant"), plugin::Options({{"lr", 0.05}}));
         cuda::Settings settings;
         settings.compute = dtype;
         cuda::Context ctx(settings);
         auto net = runner::make_cuda_network("resnet20", 10, 3);
         net->init(1, {});
-        train::TrainConfig config;
+        train::StepConfig config;
         config.batch_size = 64;
         if (dtype == DType::f16) config.loss_scale = {train::LossScaler::dynamic_start, true, 10};
-        train::Trainer<cuda::Backend> trainer(ctx, *net, *data, *sgd, *constant, {}, config);
-        const plugin::Parameters params = train::optimizer_view(*net, ctx);
-        plugin::EpochPlan plan;
-        plan.batch_size = 64;
-        data->start_epoch(plugin::Split::train, plan);
-        ASSERT_TRUE(data->next(trainer.batch()));
-        const double first = trainer.train_step({0.05, std::nullopt}, params).loss();
+        train::Step<cuda::Backend> step(ctx, *net, *sgd, data->info(), config);
+        data->start_epoch(plugin::Split::train, train::epoch_plan(1, plugin::Split::train, 64, 0, nullptr));
+        plugin::Batch batch;
+        ASSERT_TRUE(data->next(batch));
+        const double first = step.run(batch, {0.05, std::nullopt}).loss();
         double last = first;
-        for (int step = 1; step < 40; ++step) last = trainer.train_step({0.05, std::nullopt}, params).loss();
+        for (int s = 1; s < 40; ++s) last = step.run(batch, {0.05, std::nullopt}).loss();
         std::printf("%s: loss %.4f after the first step, %.4f after 40; loss scale %g\n", dtype_name(dtype).c_str(), first, last,
-                    trainer.loss_scale());
+                    step.scaler().scale());
         EXPECT_LT(last, 0.5 * first) << dtype_name(dtype);
-        const double exponent = std::log2(trainer.loss_scale());
+        const double exponent = std::log2(step.scaler().scale());
         EXPECT_EQ(exponent, std::round(exponent)) << dtype_name(dtype);
     }
 }

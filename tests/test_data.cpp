@@ -234,6 +234,29 @@ struct CountingSource {
     }
 };
 
+// A worker that cannot be started, or a batch whose memory cannot be had, must stop the run with a
+// message: never std::terminate from a thread or from a half-built loader.
+TEST(Loader, ThreadsThatCannotStartAndBatchesThatCannotBeAllocatedStopCleanly) {
+    CountingSource source;
+    // 512 workers' stacks (8 MiB each) in 256 MiB of room: thread creation fails part way.
+    EXPECT_EQ(exit_code_in_child(std::size_t(256) << 20, [&] {
+        data::Loader<CountingSource> loader(source, 512, 2);
+        return 0;
+    }), 2) << "a loader whose workers cannot all start";
+    struct Huge : CountingSource {  // 12 GiB a sample
+        data::Size2 output(Split) const { return {1 << 16, 1 << 16}; }
+    } huge;
+    EXPECT_EQ(exit_code_in_child(std::size_t(256) << 20, [&] {
+        data::Loader<Huge> loader(huge, 2, 2);
+        plugin::EpochPlan plan;
+        plan.batch_size = 8;
+        loader.start(Split::train, plan, 50);
+        plugin::Batch b;
+        loader.next(b);  // rethrows the workers' std::bad_alloc
+        return 0;
+    }), 3) << "a batch the workers cannot allocate";
+}
+
 TEST(Loader, InlineAndThreadedGiveTheSameEpochs) {
     CountingSource source;
     auto epochs = [&](int workers) {
@@ -616,6 +639,32 @@ TEST(PrepareVal, MovesValidationImagesIntoClassFolders) {
     EXPECT_NE(r.output.find("--synsets"), std::string::npos) << r.output;
     r = run_runner("prepare-val " + quoted + "'" + (dir / "synsets.txt").string() + "'");
     EXPECT_EQ(r.exit_code, 2) << r.output;
+}
+
+// A file where a class folder must go: refused before any image moves.
+TEST(PrepareVal, AFileWhereAClassFolderMustGoIsRefusedBeforeAnythingMoves) {
+    TempDir dir;
+    const fs::path val = dir / "val";
+    fs::create_directories(val);
+    std::ofstream labels(dir / "synset_labels.txt");
+    for (int i = 1; i <= 3; ++i) {
+        char name[40];
+        std::snprintf(name, sizeof name, "ILSVRC2012_val_%08d.JPEG", i);
+        write_jpeg(val / name, 20, 20, i);
+        labels << (i == 3 ? "n01484850" : "n01440764") << "\n";
+    }
+    labels.close();
+    std::ofstream(val / "n01484850") << "a file, not a folder";
+    const RunResult r = run_runner("prepare-val '" + val.string() + "' '" + (dir / "synset_labels.txt").string() + "'");
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("n01484850: is a file, where the class folder of ILSVRC2012_val_00000003.JPEG must go"), std::string::npos)
+        << r.output;
+    EXPECT_NE(r.output.find("no image has been moved"), std::string::npos) << r.output;
+    for (int i = 1; i <= 3; ++i) {
+        char name[40];
+        std::snprintf(name, sizeof name, "ILSVRC2012_val_%08d.JPEG", i);
+        EXPECT_TRUE(fs::exists(val / name)) << name << " moved";
+    }
 }
 
 TEST(ImageFolder, TrainsFromARecipeAndCountsDamagedFiles) {

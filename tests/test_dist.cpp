@@ -195,6 +195,76 @@ TEST(DataParallel, TwoRanksWithoutSynchronisedBatchNormAverageTheirGradients) {
     EXPECT_LT(gap, 1e-4) << "the update is not the average of the ranks' gradients";
 }
 
+/// runner eval's figures for a checkpoint, in one process.
+Outcome evaluated(const fs::path& dir, const std::string& checkpoint, const std::string& sets) {
+    const RunResult r = run_runner("eval r.toml --json --threads 1 --checkpoint " + checkpoint + " " + sets, dir);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    Outcome o;
+    auto field = [&](const std::string& key) {
+        const auto at = r.output.find("\"" + key + "\": ");
+        return at == std::string::npos ? NAN : std::stod(r.output.substr(at + key.size() + 4));
+    };
+    o.val_loss = field("loss"), o.val_top1 = field("top1"), o.val_top5 = field("top5");
+    return o;
+}
+
+// With BatchNorm per rank (the default), each rank's running statistics follow its own batches.
+// The figures a run reports, and those that pick best.safetensors and stop at target_top1, must be
+// of the model rank 0 saves, as `runner eval` measures it: not a sum over ranks that each validate
+// a model of their own.
+TEST(DataParallel, PerRankBatchNormValidatesTheModelRankZeroSaves) {
+    SKIP_WITHOUT_MPI();
+    TempDir dir;
+    std::ofstream(dir / "r.toml") << recipe;
+    const std::string sets = "--set run.name=local --set data.batch_size=16 --set train.sync_batchnorm=false";
+    const RunResult two = run_ranks(2, "r.toml --threads 1 " + sets, dir.path());
+    ASSERT_EQ(two.exit_code, 0) << two.output;
+    const Outcome reported = outcome(dir / "runs" / "local");
+    const Outcome saved = evaluated(dir.path(), "runs/local/last.safetensors", sets);
+    std::printf("reported: val loss %.6f, top-1 %.4f; runner eval of last.safetensors: %.6f, %.4f\n", reported.val_loss,
+                reported.val_top1, saved.val_loss, saved.val_top1);
+    EXPECT_NEAR(reported.val_loss, saved.val_loss, 2e-6);  // metrics.csv prints 6 decimals
+    EXPECT_EQ(reported.val_top1, saved.val_top1);
+    EXPECT_EQ(reported.val_top5, saved.val_top5);
+}
+
+// Rank 0 alone decides whether to resume, and reads the checkpoint: with run folders local to each
+// machine, another rank's folder may be empty. Here rank 1 runs in a folder of its own with no
+// run in it; the two ranks still continue together from rank 0's checkpoint, to the weights of a
+// run never stopped. A checkpoint of another number of ranks is refused on every rank, without a
+// hang.
+TEST(DataParallel, RankZeroDecidesTheResumeAndAnotherRankCountIsRefused) {
+    SKIP_WITHOUT_MPI();
+    TempDir straight, stopped, elsewhere;
+    for (auto* d : {&straight, &stopped, &elsewhere}) std::ofstream(*d / "r.toml") << recipe;
+    const std::string sets = "--set data.batch_size=16 --set train.epochs=2";
+    ASSERT_EQ(run_ranks(2, "r.toml --threads 1 " + sets, straight.path()).exit_code, 0);
+    const RunResult first = run_ranks(2, "r.toml --threads 1 --stop-after-steps 2 " + sets, stopped.path());
+    ASSERT_EQ(first.exit_code, 0) << first.output;
+    const std::string runner = "'" + fs::absolute(runner_path()).string() + "' r.toml --threads 1 " + sets;
+    const RunResult resumed = run_shell("timeout 120 mpirun --allow-run-as-root --oversubscribe -np 1 -wdir '" + stopped.path().string() +
+                                        "' " + runner + " : -np 1 -wdir '" + elsewhere.path().string() + "' " + runner + " 2>&1");
+    ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+    EXPECT_NE(resumed.output.find("resuming from runs/one/last.safetensors: epoch 1, step 2 of 3"), std::string::npos) << resumed.output;
+    EXPECT_FALSE(fs::exists(elsewhere / "runs")) << "a rank other than 0 wrote a run folder";
+    const double gap = relative_difference(outcome(stopped / "runs" / "one", false).update, outcome(straight / "runs" / "one", false).update);
+    std::printf("two ranks stopped and resumed against two ranks straight: %.2e (relative L2)\n", gap);
+    EXPECT_LT(gap, 1e-6);
+
+    // One process cannot take over a run of two: its epochs hold other batches.
+    const auto saved = read_file(stopped / "runs" / "one" / "recipe.toml");
+    const RunResult alone = run_shell("cd '" + stopped.path().string() + "' && timeout 120 " + runner + " --set train.epochs=3 2>&1");
+    EXPECT_EQ(alone.exit_code, 2) << alone.output;
+    EXPECT_NE(alone.output.find("was saved by 2 process(es) of batch 16, and this run has 1 of batch 16"), std::string::npos) << alone.output;
+    EXPECT_EQ(read_file(stopped / "runs" / "one" / "recipe.toml"), saved);
+    // Nor three ranks, and every rank stops with exit 2 (mpirun reports it), none waits.
+    const RunResult three = run_shell("cd '" + stopped.path().string() + "' && timeout 120 " + mpirun(3) + "r.toml --threads 1 " + sets +
+                                      " --set train.epochs=3 2>&1");
+    EXPECT_NE(three.exit_code, 0) << three.output;
+    EXPECT_NE(three.exit_code, 124) << "the ranks hung:\n" << three.output;
+    EXPECT_NE(three.output.find("was saved by 2 process(es) of batch 16, and this run has 3 of batch 16"), std::string::npos) << three.output;
+}
+
 // The pid of the runner that is rank `rank` of an mpirun whose arguments contain `marker`.
 pid_t find_rank(const std::string& marker, int rank) {
     for (const auto& entry : fs::directory_iterator("/proc")) {

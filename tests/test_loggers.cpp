@@ -265,7 +265,7 @@ TEST(Loggers, HtmlReportHoldsEveryEpochAndNeedsNoNetwork) {
     EXPECT_NE(page.find("3 of 3 epochs done"), std::string::npos);
     for (const char* chart : {"Loss", "Accuracy (%)", "Learning rate", "Throughput (images / s)"})
         EXPECT_NE(page.find(std::string("<figcaption>") + chart + "</figcaption>\n<svg"), std::string::npos) << chart;
-    EXPECT_NE(page.find("plugin = 'html'"), std::string::npos);  // the effective recipe
+    EXPECT_NE(page.find("plugin = &quot;html&quot;"), std::string::npos);  // the effective recipe
     for (const char* fetches : {"<script src", "<link", "<img", "url("})
         EXPECT_EQ(page.find(fetches), std::string::npos) << "the page fetches something: " << fetches;
     // The figures after the resume still include the first process's epochs and steps.

@@ -20,8 +20,8 @@ struct TypeChecking {
         bool training = true;
         bool input_is_private = false;
         const float* network_input = nullptr;
-        dist::GradientHook* gradient_hook = nullptr;
-        dist::Communicator* batchnorm_group = nullptr;
+        parallel::GradientHook* gradient_hook = nullptr;
+        parallel::Communicator* batchnorm_group = nullptr;
         std::map<std::string, int> calls;      // operation -> times called
         std::vector<std::string> mismatches;   // what had the wrong type, and where
     };
@@ -86,6 +86,7 @@ struct TypeChecking {
         expect(c, "linear backward", {{"the logits' gradient", &dy}}, DType::f32);
     }
 };
+static_assert(LayerBackend<TypeChecking>, "the type-checking backend runs networks as the others do");
 
 template <class Spec>
 void check_types(const char* arch, DType compute, int convolutions, int batchnorms) {

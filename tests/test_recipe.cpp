@@ -1,9 +1,14 @@
 // Recipe and command-line mistakes: each exits with code 2 and a message that says where and what.
 #include <cmath>
 #include <fstream>
+#include <variant>
+#include <sstream>
+#include <set>
+#include <regex>
+#include <map>
 
 #include "helpers.hpp"
-#include "recipe_run.hpp"
+#include "tessera/recipe/run_spec.hpp"
 #include "tessera/recipe/recipe.hpp"
 
 namespace tessera::test {
@@ -76,7 +81,7 @@ TEST_F(RecipeErrors, EachMistakeIsLocatedAndExitsTwo) {
         {"unknown plugin", replace(valid, "plugin = \"constant\"", "plugin = \"constnt\""),
          {"r.toml:16:10", "unknown scheduler plugin \"constnt\"", "constant"}},
         {"unknown arch", replace(valid, "resnet20", "resnet21"), {"unknown architecture \"resnet21\"", "resnet20"}},
-        {"bad value", replace(valid, "batch_size = 16", "batch_size = 0"), {"data.batch_size must be at least 1"}},
+        {"bad value", replace(valid, "batch_size = 16", "batch_size = 0"), {"data.batch_size must be in [1, 65536], not 0"}},
     };
     for (auto& c : cases) {
         RunResult r = run(c.recipe);
@@ -84,6 +89,57 @@ TEST_F(RecipeErrors, EachMistakeIsLocatedAndExitsTwo) {
         for (auto& e : c.expected) EXPECT_NE(r.output.find(e), std::string::npos) << c.name << ": no '" << e << "' in\n" << r.output;
         EXPECT_EQ(r.output.find("terminate called"), std::string::npos) << c.name;
     }
+}
+
+// Every key and plugin option has a declared range, checked in one place before anything is
+// written: each value below was once taken as it was (2^31 epochs narrowed to a negative int and
+// finished at once with exit 0; 75.9 as a target never fired; nan and inf passed every "< 0").
+TEST_F(RecipeErrors, EveryValueOutsideItsRangeExitsTwoNamingItAndWritesNothing) {
+    const std::string imagefolder = replace(valid, "plugin = \"synthetic\"\nimage_size = 8\ntrain_size = 64\nval_size = 32",
+                                            "plugin = \"imagefolder\"\ntrain = \"nowhere\"");
+    const std::string idx = replace(valid, "plugin = \"synthetic\"\nimage_size = 8\ntrain_size = 64\nval_size = 32",
+                                    "plugin = \"idx\"\npath = \"nowhere\"");
+    struct Value {
+        std::string recipe, set, expected;
+    };
+    const std::vector<Value> cases = {
+        {valid, "train.epochs=2147483648", "train.epochs must be in [1, 100000], not 2147483648"},
+        {valid, "train.epochs=0", "train.epochs must be in [1, 100000], not 0"},
+        {valid, "data.batch_size=4294967312", "data.batch_size must be in [1, 65536], not 4294967312"},
+        {valid, "train.label_smoothing=1.5", "train.label_smoothing must be in [0, 1], not 1.5"},
+        {valid, "train.target_top1=75.9", "train.target_top1 must be in [0, 1], not 75.9"},
+        {valid, "scheduler.lr=-0.1", "scheduler.lr must be at least 0, not -0.1"},
+        {valid, "scheduler.lr=nan", "scheduler.lr must be at least 0, not nan"},
+        {valid, "scheduler.lr=inf", "scheduler.lr must be at least 0, not inf"},
+        {valid, "train.mixup_alpha=inf", "train.mixup_alpha must be in [0, 1000], not inf"},
+        {valid, "train.cutmix_alpha=-nan", "train.cutmix_alpha must be in [0, 1000], not nan"},
+        {valid, "train.ema=1.0", "train.ema must be in [0, 1), not 1"},
+        {valid, "train.threads=-1", "train.threads must be in [0, 4096], not -1"},
+        {valid, "optimizer.plugin=sgd --set optimizer.momentum=1.5", "optimizer.momentum must be in [0, 1), not 1.5"},
+        {valid, "scheduler.plugin=multistep --set scheduler.gamma=0", "scheduler.gamma must be in (0, 1], not 0"},
+        {valid, "checkpoint.on_failure=ignore", "checkpoint.on_failure must be one of stop, continue, not \"ignore\""},
+        {valid, "train.device=gpu", "train.device must be one of cpu, cuda, not \"gpu\""},
+        {imagefolder, "'data.std=[0.2,0.0,0.2]'", "data.std must be above 0, not 0 (in the list)"},
+        {imagefolder, "data.workers=-2", "data.workers must be in [0, 4096], not -2"},
+        {imagefolder, "data.limit_train=-5", "data.limit_train must be at least 0, not -5"},
+        {idx, "data.limit_val=-1", "data.limit_val must be at least 0, not -1"},
+        {valid, "logger.x.mode=bar", "\"x\" is not an index into logger"},
+    };
+    for (auto& c : cases) {
+        const std::string recipe = c.set.rfind("logger.", 0) == 0 ? c.recipe + "[[logger]]\nplugin = \"console\"\n" : c.recipe;
+        const RunResult r = run(recipe, "--set " + c.set);
+        EXPECT_EQ(r.exit_code, 2) << c.set << "\n" << r.output;
+        EXPECT_NE(r.output.find(c.expected), std::string::npos) << c.set << ": no '" << c.expected << "' in\n" << r.output;
+        if (c.set.rfind("logger.", 0) != 0) {
+            EXPECT_NE(r.output.find("r.toml"), std::string::npos) << c.set << ": the file is not named\n" << r.output;
+        }
+        EXPECT_FALSE(fs::exists(dir / "runs")) << c.set << ": a refused recipe wrote its run folder";
+    }
+    // In the file, the value's line and column.
+    const RunResult r = run(replace(valid, "epochs = 1", "epochs = 2147483648"));
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("r.toml:20:10: train.epochs must be in [1, 100000], not 2147483648"), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(dir / "runs"));
 }
 
 TEST_F(RecipeErrors, MissingRecipeFileAndBadArguments) {
@@ -151,6 +207,47 @@ TEST_F(RecipeErrors, MissingOrDamagedDatasetIsNamed) {
     EXPECT_NE(r.output.find("t10k-labels-idx1-ubyte[.gz]: missing"), std::string::npos) << r.output;
 }
 
+// The README's recipe table is the users' reference: it must list every key the code declares, with
+// its default, and no key the code does not have (it once documented [run] deterministic, which
+// nothing read).
+TEST(Recipes, TheReadmeTableListsEveryKeyWithItsDefault) {
+    std::ifstream readme(source_root() / "README.md");
+    std::string text((std::istreambuf_iterator<char>(readme)), {});
+    const std::string opening = "## Recipes\n\n```toml\n";
+    const auto start = text.find(opening) + opening.size();
+    ASSERT_GT(start, opening.size()) << "README.md has no recipe table";
+    const auto end = text.find("```", start);
+    std::map<std::string, std::map<std::string, std::string>> table;  // section -> key -> default as written
+    std::string section;
+    std::stringstream lines(text.substr(start, end - start));
+    const std::regex heading(R"(^\[\[?(\w+)\]\]?)"), entry(R"((\w+) = ("[^"]*"|[-\w.]+))");
+    for (std::string line; std::getline(lines, line);) {
+        std::smatch m;
+        if (std::regex_search(line, m, heading)) section = m[1];
+        for (auto it = std::sregex_iterator(line.begin(), line.end(), entry); it != std::sregex_iterator(); ++it)
+            if ((*it)[1] != "plugin") table[section][(*it)[1]] = (*it)[2];
+    }
+    for (const auto& [name, options] : recipe::core_sections()) {
+        std::set<std::string> declared, documented;
+        for (const auto& o : options) {
+            declared.insert(o.name);
+            const auto found = table[name].find(o.name);
+            if (found == table[name].end()) continue;
+            const std::string written = std::visit([](const auto& v) -> std::string {
+                using T = std::decay_t<decltype(v)>;
+                if constexpr (std::is_same_v<T, bool>) return v ? "true" : "false";
+                else if constexpr (std::is_same_v<T, std::int64_t>) return std::to_string(v);
+                else if constexpr (std::is_same_v<T, double>) return shortest_decimal(v).find('.') == std::string::npos ? shortest_decimal(v) + ".0" : shortest_decimal(v);
+                else if constexpr (std::is_same_v<T, std::string>) return "\"" + v + "\"";
+                else return "[list]";
+            }, o.default_value);
+            EXPECT_EQ(found->second, written) << "[" << name << "] " << o.name << ": the README's default is not the code's";
+        }
+        for (const auto& [key, value] : table[name]) documented.insert(key);
+        EXPECT_EQ(documented, declared) << "[" << name << "]: the README's keys are not the code's";
+    }
+}
+
 // Every recipe shipped in recipes/ names known keys and plugins with valid options, and says what it
 // is in comments. (The ImageNet ones need data and a GPU to run; their checks stop before the data.)
 TEST(Recipes, EveryShippedRecipeIsValid) {
@@ -167,7 +264,7 @@ TEST(Recipes, EveryShippedRecipeIsValid) {
         // whole schedule (100 steps an epoch stand in for the data's count).
         EXPECT_NO_THROW(registry.create<plugin::Optimizer>(*r.optimizer.entry, r.optimizer.options));
         for (auto& logger : r.loggers) EXPECT_NO_THROW(registry.create<plugin::Logger>(*logger.entry, logger.options)) << logger.entry->info.name;
-        EXPECT_NO_THROW(runner::loss_scale_of(r));
+        EXPECT_NO_THROW(recipe::loss_scale_of(r));
         EXPECT_GE(r.train.integer("epochs"), 1);
         EXPECT_GE(r.batch_size, 1);
         const std::string precision = r.model.text("precision"), device = r.train.text("device");

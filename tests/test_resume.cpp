@@ -6,11 +6,13 @@
 
 #include <chrono>
 #include <fstream>
+#include <tuple>
 #include <thread>
 
 #include "helpers.hpp"
 #include "runner.hpp"
 #include "tessera/train/checkpoint.hpp"
+#include "tessera/train/run_folder.hpp"
 
 namespace tessera::test {
 namespace {
@@ -134,7 +136,7 @@ TEST(Resume, ADamagedCheckpointIsRefusedAndNeverOverwritten) {
     const auto state_size = fs::file_size(state);
     RunResult r = run_runner("r.toml --threads 2", dir.path());
     EXPECT_EQ(r.exit_code, 2) << r.output;
-    EXPECT_NE(r.output.find("last.state.safetensors"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("state.safetensors: tensor \"momentum_buffer\" lies outside the file"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("--fresh"), std::string::npos) << r.output;
     EXPECT_TRUE(checkpoint_values(last) == before);
     EXPECT_EQ(fs::file_size(state), state_size);
@@ -142,10 +144,61 @@ TEST(Resume, ADamagedCheckpointIsRefusedAndNeverOverwritten) {
     r = run_runner("r.toml --threads 2 --fresh --stop-after-steps 2", dir.path());
     EXPECT_EQ(r.exit_code, 0) << r.output;
     EXPECT_EQ(r.output.find("resuming"), std::string::npos) << r.output;
-    // A checkpoint of another network is refused by name.
+    // A checkpoint of another network is refused by name, and the run folder is left as it was:
+    // its recipe.toml still says what the run is.
+    const auto saved_recipe = read_file(dir / "runs" / "run" / "recipe.toml");
     r = run_runner("r.toml --threads 2 --set model.arch=resnet32", dir.path());
     EXPECT_EQ(r.exit_code, 2) << r.output;
     EXPECT_NE(r.output.find("holds a resnet20, but the recipe builds a resnet32"), std::string::npos) << r.output;
+    EXPECT_EQ(read_file(dir / "runs" / "run" / "recipe.toml"), saved_recipe) << "a refused run rewrote the recipe";
+}
+
+// A training state is a file like any other: its numbers may be missing or damaged. Refused by
+// name, with exit 2, never std::stod's exception.
+TEST(Resume, AStateWhoseNumbersAreMissingOrDamagedIsRefused) {
+    TempDir dir;
+    std::ofstream(dir / "r.toml") << recipe;
+    ASSERT_EQ(run_runner("r.toml --threads 2 --stop-after-steps 3", dir.path()).exit_code, 0);
+    const fs::path weights = *train::RunFolder(dir / "runs" / "run").latest(), state = train::RunFolder::state_file(weights);
+    const checkpoint::TrainingState whole = checkpoint::load_state(state);
+    for (const auto& [key, value, expected] : std::vector<std::tuple<std::string, std::string, std::string>>{
+             {"best_top1", "x", "\"best_top1\" in its metadata is \"x\", not a number"},
+             {"epoch", "1e300", "holds no position a run can be at"},
+             {"loss_sum", "", "has no \"loss_sum\" in its metadata"}}) {
+        checkpoint::TrainingState damaged = whole;
+        if (value.empty()) damaged.metadata.erase(key);
+        else damaged.metadata[key] = value;
+        auto net = runner::make_cpu_network("resnet20", 4, 3);
+        checkpoint::load(net->params(), weights);
+        const auto meta = checkpoint::read_metadata(weights);
+        if (key == "epoch") {  // the weights must agree, or the mismatch is found first
+            auto moved = meta;
+            moved["epoch"] = value;
+            checkpoint::save(net->params(), weights, moved);
+        }
+        checkpoint::save_state(damaged, state);
+        const RunResult r = run_runner("r.toml --threads 2", dir.path());
+        EXPECT_EQ(r.exit_code, 2) << key << "\n" << r.output;
+        EXPECT_NE(r.output.find(expected), std::string::npos) << key << "\n" << r.output;
+        EXPECT_NE(r.output.find("model.state.safetensors"), std::string::npos) << r.output;
+        checkpoint::save_state(whole, state);
+        checkpoint::save(net->params(), weights, meta);
+    }
+}
+
+// Another batch size gives the epochs other batches: the saved position would be a different
+// place in the data. Refused, naming both, with nothing written.
+TEST(Resume, AnotherBatchSizeIsRefused) {
+    TempDir dir;
+    std::ofstream(dir / "r.toml") << recipe;
+    ASSERT_EQ(run_runner("r.toml --threads 2 --stop-after-steps 3", dir.path()).exit_code, 0);
+    const auto saved_recipe = read_file(dir / "runs" / "run" / "recipe.toml");
+    const auto saved = checkpoint_values(dir / "runs" / "run" / "last.safetensors");
+    const RunResult r = run_runner("r.toml --threads 2 --set data.batch_size=8", dir.path());
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("was saved by 1 process(es) of batch 16, and this run has 1 of batch 8"), std::string::npos) << r.output;
+    EXPECT_EQ(read_file(dir / "runs" / "run" / "recipe.toml"), saved_recipe);
+    EXPECT_TRUE(checkpoint_values(dir / "runs" / "run" / "last.safetensors") == saved);
 }
 
 // eval and predict given what they cannot use: each says what is wrong with which file, exits 2.
@@ -160,7 +213,19 @@ TEST(Resume, EvalAndPredictRefuseBadInputByName) {
     std::ofstream(dir / "real.ppm") << "P6\n1 1\n255\n" << char(10) << char(20) << char(30);
     std::ofstream(dir / "nodata.toml") << "[model]\narch = 'resnet20'\n[data]\nplugin = 'idx'\npath = 'no/such/folder'\n";
     const std::string last = "--checkpoint runs/run/last.safetensors";
+    {  // the same weights, with input sizes no image has
+        auto net = runner::make_cpu_network("resnet20", 4, 3);
+        checkpoint::load(net->params(), dir / "runs" / "run" / "last.safetensors");
+        auto meta = checkpoint::read_metadata(dir / "runs" / "run" / "last.safetensors");
+        for (const char* size : {"0", "-5", "big"}) {
+            meta["input_height"] = size;
+            checkpoint::save(net->params(), dir / (std::string("size_") + size + ".safetensors"), meta);
+        }
+    }
     const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+        {"predict --checkpoint size_0.safetensors real.ppm", {"size_0.safetensors", "input_height is \"0\", not an image size"}},
+        {"predict --checkpoint size_-5.safetensors real.ppm", {"input_height is \"-5\", not an image size in [1, 8192]"}},
+        {"predict --checkpoint size_big.safetensors real.ppm", {"input_height is \"big\""}},
         {"predict " + last + " notes.jpg", {"notes.jpg", "not an image tessera can read"}},
         {"predict " + last + " missing.jpg", {"missing.jpg", "cannot read the file"}},
         {"predict " + last + " --labels two.txt real.ppm", {"two.txt", "has 2 names for a model of 4 classes"}},

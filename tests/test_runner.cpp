@@ -7,7 +7,7 @@
 
 #include "helpers.hpp"
 #include "tessera/core/json.hpp"
-#include "tessera/dist/communicator.hpp"
+#include "tessera/parallel/communicator.hpp"
 
 namespace tessera::test {
 namespace {
@@ -184,16 +184,16 @@ private:
 TEST(Launch, EachLaunchersVariablesAreRecognised) {
     {
         LauncherEnvironment none(LauncherEnvironment::Variables{});
-        EXPECT_FALSE(dist::launched_by_mpi());
+        EXPECT_FALSE(parallel::launched_by_mpi());
     }
     // Open MPI's mpirun; srun --mpi=pmix (PMIx); srun --mpi=pmi2 and MPICH's Hydra (PMI); Intel MPI.
     for (const char* variable : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK", "MPI_LOCALNRANKS"}) {
         LauncherEnvironment one(LauncherEnvironment::Variables{{variable, "0"}});
-        EXPECT_TRUE(dist::launched_by_mpi()) << variable;
+        EXPECT_TRUE(parallel::launched_by_mpi()) << variable;
     }
     // srun without an MPI plugin sets Slurm's variables alone: not an MPI launch.
     LauncherEnvironment slurm(LauncherEnvironment::Variables{{"SLURM_NTASKS", "2"}, {"SLURM_PROCID", "0"}});
-    EXPECT_FALSE(dist::launched_by_mpi());
+    EXPECT_FALSE(parallel::launched_by_mpi());
 }
 
 TEST(Launch, SrunWithoutMpisProcessManagementIsRefusedWithTheFix) {

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <numeric>
 
+#include "tessera/backend/cpu/select_gemm_kernels.hpp"
 #include "tessera/backend/cpu/backend.hpp"
 #include "tessera/data/image_folder.hpp"
 #include "tessera/data/transform.hpp"

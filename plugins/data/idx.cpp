@@ -161,11 +161,11 @@ private:
 Info info() {
     return {"", "idx", "MNIST-format IDX files (MNIST, Fashion-MNIST), gzipped or not",
             {{"path", std::string(""), "folder with train-/t10k- images and labels"},
-             {"random_crop_padding", std::int64_t(0), "pad by this many pixels and crop back at random (0: off)"},
+             {"random_crop_padding", std::int64_t(0), "pad by this many pixels and crop back at random (0: off)", between(0, 64)},
              {"hflip", false, "random horizontal flips"},
-             {"limit_train", std::int64_t(0), "use only the first N training images (0: all)"},
-             {"limit_val", std::int64_t(0), "use only the first N test images (0: all)"},
-             {"labels", std::string(""), "class names to show: \"fashion\" or none"}}};
+             {"limit_train", std::int64_t(0), "use only the first N training images (0: all)", at_least(0)},
+             {"limit_val", std::int64_t(0), "use only the first N test images (0: all)", at_least(0)},
+             {"labels", std::string(""), "class names to show: \"fashion\" or none", one_of({"", "fashion"})}}};
 }
 
 std::unique_ptr<DataSource> create(const Options& o) { return std::make_unique<IdxData>(o); }

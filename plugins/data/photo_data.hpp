@@ -16,27 +16,27 @@
 #include "tessera/data/transform.hpp"
 #include "tessera/plugin/api.hpp"
 
-namespace tessera::plugin_data {
+namespace tessera::plugins::data_sources {
 
 using namespace tessera::plugin;
 
 /// The options of the augmentations and the loader, after the plugin's own (train, val, …).
 inline std::vector<Option> photo_options() {
     return {{"class_names", std::string(""), "file of \"<folder> <name>\" lines (LOC_synset_mapping.txt) or one name per class"},
-            {"image_size", std::int64_t(224), "training crops are resized to image_size x image_size"},
-            {"val_resize", std::int64_t(256), "validation: the shorter side is resized to this"},
-            {"val_crop", std::int64_t(224), "validation: then the central val_crop x val_crop square is taken"},
-            {"scale", std::vector<double>{0.08, 1.0}, "RandomResizedCrop's range of area fractions"},
-            {"ratio", std::vector<double>{3.0 / 4.0, 4.0 / 3.0}, "RandomResizedCrop's range of aspect ratios"},
+            {"image_size", std::int64_t(224), "training crops are resized to image_size x image_size", between(1, 8192)},
+            {"val_resize", std::int64_t(256), "validation: the shorter side is resized to this", between(1, 8192)},
+            {"val_crop", std::int64_t(224), "validation: then the central val_crop x val_crop square is taken", between(1, 8192)},
+            {"scale", std::vector<double>{0.08, 1.0}, "RandomResizedCrop's range of area fractions", above_to(0, 1)},
+            {"ratio", std::vector<double>{3.0 / 4.0, 4.0 / 3.0}, "RandomResizedCrop's range of aspect ratios", above(0)},
             {"hflip", true, "random horizontal flips"},
             {"fast_decode", true, "JPEG: decode at a reduced DCT scale and only the region a crop needs (false: torchvision's pixels exactly)"},
-            {"mean", std::vector<double>{0.485, 0.456, 0.406}, "per-channel mean for normalisation"},
-            {"std", std::vector<double>{0.229, 0.224, 0.225}, "per-channel standard deviation"},
-            {"workers", std::int64_t(0), "decoding threads (0: one per core)"},
+            {"mean", std::vector<double>{0.485, 0.456, 0.406}, "per-channel mean for normalisation", between(-1e6, 1e6)},
+            {"std", std::vector<double>{0.229, 0.224, 0.225}, "per-channel standard deviation", above(0)},
+            {"workers", std::int64_t(0), "decoding threads (0: one per core)", between(0, 4096)},
             {"inline", false, "decode in the training thread, with no worker threads (as PyTorch's num_workers = 0): for debugging"},
-            {"prefetch", std::int64_t(3), "batches prepared ahead"},
-            {"limit_train", std::int64_t(0), "use only N training images, spread over the classes (0: all)"},
-            {"limit_val", std::int64_t(0), "use only N validation images, spread over the classes (0: all)"}};
+            {"prefetch", std::int64_t(3), "batches prepared ahead", between(1, 1024)},
+            {"limit_train", std::int64_t(0), "use only N training images, spread over the classes (0: all)", at_least(0)},
+            {"limit_val", std::int64_t(0), "use only N validation images, spread over the classes (0: all)", at_least(0)}};
 }
 
 inline data::TransformConfig transform_config(const Options& o) {
@@ -154,4 +154,4 @@ inline std::string required_folder(const Options& o, const std::string& key, con
     return o.text(key);
 }
 
-}  // namespace tessera::plugin_data
+}  // namespace tessera::plugins::data_sources

@@ -27,19 +27,19 @@ private:
 
 std::unique_ptr<DataSource> create(const Options& o) {
     const char* example = "train = \"/data/imagenet-shards/train\", val = \"/data/imagenet-shards/val\"";
-    auto train = std::make_unique<ShardReader>(tessera::plugin_data::required_folder(o, "train", example), "data.train");
-    auto val = std::make_unique<ShardReader>(tessera::plugin_data::required_folder(o, "val", example), "data.val");
+    auto train = std::make_unique<ShardReader>(tessera::plugins::data_sources::required_folder(o, "train", example), "data.train");
+    auto val = std::make_unique<ShardReader>(tessera::plugins::data_sources::required_folder(o, "val", example), "data.val");
     if (val->classes() != train->classes())
         throw tessera::user_error(val->dir().string(), "has other classes than " + train->dir().string(),
                                   "pack both from folders with the same class folders");
-    return std::make_unique<tessera::plugin_data::PhotoData<ShardStore>>(ShardStore(std::move(train)), ShardStore(std::move(val)), o);
+    return std::make_unique<tessera::plugins::data_sources::PhotoData<ShardStore>>(ShardStore(std::move(train)), ShardStore(std::move(val)), o);
 }
 
 Info info() {
     Info i{"", "shards", "shard files packed by runner prepare, memory-mapped; imagefolder's augmentations",
            {{"train", std::string(""), "training shards folder (runner prepare TRAIN_FOLDER DEST)"},
             {"val", std::string(""), "validation shards folder"}}};
-    for (auto& option : tessera::plugin_data::photo_options()) i.options.push_back(option);
+    for (auto& option : tessera::plugins::data_sources::photo_options()) i.options.push_back(option);
     return i;
 }
 

@@ -18,8 +18,6 @@ public:
         info_.num_classes = int(o.integer("num_classes"));
         info_.train_size = o.integer("train_size");
         info_.val_size = o.integer("val_size");
-        if (info_.height < 1 || info_.channels < 1 || info_.num_classes < 1 || info_.train_size < 1 || info_.val_size < 0)
-            throw tessera::user_error("[data] synthetic", "image_size, channels, num_classes and train_size must be positive");
         info_.mean.assign(info_.channels, 0.5);
         info_.std.assign(info_.channels, 0.25);
     }
@@ -63,11 +61,11 @@ private:
 
 Info info() {
     return {"", "synthetic", "random images whose brightness depends on the class (benchmarks, tests)",
-            {{"image_size", std::int64_t(32), "height and width"},
-             {"channels", std::int64_t(3), "1 or 3"},
-             {"num_classes", std::int64_t(10), "classes"},
-             {"train_size", std::int64_t(1024), "training images per epoch"},
-             {"val_size", std::int64_t(256), "validation images"}}};
+            {{"image_size", std::int64_t(32), "height and width", between(1, 4096)},
+             {"channels", std::int64_t(3), "1 or 3", between(1, 4)},
+             {"num_classes", std::int64_t(10), "classes", between(1, 1 << 20)},
+             {"train_size", std::int64_t(1024), "training images per epoch", between(1, 1e9)},
+             {"val_size", std::int64_t(256), "validation images", between(0, 1e9)}}};
 }
 
 std::unique_ptr<DataSource> create(const Options& o) { return std::make_unique<Synthetic>(o); }

@@ -81,14 +81,11 @@ private:
 
 Info info() {
     return {"", "console", "progress bar on a terminal, periodic lines otherwise",
-            {{"mode", std::string("auto"), "auto, bar or lines"},
-             {"lines_per_epoch", std::int64_t(10), "progress lines per epoch when not on a terminal"}}};
+            {{"mode", std::string("auto"), "auto, bar or lines", one_of({"auto", "bar", "lines"})},
+             {"lines_per_epoch", std::int64_t(10), "progress lines per epoch when not on a terminal", between(1, 1e6)}}};
 }
 
 std::unique_ptr<Logger> create(const Options& o) {
-    const std::string& mode = o.text("mode");
-    if (mode != "auto" && mode != "bar" && mode != "lines")
-        throw tessera::user_error("[[logger]] console", "mode must be \"auto\", \"bar\" or \"lines\", not \"" + mode + "\"");
     return std::make_unique<Console>(o);
 }
 

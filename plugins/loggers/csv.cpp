@@ -7,7 +7,7 @@
 namespace {
 
 using namespace tessera::plugin;
-using namespace tessera_loggers;
+using namespace tessera::plugins::loggers;
 
 /// The number before the first comma of a data row; -1 for the header.
 long long first_field(const std::string& row) {

@@ -11,13 +11,14 @@
 #include <sstream>
 
 #include "run_files.hpp"
-#include "svg_chart.hpp"
+#include "tessera/report/svg_chart.hpp"
 #include "tessera/core/json.hpp"
 
 namespace {
 
 using namespace tessera::plugin;
-using namespace tessera_loggers;
+using namespace tessera::plugins::loggers;
+using namespace tessera::report;
 
 const char* const data_open = "<script type=\"application/json\" id=\"tessera-report\">";
 
@@ -72,7 +73,6 @@ std::vector<std::vector<double>> rows_from(const tessera::json::Value& v) {
 class Html final : public Logger {
 public:
     explicit Html(const Options& o) : file_(o.text("file")), every_steps_(o.integer("every_steps")) {
-        if (every_steps_ < 0) throw tessera::user_error("[[logger]] html", "every_steps must not be negative", "0 picks 25 points per epoch");
     }
 
     void on_run_begin(const RunInfo& r) override {
@@ -223,7 +223,7 @@ private:
 Info info() {
     return {"", "html", "report.html: a self-contained page with plots of the run, its epochs and its recipe",
             {{"file", std::string("report.html"), "file in the run folder"},
-             {"every_steps", std::int64_t(0), "record the learning rate and throughput every so many steps (0: 25 points per epoch)"}}};
+             {"every_steps", std::int64_t(0), "record the learning rate and throughput every so many steps (0: 25 points per epoch)", at_least(0)}}};
 }
 
 std::unique_ptr<Logger> create(const Options& o) { return std::make_unique<Html>(o); }

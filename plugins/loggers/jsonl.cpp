@@ -15,7 +15,7 @@
 namespace {
 
 using namespace tessera::plugin;
-using namespace tessera_loggers;
+using namespace tessera::plugins::loggers;
 
 /// One event line, built field by field.
 class Line {
@@ -46,7 +46,6 @@ private:
 class Jsonl final : public Logger {
 public:
     explicit Jsonl(const Options& o) : file_(o.text("file")), every_steps_(o.integer("every_steps")) {
-        if (every_steps_ < 0) throw tessera::user_error("[[logger]] jsonl", "every_steps must not be negative", "0 writes no step events");
     }
 
     void on_run_begin(const RunInfo& r) override {
@@ -101,7 +100,7 @@ private:
 Info info() {
     return {"", "jsonl", "events.jsonl: one JSON object per line for the run, its steps and its epochs",
             {{"file", std::string("events.jsonl"), "file in the run folder"},
-             {"every_steps", std::int64_t(10), "write a step event every so many optimizer steps (0: none)"}}};
+             {"every_steps", std::int64_t(10), "write a step event every so many optimizer steps (0: none)", at_least(0)}}};
 }
 
 std::unique_ptr<Logger> create(const Options& o) { return std::make_unique<Jsonl>(o); }

@@ -9,7 +9,7 @@
 
 #include "tessera/plugin/api.hpp"
 
-namespace tessera_loggers {
+namespace tessera::plugins::loggers {
 
 namespace fs = std::filesystem;
 
@@ -31,4 +31,4 @@ inline std::ofstream open_for_writing(const fs::path& file) {
     return out;
 }
 
-}  // namespace tessera_loggers
+}  // namespace tessera::plugins::loggers

@@ -18,7 +18,7 @@
 namespace {
 
 using namespace tessera::plugin;
-using namespace tessera_loggers;
+using namespace tessera::plugins::loggers;
 
 // ---- CRC-32C (Castagnoli), as TFRecord checks its records ------------------------------------------
 
@@ -87,7 +87,6 @@ std::string scalar(const std::string& tag, double value) {
 class Tensorboard final : public Logger {
 public:
     explicit Tensorboard(const Options& o) : folder_(o.text("folder")), every_steps_(o.integer("every_steps")) {
-        if (every_steps_ < 0) throw tessera::user_error("[[logger]] tensorboard", "every_steps must not be negative", "0 writes no step scalars");
     }
 
     void on_run_begin(const RunInfo& r) override {
@@ -146,7 +145,7 @@ private:
 Info info() {
     return {"", "tensorboard", "TensorBoard event files: losses, accuracies, learning rate, throughput",
             {{"folder", std::string("tensorboard"), "folder in the run folder (tensorboard --logdir points at it or above)"},
-             {"every_steps", std::int64_t(10), "write step scalars every so many optimizer steps (0: epochs only)"}}};
+             {"every_steps", std::int64_t(10), "write step scalars every so many optimizer steps (0: epochs only)", at_least(0)}}};
 }
 
 std::unique_ptr<Logger> create(const Options& o) { return std::make_unique<Tensorboard>(o); }

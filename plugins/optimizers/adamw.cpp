@@ -14,21 +14,17 @@
 namespace {
 
 using namespace tessera::plugin;
-using tessera_optimizers::AdamStep;
+using tessera::plugins::optimizers::AdamStep;
 
 class AdamW final : public Optimizer {
 public:
     explicit AdamW(const Options& o)
         : beta1_(o.number("beta1")), beta2_(o.number("beta2")), eps_(o.number("eps")), weight_decay_(o.number("weight_decay")),
-          no_decay_bn_bias_(o.flag("no_decay_bn_bias")) {
-        if (beta1_ < 0 || beta1_ >= 1 || beta2_ < 0 || beta2_ >= 1)
-            throw tessera::user_error("optimizer adamw", "beta1 and beta2 must be in [0, 1)", "0.9 and 0.999 are usual");
-        if (eps_ <= 0 || weight_decay_ < 0) throw tessera::user_error("optimizer adamw", "eps must be positive, weight_decay not negative");
-    }
+          no_decay_bn_bias_(o.flag("no_decay_bn_bias")) {}
 
     void step(const Parameters& p, const StepRates& rates) override {
         if (decay_.size() != p.count) {
-            decay_ = tessera_optimizers::decay_per_value(p, weight_decay_, no_decay_bn_bias_);
+            decay_ = tessera::plugins::optimizers::decay_per_value(p, weight_decay_, no_decay_bn_bias_);
             if (exp_avg_.size() != p.count) exp_avg_.assign(p.count, 0.f), exp_avg_sq_.assign(p.count, 0.f);
         }
         ++steps_;
@@ -77,15 +73,15 @@ private:
 #ifdef TESSERA_WITH_CUDA
         if (p.device == "cuda") {
             if (!device_ || device_->count != p.count)
-                device_ = std::make_unique<tessera_optimizers::DeviceArrays>(
+                device_ = std::make_unique<tessera::plugins::optimizers::DeviceArrays>(
                     p.count, std::vector<std::string>{"exp_avg", "exp_avg_sq"},
                     OptimizerState{{"exp_avg", exp_avg_}, {"exp_avg_sq", exp_avg_sq_}}, OptimizerState{{"decay", decay_}});
             stream_ = p.stream;
-            tessera_optimizers::adamw_step_cuda(*device_, p.values, p.grads, s, p.stream);
+            tessera::plugins::optimizers::adamw_step_cuda(*device_, p.values, p.grads, s, p.stream);
             return;
         }
 #endif
-        tessera_optimizers::no_step_for("adamw", p.device);
+        tessera::plugins::optimizers::no_step_for("adamw", p.device);
     }
 
     double beta1_, beta2_, eps_, weight_decay_;
@@ -93,17 +89,17 @@ private:
     std::int64_t steps_ = 0;
     std::vector<float> exp_avg_, exp_avg_sq_, decay_;  // on the CPU, or until the GPU's state is made from them
 #ifdef TESSERA_WITH_CUDA
-    std::unique_ptr<tessera_optimizers::DeviceArrays> device_;
+    std::unique_ptr<tessera::plugins::optimizers::DeviceArrays> device_;
     void* stream_ = nullptr;
 #endif
 };
 
 Info info() {
     return {"", "adamw", "Adam with decoupled weight decay (torch.optim.AdamW semantics)",
-            {{"beta1", 0.9, "decay of the gradients' moving average (a scheduler's momentum replaces it)"},
-             {"beta2", 0.999, "decay of the squared gradients' moving average"},
-             {"eps", 1e-8, "added to the denominator"},
-             {"weight_decay", 0.01, "decoupled weight decay: w -= lr * weight_decay * w"},
+            {{"beta1", 0.9, "decay of the gradients' moving average (a scheduler's momentum replaces it)", from_to_below(0, 1)},
+             {"beta2", 0.999, "decay of the squared gradients' moving average", from_to_below(0, 1)},
+             {"eps", 1e-8, "added to the denominator", above(0)},
+             {"weight_decay", 0.01, "decoupled weight decay: w -= lr * weight_decay * w", at_least(0)},
              {"no_decay_bn_bias", false, "no weight decay for BatchNorm parameters and biases"}}};
 }
 

@@ -5,7 +5,7 @@
 
 #include "cuda_steps.hpp"
 
-namespace tessera_optimizers {
+namespace tessera::plugins::optimizers {
 
 namespace {
 __global__ void adamw(float* w, const float* grad, float* m, float* v, const float* decay, std::size_t n, AdamStep s) {
@@ -28,4 +28,4 @@ void adamw_step_cuda(const DeviceArrays& state, float* w, const float* grad, con
     check_cuda(cudaGetLastError(), "optimizer adamw (cuda)", "kernel launch");
 }
 
-}  // namespace tessera_optimizers
+}  // namespace tessera::plugins::optimizers

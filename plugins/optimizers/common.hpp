@@ -7,7 +7,7 @@
 
 #include "tessera/plugin/api.hpp"
 
-namespace tessera_optimizers {
+namespace tessera::plugins::optimizers {
 
 /// BatchNorm's gamma and beta and the biases: the parameters that no_decay_bn_bias exempts from
 /// weight decay (and that LARS leaves out of its trust ratio), as the large-batch recipes do.
@@ -30,4 +30,4 @@ inline std::vector<float> decay_per_value(const tessera::plugin::Parameters& p, 
                               "rebuild tessera with -Dcuda=enabled");
 }
 
-}  // namespace tessera_optimizers
+}  // namespace tessera::plugins::optimizers

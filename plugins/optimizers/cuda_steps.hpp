@@ -6,7 +6,7 @@
 
 #include "device_arrays.hpp"
 
-namespace tessera_optimizers {
+namespace tessera::plugins::optimizers {
 
 /// One AdamW step's numbers, the same for every value.
 struct AdamStep {
@@ -32,4 +32,4 @@ void adamw_step_cuda(const DeviceArrays& state, float* w, const float* grad, con
 void lars_step_cuda(const DeviceArrays& state, float* w, const float* grad, const LarsTensor* tensors, int count, double* sums,
                     std::size_t largest, const LarsStep& s, void* stream);
 
-}  // namespace tessera_optimizers
+}  // namespace tessera::plugins::optimizers

@@ -6,7 +6,7 @@
 #include "device_arrays.hpp"
 #include "tessera/core/error.hpp"
 
-namespace tessera_optimizers {
+namespace tessera::plugins::optimizers {
 
 void check_cuda(int status, const char* who, const char* what) {
     if (status != cudaSuccess)
@@ -60,4 +60,4 @@ std::map<std::string, std::vector<float>> DeviceArrays::download(void* stream) c
     return host;
 }
 
-}  // namespace tessera_optimizers
+}  // namespace tessera::plugins::optimizers

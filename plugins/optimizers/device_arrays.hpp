@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-namespace tessera_optimizers {
+namespace tessera::plugins::optimizers {
 
 class DeviceArrays {
 public:
@@ -36,4 +36,4 @@ private:
 /// Throws tessera's internal error for a failed CUDA call of `who`.
 void check_cuda(int status, const char* who, const char* what);
 
-}  // namespace tessera_optimizers
+}  // namespace tessera::plugins::optimizers

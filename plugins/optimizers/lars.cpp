@@ -18,23 +18,19 @@
 namespace {
 
 using namespace tessera::plugin;
-using tessera_optimizers::LarsStep;
-using tessera_optimizers::LarsTensor;
+using tessera::plugins::optimizers::LarsStep;
+using tessera::plugins::optimizers::LarsTensor;
 
 class Lars final : public Optimizer {
 public:
     explicit Lars(const Options& o)
         : momentum_(o.number("momentum")), weight_decay_(o.number("weight_decay")), eeta_(o.number("eeta")),
-          epsilon_(o.number("epsilon")), nesterov_(o.flag("nesterov")) {
-        if (momentum_ < 0 || weight_decay_ < 0 || eeta_ <= 0 || epsilon_ < 0)
-            throw tessera::user_error("optimizer lars", "momentum, weight_decay and epsilon must not be negative, eeta must be positive",
-                                      "MLPerf uses momentum 0.9, weight_decay 5e-5, eeta 0.001, epsilon 0");
-    }
+          epsilon_(o.number("epsilon")), nesterov_(o.flag("nesterov")) {}
 
     void step(const Parameters& p, const StepRates& rates) override {
         if (tensors_.empty()) {
             for (auto& t : p.tensors) {
-                const bool adapt = !tessera_optimizers::is_bn_or_bias(t);
+                const bool adapt = !tessera::plugins::optimizers::is_bn_or_bias(t);
                 tensors_.push_back({t.offset, t.size, adapt ? float(weight_decay_) : 0.f, adapt});
                 largest_ = std::max<std::size_t>(largest_, t.size);
             }
@@ -86,18 +82,18 @@ private:
 #ifdef TESSERA_WITH_CUDA
         if (p.device == "cuda") {
             if (!device_ || device_->count != p.count) {
-                device_ = std::make_unique<tessera_optimizers::DeviceArrays>(p.count, std::vector<std::string>{"momentum_buffer"},
+                device_ = std::make_unique<tessera::plugins::optimizers::DeviceArrays>(p.count, std::vector<std::string>{"momentum_buffer"},
                                                                              OptimizerState{{"momentum_buffer", velocity_}});
                 device_tensors_ = static_cast<LarsTensor*>(device_->scratch(tensors_.size() * (sizeof(LarsTensor) + 2 * sizeof(double))));
-                tessera_optimizers::upload_bytes(device_tensors_, tensors_.data(), tensors_.size() * sizeof(LarsTensor));
+                tessera::plugins::optimizers::upload_bytes(device_tensors_, tensors_.data(), tensors_.size() * sizeof(LarsTensor));
             }
             stream_ = p.stream;
             auto* sums = reinterpret_cast<double*>(device_tensors_ + tensors_.size());
-            tessera_optimizers::lars_step_cuda(*device_, p.values, p.grads, device_tensors_, int(tensors_.size()), sums, largest_, s, p.stream);
+            tessera::plugins::optimizers::lars_step_cuda(*device_, p.values, p.grads, device_tensors_, int(tensors_.size()), sums, largest_, s, p.stream);
             return;
         }
 #endif
-        tessera_optimizers::no_step_for("lars", p.device);
+        tessera::plugins::optimizers::no_step_for("lars", p.device);
     }
 
     double momentum_, weight_decay_, eeta_, epsilon_;
@@ -106,7 +102,7 @@ private:
     std::size_t largest_ = 0;
     std::vector<float> velocity_;  // on the CPU, or until the GPU's state is made from it
 #ifdef TESSERA_WITH_CUDA
-    std::unique_ptr<tessera_optimizers::DeviceArrays> device_;
+    std::unique_ptr<tessera::plugins::optimizers::DeviceArrays> device_;
     LarsTensor* device_tensors_ = nullptr;  // in device_'s scratch, followed by the per-tensor sums
     void* stream_ = nullptr;
 #endif
@@ -114,10 +110,10 @@ private:
 
 Info info() {
     return {"", "lars", "LARS: momentum SGD with a trust ratio per tensor (MLPerf ResNet-50 semantics)",
-            {{"momentum", 0.9, "momentum factor (a scheduler's momentum replaces it)"},
-             {"weight_decay", 5e-5, "L2 penalty, for tensors other than BatchNorm's and the biases"},
-             {"eeta", 0.001, "the trust coefficient"},
-             {"epsilon", 0.0, "added to the trust ratio's denominator"},
+            {{"momentum", 0.9, "momentum factor (a scheduler's momentum replaces it)", from_to_below(0, 1)},
+             {"weight_decay", 5e-5, "L2 penalty, for tensors other than BatchNorm's and the biases", at_least(0)},
+             {"eeta", 0.001, "the trust coefficient", above(0)},
+             {"epsilon", 0.0, "added to the trust ratio's denominator", at_least(0)},
              {"nesterov", false, "Nesterov momentum"}}};
 }
 

@@ -7,7 +7,7 @@
 
 #include "cuda_steps.hpp"
 
-namespace tessera_optimizers {
+namespace tessera::plugins::optimizers {
 
 namespace {
 
@@ -69,4 +69,4 @@ void lars_step_cuda(const DeviceArrays& state, float* w, const float* grad, cons
     check_cuda(cudaGetLastError(), "optimizer lars (cuda)", "kernel launch");
 }
 
-}  // namespace tessera_optimizers
+}  // namespace tessera::plugins::optimizers

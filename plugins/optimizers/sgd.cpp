@@ -20,14 +20,13 @@ public:
     explicit Sgd(const Options& o)
         : momentum_(o.number("momentum")), weight_decay_(o.number("weight_decay")), nesterov_(o.flag("nesterov")),
           no_decay_bn_bias_(o.flag("no_decay_bn_bias")) {
-        if (momentum_ < 0 || weight_decay_ < 0) throw tessera::user_error("optimizer sgd", "momentum and weight_decay must not be negative");
         if (nesterov_ && momentum_ <= 0)
             throw tessera::user_error("optimizer sgd", "nesterov needs a positive momentum");
     }
 
     void step(const Parameters& p, const StepRates& rates) override {
         if (decay_.size() != p.count) {
-            decay_ = tessera_optimizers::decay_per_value(p, weight_decay_, no_decay_bn_bias_);
+            decay_ = tessera::plugins::optimizers::decay_per_value(p, weight_decay_, no_decay_bn_bias_);
             if (velocity_.size() != p.count) velocity_.assign(p.count, 0.f);  // unless a checkpoint gave it
         }
         const float m = float(rates.momentum.value_or(momentum_)), rate = float(rates.lr);
@@ -66,12 +65,12 @@ private:
     void device_step(const Parameters& p, [[maybe_unused]] float rate, [[maybe_unused]] float m) {
 #ifdef TESSERA_WITH_CUDA
         if (p.device == "cuda") {
-            if (!device_ || device_->count != p.count) device_ = std::make_unique<tessera_sgd::DeviceState>(decay_, velocity_);
+            if (!device_ || device_->count != p.count) device_ = std::make_unique<tessera::plugins::optimizers::DeviceState>(decay_, velocity_);
             device_->step(p.values, p.grads, rate, m, nesterov_, p.stream);
             return;
         }
 #endif
-        tessera_optimizers::no_step_for("sgd", p.device);
+        tessera::plugins::optimizers::no_step_for("sgd", p.device);
     }
 
     double momentum_, weight_decay_;
@@ -79,14 +78,14 @@ private:
     std::vector<float> velocity_, decay_;  // decay_: the weight decay of each parameter; velocity_: on the CPU,
                                            // or until the GPU's state is made from it
 #ifdef TESSERA_WITH_CUDA
-    std::unique_ptr<tessera_sgd::DeviceState> device_;
+    std::unique_ptr<tessera::plugins::optimizers::DeviceState> device_;
 #endif
 };
 
 Info info() {
     return {"", "sgd", "SGD with momentum (torch.optim.SGD semantics)",
-            {{"momentum", 0.9, "momentum factor"},
-             {"weight_decay", 1e-4, "L2 penalty added to the gradient"},
+            {{"momentum", 0.9, "momentum factor", from_to_below(0, 1)},
+             {"weight_decay", 1e-4, "L2 penalty added to the gradient", at_least(0)},
              {"nesterov", false, "Nesterov momentum"},
              {"no_decay_bn_bias", false, "no weight decay for BatchNorm parameters and biases"}}};
 }

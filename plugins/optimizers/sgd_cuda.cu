@@ -8,7 +8,7 @@
 #include "tessera/core/error.hpp"
 #include "sgd_cuda.hpp"
 
-namespace tessera_sgd {
+namespace tessera::plugins::optimizers {
 
 namespace {
 __global__ void step(float* w, const float* grad, float* velocity, const float* decay, std::size_t n, float lr, float momentum,
@@ -51,8 +51,8 @@ std::vector<float> DeviceState::download() const {
 void DeviceState::step(float* w, const float* grad, float lr, float momentum, bool nesterov, void* stream) {
     last_stream = stream;
     const unsigned blocks = unsigned(std::min<std::size_t>((count + 255) / 256, 4096));
-    ::tessera_sgd::step<<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(w, grad, velocity, decay, count, lr, momentum, nesterov);
+    ::tessera::plugins::optimizers::step<<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(w, grad, velocity, decay, count, lr, momentum, nesterov);
     check(cudaGetLastError(), "sgd kernel launch");
 }
 
-}  // namespace tessera_sgd
+}  // namespace tessera::plugins::optimizers

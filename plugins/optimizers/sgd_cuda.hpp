@@ -3,7 +3,7 @@
 #include <cstddef>
 #include <vector>
 
-namespace tessera_sgd {
+namespace tessera::plugins::optimizers {
 
 struct DeviceState {
     /// The weight decay of each parameter, and the momentum to start from (empty: zeros).
@@ -21,4 +21,4 @@ struct DeviceState {
     void* last_stream = nullptr;
 };
 
-}  // namespace tessera_sgd
+}  // namespace tessera::plugins::optimizers

@@ -14,7 +14,7 @@ private:
     double lr_;
 };
 
-Info info() { return {"", "constant", "a fixed learning rate", {{"lr", 0.1, "the learning rate"}}}; }
+Info info() { return {"", "constant", "a fixed learning rate", {{"lr", 0.1, "the learning rate", at_least(0)}}}; }
 
 std::unique_ptr<Scheduler> create(const Options& o) { return std::make_unique<Constant>(o); }
 

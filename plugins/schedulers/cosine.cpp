@@ -12,10 +12,7 @@ using namespace tessera::plugin;
 
 class Cosine final : public Scheduler {
 public:
-    explicit Cosine(const Options& o) : lr_(o.number("lr")), min_lr_(o.number("min_lr")), warmup_epochs_(o.number("warmup_epochs")) {
-        if (lr_ <= 0 || min_lr_ < 0 || warmup_epochs_ < 0)
-            throw tessera::user_error("scheduler cosine", "lr must be positive, min_lr and warmup_epochs not negative");
-    }
+    explicit Cosine(const Options& o) : lr_(o.number("lr")), min_lr_(o.number("min_lr")), warmup_epochs_(o.number("warmup_epochs")) {}
 
     double lr(const Clock& c) const override {
         const double warmup = std::min(double(c.total_steps), warmup_epochs_ * double(c.steps_per_epoch));
@@ -32,9 +29,9 @@ private:
 
 Info info() {
     return {"", "cosine", "cosine decay after an optional linear warm-up (per batch)",
-            {{"lr", 0.1, "the learning rate after warm-up"},
-             {"min_lr", 0.0, "the learning rate at the last step"},
-             {"warmup_epochs", 0.0, "epochs of linear warm-up (fractions allowed)"}}};
+            {{"lr", 0.1, "the learning rate after warm-up", above(0)},
+             {"min_lr", 0.0, "the learning rate at the last step", at_least(0)},
+             {"warmup_epochs", 0.0, "epochs of linear warm-up (fractions allowed)", at_least(0)}}};
 }
 
 std::unique_ptr<Scheduler> create(const Options& o) { return std::make_unique<Cosine>(o); }

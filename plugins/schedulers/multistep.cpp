@@ -27,9 +27,9 @@ private:
 
 Info info() {
     return {"", "multistep", "step decay at milestone epochs",
-            {{"lr", 0.1, "the initial learning rate"},
-             {"milestones", std::vector<double>{}, "epochs after which the rate is multiplied by gamma"},
-             {"gamma", 0.1, "the factor at each milestone"}}};
+            {{"lr", 0.1, "the initial learning rate", above(0)},
+             {"milestones", std::vector<double>{}, "epochs after which the rate is multiplied by gamma", at_least(0)},
+             {"gamma", 0.1, "the factor at each milestone", above_to(0, 1)}}};
 }
 
 std::unique_ptr<Scheduler> create(const Options& o) { return std::make_unique<MultiStep>(o); }

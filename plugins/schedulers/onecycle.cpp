@@ -20,12 +20,7 @@ public:
     explicit OneCycle(const Options& o)
         : max_lr_(o.number("max_lr")), pct_start_(o.number("pct_start")), div_factor_(o.number("div_factor")),
           final_div_factor_(o.number("final_div_factor")), cycle_momentum_(o.flag("cycle_momentum")),
-          base_momentum_(o.number("base_momentum")), max_momentum_(o.number("max_momentum")) {
-        if (pct_start_ <= 0 || pct_start_ >= 1)
-            throw tessera::user_error("scheduler onecycle", "pct_start must be between 0 and 1 (exclusive)");
-        if (max_lr_ <= 0 || div_factor_ <= 0 || final_div_factor_ <= 0)
-            throw tessera::user_error("scheduler onecycle", "max_lr, div_factor and final_div_factor must be positive");
-    }
+          base_momentum_(o.number("base_momentum")), max_momentum_(o.number("max_momentum")) {}
 
     double lr(const Clock& c) const override {
         const double initial = max_lr_ / div_factor_;
@@ -53,13 +48,13 @@ private:
 
 Info info() {
     return {"", "onecycle", "OneCycleLR: cosine warm-up to max_lr, then cosine annealing (per batch)",
-            {{"max_lr", 0.1, "the peak learning rate"},
-             {"pct_start", 0.3, "fraction of the steps spent rising"},
-             {"div_factor", 25.0, "initial lr = max_lr / div_factor"},
-             {"final_div_factor", 1e4, "final lr = initial lr / final_div_factor"},
+            {{"max_lr", 0.1, "the peak learning rate", above(0)},
+             {"pct_start", 0.3, "fraction of the steps spent rising", inside(0, 1)},
+             {"div_factor", 25.0, "initial lr = max_lr / div_factor", above(0)},
+             {"final_div_factor", 1e4, "final lr = initial lr / final_div_factor", above(0)},
              {"cycle_momentum", true, "cycle the optimizer's momentum inversely to the rate (PyTorch's default)"},
-             {"base_momentum", 0.85, "momentum at the peak rate"},
-             {"max_momentum", 0.95, "momentum at the start and the end"}}};
+             {"base_momentum", 0.85, "momentum at the peak rate", from_to_below(0, 1)},
+             {"max_momentum", 0.95, "momentum at the start and the end", from_to_below(0, 1)}}};
 }
 
 std::unique_ptr<Scheduler> create(const Options& o) { return std::make_unique<OneCycle>(o); }

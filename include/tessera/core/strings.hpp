@@ -1,6 +1,9 @@
 #pragma once
-// Joining words into the lists that messages show ("resnet18, resnet34, …").
+// Joining words into the lists that messages show ("resnet18, resnet34, …"), and numbers written
+// as people wrote them.
+#include <charconv>
 #include <string>
+#include <type_traits>
 #include <string_view>
 #include <vector>
 
@@ -28,6 +31,19 @@ std::string number_list(const Range& range) {
     out += join(each);
     out += ']';
     return out;
+}
+
+/// The shortest decimal that reads back as the same number: 0.9, not 0.90000000000000002 (as
+/// Python's repr, by std::to_chars), in plain notation unless that is much longer: 100000 and
+/// 0.0001 rather than 1e+05 and 1e-04, but 1e-08. What a user wrote comes back as they wrote it.
+template <class Float>
+std::string shortest_decimal(Float x) {
+    static_assert(std::is_floating_point_v<Float>, "for floats and doubles");
+    char plain[400], scientific[64];
+    const auto plain_end = std::to_chars(plain, plain + sizeof plain, x, std::chars_format::fixed).ptr;
+    const auto scientific_end = std::to_chars(scientific, scientific + sizeof scientific, x).ptr;
+    if (plain_end - plain <= scientific_end - scientific + 4) return std::string(plain, plain_end);
+    return std::string(scientific, scientific_end);
 }
 
 }  // namespace tessera

@@ -9,24 +9,28 @@
 #include <cstdlib>
 #include <functional>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
+
+#include "tessera/core/error.hpp"
 
 namespace tessera {
 
 class ThreadPool {
 public:
     explicit ThreadPool(int threads = default_threads()) : size_(std::max(1, threads)) {
-        for (int t = 1; t < size_; ++t) workers_.emplace_back([this, t] { work(t); });
-    }
-    ~ThreadPool() {
-        {
-            std::lock_guard lock(mutex_);
-            stopping_ = true;
+        try {
+            for (int t = 1; t < size_; ++t) workers_.emplace_back([this, t] { work(t); });
+        } catch (const std::system_error& e) {  // the threads started must end before the pool does
+            stop();
+            throw user_error("thread pool", "cannot start thread " + std::to_string(workers_.size() + 2) + " of " +
+                                                std::to_string(size_) + ": " + e.what(),
+                             "use fewer threads (--threads, train.threads, TESSERA_NUM_THREADS), or raise the process's limits "
+                             "(ulimit -u, ulimit -v)");
         }
-        wake_.notify_all();
-        for (auto& w : workers_) w.join();
     }
+    ~ThreadPool() { stop(); }
     ThreadPool(const ThreadPool&) = delete;
     ThreadPool& operator=(const ThreadPool&) = delete;
 
@@ -65,6 +69,15 @@ public:
     }
 
 private:
+    void stop() {
+        {
+            std::lock_guard lock(mutex_);
+            stopping_ = true;
+        }
+        wake_.notify_all();
+        for (auto& w : workers_) w.join();
+        workers_.clear();
+    }
     std::size_t chunk_end(std::size_t chunk) const { return n_ * (chunk + 1) / chunks_; }
 
     void work(int index) {

@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <functional>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <unordered_set>
 #include <utility>
@@ -47,17 +48,17 @@ public:
     Loader(const Source& source, int workers, int prefetch, Warn warn = default_warn)
         : source_(source), warn_(std::move(warn)), slots_(std::max(prefetch, 1)) {
         if (workers == 0) inline_worker_ = std::make_unique<typename Source::Worker>();
-        for (int w = 0; w < workers; ++w) threads_.emplace_back([this] { work(); });
+        try {
+            for (int w = 0; w < workers; ++w) threads_.emplace_back([this] { work(); });
+        } catch (const std::system_error& e) {  // the workers started must end before the loader does
+            stop();
+            throw user_error("data loader", "cannot start decoding thread " + std::to_string(threads_.size() + 1) + " of " +
+                                                std::to_string(workers) + ": " + e.what(),
+                             "lower data.workers, or raise the process's limits (ulimit -u, ulimit -v)");
+        }
     }
 
-    ~Loader() {
-        {
-            std::unique_lock lock(mutex_);
-            stop_ = true;
-        }
-        work_ready_.notify_all();
-        for (auto& t : threads_) t.join();
-    }
+    ~Loader() { stop(); }
 
     Loader(const Loader&) = delete;
     Loader& operator=(const Loader&) = delete;
@@ -134,7 +135,29 @@ private:
         b.labels.resize(std::size_t(b.count));
     }
 
+    void stop() {
+        {
+            std::unique_lock lock(mutex_);
+            stop_ = true;
+        }
+        work_ready_.notify_all();
+        for (auto& t : threads_) t.join();
+        threads_.clear();
+    }
+
+    // A worker's failure (a sample that cannot be loaded, memory that cannot be had for a batch)
+    // ends the worker and reaches the consumer at its next batch: nothing escapes the thread.
     void work() {
+        try {
+            work_loop();
+        } catch (...) {
+            std::lock_guard lock(mutex_);
+            if (!error_) error_ = std::current_exception();
+            batch_ready_.notify_all();
+        }
+    }
+
+    void work_loop() {
         typename Source::Worker worker;
         constexpr std::int64_t chunk = 4;  // samples per claim: few enough to spread a batch over many workers
         std::unique_lock lock(mutex_);
@@ -148,8 +171,8 @@ private:
             claimed_ += count;
             Slot& slot = slots_[number % slots_.size()];
             if (slot.number != number) {
+                prepare(slot.batch, number);  // may throw (bad_alloc); the slot is claimed only once it is sized
                 slot.number = number;
-                prepare(slot.batch, number);
                 slot.remaining = slot.batch.count;
             }
             ++active_;

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "tessera/backend/concept.hpp"
 #include "tessera/layers/layer.hpp"
 
 namespace tessera::models {
@@ -107,7 +108,7 @@ private:
 /// A network on backend B. Its parameters always have a host copy (ParamStore), which checkpoints
 /// and initialisation use; on a backend with memory of its own (CUDA) the layers work on a device
 /// copy, and upload() / download() move values and statistics between the two.
-template <class B>
+template <LayerBackend B>
 class Network {
 public:
     using Context = typename B::Context;
@@ -120,11 +121,11 @@ public:
     }
     /// Host values and statistics -> working memory (after loading or initialising).
     void upload() {
-        if constexpr (B::has_device_memory) work_->upload(params_);
+        if constexpr (B::has_device_memory) work_->upload(params_.values.data(), params_.buffers.data());
     }
     /// Working memory -> host (before saving). Gradients too, for whoever inspects them.
     void download() {
-        if constexpr (B::has_device_memory) work_->download(params_);
+        if constexpr (B::has_device_memory) work_->download(params_.values.data(), params_.grads.data(), params_.buffers.data());
     }
     void zero_grad(Context& ctx) { B::fill_zero(ctx, working().grads, params_.grads.size()); }
 
@@ -150,7 +151,7 @@ protected:
     template <class Layer>
     void place(Layer& net) {
         if constexpr (B::has_device_memory) {
-            work_ = std::make_unique<typename B::DeviceParams>(params_);
+            work_ = std::make_unique<typename B::DeviceParams>(params_.values.size(), params_.buffers.size());
             params_.point(net, working());
             upload();
         }
@@ -165,7 +166,7 @@ private:
 };
 
 /// The Network for a spec, bound for In input channels on backend B.
-template <class Spec, int In, class B>
+template <class Spec, int In, LayerBackend B>
 class Model final : public Network<B> {
 public:
     using Context = typename B::Context;

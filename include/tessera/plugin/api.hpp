@@ -10,7 +10,10 @@
 // throwing tessera::Error from user_error(); the host prints it and exits 2.
 //
 // Only standard types cross this boundary. Change anything here and bump abi_version.
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -19,10 +22,11 @@
 #include <vector>
 
 #include "tessera/core/error.hpp"
+#include "tessera/core/strings.hpp"
 
 namespace tessera::plugin {
 
-inline constexpr int abi_version = 4;
+inline constexpr int abi_version = 5;
 
 // ---- options -------------------------------------------------------------------------------------
 
@@ -33,10 +37,50 @@ inline const char* type_name(const Value& v) {
     return names[v.index()];
 }
 
+/// The values an option accepts beyond its type, declared once beside it and checked by the host
+/// before a plugin is created: numbers (and each number of a list) within [min, max], either end
+/// open; strings among `choices`. Numbers are always finite: TOML's nan and inf never pass.
+struct Range {
+    double min = -std::numeric_limits<double>::infinity(), max = std::numeric_limits<double>::infinity();
+    bool min_open = false, max_open = false;
+    std::vector<std::string> choices;
+
+    bool contains(double x) const {
+        return std::isfinite(x) && (min_open ? x > min : x >= min) && (max_open ? x < max : x <= max);
+    }
+    bool allows(const std::string& s) const {
+        return choices.empty() || std::find(choices.begin(), choices.end(), s) != choices.end();
+    }
+    /// "at least 1", "in [0, 1)", "one of stop, continue": for messages.
+    std::string describe() const {
+        auto number = [](double x) { return shortest_decimal(x); };
+        if (!choices.empty()) {
+            std::string s = "one of ";
+            for (std::size_t i = 0; i < choices.size(); ++i) s += (i ? ", " : "") + choices[i];
+            return s;
+        }
+        const bool low = std::isfinite(min), high = std::isfinite(max);
+        if (low && high)
+            return std::string("in ") + (min_open ? "(" : "[") + number(min) + ", " + number(max) + (max_open ? ")" : "]");
+        if (low) return (min_open ? "above " : "at least ") + number(min);
+        if (high) return (max_open ? "below " : "at most ") + number(max);
+        return "a finite number";
+    }
+};
+
+inline Range at_least(double lo) { return {lo, std::numeric_limits<double>::infinity(), false, false, {}}; }
+inline Range above(double lo) { return {lo, std::numeric_limits<double>::infinity(), true, false, {}}; }
+inline Range between(double lo, double hi) { return {lo, hi, false, false, {}}; }   // [lo, hi]
+inline Range from_to_below(double lo, double hi) { return {lo, hi, false, true, {}}; }  // [lo, hi)
+inline Range above_to(double lo, double hi) { return {lo, hi, true, false, {}}; }   // (lo, hi]
+inline Range inside(double lo, double hi) { return {lo, hi, true, true, {}}; }      // (lo, hi)
+inline Range one_of(std::vector<std::string> choices) { return {0, 0, false, false, std::move(choices)}; }
+
 struct Option {
     std::string name;
     Value default_value;
     std::string help;
+    Range range = {};  // any finite number, any string
 };
 
 struct Info {

@@ -1,7 +1,7 @@
 #pragma once
 // Recipes: TOML in, typed configuration out.
 //
-//   [run]        name, out_dir, seed, deterministic, plugin_path
+//   [run]        name, out_dir, seed, plugin_path
 //   [model]      arch, num_classes (0: from the data), zero_init_residual, precision
 //   [data]       plugin, batch_size (per process), then the data plugin's own options
 //   [optimizer]  plugin, then its options            [scheduler]  plugin, then its options
@@ -17,6 +17,10 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <functional>
+#include <charconv>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -25,6 +29,7 @@
 #include <vector>
 
 #include "tessera/core/error.hpp"
+#include "tessera/core/json.hpp"
 #include "tessera/core/strings.hpp"
 #include "tessera/plugin/api.hpp"
 #include "tessera/plugin/registry.hpp"
@@ -55,43 +60,59 @@ struct Recipe {
 // ---- the core sections' keys ---------------------------------------------------------------------
 
 inline const std::map<std::string, std::vector<Option>>& core_sections() {
+    using plugin::above;
+    using plugin::at_least;
+    using plugin::between;
+    using plugin::from_to_below;
+    using plugin::one_of;
+    // The largest counts a run can sensibly ask for; anything above is a typo, and would not fit
+    // the ints the loop counts in.
+    constexpr double max_epochs = 100'000, max_batch = 1 << 16, max_threads = 4096;
     static const std::map<std::string, std::vector<Option>> sections = {
         {"run",
          {{"name", std::string("run"), "the run's folder name under out_dir"},
           {"out_dir", std::string("runs"), "where run folders go"},
-          {"seed", std::int64_t(0), "seeds initialisation, data order and augmentation"},
-          {"deterministic", false, "bit-identical results at some cost in speed"},
+          {"seed", std::int64_t(0), "seeds initialisation, data order and augmentation", at_least(0)},
           {"plugin_path", std::string(""), "extra folders to search for plugins, colon-separated"}}},
         {"model",
          {{"arch", std::string("resnet20"), "resnet18/34/50/101/152, their _small variants, resnet20/32/44/56/110"},
-          {"num_classes", std::int64_t(0), "outputs of the classifier; 0 takes the data's"},
+          {"num_classes", std::int64_t(0), "outputs of the classifier; 0 takes the data's", between(0, 1 << 20)},
           {"zero_init_residual", false, "start each block's last BatchNorm gamma at 0"},
-          {"precision", std::string("fp32"), "fp32 on the CPU; on CUDA fp32, tf32 (TF32 tensor cores), or bf16 / fp16 (mixed precision)"}}},
+          {"precision", std::string("fp32"), "fp32 on the CPU; on CUDA fp32, tf32 (TF32 tensor cores), or bf16 / fp16 (mixed precision)",
+           one_of({"fp32", "tf32", "bf16", "fp16"})}}},
         {"train",
-         {{"epochs", std::int64_t(1), "passes over the training data"},
-          {"label_smoothing", 0.0, "as torch.nn.CrossEntropyLoss(label_smoothing=…)"},
-          {"device", std::string("cpu"), "cpu"},
-          {"threads", std::int64_t(0), "CPU threads per process; 0: TESSERA_NUM_THREADS, or the cores shared among the processes of a machine"},
+         {{"epochs", std::int64_t(1), "passes over the training data", between(1, max_epochs)},
+          {"label_smoothing", 0.0, "as torch.nn.CrossEntropyLoss(label_smoothing=…)", between(0, 1)},
+          {"device", std::string("cpu"), "cpu, or cuda", one_of({"cpu", "cuda"})},
+          {"threads", std::int64_t(0), "CPU threads per process; 0: TESSERA_NUM_THREADS, or the cores shared among the processes of a machine",
+           between(0, max_threads)},
           {"sync_batchnorm", false, "with several processes: BatchNorm statistics over every process's batch"},
-          {"bucket_mb", std::int64_t(25), "with several processes: MiB of gradients all-reduced together"},
-          {"scale_lr", std::string("none"), "with several processes: \"linear\" multiplies the schedule's rates by global batch / base_batch"},
-          {"base_batch", std::int64_t(256), "the batch the schedule's rates were chosen for (scale_lr = \"linear\")"},
-          {"accumulate", std::int64_t(1), "batches whose gradients add up to one optimizer step (a larger effective batch)"},
-          {"grad_clip", 0.0, "clip the gradients' global L2 norm to this (0: no clipping)"},
-          {"ema", 0.0, "decay per step of a moving average of the weights, validated alongside and saved as last.ema.safetensors (0: none)"},
-          {"mixup_alpha", 0.0, "mixup's Beta(alpha, alpha) (0: no mixup; 0.2 is usual)"},
-          {"cutmix_alpha", 0.0, "cutmix's Beta(alpha, alpha) (0: no cutmix; 1.0 is usual)"},
-          {"mix_prob", 1.0, "the share of batches mixed, with mixup or cutmix on"},
-          {"mix_switch_prob", 0.5, "with both on: the share of mixed batches that use cutmix"},
-          {"target_top1", 0.0, "stop once validation top-1 reaches this, e.g. 0.759 (0: train every epoch)"},
-          {"max_bad_steps", std::int64_t(10), "steps with gradients not finite are skipped; stop after so many in a row (0: never)"},
-          {"loss_scale", 0.0, "multiplies the loss's gradient for backward; 0: none, except fp16, which scales dynamically as GradScaler"},
-          {"loss_scale_window", std::int64_t(2000), "fp16's dynamic loss scale doubles after so many steps without overflow"}}},
-        {"checkpoint", {{"every_epochs", std::int64_t(1), "save last.safetensors and its training state every N epochs"},
-                        {"every_minutes", 0.0, "also save every so many minutes within an epoch (0: never)"},
-                        {"keep", std::int64_t(0), "also keep the weights of the last K epochs as epoch_<N>.safetensors (0: none)"},
-                        {"on_failure", std::string("stop"), "a checkpoint that cannot be written: \"stop\" the run, or \"continue\" with a warning"}}},
-        {"data", {{"batch_size", std::int64_t(128), "images per step per process"}}},
+          {"bucket_mb", std::int64_t(25), "with several processes: MiB of gradients all-reduced together", between(1, 4096)},
+          {"scale_lr", std::string("none"), "with several processes: \"linear\" multiplies the schedule's rates by global batch / base_batch",
+           one_of({"none", "linear"})},
+          {"base_batch", std::int64_t(256), "the batch the schedule's rates were chosen for (scale_lr = \"linear\")", between(1, max_batch * 1024)},
+          {"accumulate", std::int64_t(1), "batches whose gradients add up to one optimizer step (a larger effective batch)", between(1, 1024)},
+          {"grad_clip", 0.0, "clip the gradients' global L2 norm to this (0: no clipping)", at_least(0)},
+          {"ema", 0.0, "decay per step of a moving average of the weights, validated alongside and saved as last.ema.safetensors (0: none)",
+           from_to_below(0, 1)},
+          {"mixup_alpha", 0.0, "mixup's Beta(alpha, alpha) (0: no mixup; 0.2 is usual)", between(0, 1000)},
+          {"cutmix_alpha", 0.0, "cutmix's Beta(alpha, alpha) (0: no cutmix; 1.0 is usual)", between(0, 1000)},
+          {"mix_prob", 1.0, "the share of batches mixed, with mixup or cutmix on", between(0, 1)},
+          {"mix_switch_prob", 0.5, "with both on: the share of mixed batches that use cutmix", between(0, 1)},
+          {"target_top1", 0.0, "stop once validation top-1, a fraction, reaches this: 0.759 for 75.9% (0: train every epoch)", between(0, 1)},
+          {"max_bad_steps", std::int64_t(10), "steps with gradients not finite are skipped; stop after so many in a row (0: never)",
+           between(0, 1'000'000)},
+          {"loss_scale", 0.0, "multiplies the loss's gradient for backward; 0: none, except fp16, which scales dynamically as GradScaler",
+           between(0, 1e30)},
+          {"loss_scale_window", std::int64_t(2000), "fp16's dynamic loss scale doubles after so many steps without overflow",
+           between(1, 1e9)}}},
+        {"checkpoint", {{"every_epochs", std::int64_t(1), "save last.safetensors and its training state every N epochs", between(1, max_epochs)},
+                        {"every_minutes", 0.0, "also save every so many minutes within an epoch (0: never)", between(0, 1e6)},
+                        {"keep", std::int64_t(0), "also keep the weights of the last K epochs as epoch_<N>.safetensors (0: none)",
+                         between(0, max_epochs)},
+                        {"on_failure", std::string("stop"), "a checkpoint that cannot be written: \"stop\" the run, or \"continue\" with a warning",
+                         one_of({"stop", "continue"})}}},
+        {"data", {{"batch_size", std::int64_t(128), "images per step per process", between(1, max_batch)}}},
         {"optimizer", {}},
         {"scheduler", {}},
         {"logger", {}},
@@ -162,6 +183,19 @@ inline Value convert(const toml::node& node, const Value& declared, const std::s
     }
 }
 
+/// Refuses a value outside its option's declared range, naming the key and the range.
+inline void check_range(const Value& value, const plugin::Range& range, const std::string& key, const std::string& where) {
+    auto refuse = [&](const std::string& shown) {
+        throw user_error(where, key + " must be " + range.describe() + ", not " + shown);
+    };
+    if (auto* i = std::get_if<std::int64_t>(&value); i && !range.contains(double(*i))) refuse(std::to_string(*i));
+    if (auto* d = std::get_if<double>(&value); d && !range.contains(*d)) refuse(shortest_decimal(*d));
+    if (auto* l = std::get_if<std::vector<double>>(&value))
+        for (double x : *l)
+            if (!range.contains(x)) refuse(shortest_decimal(x) + " (in the list)");
+    if (auto* t = std::get_if<std::string>(&value); t && !range.allows(*t)) refuse("\"" + *t + "\"");
+}
+
 /// Checks a table against declared options (plus any of `reserved`) and fills in the defaults.
 inline Options validate(const toml::table& table, const std::vector<Option>& declared, const std::string& section,
                         const std::vector<std::string>& reserved, const std::string& file) {
@@ -176,7 +210,9 @@ inline Options validate(const toml::table& table, const std::vector<Option>& dec
         auto it = std::find_if(declared.begin(), declared.end(), [&](auto& o) { return o.name == name; });
         if (it == declared.end())
             throw user_error(where, "unknown key '" + name + "' in [" + section + "]", suggest(name, known));
-        values[name] = convert(node, it->default_value, section + "." + name, locate(node.source(), where));
+        const std::string at = locate(node.source(), where);
+        values[name] = convert(node, it->default_value, section + "." + name, at);
+        check_range(values[name], it->range, section + "." + name, at);
     }
     return Options(std::move(values));
 }
@@ -219,7 +255,12 @@ inline void apply_override(toml::table& root, const std::string& assignment) {
         toml::node* child = table->get(keys[k]);
         if (!child) child = &table->insert_or_assign(keys[k], toml::table{}).first->second;
         if (auto* arr = child->as_array()) {  // logger.0.plugin
-            std::size_t index = std::stoul(keys[++k]);
+            const std::string& word = keys[++k];
+            std::size_t index = 0;
+            const auto [end, error] = std::from_chars(word.data(), word.data() + word.size(), index);
+            if (error != std::errc() || end != word.data() + word.size())
+                throw user_error("--set " + assignment, "\"" + word + "\" is not an index into " + keys[k - 1],
+                                 "count the tables from 0: --set " + keys[k - 1] + ".0." + keys.back() + "=…");
             if (index >= arr->size() || !arr->get(index)->is_table())
                 throw user_error("--set " + assignment, "no table at " + keys[k - 1] + "." + keys[k]);
             table = arr->get(index)->as_table();
@@ -289,9 +330,6 @@ inline void resolve(Recipe& r, const plugin::Registry& registry) {
         for (auto& o : r.data.entry->info.options) keys.push_back(o.name);
         return keys;
     }(), name).integer("batch_size"));
-    if (r.batch_size < 1)
-        throw user_error(locate(table("data")["batch_size"].node()->source(), name + " (--set data.batch_size)"),
-                         "data.batch_size must be at least 1");
     toml::table default_optimizer{{"plugin", "sgd"}}, default_scheduler{{"plugin", "constant"}};
     r.optimizer = choose_plugin(r.effective.contains("optimizer") ? table("optimizer") : default_optimizer, "optimizer",
                                 "optimizer", {}, registry, name);
@@ -303,8 +341,70 @@ inline void resolve(Recipe& r, const plugin::Registry& registry) {
         for (const char* plugin_name : {"console", "csv", "jsonl", "html"})
             r.loggers.push_back(choose_plugin(toml::table{{"plugin", plugin_name}}, "logger", "logger", {}, registry, name));
     }
-    if (r.train.integer("epochs") < 1)
-        throw user_error(locate(table("train")["epochs"].node()->source(), name + " (--set train.epochs)"), "train.epochs must be at least 1");
+}
+
+/// A recipe as TOML text, each number written as the user wrote it: the shortest decimal that reads
+/// back as the same double (momentum = 0.9, where toml++ writes 0.90000000000000002). Tables are
+/// written as [section], arrays of tables as [[section]], anything deeper inline.
+inline std::string to_toml(const toml::table& root) {
+    auto key = [](std::string_view k) {
+        const bool bare = !k.empty() && std::all_of(k.begin(), k.end(), [](char c) {
+            return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+        });
+        if (bare) return std::string(k);
+        return json::quote(k);
+    };
+    std::function<std::string(const toml::node&)> value = [&](const toml::node& node) -> std::string {
+        if (auto b = node.value_exact<bool>()) return *b ? "true" : "false";
+        if (auto i = node.value_exact<std::int64_t>()) return std::to_string(*i);
+        if (auto d = node.value_exact<double>()) {
+            if (std::isnan(*d)) return "nan";
+            if (std::isinf(*d)) return *d > 0 ? "inf" : "-inf";
+            std::string text = shortest_decimal(*d);
+            if (text.find_first_of(".e") == std::string::npos) text += ".0";
+            return text;
+        }
+        if (auto t = node.value_exact<std::string>()) {
+            std::string quoted;
+            for (char c : json::quote(*t)) quoted += c == '\x7f' ? std::string("\\u007f") : std::string(1, c);
+            return quoted;
+        }
+        if (auto* a = node.as_array()) {
+            std::vector<std::string> items;
+            for (auto& item : *a) items.push_back(value(item));
+            return "[" + join(items) + "]";
+        }
+        if (auto* t = node.as_table()) {
+            std::vector<std::string> items;
+            for (auto& [k, v] : *t) items.push_back(key(k.str()) + " = " + value(v));
+            return "{ " + join(items) + " }";
+        }
+        std::ostringstream other;  // dates and times, which recipes do not use
+        node.visit([&](auto& v) { other << v; });
+        return other.str();
+    };
+    auto entries = [&](const toml::table& t, bool top) {
+        std::string out;
+        for (auto& [k, v] : t)
+            if (!top || (!v.is_table() && !v.is_array_of_tables())) out += key(k.str()) + " = " + value(v) + "\n";
+        return out;
+    };
+    std::string out = entries(root, true);
+    // Appended piece by piece: GCC 12 warns falsely (-Wrestrict) on a literal + std::string&&.
+    auto section = [&](std::string_view open, std::string_view name, std::string_view close, const toml::table& t) {
+        if (!out.empty()) out += '\n';
+        out += open;
+        out += key(name);
+        out += close;
+        out += '\n';
+        out += entries(t, false);
+    };
+    for (auto& [k, v] : root) {
+        if (auto* t = v.as_table()) section("[", k.str(), "]", *t);
+        if (v.is_array_of_tables())
+            for (auto& t : *v.as_array()) section("[[", k.str(), "]]", *t.as_table());
+    }
+    return out;
 }
 
 /// The recipe's extra plugin folders.

@@ -12,7 +12,7 @@
 
 namespace tessera::train {
 
-template <class B>
+template <LayerBackend B>
 class WeightAverage {
 public:
     using Context = typename B::Context;

@@ -34,10 +34,12 @@ struct Mixing {
     std::vector<std::int32_t> partner;   // (N): the label of image N-1-i
 };
 
-/// A Gamma(shape, 1) draw (Marsaglia and Tsang 2000), from tessera's own generator so that a
-/// resumed run draws the same numbers.
-inline double gamma_draw(Rng& rng, double shape) {
-    if (shape < 1) return gamma_draw(rng, shape + 1) * std::pow(std::max(rng.uniform(), 1e-300), 1 / shape);
+/// log of a Gamma(shape, 1) draw (Marsaglia and Tsang 2000), from tessera's own generator so
+/// that a resumed run draws the same numbers. Below shape 1 it uses Gamma(a) = Gamma(a + 1) *
+/// U^(1/a) in logs: for a small shape U^(1/a) underflows to 0 in doubles (at a = 0.001, whenever
+/// U < 0.49), while its log, log(U) / a, stays finite.
+inline double log_gamma_draw(Rng& rng, double shape) {
+    if (shape < 1) return log_gamma_draw(rng, shape + 1) + std::log(std::max(rng.uniform(), 1e-300)) / shape;
     const double d = shape - 1.0 / 3, c = 1 / std::sqrt(9 * d);
     for (;;) {
         double x, v;
@@ -47,13 +49,16 @@ inline double gamma_draw(Rng& rng, double shape) {
         } while (v <= 0);
         v = v * v * v;
         const double u = rng.uniform();
-        if (u < 1 - 0.0331 * x * x * x * x || std::log(std::max(u, 1e-300)) < 0.5 * x * x + d * (1 - v + std::log(v))) return d * v;
+        if (u < 1 - 0.0331 * x * x * x * x || std::log(std::max(u, 1e-300)) < 0.5 * x * x + d * (1 - v + std::log(v)))
+            return std::log(d * v);
     }
 }
 
+/// A Beta(a, b) draw as X / (X + Y) with X ~ Gamma(a), Y ~ Gamma(b), computed from their logs as
+/// 1 / (1 + exp(log Y - log X)): in [0, 1] and never 0/0, however small a and b.
 inline double beta_draw(Rng& rng, double a, double b) {
-    const double x = gamma_draw(rng, a), y = gamma_draw(rng, b);
-    return x / (x + y);
+    const double log_x = log_gamma_draw(rng, a), log_y = log_gamma_draw(rng, b);
+    return 1 / (1 + std::exp(log_y - log_x));
 }
 
 /// Mixes `batch` in place with the generator given for it (derive it from the seed, epoch and
@@ -99,14 +104,6 @@ inline Mixing mix_batch(plugin::Batch& batch, const MixConfig& config, Rng& rng)
     m.partner.resize(std::size_t(n));
     for (int i = 0; i < n; ++i) m.partner[std::size_t(i)] = batch.labels[std::size_t(n - 1 - i)];
     return m;
-}
-
-/// Checks a recipe's mixing values; `where` names the table for the message.
-inline void check(const MixConfig& c, const std::string& where) {
-    if (c.mixup_alpha < 0 || c.cutmix_alpha < 0)
-        throw user_error(where, "mixup_alpha and cutmix_alpha must not be negative", "0 turns each off; 0.2 and 1.0 are usual");
-    if (c.prob < 0 || c.prob > 1 || c.switch_prob < 0 || c.switch_prob > 1)
-        throw user_error(where, "mix_prob and mix_switch_prob are probabilities: between 0 and 1");
 }
 
 }  // namespace tessera::train

@@ -1,6 +1,7 @@
 #pragma once
 // tessera::cpu::Backend: the tag type layers take as their Backend parameter. It names the context
 // type and the kernels; a second backend (CUDA) provides the same names over device memory.
+#include "tessera/backend/concept.hpp"
 #include "tessera/backend/cpu/batchnorm.hpp"
 #include "tessera/backend/cpu/context.hpp"
 #include "tessera/backend/cpu/conv.hpp"
@@ -75,5 +76,7 @@ struct Backend {
         return cpu::softmax_cross_entropy(logits, labels, label_smoothing, dlogits);
     }
 };
+
+static_assert(tessera::Backend<Backend>, "cpu::Backend lacks a kernel of backend/concept.hpp's checklist");
 
 }  // namespace tessera::cpu

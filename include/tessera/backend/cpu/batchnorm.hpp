@@ -15,6 +15,7 @@
 #include <cmath>
 #include <vector>
 
+#include "tessera/backend/vocabulary.hpp"
 #include "tessera/backend/cpu/context.hpp"
 #include "tessera/core/tensor.hpp"
 
@@ -54,12 +55,12 @@ Eigen::ArrayXd sum_rows(Context& ctx, std::size_t rows, int channels, RowTerm te
 }
 
 // Sums over the group's ranks, in place (nothing without a group).
-inline void sum_over_group(dist::Communicator* group, Eigen::ArrayXd& sums) {
+inline void sum_over_group(parallel::Communicator* group, Eigen::ArrayXd& sums) {
     if (group) group->all_reduce_sum(sums.data(), std::size_t(sums.size()));
 }
 
 // The rows of the batch across the group.
-inline double group_rows(dist::Communicator* group, std::size_t rows) {
+inline double group_rows(parallel::Communicator* group, std::size_t rows) {
     double total = double(rows);
     if (group) group->all_reduce_sum(&total, 1);
     return total;

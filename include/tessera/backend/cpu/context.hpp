@@ -3,7 +3,7 @@
 #include "tessera/backend/cpu/gemm.hpp"
 #include "tessera/core/arena.hpp"
 #include "tessera/core/thread_pool.hpp"
-#include "tessera/dist/communicator.hpp"
+#include "tessera/parallel/communicator.hpp"
 
 namespace tessera::cpu {
 
@@ -23,8 +23,8 @@ struct Context {
     const float* network_input = nullptr;
     // Data parallelism: told when each gradient is final (its all-reduce can start), and the ranks
     // BatchNorm computes its statistics over when synchronised (null: this process's batch alone).
-    dist::GradientHook* gradient_hook = nullptr;
-    dist::Communicator* batchnorm_group = nullptr;
+    parallel::GradientHook* gradient_hook = nullptr;
+    parallel::Communicator* batchnorm_group = nullptr;
 };
 
 }  // namespace tessera::cpu

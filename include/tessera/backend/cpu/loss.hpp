@@ -7,15 +7,10 @@
 #include <cmath>
 #include <cstdint>
 
+#include "tessera/backend/vocabulary.hpp"
 #include "tessera/core/tensor.hpp"
 
 namespace tessera::cpu {
-
-struct LossResult {
-    double loss = 0;       // mean over the batch
-    std::int64_t top1 = 0;  // hits, not fractions, so batches add up exactly
-    std::int64_t top5 = 0;
-};
 
 /// Rank of the true class among the logits: 0 if it is the largest (ties count against it).
 inline int rank_of_label(const float* z, int classes, int label) {

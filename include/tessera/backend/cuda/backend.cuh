@@ -19,7 +19,6 @@
 
 #include "tessera/backend/cuda/backend.hpp"
 #include "tessera/backend/cuda/check.hpp"
-#include "tessera/models/network.hpp"
 
 namespace tessera::cuda {
 
@@ -450,8 +449,7 @@ Context::~Context() {
 void Context::synchronize() { TESSERA_CUDA(cudaStreamSynchronize(impl->stream)); }
 std::size_t Context::device_bytes_in_use() const { return used_device_bytes() - std::min(used_device_bytes(), impl->baseline_bytes); }
 
-DeviceParams::DeviceParams(const models::ParamStore& host)
-    : value_count_(host.values.size()), buffer_count_(host.buffers.size()) {
+DeviceParams::DeviceParams(std::size_t values, std::size_t buffers) : value_count_(values), buffer_count_(buffers) {
     TESSERA_CUDA(cudaMalloc(&values_, std::max<std::size_t>(1, value_count_) * sizeof(float)));
     TESSERA_CUDA(cudaMalloc(&grads_, std::max<std::size_t>(1, value_count_) * sizeof(float)));
     TESSERA_CUDA(cudaMalloc(&buffers_, std::max<std::size_t>(1, buffer_count_) * sizeof(float)));
@@ -462,15 +460,15 @@ DeviceParams::~DeviceParams() {
     cudaFree(grads_);
     cudaFree(buffers_);
 }
-void DeviceParams::upload(const models::ParamStore& host) {
-    TESSERA_CUDA(cudaMemcpy(values_, host.values.data(), value_count_ * sizeof(float), cudaMemcpyHostToDevice));
-    TESSERA_CUDA(cudaMemcpy(buffers_, host.buffers.data(), buffer_count_ * sizeof(float), cudaMemcpyHostToDevice));
+void DeviceParams::upload(const float* values, const float* buffers) {
+    TESSERA_CUDA(cudaMemcpy(values_, values, value_count_ * sizeof(float), cudaMemcpyHostToDevice));
+    TESSERA_CUDA(cudaMemcpy(buffers_, buffers, buffer_count_ * sizeof(float), cudaMemcpyHostToDevice));
 }
-void DeviceParams::download(models::ParamStore& host) const {
+void DeviceParams::download(float* values, float* grads, float* buffers) const {
     TESSERA_CUDA(cudaDeviceSynchronize());
-    TESSERA_CUDA(cudaMemcpy(host.values.data(), values_, value_count_ * sizeof(float), cudaMemcpyDeviceToHost));
-    TESSERA_CUDA(cudaMemcpy(host.grads.data(), grads_, value_count_ * sizeof(float), cudaMemcpyDeviceToHost));
-    TESSERA_CUDA(cudaMemcpy(host.buffers.data(), buffers_, buffer_count_ * sizeof(float), cudaMemcpyDeviceToHost));
+    TESSERA_CUDA(cudaMemcpy(values, values_, value_count_ * sizeof(float), cudaMemcpyDeviceToHost));
+    TESSERA_CUDA(cudaMemcpy(grads, grads_, value_count_ * sizeof(float), cudaMemcpyDeviceToHost));
+    TESSERA_CUDA(cudaMemcpy(buffers, buffers_, buffer_count_ * sizeof(float), cudaMemcpyDeviceToHost));
 }
 
 // ---- cuDNN descriptors -------------------------------------------------------------------------------
@@ -717,7 +715,7 @@ void Backend::batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormPa
     detail::OpTimer timer(ctx, "batchnorm forward");
     detail::same_type(x, y, "batchnorm forward");
     const int c = x.shape.c;
-    dist::Communicator* group = ctx.batchnorm_group;
+    parallel::Communicator* group = ctx.batchnorm_group;
     const std::size_t total_rows = x.shape.pixels() * (group ? group->size() : 1);
     auto stream = ctx.impl->stream;
     auto mark = ctx.arena.mark();
@@ -763,7 +761,7 @@ void Backend::batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& dy
         kernels::bn_eval_statistics<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(p.running_mean, p.running_var, p.eps, c, m, s);
         mean = m, inv_std = s;
     }
-    dist::Communicator* group = ctx.training ? ctx.batchnorm_group : nullptr;
+    parallel::Communicator* group = ctx.training ? ctx.batchnorm_group : nullptr;
     const std::size_t total_rows = x.shape.pixels() * (group ? group->size() : 1);
     detail::with_element_type(x.dtype, [&](auto t) {
         using T = decltype(t);
@@ -907,7 +905,7 @@ void Backend::normalize_images(Context& ctx, const std::uint8_t* pixels, const f
     });
 }
 
-cpu::LossResult Backend::softmax_cross_entropy(Context& ctx, const Tensor& logits, const std::int32_t* labels, float label_smoothing,
+LossResult Backend::softmax_cross_entropy(Context& ctx, const Tensor& logits, const std::int32_t* labels, float label_smoothing,
                                                float* dlogits) {
     detail::OpTimer timer(ctx, "loss");
     auto& impl = *ctx.impl;
@@ -933,7 +931,7 @@ cpu::LossResult Backend::softmax_cross_entropy(Context& ctx, const Tensor& logit
     TESSERA_CUDA(cudaMemcpyAsync(impl.losses, device_losses, n * sizeof(float), cudaMemcpyDeviceToHost, impl.stream));
     TESSERA_CUDA(cudaMemcpyAsync(impl.ranks, device_ranks, n * sizeof(int), cudaMemcpyDeviceToHost, impl.stream));
     TESSERA_CUDA(cudaStreamSynchronize(impl.stream));  // the loss is read on the host: the step's one synchronisation
-    cpu::LossResult r;
+    LossResult r;
     for (int i = 0; i < n; ++i) {
         r.loss += impl.losses[i];
         r.top1 += impl.ranks[i] < 1;

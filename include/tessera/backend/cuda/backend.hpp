@@ -14,15 +14,12 @@
 #include <memory>
 #include <string>
 
-#include "tessera/backend/cpu/loss.hpp"  // LossResult
+#include "tessera/backend/concept.hpp"
+#include "tessera/backend/vocabulary.hpp"
 #include "tessera/core/arena.hpp"
 #include "tessera/core/shape.hpp"
 #include "tessera/core/tensor.hpp"
-#include "tessera/dist/communicator.hpp"
-
-namespace tessera::models {
-class ParamStore;
-}
+#include "tessera/parallel/communicator.hpp"
 
 namespace tessera::cuda {
 
@@ -55,8 +52,8 @@ public:
     bool training = true;
     bool input_is_private = false;  // as cpu::Context: a ReLU may overwrite its input
     const float* network_input = nullptr;  // the first layer skips its dx
-    dist::GradientHook* gradient_hook = nullptr;    // as cpu::Context
-    dist::Communicator* batchnorm_group = nullptr;  // as cpu::Context (device collectives: NCCL)
+    parallel::GradientHook* gradient_hook = nullptr;    // as cpu::Context
+    parallel::Communicator* batchnorm_group = nullptr;  // as cpu::Context (device collectives: NCCL)
     Settings settings;
 
     struct Impl;  // handles, stream, algorithm cache, workspace
@@ -67,10 +64,11 @@ public:
     std::size_t device_bytes_in_use() const;
 };
 
-/// The device copy of a network's three flat buffers.
+/// The device copy of a network's three flat buffers: `values` parameters, as many gradients (zeroed),
+/// `buffers` statistics.
 class DeviceParams {
 public:
-    explicit DeviceParams(const models::ParamStore& host);
+    DeviceParams(std::size_t values, std::size_t buffers);
     ~DeviceParams();
     DeviceParams(const DeviceParams&) = delete;
     DeviceParams& operator=(const DeviceParams&) = delete;
@@ -80,8 +78,10 @@ public:
     M memory() const {
         return M{values_, grads_, buffers_};
     }
-    void upload(const models::ParamStore& host);
-    void download(models::ParamStore& host) const;
+    /// Host values and statistics to the device; the device's values, gradients and statistics to
+    /// the host (after the work queued so far).
+    void upload(const float* values, const float* buffers);
+    void download(float* values, float* grads, float* buffers) const;
 
 private:
     float *values_ = nullptr, *grads_ = nullptr, *buffers_ = nullptr;
@@ -125,8 +125,10 @@ struct Backend {
     static void normalize_images(Context& ctx, const std::uint8_t* pixels, const float* mean, const float* inv_std,
                                  const Tensor& x);
     /// labels are host memory; the result is read back, so this synchronises once per step.
-    static cpu::LossResult softmax_cross_entropy(Context& ctx, const Tensor& logits, const std::int32_t* labels,
+    static LossResult softmax_cross_entropy(Context& ctx, const Tensor& logits, const std::int32_t* labels,
                                                  float label_smoothing, float* dlogits);
 };
+
+static_assert(tessera::Backend<Backend>, "cuda::Backend lacks a kernel of backend/concept.hpp's checklist");
 
 }  // namespace tessera::cuda

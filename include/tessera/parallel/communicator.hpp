@@ -1,13 +1,16 @@
 #pragma once
 // Communicator: what data-parallel training needs from the processes it runs in. Three of them:
-// Single (a world of one: every call is a no-op), MpiCommunicator (dist/mpi.hpp: CPU buffers, and
+// Single (a world of one: every call is a no-op), MpiCommunicator (parallel/mpi.hpp: CPU buffers, and
 // the launch: mpirun, srun) and NcclCommunicator (GPU buffers, bootstrapped over MPI).
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
-namespace tessera::dist {
+namespace tessera::parallel {
 
 class Communicator {
 public:
@@ -49,6 +52,29 @@ public:
     bool is_root() const { return rank() == 0; }
 };
 
+/// Rank `root`'s named float vectors (an optimizer's state) on every rank of `comm`, whatever the
+/// others held: the names and sizes first, then each vector.
+inline void broadcast(Communicator& comm, std::map<std::string, std::vector<float>>& tensors, int root) {
+    const bool sending = comm.rank() == root;
+    std::uint64_t entries = tensors.size();
+    comm.broadcast(&entries, sizeof entries, root);
+    std::map<std::string, std::vector<float>> received;
+    auto it = tensors.begin();
+    for (std::uint64_t e = 0; e < entries; ++e) {
+        std::string name = sending ? it->first : std::string();
+        std::vector<float> values = sending ? it->second : std::vector<float>{};
+        std::uint64_t sizes[2] = {name.size(), values.size()};
+        comm.broadcast(sizes, sizeof sizes, root);
+        name.resize(sizes[0]);
+        values.resize(sizes[1]);
+        comm.broadcast(name.data(), name.size(), root);
+        comm.broadcast(values.data(), values.size() * sizeof(float), root);
+        if (sending) ++it;
+        else received[name] = std::move(values);
+    }
+    if (!sending) tensors = std::move(received);
+}
+
 /// A world of one: the run without a launcher, which never touches MPI.
 class Single final : public Communicator {
 public:
@@ -75,7 +101,7 @@ inline bool launched_by_mpi() {
 }
 
 /// A hook the layers call once a parameter's gradient is final in this step's backward, so that
-/// its all-reduce can start while backward goes on (dist/gradient_reducer.hpp).
+/// its all-reduce can start while backward goes on (parallel/gradient_reducer.hpp).
 class GradientHook {
 public:
     virtual ~GradientHook() = default;
@@ -91,4 +117,4 @@ public:
     virtual void finish() = 0;
 };
 
-}  // namespace tessera::dist
+}  // namespace tessera::parallel

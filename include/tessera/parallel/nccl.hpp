@@ -13,10 +13,10 @@
 #include <vector>
 
 #include "tessera/core/error.hpp"
-#include "tessera/dist/communicator.hpp"
-#include "tessera/dist/gradient_reducer.hpp"
+#include "tessera/parallel/communicator.hpp"
+#include "tessera/parallel/gradient_reducer.hpp"
 
-namespace tessera::dist::detail {
+namespace tessera::parallel::detail {
 
 // NCCL and CUDA runtime calls, checked: a failure names the call, the file and the line.
 inline void check(ncclResult_t status, const char* call, const char* file, int line) {
@@ -28,11 +28,11 @@ inline void check(cudaError_t status, const char* call, const char* file, int li
         throw internal_error(std::string(file) + ":" + std::to_string(line), std::string(call) + ": " + cudaGetErrorString(status));
 }
 
-}  // namespace tessera::dist::detail
+}  // namespace tessera::parallel::detail
 
-#define TESSERA_NCCL(call) ::tessera::dist::detail::check((call), #call, __FILE__, __LINE__)
+#define TESSERA_NCCL(call) ::tessera::parallel::detail::check((call), #call, __FILE__, __LINE__)
 
-namespace tessera::dist {
+namespace tessera::parallel {
 
 // Every device collective of one communicator runs on the communicator's own stream, in the order
 // the process issued it, as PyTorch's ProcessGroupNCCL does: the gradient buckets (issued from the
@@ -109,7 +109,7 @@ private:
     cudaEvent_t issued_ = nullptr, done_ = nullptr;
 };
 
-/// GradientReducer's device twin (see dist/gradient_reducer.hpp for the bucketing).
+/// GradientReducer's device twin (see parallel/gradient_reducer.hpp for the bucketing).
 class DeviceGradientReducer final : public GradientAverager {
 public:
     DeviceGradientReducer(Communicator& comm, float* grads, std::size_t count, std::size_t bucket_bytes, void* compute_stream)
@@ -162,4 +162,4 @@ private:
     cudaEvent_t reduced_ = nullptr;
 };
 
-}  // namespace tessera::dist
+}  // namespace tessera::parallel

@@ -17,9 +17,9 @@
 #include <string>
 
 #include "tessera/core/error.hpp"
-#include "tessera/dist/communicator.hpp"
+#include "tessera/parallel/communicator.hpp"
 
-namespace tessera::dist {
+namespace tessera::parallel {
 
 class MpiCommunicator final : public Communicator {
 public:
@@ -104,4 +104,4 @@ private:
     bool concurrent_ = false, finalise_ = false;
 };
 
-}  // namespace tessera::dist
+}  // namespace tessera::parallel

@@ -14,9 +14,9 @@
 #include <thread>
 #include <vector>
 
-#include "tessera/dist/communicator.hpp"
+#include "tessera/parallel/communicator.hpp"
 
-namespace tessera::dist {
+namespace tessera::parallel {
 
 /// A flat gradient buffer cut into buckets, and how much of each is final this step.
 class Buckets {
@@ -139,4 +139,4 @@ private:
     std::thread thread_;
 };
 
-}  // namespace tessera::dist
+}  // namespace tessera::parallel

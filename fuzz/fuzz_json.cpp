@@ -3,7 +3,7 @@
 // for the HTML report holds no markup.
 #include <string>
 
-#include "../plugins/loggers/svg_chart.hpp"
+#include "tessera/report/svg_chart.hpp"
 #include "tessera/core/json.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -21,7 +21,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         for (unsigned char c : text) ascii = ascii && c < 0x80;
         if (ascii) __builtin_trap();
     }
-    const std::string html = tessera_loggers::escape_xml(text);
+    const std::string html = tessera::report::escape_xml(text);
     if (html.find_first_of("<>\"") != std::string::npos) __builtin_trap();
     return 0;
 }

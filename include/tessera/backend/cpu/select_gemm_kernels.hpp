@@ -1,0 +1,40 @@
+#pragma once
+// select_gemm_kernels(argv): the process's OpenBLAS set up for tessera, by re-executing the program
+// with two variables set. Kept apart from the GEMM (backend/cpu/gemm.hpp) because it acts on the
+// whole process: programs call it once, first thing in main(), as runner, the tests, the benchmarks
+// and the examples do.
+#include <cblas.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+
+namespace tessera::cpu {
+
+/// OpenBLAS configures itself when it is loaded, before main(), from the environment; two of its
+/// choices cost tessera dearly, so this fixes them and runs the program again:
+///  - Debian's OpenBLAS 0.3.21 does not recognise some recent Xeons and falls back to its SSE3
+///    ("Prescott") kernels, three times slower than the AVX2/AVX-512 ones the CPU can run: it sets
+///    OPENBLAS_CORETYPE;
+///  - it starts a pool of threads, one per core, whose idle threads spin (sched_yield) while the
+///    data loader's workers need those cores, and which tessera never uses: it sets
+///    OPENBLAS_NUM_THREADS=1.
+/// Call it first thing in main(); it returns normally when there is nothing to do (or the re-run fails).
+inline void select_gemm_kernels(char** argv) {
+    bool rerun = false;
+    const char* threads = std::getenv("OPENBLAS_NUM_THREADS");
+    if (!threads || std::strcmp(threads, "1") != 0) {
+        setenv("OPENBLAS_NUM_THREADS", "1", 1);
+        rerun = openblas_get_num_threads() > 1;
+    }
+    if (!std::getenv("OPENBLAS_CORETYPE") && std::strcmp(openblas_get_corename(), "Prescott") == 0) {
+        const char* core = __builtin_cpu_supports("avx512f") ? "SkylakeX" : __builtin_cpu_supports("avx2") ? "Haswell" : nullptr;
+        if (core) {
+            setenv("OPENBLAS_CORETYPE", core, 1);
+            rerun = true;
+        }
+    }
+    if (rerun) execv("/proc/self/exe", argv);
+}
+
+}  // namespace tessera::cpu
