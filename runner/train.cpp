@@ -12,7 +12,7 @@
 
 #include "runner.hpp"
 #include "tessera/recipe/run_spec.hpp"
-#include "tessera/train/trainer.hpp"
+#include "tessera/train/loop.hpp"
 
 namespace tessera::runner {
 

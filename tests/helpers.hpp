@@ -81,7 +81,8 @@ inline std::string read_file(const fs::path& file) {
 
 /// Runs `body` in a child process whose address space may grow by `headroom` bytes at most (thread
 /// stacks and large allocations then fail); the child's exit code: body's result, 2 for a user
-/// error, 3 for another exception; 128 + the signal if it died of one (std::terminate: SIGABRT).
+/// error, 3 for another exception; 128 + the signal if it died of one (std::terminate: SIGABRT), and
+/// 128 + SIGKILL if it had not ended after a minute.
 int exit_code_in_child(std::size_t headroom, const std::function<int()>& body);
 
 std::vector<float> checkpoint_values(const fs::path& file, const std::string& arch = "resnet20", int classes = 4);

@@ -1,5 +1,6 @@
 // The test binary's main: picks OpenBLAS's kernels as runner does and remembers where it lives.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -49,7 +50,14 @@ int exit_code_in_child(std::size_t headroom, const std::function<int()>& body) {
         _exit(code);
     }
     int status = 0;
-    waitpid(child, &status, 0);
+    for (int waited_ms = 0; waitpid(child, &status, WNOHANG) == 0; waited_ms += 10) {
+        if (waited_ms > 60'000) {  // a child that hangs (a deadlock in std::terminate, say) fails the test, never stalls it
+            kill(child, SIGKILL);
+            waitpid(child, &status, 0);
+            return 128 + SIGKILL;
+        }
+        usleep(10'000);
+    }
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 }  // namespace tessera::test

@@ -10,7 +10,7 @@
 #include "tessera/recipe/run_spec.hpp"
 #include "runner.hpp"
 #include "tessera/train/checkpoint.hpp"
-#include "tessera/train/trainer.hpp"
+#include "tessera/train/loop.hpp"
 
 namespace tessera::test {
 namespace {

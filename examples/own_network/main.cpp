@@ -11,7 +11,7 @@
 #include "tessera/models/network.hpp"
 #include "tessera/models/resnet.hpp"
 #include "tessera/recipe/run_spec.hpp"
-#include "tessera/train/trainer.hpp"
+#include "tessera/train/loop.hpp"
 
 using namespace tessera;
 using namespace tessera::layers;

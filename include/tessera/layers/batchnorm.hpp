@@ -3,7 +3,7 @@
 // 0.1, as torch.nn.BatchNorm2d), running statistics in evaluation. BatchNorm<BlockOutput> marks a
 // residual block's last BN, whose gamma starts at zero when zero_init_residual is asked for, so that
 // each block starts as the identity.
-#include "tessera/backend/vocabulary.hpp"
+#include "tessera/backend/ops.hpp"
 #include "tessera/layers/layer.hpp"
 
 namespace tessera::layers {

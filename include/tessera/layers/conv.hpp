@@ -3,7 +3,7 @@
 // "same" padding of Kernel / 2 as torchvision's conv1x1, conv3x3 and 7x7 stem.
 #include <cmath>
 
-#include "tessera/backend/vocabulary.hpp"
+#include "tessera/backend/ops.hpp"
 #include "tessera/layers/layer.hpp"
 
 namespace tessera::layers {

@@ -2,7 +2,7 @@
 // MaxPool<Kernel, Stride> (padding Kernel / 2, as ResNet's stem: 3x3/2 pad 1) and GlobalAvgPool.
 #include <cstdint>
 
-#include "tessera/backend/vocabulary.hpp"
+#include "tessera/backend/ops.hpp"
 #include "tessera/layers/layer.hpp"
 
 namespace tessera::layers {

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "tessera/backend/concept.hpp"
+#include "tessera/backend/backend.hpp"
 #include "tessera/layers/layer.hpp"
 
 namespace tessera::models {

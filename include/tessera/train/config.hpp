@@ -1,6 +1,6 @@
 #pragma once
 // What training takes from a recipe: StepConfig for one optimizer step (train/step.hpp), and
-// TrainConfig, which adds the loop's and the run folder's (train/trainer.hpp). A RunSpec
+// TrainConfig, which adds the loop's and the run folder's (train/loop.hpp). A RunSpec
 // (recipe/run_spec.hpp) fills both from a recipe whose every value it has checked.
 #include <atomic>
 #include <cstddef>

@@ -1,7 +1,7 @@
 #pragma once
 // tessera::cpu::Backend: the tag type layers take as their Backend parameter. It names the context
 // type and the kernels; a second backend (CUDA) provides the same names over device memory.
-#include "tessera/backend/concept.hpp"
+#include "tessera/backend/backend.hpp"
 #include "tessera/backend/cpu/batchnorm.hpp"
 #include "tessera/backend/cpu/context.hpp"
 #include "tessera/backend/cpu/conv.hpp"
@@ -77,6 +77,6 @@ struct Backend {
     }
 };
 
-static_assert(tessera::Backend<Backend>, "cpu::Backend lacks a kernel of backend/concept.hpp's checklist");
+static_assert(tessera::Backend<Backend>, "cpu::Backend lacks a kernel of backend/backend.hpp's checklist");
 
 }  // namespace tessera::cpu

@@ -15,7 +15,7 @@
 #include <cmath>
 #include <vector>
 
-#include "tessera/backend/vocabulary.hpp"
+#include "tessera/backend/ops.hpp"
 #include "tessera/backend/cpu/context.hpp"
 #include "tessera/core/tensor.hpp"
 

@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "tessera/backend/vocabulary.hpp"
+#include "tessera/backend/ops.hpp"
 #include "tessera/backend/cpu/context.hpp"
 #include "tessera/core/tensor.hpp"
 

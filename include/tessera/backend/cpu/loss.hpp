@@ -7,7 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "tessera/backend/vocabulary.hpp"
+#include "tessera/backend/ops.hpp"
 #include "tessera/core/tensor.hpp"
 
 namespace tessera::cpu {

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <limits>
 
-#include "tessera/backend/vocabulary.hpp"
+#include "tessera/backend/ops.hpp"
 #include "tessera/backend/cpu/context.hpp"
 #include "tessera/core/tensor.hpp"
 

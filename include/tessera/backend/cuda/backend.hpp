@@ -14,8 +14,8 @@
 #include <memory>
 #include <string>
 
-#include "tessera/backend/concept.hpp"
-#include "tessera/backend/vocabulary.hpp"
+#include "tessera/backend/backend.hpp"
+#include "tessera/backend/ops.hpp"
 #include "tessera/core/arena.hpp"
 #include "tessera/core/shape.hpp"
 #include "tessera/core/tensor.hpp"
@@ -129,6 +129,6 @@ struct Backend {
                                                  float label_smoothing, float* dlogits);
 };
 
-static_assert(tessera::Backend<Backend>, "cuda::Backend lacks a kernel of backend/concept.hpp's checklist");
+static_assert(tessera::Backend<Backend>, "cuda::Backend lacks a kernel of backend/backend.hpp's checklist");
 
 }  // namespace tessera::cuda

@@ -8,7 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "tessera/backend/vocabulary.hpp"
+#include "tessera/backend/ops.hpp"
 #include "tessera/core/tensor.hpp"
 
 namespace tessera {

@@ -1,7 +1,7 @@
 #pragma once
 // The words backends and layers share: a convolution's and a pooling window's geometry, a
 // BatchNorm's parameters and the statistics its training forward saves, a loss's result. Layers
-// say what to compute in these terms, and each backend computes it (backend/concept.hpp lists the
+// say what to compute in these terms, and each backend computes it (backend/backend.hpp lists the
 // kernels a backend provides). Nothing here knows of models, layers or any one backend.
 #include <cstddef>
 #include <cstdint>
