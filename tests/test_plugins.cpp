@@ -209,7 +209,9 @@ def lars(w, v, g, lr, skip, nesterov):
     else:
         w_norm, g_norm = torch.linalg.norm(w), torch.linalg.norm(g)
         one = torch.tensor(1.0)
-        trust = torch.where(w_norm > 0, torch.where(g_norm > 0, eeta * w_norm / (g_norm + weight_decay * w_norm + epsilon), one), one)
+        trust = torch.where(w_norm > 0,
+                            torch.where(g_norm > 0,
+                                        eeta * w_norm / (g_norm + weight_decay * w_norm + epsilon), one), one)
         scaled_lr = lr * trust
         g = g + weight_decay * w
     # apply_momentum(var, accum, lr=1, grad=g * scaled_lr, momentum)
@@ -249,7 +251,8 @@ TEST(Optimizers, SgdMatchesTorchOptimSgd) {
     const auto torch = python_numbers(std::string(torch_prelude) + R"(
 for nesterov in (True, False):
     conv, rest, g = w0[:4].clone().requires_grad_(), w0[4:].clone().requires_grad_(), g0.clone()
-    opt = torch.optim.SGD([{"params": [conv], "weight_decay": 0.1}, {"params": [rest], "weight_decay": 0.0 if nesterov else 0.1}],
+    opt = torch.optim.SGD([{"params": [conv], "weight_decay": 0.1},
+                           {"params": [rest], "weight_decay": 0.0 if nesterov else 0.1}],
                           lr=0.01, momentum=0.9, nesterov=nesterov)
     for step in range(3):
         for group in opt.param_groups:

@@ -14,11 +14,7 @@ class CosineRestarts final : public Scheduler {
 public:
     explicit CosineRestarts(const Options& o)
         : lr_(o.number("lr")), min_lr_(o.number("min_lr")), first_cycle_(o.number("first_cycle_epochs")),
-          cycle_mult_(o.number("cycle_mult")) {
-        if (lr_ <= 0 || min_lr_ < 0 || first_cycle_ <= 0 || cycle_mult_ < 1)
-            throw tessera::user_error("[scheduler] cosine_restarts",
-                                      "needs lr > 0, min_lr >= 0, first_cycle_epochs > 0 and cycle_mult >= 1");
-    }
+          cycle_mult_(o.number("cycle_mult")) {}  // their ranges, declared in info(), are checked before
 
     double lr(const Clock& c) const override {
         // Where the step falls: which cycle, and how far into it.
@@ -36,10 +32,10 @@ private:
 
 Info info() {
     return {"", "cosine_restarts", "cosine annealing with warm restarts (SGDR), per batch",
-            {{"lr", 0.1, "the learning rate at the start of each cycle"},
-             {"min_lr", 0.0, "the learning rate at the end of each cycle"},
-             {"first_cycle_epochs", 1.0, "length of the first cycle, in epochs (fractions allowed)"},
-             {"cycle_mult", 2.0, "each cycle is this many times longer than the one before"}}};
+            {{"lr", 0.1, "the learning rate at the start of each cycle", above(0)},
+             {"min_lr", 0.0, "the learning rate at the end of each cycle", at_least(0)},
+             {"first_cycle_epochs", 1.0, "length of the first cycle, in epochs (fractions allowed)", above(0)},
+             {"cycle_mult", 2.0, "each cycle is this many times longer than the one before", at_least(1)}}};
 }
 
 std::unique_ptr<Scheduler> create(const Options& o) { return std::make_unique<CosineRestarts>(o); }

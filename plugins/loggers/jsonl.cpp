@@ -1,6 +1,7 @@
 // jsonl: one JSON object per line in <run>/events.jsonl, for scripts and dashboards:
 //   {"event": "run_begin", "time": 1764176400.1, "global_step": 0, "name": "…", "arch": "resnet50", …}
-//   {"event": "step", "time": …, "global_step": 120, "epoch": 1, "step": 120, "loss": 6.71, "top1": 0.002, "lr": 0.0081, "img_per_s": 2410}
+//   {"event": "step", "time": …, "global_step": 120, "epoch": 1, "step": 120, "loss": 6.71, "top1": 0.002,
+//    "lr": 0.0081, "img_per_s": 2410}  (one line in the file)
 //   {"event": "epoch", "time": …, "global_step": 5004, "epoch": 1, "train_loss": …, "val_top1": …, …}
 //   {"event": "run_end", "time": …, "global_step": 250200}
 // Every line is flushed whole. A resumed run keeps the events up to the step it resumes from and
