@@ -167,8 +167,9 @@ struct ConvShape {
     ConvGeometry g;
     double flops;  // of one pass: forward, or each of the two backward products
     explicit ConvShape(const benchmark::State& s)
-        : in{int(s.range(0)), int(s.range(1)), int(s.range(1)), int(s.range(2))},
-          g{int(s.range(2)), int(s.range(3)), int(s.range(4)), int(s.range(5)), int(s.range(4)) / 2} {
+        : in{int(s.range(0)), int(s.range(1)), int(s.range(1)), int(s.range(2))}, g{int(s.range(2)), int(s.range(3)),
+                                                                                    int(s.range(4)), int(s.range(5)),
+                                                                                    int(s.range(4)) / 2} {
         out = g.output_shape(in);
         flops = 2.0 * double(out.pixels()) * double(g.patch()) * g.out_channels;
     }
@@ -192,7 +193,8 @@ void ConvBackward(benchmark::State& state) {  // data and filter gradients
     auto ctx = context_or_skip<B>(state, Precision);
     if (!ctx) return;
     const ConvShape c(state);
-    const Tensor x = ctx->arena.tensor(c.in, Precision), dx = ctx->arena.tensor(c.in, Precision), dy = ctx->arena.tensor(c.out, Precision);
+    const Tensor x = ctx->arena.tensor(c.in, Precision), dx = ctx->arena.tensor(c.in, Precision),
+                 dy = ctx->arena.tensor(c.out, Precision);
     const std::size_t weights = std::size_t(c.g.out_channels) * c.g.patch();
     float* w = ctx->arena.allocate_floats(weights);
     float* dw = ctx->arena.allocate_floats(weights);
@@ -226,7 +228,8 @@ void BatchNormForwardTraining(benchmark::State& state) {
     auto ctx = context_or_skip<B>(state, Precision);
     if (!ctx) return;
     const int n = int(state.range(0)), size = int(state.range(1)), c = int(state.range(2));
-    const Tensor x = ctx->arena.tensor({n, size, size, c}, Precision), y = ctx->arena.tensor({n, size, size, c}, Precision);
+    const Tensor x = ctx->arena.tensor({n, size, size, c}, Precision),
+                 y = ctx->arena.tensor({n, size, size, c}, Precision);
     float* v = ctx->arena.allocate_floats(6 * std::size_t(c));  // gamma, beta, running mean/var, saved mean/inv_std
     zero<B>(*ctx, x);
     B::fill_zero(*ctx, v, 6 * std::size_t(c));
@@ -235,7 +238,8 @@ void BatchNormForwardTraining(benchmark::State& state) {
         Device<B>::sync(*ctx);
     }
     // Reads x twice (statistics, then normalise) and writes y once.
-    state.counters["GB/s"] = benchmark::Counter(3.0 * double(x.bytes()) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["GB/s"] =
+        benchmark::Counter(3.0 * double(x.bytes()) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // ---- one bottleneck, and a whole training step ------------------------------------------------------
@@ -270,8 +274,10 @@ void ResNet50TrainingStep(benchmark::State& state) {
     if (!ctx) return;
     const int batch = int(state.range(0));
     plugin::Registry plugins;
-    auto data = plugins.create<plugin::DataSource>("synthetic", {{"image_size", std::int64_t(224)}, {"num_classes", std::int64_t(1000)},
-                                                                 {"channels", std::int64_t(3)}, {"train_size", std::int64_t(batch)}});
+    auto data = plugins.create<plugin::DataSource>("synthetic", {{"image_size", std::int64_t(224)},
+                                                                 {"num_classes", std::int64_t(1000)},
+                                                                 {"channels", std::int64_t(3)},
+                                                                 {"train_size", std::int64_t(batch)}});
     auto sgd = plugins.create<plugin::Optimizer>("sgd", {{"momentum", 0.9}, {"weight_decay", 1e-4}});
     models::Model<models::ResNet50, 3, B> net("resnet50", 1000);
     net.init(1, {});
@@ -290,19 +296,28 @@ void ResNet50TrainingStep(benchmark::State& state) {
 
 BENCHMARK_TEMPLATE(ConvForward, cpu::Backend)->Apply(stage_shapes);
 BENCHMARK_TEMPLATE(ConvBackward, cpu::Backend)->Apply(stage_shapes);
-BENCHMARK_TEMPLATE(BatchNormForwardTraining, cpu::Backend)->Args({8, 56, 256})->Args({8, 14, 1024})->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BatchNormForwardTraining, cpu::Backend)
+    ->Args({8, 56, 256})
+    ->Args({8, 14, 1024})
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BottleneckForwardBackward, cpu::Backend)->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(ResNet50TrainingStep, cpu::Backend)->Arg(8)->Iterations(2)->Unit(benchmark::kMillisecond);
 #ifdef TESSERA_WITH_CUDA
 BENCHMARK_TEMPLATE(ConvForward, cuda::Backend)->Apply(stage_shapes);
 BENCHMARK_TEMPLATE(ConvBackward, cuda::Backend)->Apply(stage_shapes);
-BENCHMARK_TEMPLATE(BatchNormForwardTraining, cuda::Backend)->Args({8, 56, 256})->Args({8, 14, 1024})->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BatchNormForwardTraining, cuda::Backend)
+    ->Args({8, 56, 256})
+    ->Args({8, 14, 1024})
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BottleneckForwardBackward, cuda::Backend)->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(ResNet50TrainingStep, cuda::Backend)->Arg(256)->Unit(benchmark::kMillisecond);
 // Mixed precision: bf16 activations, fp32 weights.
 BENCHMARK_TEMPLATE(ConvForward, cuda::Backend, DType::bf16)->Apply(stage_shapes);
 BENCHMARK_TEMPLATE(ConvBackward, cuda::Backend, DType::bf16)->Apply(stage_shapes);
-BENCHMARK_TEMPLATE(BatchNormForwardTraining, cuda::Backend, DType::bf16)->Args({8, 56, 256})->Args({8, 14, 1024})->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BatchNormForwardTraining, cuda::Backend, DType::bf16)
+    ->Args({8, 56, 256})
+    ->Args({8, 14, 1024})
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BottleneckForwardBackward, cuda::Backend, DType::bf16)->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(ResNet50TrainingStep, cuda::Backend, DType::bf16)->Arg(256)->Unit(benchmark::kMillisecond);
 #endif

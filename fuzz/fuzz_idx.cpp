@@ -8,8 +8,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             std::size_t count = 1;
             for (auto d : idx.dims) count *= d;
             if (count != idx.data.size()) __builtin_trap();  // what it returns is what the header says
-        } catch (const tessera::Error&) {
-        }
+        } catch (const tessera::Error&) {}
     }
     return 0;
 }

@@ -15,13 +15,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         tessera::data::Image image;
         decoder.decode(bytes, h, image);
         // A region and a reduced scale, chosen by the image's own size.
-        const tessera::data::Region region{h.width / 3, h.height / 4, std::max(1, h.width / 2), std::max(1, h.height / 2)};
+        const tessera::data::Region region{h.width / 3, h.height / 4, std::max(1, h.width / 2),
+                                           std::max(1, h.height / 2)};
         decoder.decode(bytes, h, image, 2, region);
-    } catch (const tessera::data::DecodeError&) {
-    }
+    } catch (const tessera::data::DecodeError&) {}
     try {
-        transform.val(std::vector<std::uint8_t>(data, data + size), {.image_size = 32, .val_resize = 36, .val_crop = 32}, pixels.data());
-    } catch (const tessera::data::DecodeError&) {
-    }
+        transform.val(std::vector<std::uint8_t>(data, data + size),
+                      {.image_size = 32, .val_resize = 36, .val_crop = 32}, pixels.data());
+    } catch (const tessera::data::DecodeError&) {}
     return 0;
 }

@@ -10,8 +10,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const std::string text(reinterpret_cast<const char*>(data), size);
     try {
         tessera::json::parse(text, "fuzz");
-    } catch (const tessera::Error&) {
-    }
+    } catch (const tessera::Error&) {}
     try {
         const auto back = tessera::json::parse(tessera::json::quote(text), "fuzz");
         if (!back.is_string() || back.string() != text) __builtin_trap();

@@ -10,7 +10,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     try {
         tessera::recipe::Recipe r = tessera::recipe::load(file, {});
         tessera::recipe::resolve(r, registry);
-    } catch (const tessera::Error&) {
-    }
+    } catch (const tessera::Error&) {}
     return 0;
 }

@@ -11,7 +11,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         std::ofstream(d / tessera::data::shard_file_name(0), std::ios::binary) << std::string(4096, 'x');
         return d;
     }();
-    std::ofstream(dir / "index.tsv", std::ios::binary | std::ios::trunc).write(reinterpret_cast<const char*>(data), std::streamsize(size));
+    std::ofstream(dir / "index.tsv", std::ios::binary | std::ios::trunc)
+        .write(reinterpret_cast<const char*>(data), std::streamsize(size));
     try {
         tessera::data::ShardReader reader(dir, "fuzz");
         for (std::size_t i = 0; i < reader.size(); ++i) {
@@ -19,7 +20,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             volatile std::uint8_t sink = bytes.empty() ? 0 : bytes.back();  // in bounds, or ASan says so
             (void)sink;
         }
-    } catch (const tessera::Error&) {
-    }
+    } catch (const tessera::Error&) {}
     return 0;
 }

@@ -31,7 +31,8 @@ std::size_t peak_resident_bytes() {
 
 /// The training loader of `recipe_file` alone: batches per second with data.workers = threads.
 int bench_data(const Args& args, const std::string& recipe_file) {
-    const int threads = thread_count(args), batches = args.integer("batches", 20), warmup = args.integer("warmup", 2, 0);
+    const int threads = thread_count(args), batches = args.integer("batches", 20),
+              warmup = args.integer("warmup", 2, 0);
     std::vector<std::string> overrides = args.values("set");
     {  // decoding threads: --threads, where the data plugin has workers
         recipe::Recipe r = recipe::load(recipe_file, overrides);
@@ -45,8 +46,9 @@ int bench_data(const Args& args, const std::string& recipe_file) {
     const plugin::EpochPlan plan = train::epoch_plan(1, plugin::Split::train, batch_size, spec.seed(), nullptr);
     const std::int64_t available = data->num_batches(plugin::Split::train, plan);
     if (available < warmup + batches)
-        throw user_error(recipe_file, "the training data holds " + std::to_string(available) + " batches of " +
-                                          std::to_string(batch_size) + ", fewer than --warmup + --batches",
+        throw user_error(recipe_file,
+                         "the training data holds " + std::to_string(available) + " batches of " +
+                             std::to_string(batch_size) + ", fewer than --warmup + --batches",
                          "lower --batches or data.batch_size");
     data->start_epoch(plugin::Split::train, plan);
     plugin::Batch batch;
@@ -57,13 +59,15 @@ int bench_data(const Args& args, const std::string& recipe_file) {
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double img_per_s = double(images) / seconds;
     if (args.flag("json"))
-        std::printf("{\"data\": \"%s\", \"threads\": %d, \"batch\": %d, \"batches\": %d, \"height\": %d, \"width\": %d, "
-                    "\"img_per_s\": %.1f, \"img_per_s_per_thread\": %.1f, \"bad_samples\": %lld}\n",
-                    spec.recipe.data.entry->info.name.c_str(), threads, batch_size, batches, batch.height, batch.width, img_per_s,
-                    img_per_s / threads, (long long)data->bad_samples());
+        std::printf(
+            "{\"data\": \"%s\", \"threads\": %d, \"batch\": %d, \"batches\": %d, \"height\": %d, \"width\": %d, "
+            "\"img_per_s\": %.1f, \"img_per_s_per_thread\": %.1f, \"bad_samples\": %lld}\n",
+            spec.recipe.data.entry->info.name.c_str(), threads, batch_size, batches, batch.height, batch.width,
+            img_per_s, img_per_s / threads, (long long)data->bad_samples());
     else
-        std::printf("%s loader, batch %d of %dx%d, %d threads: %.1f img/s (%.1f per thread)\n", spec.recipe.data.entry->info.name.c_str(),
-                    batch_size, batch.height, batch.width, threads, img_per_s, img_per_s / threads);
+        std::printf("%s loader, batch %d of %dx%d, %d threads: %.1f img/s (%.1f per thread)\n",
+                    spec.recipe.data.entry->info.name.c_str(), batch_size, batch.height, batch.width, threads,
+                    img_per_s, img_per_s / threads);
     return 0;
 }
 
@@ -83,13 +87,15 @@ int bench_allreduce(const Args& args) {
     if (device == "cuda") {
 #ifdef TESSERA_WITH_NCCL
         if (std::string why; !cuda::device_available(&why))
-            throw user_error("runner bench --allreduce --device cuda", "no CUDA device: " + why, "use --device cpu under mpirun");
+            throw user_error("runner bench --allreduce --device cuda", "no CUDA device: " + why,
+                             "use --device cpu under mpirun");
         gpus = std::make_unique<parallel::NcclCommunicator>(*world, world->local_rank());
         TESSERA_NCCL(cudaMalloc(reinterpret_cast<void**>(&gradients), floats * sizeof(float)));
         TESSERA_NCCL(cudaMemset(gradients, 0, floats * sizeof(float)));
         wait = [] { TESSERA_NCCL(cudaDeviceSynchronize()); };
 #else
-        throw user_error("runner bench --allreduce --device cuda", "this build has no NCCL", "install NCCL next to nvcc and rebuild");
+        throw user_error("runner bench --allreduce --device cuda", "this build has no NCCL",
+                         "install NCCL next to nvcc and rebuild");
 #endif
     } else if (device != "cpu") {
         throw user_error("runner bench --allreduce --device", "\"" + device + "\" is not one of cpu, cuda");
@@ -115,37 +121,51 @@ int bench_allreduce(const Args& args) {
     const double busbw = algbw * 2.0 * (comm.size() - 1) / comm.size();
     if (!world->is_root()) return 0;
     if (args.flag("json"))
-        std::printf("{\"communicator\": \"%s\", \"ranks\": %d, \"floats\": %zu, \"seconds\": %.6f, \"algbw_gb_s\": %.3f, "
-                    "\"busbw_gb_s\": %.3f}\n", comm.name().c_str(), comm.size(), floats, seconds, algbw, busbw);
+        std::printf(
+            "{\"communicator\": \"%s\", \"ranks\": %d, \"floats\": %zu, \"seconds\": %.6f, \"algbw_gb_s\": %.3f, "
+            "\"busbw_gb_s\": %.3f}\n",
+            comm.name().c_str(), comm.size(), floats, seconds, algbw, busbw);
     else
-        std::printf("all-reduce of %zu floats (%.1f MB) over %d ranks (%s): %.2f ms, algorithm bandwidth %.2f GB/s, bus "
-                    "bandwidth %.2f GB/s\n", floats, bytes / 1e6, comm.size(), comm.name().c_str(), seconds * 1e3, algbw, busbw);
+        std::printf(
+            "all-reduce of %zu floats (%.1f MB) over %d ranks (%s): %.2f ms, algorithm bandwidth %.2f GB/s, bus "
+            "bandwidth %.2f GB/s\n",
+            floats, bytes / 1e6, comm.size(), comm.name().c_str(), seconds * 1e3, algbw, busbw);
     return 0;
 }
 
 int bench(const std::vector<std::string>& raw) {
-    Args args(raw, {"json", "allreduce"}, {"arch", "batch", "image-size", "device", "precision", "threads", "steps", "warmup",
-                                           "num-classes", "data", "batches", "floats"}, {"set"});
+    Args args(raw, {"json", "allreduce"},
+              {"arch", "batch", "image-size", "device", "precision", "threads", "steps", "warmup", "num-classes",
+               "data", "batches", "floats"},
+              {"set"});
     if (args.value("data")) return bench_data(args, *args.value("data"));
     if (args.flag("allreduce")) return bench_allreduce(args);
     const std::string arch = args.value("arch").value_or("resnet50");
-    const int batch = args.integer("batch", 32), image = args.integer("image-size", 224), steps = args.integer("steps", 5);
-    const int warmup = args.integer("warmup", 1, 0), classes = args.integer("num-classes", 1000), threads = thread_count(args);
-    const std::string device = args.value("device").value_or("cpu"), precision = args.value("precision").value_or("fp32");
+    const int batch = args.integer("batch", 32), image = args.integer("image-size", 224),
+              steps = args.integer("steps", 5);
+    const int warmup = args.integer("warmup", 1, 0), classes = args.integer("num-classes", 1000),
+              threads = thread_count(args);
+    const std::string device = args.value("device").value_or("cpu"),
+                      precision = args.value("precision").value_or("fp32");
 
     plugin::Registry registry;
     auto find = [&](const char* kind, const char* name) {
         const auto* e = registry.find(kind, name);
-        if (!e) throw user_error("runner bench", std::string("needs the ") + name + " plugin, which was not found",
-                                 "set TESSERA_PLUGIN_PATH to the folder of tessera's plugins");
+        if (!e)
+            throw user_error("runner bench", std::string("needs the ") + name + " plugin, which was not found",
+                             "set TESSERA_PLUGIN_PATH to the folder of tessera's plugins");
         return e;
     };
     const std::int64_t images = std::int64_t(batch) * (steps + warmup);
-    auto data = registry.create<plugin::DataSource>(*find("data", "synthetic"), plugin::Options({
-        {"image_size", std::int64_t(image)}, {"channels", std::int64_t(3)}, {"num_classes", std::int64_t(classes)},
-        {"train_size", images}, {"val_size", std::int64_t(0)}}));
-    auto sgd = registry.create<plugin::Optimizer>(*find("optimizer", "sgd"), plugin::Options({
-        {"momentum", 0.9}, {"weight_decay", 1e-4}, {"nesterov", false}, {"no_decay_bn_bias", false}}));
+    auto data = registry.create<plugin::DataSource>(*find("data", "synthetic"),
+                                                    plugin::Options({{"image_size", std::int64_t(image)},
+                                                                     {"channels", std::int64_t(3)},
+                                                                     {"num_classes", std::int64_t(classes)},
+                                                                     {"train_size", images},
+                                                                     {"val_size", std::int64_t(0)}}));
+    auto sgd = registry.create<plugin::Optimizer>(
+        *find("optimizer", "sgd"),
+        plugin::Options({{"momentum", 0.9}, {"weight_decay", 1e-4}, {"nesterov", false}, {"no_decay_bn_bias", false}}));
     auto constant = registry.create<plugin::Scheduler>(*find("scheduler", "constant"), plugin::Options({{"lr", 0.01}}));
 
     return on_device(device, "--device " + device, [&]<class B>() {
@@ -154,7 +174,8 @@ int bench(const std::vector<std::string>& raw) {
         net->init(0, {});
         train::StepConfig config;
         config.batch_size = batch;
-        if (precision == "fp16") config.loss_scale = {train::LossScaler::dynamic_start, true};  // as training in fp16 does
+        if (precision == "fp16")
+            config.loss_scale = {train::LossScaler::dynamic_start, true};  // as training in fp16 does
         train::Step<B> step(*ctx, *net, *sgd, data->info(), config);
         data->start_epoch(plugin::Split::train, train::epoch_plan(1, plugin::Split::train, batch, 0, nullptr));
 
@@ -182,15 +203,18 @@ int bench(const std::vector<std::string>& raw) {
         for (const auto& [name, values] : sgd->state()) allocated += sizeof(float) * values.size();
         if constexpr (B::has_device_memory) allocated += ctx->settings.workspace_limit;
         if (args.flag("json")) {
-            std::printf("{\"arch\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", \"batch\": %d, \"image_size\": %d, "
-                        "\"threads\": %d, \"steps\": %d, \"step_s\": %.4f, \"train_img_per_s\": %.3f, \"peak_mem_bytes\": %zu, "
-                        "\"allocated_bytes\": %zu, \"arena_bytes\": %zu}\n",
-                        arch.c_str(), B::name, precision.c_str(), batch, image, threads, steps, timed / steps, img_per_s, peak,
-                        allocated, ctx->arena.capacity_bytes());
+            std::printf(
+                "{\"arch\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", \"batch\": %d, \"image_size\": %d, "
+                "\"threads\": %d, \"steps\": %d, \"step_s\": %.4f, \"train_img_per_s\": %.3f, \"peak_mem_bytes\": %zu, "
+                "\"allocated_bytes\": %zu, \"arena_bytes\": %zu}\n",
+                arch.c_str(), B::name, precision.c_str(), batch, image, threads, steps, timed / steps, img_per_s, peak,
+                allocated, ctx->arena.capacity_bytes());
         } else {
-            std::printf("%s, batch %d, %dx%d, %s %s, %d threads: %.3f s/step, %.2f img/s, peak memory %.2f GiB (%.2f GiB allocated)\n",
-                        arch.c_str(), batch, image, image, B::name, precision.c_str(), threads, timed / steps, img_per_s,
-                        peak / double(1u << 30), allocated / double(1u << 30));
+            std::printf(
+                "%s, batch %d, %dx%d, %s %s, %d threads: %.3f s/step, %.2f img/s, peak memory %.2f GiB (%.2f GiB "
+                "allocated)\n",
+                arch.c_str(), batch, image, image, B::name, precision.c_str(), threads, timed / steps, img_per_s,
+                peak / double(1u << 30), allocated / double(1u << 30));
         }
         return 0;
     });

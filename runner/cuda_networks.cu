@@ -11,7 +11,8 @@
 
 namespace tessera::runner {
 
-std::unique_ptr<models::Network<cuda::Backend>> make_cuda_network(const std::string& arch, int num_classes, int in_channels) {
+std::unique_ptr<models::Network<cuda::Backend>> make_cuda_network(const std::string& arch, int num_classes,
+                                                                  int in_channels) {
     return models::make_network<cuda::Backend>(arch, {num_classes, in_channels});
 }
 

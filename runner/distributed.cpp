@@ -24,7 +24,8 @@ World::World() {
         throw user_error("runner", "was started by an MPI launcher, but this build has no MPI",
                          "install libopenmpi-dev and rebuild (meson setup -Dmpi=enabled), or run without mpirun");
 #endif
-    } else if (const char* tasks = std::getenv("SLURM_NTASKS"); tasks && std::atoi(tasks) > 1 && std::getenv("SLURM_PROCID")) {
+    } else if (const char* tasks = std::getenv("SLURM_NTASKS");
+               tasks && std::atoi(tasks) > 1 && std::getenv("SLURM_PROCID")) {
         throw user_error("runner", "srun started " + std::string(tasks) + " tasks without MPI's process management",
                          "run it as srun --mpi=pmix runner … (or pmi2), so that the tasks can find each other");
     } else {

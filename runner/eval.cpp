@@ -26,13 +26,17 @@ int eval(const std::vector<std::string>& raw) {
         const std::string path = *args.value("checkpoint");
         const auto meta = checkpoint::read_metadata(path);
         if (meta.count("arch") && meta.at("arch") != net->arch())
-            throw user_error(path, "holds a " + meta.at("arch") + ", but the recipe builds a " + net->arch(),
-                             "evaluate it with the recipe that trained it, or set model.arch = \"" + meta.at("arch") + "\"");
+            throw user_error(
+                path, "holds a " + meta.at("arch") + ", but the recipe builds a " + net->arch(),
+                "evaluate it with the recipe that trained it, or set model.arch = \"" + meta.at("arch") + "\"");
         const auto shapes = checkpoint::read_shapes(path);
-        if (shapes.count("fc.weight") && !shapes.at("fc.weight").empty() && shapes.at("fc.weight")[0] != spec.num_classes)
-            throw user_error(path, "holds a model of " + std::to_string(shapes.at("fc.weight")[0]) + " classes, but the recipe's has " +
-                                       std::to_string(spec.num_classes),
-                             "set model.num_classes = 0 to take the data's, or evaluate it on the data it was trained on");
+        if (shapes.count("fc.weight") && !shapes.at("fc.weight").empty() &&
+            shapes.at("fc.weight")[0] != spec.num_classes)
+            throw user_error(
+                path,
+                "holds a model of " + std::to_string(shapes.at("fc.weight")[0]) + " classes, but the recipe's has " +
+                    std::to_string(spec.num_classes),
+                "set model.num_classes = 0 to take the data's, or evaluate it on the data it was trained on");
         checkpoint::load(net->params(), path);
         net->upload();
         result = train::evaluate<B>(*ctx, *net, *spec.data, spec.train.batch_size, world.get());
@@ -41,7 +45,8 @@ int eval(const std::vector<std::string>& raw) {
     if (!world->is_root()) return 0;
     if (args.flag("json"))
         std::printf("{\"checkpoint\": %s, \"images\": %lld, \"loss\": %.6f, \"top1\": %.6f, \"top5\": %.6f}\n",
-                    json::quote(*args.value("checkpoint")).c_str(), (long long)info.val_size, result.loss, result.top1, result.top5);
+                    json::quote(*args.value("checkpoint")).c_str(), (long long)info.val_size, result.loss, result.top1,
+                    result.top5);
     else
         std::printf("eval: %lld images, loss %.4f, top-1 %.2f%%, top-5 %.2f%%\n", (long long)info.val_size, result.loss,
                     100 * result.top1, 100 * result.top5);

@@ -29,7 +29,8 @@ struct Point {
 /// Index of the steepest descent of the smoothed loss against log(lr), leaving out the first 10
 /// and last 5 points as torch-lr-finder does (fewer when the test was short).
 std::size_t steepest(const std::vector<Point>& p) {
-    const std::size_t skip_start = std::min<std::size_t>(10, p.size() / 4), skip_end = std::min<std::size_t>(5, p.size() / 4);
+    const std::size_t skip_start = std::min<std::size_t>(10, p.size() / 4),
+                      skip_end = std::min<std::size_t>(5, p.size() / 4);
     std::size_t best = skip_start;
     double slope_min = INFINITY;
     for (std::size_t i = skip_start + 1; i + skip_end < p.size(); ++i) {
@@ -55,13 +56,15 @@ void write_plot(const fs::path& file, const std::vector<Point>& p, std::size_t s
 int lr_find(const std::vector<std::string>& raw) {
     Args args(raw, {"json"}, {"start", "end", "iters", "threads"}, {"set"});
     if (args.positional().size() != 1)
-        throw user_error("runner lr-find", "expected one recipe file", "e.g. runner lr-find recipes/quickstart.toml --iters 100");
+        throw user_error("runner lr-find", "expected one recipe file",
+                         "e.g. runner lr-find recipes/quickstart.toml --iters 100");
     auto number = [&](const char* name, double fallback) {
         const auto v = args.value(name);
         if (!v) return fallback;
         char* end = nullptr;
         const double x = std::strtod(v->c_str(), &end);
-        if (end == v->c_str() || *end || !(x > 0)) throw user_error(std::string("runner lr-find --") + name, "\"" + *v + "\" is not a positive number");
+        if (end == v->c_str() || *end || !(x > 0))
+            throw user_error(std::string("runner lr-find --") + name, "\"" + *v + "\" is not a positive number");
         return x;
     };
     const double start = number("start", 1e-7), end = number("end", 10);
@@ -73,8 +76,8 @@ int lr_find(const std::vector<std::string>& raw) {
     const fs::path& run_dir = spec.train.run_dir;
     std::vector<Point> points;
     on_device(spec.device(), spec.where("train", "device"), [&]<class B>() {
-        auto ctx = make_context<B>(args.value("threads") ? thread_count(args) : ThreadPool::default_threads(), spec.precision(),
-                                   spec.where("model", "precision"), world->local_rank());
+        auto ctx = make_context<B>(args.value("threads") ? thread_count(args) : ThreadPool::default_threads(),
+                                   spec.precision(), spec.where("model", "precision"), world->local_rank());
         auto net = make_network<B>(spec.arch(), spec.num_classes, spec.info.channels);
         net->init(spec.seed(), {spec.zero_init_residual()});
         auto optimizer = spec.optimizer();
@@ -85,16 +88,20 @@ int lr_find(const std::vector<std::string>& raw) {
         config.ema_decay = 0;
         config.comm = world.get();
         train::Step<B> step(*ctx, *net, *optimizer, spec.info, config);
-        const plugin::EpochPlan first = train::epoch_plan(1, plugin::Split::train, config.batch_size, config.seed, world.get());
+        const plugin::EpochPlan first =
+            train::epoch_plan(1, plugin::Split::train, config.batch_size, config.seed, world.get());
         const std::int64_t batches = spec.data->num_batches(plugin::Split::train, first);
-        if (batches < 1) throw user_error(spec.recipe.file.string(), "the training data holds no full batch", "lower data.batch_size");
+        if (batches < 1)
+            throw user_error(spec.recipe.file.string(), "the training data holds no full batch",
+                             "lower data.batch_size");
         int epoch = 0;
         std::int64_t batch = batches;
         double average = 0, best = INFINITY;
         for (int i = 0; i < iters; ++i) {
             if (batch == batches) {  // as many epochs as the test needs
-                spec.data->start_epoch(plugin::Split::train, train::epoch_plan(++epoch, plugin::Split::train, config.batch_size,
-                                                                               config.seed, world.get()));
+                spec.data->start_epoch(
+                    plugin::Split::train,
+                    train::epoch_plan(++epoch, plugin::Split::train, config.batch_size, config.seed, world.get()));
                 batch = 0;
             }
             const double lr = start * std::pow(end / start, double(i) / (iters - 1));
@@ -126,15 +133,19 @@ int lr_find(const std::vector<std::string>& raw) {
     write_plot(run_dir / "lr_find.svg", points, suggestion);
     const bool diverged = int(points.size()) < iters;
     if (args.flag("json")) {
-        std::printf("{\"suggested_lr\": %.6g, \"steps\": %zu, \"start\": %.6g, \"end\": %.6g, \"diverged\": %s, \"csv\": %s, \"plot\": %s}\n",
-                    points[suggestion].lr, points.size(), start, points.back().lr, diverged ? "true" : "false",
-                    json::quote((run_dir / "lr_find.csv").string()).c_str(), json::quote((run_dir / "lr_find.svg").string()).c_str());
+        std::printf(
+            "{\"suggested_lr\": %.6g, \"steps\": %zu, \"start\": %.6g, \"end\": %.6g, \"diverged\": %s, \"csv\": %s, "
+            "\"plot\": %s}\n",
+            points[suggestion].lr, points.size(), start, points.back().lr, diverged ? "true" : "false",
+            json::quote((run_dir / "lr_find.csv").string()).c_str(),
+            json::quote((run_dir / "lr_find.svg").string()).c_str());
         return 0;
     }
     std::printf("lr-find: %zu steps from %.3g to %.3g%s\n", points.size(), start, points.back().lr,
                 diverged ? " (stopped: the loss diverged)" : "");
     std::printf("suggested learning rate: %.4g (steepest descent of the smoothed loss); curve in %s and %s\n",
-                points[suggestion].lr, (run_dir / "lr_find.csv").string().c_str(), (run_dir / "lr_find.svg").string().c_str());
+                points[suggestion].lr, (run_dir / "lr_find.csv").string().c_str(),
+                (run_dir / "lr_find.svg").string().c_str());
     return 0;
 }
 

@@ -11,7 +11,8 @@
 
 namespace {
 
-constexpr const char* usage = R"(usage: runner RECIPE [--set section.key=value]... [--threads T]     (mpirun -np N runner …: N ranks)
+constexpr const char* usage =
+    R"(usage: runner RECIPE [--set section.key=value]... [--threads T]     (mpirun -np N runner …: N ranks)
        runner train RECIPE [--set …]... [--threads T] [--fresh | --resume PATH] [--stop-after-steps N]
        runner eval RECIPE --checkpoint PATH [--set …] [--threads T] [--json]
        runner predict --checkpoint PATH [--arch A] [--labels FILE|imagenet] [--topk 5] [--image-size 224]

@@ -5,7 +5,8 @@
 
 namespace tessera::runner {
 
-std::unique_ptr<models::Network<cpu::Backend>> make_cpu_network(const std::string& arch, int num_classes, int in_channels) {
+std::unique_ptr<models::Network<cpu::Backend>> make_cpu_network(const std::string& arch, int num_classes,
+                                                                int in_channels) {
     return models::make_network<cpu::Backend>(arch, {num_classes, in_channels});
 }
 

@@ -34,7 +34,8 @@ Args::Args(std::vector<std::string> args, const std::vector<std::string>& flags,
             std::string all;
             for (auto* list : {&flags, &valued, &repeated})
                 for (auto& f : *list) all += (all.empty() ? "--" : ", --") + f;
-            throw user_error(a, "unknown option", all.empty() ? "this command takes no options" : "options here: " + all);
+            throw user_error(a, "unknown option",
+                             all.empty() ? "this command takes no options" : "options here: " + all);
         }
     }
 }
@@ -57,8 +58,7 @@ int Args::integer(const std::string& name, int fallback, int min) const {
         std::size_t used = 0;
         const long n = std::stol(*v, &used);
         if (used == v->size() && n >= min && n <= 1 << 30) return int(n);
-    } catch (const std::logic_error&) {
-    }
+    } catch (const std::logic_error&) {}
     throw user_error("--" + name + " " + *v, "expected a whole number of at least " + std::to_string(min));
 }
 

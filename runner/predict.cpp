@@ -58,7 +58,8 @@ std::string bundled_imagenet_labels() {
 }
 
 /// Numbers of a metadata entry ("0.485,0.456,0.406"); `fallback` when absent.
-std::vector<float> metadata_numbers(const std::map<std::string, std::string>& meta, const std::string& key, std::vector<float> fallback) {
+std::vector<float> metadata_numbers(const std::map<std::string, std::string>& meta, const std::string& key,
+                                    std::vector<float> fallback) {
     auto it = meta.find(key);
     if (it == meta.end() || it->second.empty()) return fallback;
     std::vector<float> v;
@@ -78,20 +79,23 @@ void to_grayscale(const std::uint8_t* rgb, std::size_t count, std::uint8_t* gray
 int predict(const std::vector<std::string>& raw) {
     Args args(raw, {"json"}, {"checkpoint", "arch", "labels", "topk", "image-size", "resize", "threads"});
     if (!args.value("checkpoint") || args.positional().empty())
-        throw user_error("runner predict", "expected --checkpoint PATH and one or more images",
-                         "e.g. runner predict --checkpoint runs/r/best.safetensors --labels LOC_synset_mapping.txt photo.jpg");
+        throw user_error(
+            "runner predict", "expected --checkpoint PATH and one or more images",
+            "e.g. runner predict --checkpoint runs/r/best.safetensors --labels LOC_synset_mapping.txt photo.jpg");
     const std::string path = *args.value("checkpoint");
     // The architecture from the checkpoint's metadata, the class count and input channels from its shapes.
     const auto shapes = checkpoint::read_shapes(path);
     const auto meta = checkpoint::read_metadata(path);
     const std::string arch = args.value("arch").value_or(meta.count("arch") ? meta.at("arch") : "");
-    if (arch.empty()) throw user_error(path, "does not say which architecture it holds", "add --arch, e.g. --arch resnet50");
+    if (arch.empty())
+        throw user_error(path, "does not say which architecture it holds", "add --arch, e.g. --arch resnet50");
     if (!shapes.count("fc.weight") || !shapes.count("conv1.weight") || shapes.at("fc.weight").size() != 2 ||
         shapes.at("conv1.weight").size() != 4)
         throw user_error(path, "is not a ResNet checkpoint (it has no fc.weight or conv1.weight)");
     const int classes = int(shapes.at("fc.weight")[0]), channels = int(shapes.at("conv1.weight")[1]);
     if (channels != 1 && channels != 3)
-        throw user_error(path, "takes " + std::to_string(channels) + "-channel images; predict reads photographs as RGB (3) or grey (1)");
+        throw user_error(path, "takes " + std::to_string(channels) +
+                                   "-channel images; predict reads photographs as RGB (3) or grey (1)");
     // What training recorded in the checkpoint, else ImageNet's preprocessing (torchvision's weights).
     auto recorded = [&](const char* key, int fallback, int least = 1) {
         if (!meta.count(key)) return fallback;
@@ -99,13 +103,16 @@ int predict(const std::vector<std::string>& raw) {
         int value = 0;
         const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
         if (error != std::errc() || end != text.data() + text.size() || value < least || value > 8192)
-            throw user_error(path, std::string("its metadata's ") + key + " is \"" + text + "\", not an image size in [" +
-                                       std::to_string(least) + ", 8192]",
+            throw user_error(path,
+                             std::string("its metadata's ") + key + " is \"" + text + "\", not an image size in [" +
+                                 std::to_string(least) + ", 8192]",
                              "give the size with --image-size (and --resize), or use a checkpoint tessera wrote");
         return value;
     };
     const int crop = args.integer("image-size", recorded("input_height", 224));
-    const int resize = args.integer("resize", recorded("val_resize", 0, 0) > 0 ? recorded("val_resize", 0, 0) : meta.count("input_height") ? crop : crop * 8 / 7);
+    const int resize = args.integer("resize", recorded("val_resize", 0, 0) > 0 ? recorded("val_resize", 0, 0)
+                                              : meta.count("input_height")     ? crop
+                                                                               : crop * 8 / 7);
     const int topk = args.integer("topk", 5);
     const std::vector<float> mean = metadata_numbers(meta, "mean", {0.485f, 0.456f, 0.406f}),
                              std = metadata_numbers(meta, "std", {0.229f, 0.224f, 0.225f});
@@ -117,8 +124,10 @@ int predict(const std::vector<std::string>& raw) {
     if (auto file = args.value("labels")) {
         labels = read_labels(*file == "imagenet" ? bundled_imagenet_labels() : *file);
         if (int(labels.size()) != classes)
-            throw user_error(*file, "has " + std::to_string(labels.size()) + " names for a model of " + std::to_string(classes) +
-                                        " classes", "give one name per class, in class order");
+            throw user_error(*file,
+                             "has " + std::to_string(labels.size()) + " names for a model of " +
+                                 std::to_string(classes) + " classes",
+                             "give one name per class, in class order");
     } else if (meta.count("class_names")) {
         const json::Value names = json::parse(meta.at("class_names"), path + " (class_names)");
         for (auto& name : names.array()) labels.push_back(name.is_string() ? name.string() : "?");
@@ -130,7 +139,8 @@ int predict(const std::vector<std::string>& raw) {
     cpu::Context ctx(args.value("threads") ? thread_count(args) : ThreadPool::default_threads());
     ctx.training = false;
     if (resize < crop) throw user_error("runner predict --resize", "must be at least the crop (--image-size)");
-    const data::TransformConfig preprocess{.image_size = crop, .val_resize = resize, .val_crop = crop, .fast_decode = false};
+    const data::TransformConfig preprocess{
+        .image_size = crop, .val_resize = resize, .val_crop = crop, .fast_decode = false};
     data::ImageTransform transform;
     std::vector<std::uint8_t> bytes, pixels(std::size_t(crop) * crop * 3), gray(std::size_t(crop) * crop);
     std::string out = "[";
@@ -140,12 +150,14 @@ int predict(const std::vector<std::string>& raw) {
         try {
             transform.val(bytes, preprocess, pixels.data());
         } catch (const data::DecodeError& e) {
-            throw user_error(image, std::string("not an image tessera can read: ") + e.what(), "give JPEG, PNG, GIF, BMP or PNM files");
+            throw user_error(image, std::string("not an image tessera can read: ") + e.what(),
+                             "give JPEG, PNG, GIF, BMP or PNM files");
         }
         ctx.arena.reset();
         const Tensor x = ctx.arena.tensor({1, crop, crop, channels});
         if (channels == 1) to_grayscale(pixels.data(), gray.size(), gray.data());
-        cpu::Backend::normalize_images(ctx, channels == 1 ? gray.data() : pixels.data(), mean.data(), inv_std.data(), x);
+        cpu::Backend::normalize_images(ctx, channels == 1 ? gray.data() : pixels.data(), mean.data(), inv_std.data(),
+                                       x);
         const Tensor logits = net->forward(ctx, x);
         std::vector<double> p(logits.data, logits.data + classes);
         const double top = *std::max_element(p.begin(), p.end());
@@ -160,8 +172,9 @@ int predict(const std::vector<std::string>& raw) {
             for (int j = 0; j < k; ++j) {
                 char prob[32];
                 std::snprintf(prob, sizeof prob, "%.6f", p[order[j]] / sum);
-                out += std::string(j ? ", " : "") + "{\"class\": " + std::to_string(order[j]) + ", \"label\": " +
-                       json::quote(labels.empty() ? std::to_string(order[j]) : labels[order[j]]) + ", \"prob\": " + prob + "}";
+                out += std::string(j ? ", " : "") + "{\"class\": " + std::to_string(order[j]) +
+                       ", \"label\": " + json::quote(labels.empty() ? std::to_string(order[j]) : labels[order[j]]) +
+                       ", \"prob\": " + prob + "}";
             }
             out += "]}";
             continue;

@@ -28,7 +28,8 @@ namespace {
 /// A progress line on a terminal (redrawn in place), or a line every tenth of the way otherwise.
 class Progress {
 public:
-    Progress(std::string what, std::size_t total) : what_(std::move(what)), total_(total), tty_(isatty(fileno(stderr))) {}
+    Progress(std::string what, std::size_t total)
+        : what_(std::move(what)), total_(total), tty_(isatty(fileno(stderr))) {}
 
     void update(std::size_t done) {
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
@@ -38,8 +39,9 @@ public:
         last_tenth_ = done * 10 / std::max<std::size_t>(total_, 1);
         std::string bar;
         for (int i = 0; i < width; ++i) bar += i < filled ? "\u2588" : "\u2591";
-        std::fprintf(stderr, "%s%s %zu/%zu [%s] %.0f img/s  ETA %.0f s%s", tty_ ? "\r\033[K" : "", what_.c_str(), done, total_,
-                     bar.c_str(), rate, rate > 0 ? (total_ - done) / rate : 0.0, tty_ && done != total_ ? "" : "\n");
+        std::fprintf(stderr, "%s%s %zu/%zu [%s] %.0f img/s  ETA %.0f s%s", tty_ ? "\r\033[K" : "", what_.c_str(), done,
+                     total_, bar.c_str(), rate, rate > 0 ? (total_ - done) / rate : 0.0,
+                     tty_ && done != total_ ? "" : "\n");
         std::fflush(stderr);
     }
 
@@ -59,9 +61,9 @@ struct PackOptions {
 /// One image as it goes into a shard: its own bytes when it is a JPEG already small enough,
 /// otherwise decoded, resized so that its longer side is max_side (PIL's bilinear) and re-encoded.
 /// Throws DecodeError.
-void pack_image(const std::vector<std::uint8_t>& bytes, const PackOptions& o, data::ImageDecoder& decoder, data::Image& image,
-                data::JpegEncoder& encoder, data::Resampler& resampler, std::vector<std::uint8_t>& scratch,
-                std::vector<std::uint8_t>& out) {
+void pack_image(const std::vector<std::uint8_t>& bytes, const PackOptions& o, data::ImageDecoder& decoder,
+                data::Image& image, data::JpegEncoder& encoder, data::Resampler& resampler,
+                std::vector<std::uint8_t>& scratch, std::vector<std::uint8_t>& out) {
     const data::ImageHeader h = decoder.header(bytes);
     const int longer = std::max(h.width, h.height);
     if (h.format == data::ImageFormat::jpeg && !h.cmyk && longer <= o.max_side) {
@@ -69,13 +71,14 @@ void pack_image(const std::vector<std::uint8_t>& bytes, const PackOptions& o, da
         return;
     }
     const double scale = std::min(1.0, double(o.max_side) / longer);
-    const int width = std::max(1, int(std::lround(h.width * scale))), height = std::max(1, int(std::lround(h.height * scale)));
+    const int width = std::max(1, int(std::lround(h.width * scale))),
+              height = std::max(1, int(std::lround(h.height * scale)));
     const int num = data::ImageDecoder::jpeg_scale_for(h, h.width, h.height, width, height);
     decoder.decode(bytes, h, image, num);
     scratch.resize(std::size_t(width) * height * 3);
     resampler.resize({image.pixels.data(), image.width, image.height, std::size_t(image.width) * 3},
-                     {0, 0, double(image.width), double(image.height)}, {width, height, 0, 0, width, height}, scratch.data(),
-                     std::size_t(width) * 3);
+                     {0, 0, double(image.width), double(image.height)}, {width, height, 0, 0, width, height},
+                     scratch.data(), std::size_t(width) * 3);
     encoder.encode(scratch.data(), width, height, o.quality, out);
 }
 
@@ -99,7 +102,8 @@ void pack(const data::ImageFolder& folder, const fs::path& dest, const PackOptio
             for (std::size_t i = begin; i < end; ++i) {
                 failures[i].clear();
                 try {
-                    if (!data::read_bytes(folder.samples[first + i].path, bytes)) throw data::DecodeError("cannot read the file");
+                    if (!data::read_bytes(folder.samples[first + i].path, bytes))
+                        throw data::DecodeError("cannot read the file");
                     pack_image(bytes, o, decoder, image, encoder, resampler, scratch, packed[i]);
                 } catch (const data::DecodeError& e) {
                     failures[i] = e.what();
@@ -109,8 +113,8 @@ void pack(const data::ImageFolder& folder, const fs::path& dest, const PackOptio
         for (std::size_t i = 0; i < n; ++i) {
             const auto& sample = folder.samples[first + i];
             if (!failures[i].empty()) {
-                std::fprintf(stderr, "%swarning: %s: %s; left out\n", isatty(fileno(stderr)) ? "\r\033[K" : "", sample.path.c_str(),
-                             failures[i].c_str());
+                std::fprintf(stderr, "%swarning: %s: %s; left out\n", isatty(fileno(stderr)) ? "\r\033[K" : "",
+                             sample.path.c_str(), failures[i].c_str());
                 ++skipped;
                 continue;
             }
@@ -119,8 +123,9 @@ void pack(const data::ImageFolder& folder, const fs::path& dest, const PackOptio
         progress.update(first + n);
     }
     writer.finish();
-    std::printf("%s: %zu images in %zu shards, %.2f GiB (%.0f KiB per image)%s\n", dest.string().c_str(), writer.count(),
-                writer.shards(), writer.total_bytes() / double(1u << 30), writer.total_bytes() / 1024.0 / std::max<std::size_t>(1, writer.count()),
+    std::printf("%s: %zu images in %zu shards, %.2f GiB (%.0f KiB per image)%s\n", dest.string().c_str(),
+                writer.count(), writer.shards(), writer.total_bytes() / double(1u << 30),
+                writer.total_bytes() / 1024.0 / std::max<std::size_t>(1, writer.count()),
                 skipped ? (", " + std::to_string(skipped) + " unreadable images left out").c_str() : "");
 }
 
@@ -142,7 +147,8 @@ int prepare(const std::vector<std::string>& raw) {
     if (fs::is_directory(src / "train")) {
         const data::ImageFolder train = data::ImageFolder::scan(src / "train", "runner prepare's SRC/train");
         pack(train, dest / "train", o);
-        if (fs::is_directory(src / "val")) pack(data::ImageFolder::scan(src / "val", "runner prepare's SRC/val", &train.classes), dest / "val", o);
+        if (fs::is_directory(src / "val"))
+            pack(data::ImageFolder::scan(src / "val", "runner prepare's SRC/val", &train.classes), dest / "val", o);
         return 0;
     }
     pack(data::ImageFolder::scan(src, "runner prepare's SRC"), dest, o);
@@ -154,7 +160,8 @@ int prepare(const std::vector<std::string>& raw) {
 namespace {
 
 /// ILSVRC2012_val_00000001.JPEG → its class folder name, from one of the files ImageNet ships.
-std::map<std::string, std::string> read_validation_labels(const fs::path& labels, const std::optional<std::string>& synsets) {
+std::map<std::string, std::string> read_validation_labels(const fs::path& labels,
+                                                          const std::optional<std::string>& synsets) {
     std::ifstream in(labels);
     if (!in) throw user_error(labels.string(), "cannot read the labels file");
     std::map<std::string, std::string> wnid_of;
@@ -182,13 +189,15 @@ std::map<std::string, std::string> read_validation_labels(const fs::path& labels
         // One WordNet id per line, in image order (imagenet_2012_validation_synset_labels.txt).
         for (std::size_t i = 0; i < lines.size(); ++i) {
             if (!std::regex_match(lines[i], wnid))
-                throw user_error(labels.string() + ":" + std::to_string(i + 1), "expected a WordNet id such as n01440764");
+                throw user_error(labels.string() + ":" + std::to_string(i + 1),
+                                 "expected a WordNet id such as n01440764");
             wnid_of[image(i)] = lines[i];
         }
     } else if (!lines.empty() && std::regex_match(lines[0], std::regex("[0-9]+"))) {
         // The devkit's ILSVRC2012_validation_ground_truth.txt: ILSVRC2012_IDs, 1 to 1000.
         if (!synsets)
-            throw user_error(labels.string(), "holds the devkit's ILSVRC2012_IDs, which need the devkit's order of classes",
+            throw user_error(labels.string(),
+                             "holds the devkit's ILSVRC2012_IDs, which need the devkit's order of classes",
                              "add --synsets FILE (the 1000 WordNet ids in ILSVRC2012_ID order, one per line), or use "
                              "LOC_val_solution.csv, which names the classes itself");
         std::ifstream s(*synsets);
@@ -219,7 +228,8 @@ int prepare_val(const std::vector<std::string>& raw) {
         throw user_error("runner prepare-val", "expected VAL_DIR and LABELS",
                          "e.g. runner prepare-val /data/imagenet/val LOC_val_solution.csv");
     const fs::path dir = args.positional()[0];
-    if (!fs::is_directory(dir)) throw user_error(dir.string(), "no such folder", "give the folder of the 50,000 validation JPEGs");
+    if (!fs::is_directory(dir))
+        throw user_error(dir.string(), "no such folder", "give the folder of the 50,000 validation JPEGs");
     const auto wnid_of = read_validation_labels(args.positional()[1], args.value("synsets"));
     // Check everything before moving anything; images already in their folder count as done, so a
     // second run (or one after an interruption) finishes the job.
@@ -227,30 +237,37 @@ int prepare_val(const std::vector<std::string>& raw) {
     std::size_t in_place = 0, missing = 0;
     for (const auto& [id, wnid] : wnid_of) {
         const fs::path target = dir / wnid / (id + ".JPEG");
-        if (fs::exists(target)) ++in_place;
-        else if (fs::exists(dir / (id + ".JPEG"))) moves.push_back({dir / (id + ".JPEG"), target});
-        else ++missing;
+        if (fs::exists(target))
+            ++in_place;
+        else if (fs::exists(dir / (id + ".JPEG")))
+            moves.push_back({dir / (id + ".JPEG"), target});
+        else
+            ++missing;
     }
     if (moves.empty() && in_place == 0)
-        throw user_error(dir.string(), "holds none of the " + std::to_string(wnid_of.size()) + " images the labels name",
+        throw user_error(dir.string(),
+                         "holds none of the " + std::to_string(wnid_of.size()) + " images the labels name",
                          "give the folder where ILSVRC2012_val_00000001.JPEG … are");
     // Every class folder must be a folder, or be free to become one, before anything moves.
     for (const auto& [from, to] : moves) {
         std::error_code ec;
         if (fs::exists(to.parent_path(), ec) && !fs::is_directory(to.parent_path(), ec))
-            throw user_error(to.parent_path().string(), "is a file, where the class folder of " + from.filename().string() + " must go",
+            throw user_error(to.parent_path().string(),
+                             "is a file, where the class folder of " + from.filename().string() + " must go",
                              "move or remove it, then run prepare-val again: no image has been moved");
     }
     if (args.flag("dry-run")) {
-        std::printf("would move %zu images into class folders (%zu already in place, %zu not found)\n", moves.size(), in_place, missing);
+        std::printf("would move %zu images into class folders (%zu already in place, %zu not found)\n", moves.size(),
+                    in_place, missing);
         return 0;
     }
     for (const auto& [from, to] : moves) {
         fs::create_directories(to.parent_path());
         fs::rename(from, to);
     }
-    std::printf("moved %zu images into class folders under %s (%zu already in place%s)\n", moves.size(), dir.string().c_str(),
-                in_place, missing ? (", " + std::to_string(missing) + " named in the labels but not found").c_str() : "");
+    std::printf("moved %zu images into class folders under %s (%zu already in place%s)\n", moves.size(),
+                dir.string().c_str(), in_place,
+                missing ? (", " + std::to_string(missing) + " named in the labels but not found").c_str() : "");
     return 0;
 }
 

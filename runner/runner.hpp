@@ -36,17 +36,20 @@ private:
 };
 
 /// Built once, in networks.cpp: every architecture, bound to the CPU backend.
-std::unique_ptr<models::Network<cpu::Backend>> make_cpu_network(const std::string& arch, int num_classes, int in_channels);
+std::unique_ptr<models::Network<cpu::Backend>> make_cpu_network(const std::string& arch, int num_classes,
+                                                                int in_channels);
 #ifdef TESSERA_WITH_CUDA
 /// Built once, in cuda_networks.cu, with the CUDA backend's definitions.
-std::unique_ptr<models::Network<cuda::Backend>> make_cuda_network(const std::string& arch, int num_classes, int in_channels);
+std::unique_ptr<models::Network<cuda::Backend>> make_cuda_network(const std::string& arch, int num_classes,
+                                                                  int in_channels);
 #endif
 
 /// The network for `device` ("cpu" or "cuda"), or a user error saying what this build offers.
 template <class B>
 std::unique_ptr<models::Network<B>> make_network(const std::string& arch, int num_classes, int in_channels) {
 #ifdef TESSERA_WITH_CUDA
-    if constexpr (std::is_same_v<B, cuda::Backend>) return make_cuda_network(arch, num_classes, in_channels);
+    if constexpr (std::is_same_v<B, cuda::Backend>)
+        return make_cuda_network(arch, num_classes, in_channels);
     else
 #endif
         return make_cpu_network(arch, num_classes, in_channels);
@@ -66,8 +69,9 @@ std::unique_ptr<typename B::Context> make_context(int threads, const std::string
 #ifdef TESSERA_WITH_CUDA
     else {
         if (precision != "fp32" && precision != "tf32" && precision != "bf16" && precision != "fp16")
-            throw user_error(where, "\"" + precision + "\" is not a precision of the CUDA backend",
-                             "use \"bf16\" or \"fp16\" (mixed precision), \"tf32\" (fp32 on TF32 tensor cores) or \"fp32\"");
+            throw user_error(
+                where, "\"" + precision + "\" is not a precision of the CUDA backend",
+                "use \"bf16\" or \"fp16\" (mixed precision), \"tf32\" (fp32 on TF32 tensor cores) or \"fp32\"");
         cuda::Settings settings;
         settings.device = device;
         settings.tf32 = precision == "tf32";
@@ -85,8 +89,9 @@ int on_device(const std::string& device, const std::string& where, Run&& run) {
     if (device == "cuda") return run.template operator()<cuda::Backend>();
     throw user_error(where, "device \"" + device + "\" is not one of cpu, cuda");
 #else
-    throw user_error(where, "device \"" + device + "\" is not available: this build has no CUDA backend",
-                     device == "cuda" ? "use device = \"cpu\", or rebuild with meson setup -Dcuda=enabled" : "use device = \"cpu\"");
+    throw user_error(
+        where, "device \"" + device + "\" is not available: this build has no CUDA backend",
+        device == "cuda" ? "use device = \"cpu\", or rebuild with meson setup -Dcuda=enabled" : "use device = \"cpu\"");
 #endif
 }
 

@@ -43,7 +43,8 @@ std::optional<fs::path> checkpoint_to_resume(const Args& args, const fs::path& r
     std::optional<fs::path> from;
     if (world.is_root() && !args.flag("fresh")) {
         if (auto path = args.value("resume")) {
-            if (!fs::exists(*path)) throw user_error(*path, "no such checkpoint (--resume)", "give a run's last.safetensors");
+            if (!fs::exists(*path))
+                throw user_error(*path, "no such checkpoint (--resume)", "give a run's last.safetensors");
             from = train::RunFolder::resolve(*path);
         } else {
             from = train::RunFolder(run_dir).latest();
@@ -70,7 +71,9 @@ void create_run_folder(const recipe::RunSpec& spec) {
     const fs::path& dir = spec.train.run_dir;
     std::error_code ec;
     fs::create_directories(dir, ec);
-    if (ec) throw user_error(dir.string(), "cannot create the run folder: " + ec.message(), "set run.out_dir to a writable folder");
+    if (ec)
+        throw user_error(dir.string(), "cannot create the run folder: " + ec.message(),
+                         "set run.out_dir to a writable folder");
     std::ofstream(dir / "recipe.toml") << recipe::to_toml(spec.recipe.effective) << "\n";
 }
 
@@ -93,26 +96,32 @@ Outcome train_on(const recipe::RunSpec& spec, const Args& args, parallel::Commun
     if (args.value("stop-after-steps")) config.stop_after_steps = args.integer("stop-after-steps", 0);
     train::Trainer<B> trainer(*ctx, *net, *spec.data, *optimizer, *scheduler, loggers, config);
     if (trainer.steps_per_epoch() < 1)
-        throw user_error(spec.recipe.file.string(), "the training data has fewer images than one batch (" + std::to_string(config.batch_size) +
-                                                        (world.size() > 1 ? " per process" : "") + ")",
+        throw user_error(spec.recipe.file.string(),
+                         "the training data has fewer images than one batch (" + std::to_string(config.batch_size) +
+                             (world.size() > 1 ? " per process" : "") + ")",
                          "lower data.batch_size");
     if (root && comm.size() > 1)
-        std::printf("data parallel: %d processes (%s), batch %d each, global batch %d, %d threads each, gradients all-reduced %s%s\n",
-                    comm.size(), comm.name().c_str(), config.batch_size, config.batch_size * comm.size(), threads,
-                    comm.concurrent() || comm.device_memory() ? "during backward" : "after backward",
-                    config.lr_scale != 1 ? (", rates scaled x" + shortest_decimal(config.lr_scale) + " (linear)").c_str() : "");
+        std::printf(
+            "data parallel: %d processes (%s), batch %d each, global batch %d, %d threads each, gradients all-reduced "
+            "%s%s\n",
+            comm.size(), comm.name().c_str(), config.batch_size, config.batch_size * comm.size(), threads,
+            comm.concurrent() || comm.device_memory() ? "during backward" : "after backward",
+            config.lr_scale != 1 ? (", rates scaled x" + shortest_decimal(config.lr_scale) + " (linear)").c_str() : "");
     Outcome outcome;
     if (const auto from = checkpoint_to_resume(args, config.run_dir, world)) {
         trainer.resume(*from);
         if (root) train::RunFolder(config.run_dir).refresh_names();
         if (root)
-            std::printf("resuming from %s: epoch %d, step %lld of %lld\n", train::RunFolder::display_name(*from).string().c_str(),
-                        trainer.progress().epoch,
-                        (long long)(trainer.progress().batch / config.accumulate), (long long)trainer.steps_per_epoch());
+            std::printf("resuming from %s: epoch %d, step %lld of %lld\n",
+                        train::RunFolder::display_name(*from).string().c_str(), trainer.progress().epoch,
+                        (long long)(trainer.progress().batch / config.accumulate),
+                        (long long)trainer.steps_per_epoch());
         if (trainer.progress().epoch > config.epochs) {
             if (root)
-                std::printf("the run has done all of its %d epochs; raise train.epochs to train on (the schedule then "
-                            "changes), or start over with --fresh\n", config.epochs);
+                std::printf(
+                    "the run has done all of its %d epochs; raise train.epochs to train on (the schedule then "
+                    "changes), or start over with --fresh\n",
+                    config.epochs);
             outcome.finished_before = true;
             return outcome;
         }
@@ -128,7 +137,8 @@ Outcome train_on(const recipe::RunSpec& spec, const Args& args, parallel::Commun
     about.steps_per_epoch = trainer.steps_per_epoch();
     about.parameters = std::int64_t(net->params().values.size());
     about.first_epoch = trainer.progress().epoch;
-    about.first_step = std::int64_t(about.first_epoch - 1) * about.steps_per_epoch + trainer.progress().batch / config.accumulate;
+    about.first_step =
+        std::int64_t(about.first_epoch - 1) * about.steps_per_epoch + trainer.progress().batch / config.accumulate;
     about.recipe = recipe::to_toml(spec.recipe.effective);
     about.has_ema = config.ema_decay > 0;
     if (root)
@@ -164,18 +174,20 @@ int train(const std::vector<std::string>& raw) {
     });
     if (!root || end.finished_before) return 0;
     if (end.reached_target)
-        std::printf("reached the target top-1 %.4f at epoch %d: training stops here\n", spec.train.target_top1, end.last.epoch);
+        std::printf("reached the target top-1 %.4f at epoch %d: training stops here\n", spec.train.target_top1,
+                    end.last.epoch);
     if (end.interrupted) {
         std::printf("%s at epoch %d, step %lld: saved %s; resume with: runner %s\n",
-                    stop_signal ? (stop_signal == SIGINT ? "interrupted (SIGINT)" : "interrupted (SIGTERM)") : "stopped as asked",
+                    stop_signal ? (stop_signal == SIGINT ? "interrupted (SIGINT)" : "interrupted (SIGTERM)")
+                                : "stopped as asked",
                     end.stopped_at.epoch, (long long)(end.stopped_at.batch / spec.train.accumulate),
                     (spec.train.run_dir / "last.safetensors").string().c_str(), args.positional()[0].c_str());
         return stop_signal ? 128 + int(stop_signal) : 0;
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::printf("final: epoch=%d val_top1=%.4f val_top5=%.4f val_loss=%.4f%s time_s=%.1f\n", end.last.epoch, end.last.val_top1,
-                end.last.val_top5, end.last.val_loss, end.last.has_ema ? (" ema_val_top1=" + std::to_string(end.last.ema_val_top1)).c_str() : "",
-                seconds);
+    std::printf("final: epoch=%d val_top1=%.4f val_top5=%.4f val_loss=%.4f%s time_s=%.1f\n", end.last.epoch,
+                end.last.val_top1, end.last.val_top5, end.last.val_loss,
+                end.last.has_ema ? (" ema_val_top1=" + std::to_string(end.last.ema_val_top1)).c_str() : "", seconds);
     return 0;
 }
 

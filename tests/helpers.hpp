@@ -55,7 +55,8 @@ inline RunResult run_runner(const std::string& args, const fs::path& cwd = fs::c
 class TempDir {
 public:
     TempDir() {
-        path_ = fs::temp_directory_path() / ("tessera-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter()++));
+        path_ = fs::temp_directory_path() /
+                ("tessera-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter()++));
         fs::remove_all(path_);
         fs::create_directories(path_);
     }
@@ -98,7 +99,8 @@ struct Bound {
     Layer layer;
     models::ParamStore store;
 
-    explicit Bound(int num_classes = 10) : layer(Spec::template bind<In, cpu::Backend>(layers::BindOptions{num_classes})) {
+    explicit Bound(int num_classes = 10)
+        : layer(Spec::template bind<In, cpu::Backend>(layers::BindOptions{num_classes})) {
         store.bind(layer);
     }
     Bound(const Bound&) = delete;

@@ -51,7 +51,8 @@ int exit_code_in_child(std::size_t headroom, const std::function<int()>& body) {
     }
     int status = 0;
     for (int waited_ms = 0; waitpid(child, &status, WNOHANG) == 0; waited_ms += 10) {
-        if (waited_ms > 60'000) {  // a child that hangs (a deadlock in std::terminate, say) fails the test, never stalls it
+        if (waited_ms >
+            60'000) {  // a child that hangs (a deadlock in std::terminate, say) fails the test, never stalls it
             kill(child, SIGKILL);
             waitpid(child, &status, 0);
             return 128 + SIGKILL;

@@ -58,7 +58,8 @@ TEST(Checkpoint, DamagedOrMismatchedFilesAreRefusedAndChangeNothing) {
     std::ofstream(dir / "garbage.safetensors") << "this is not a safetensors file at all";
     std::ofstream(dir / "huge.safetensors", std::ios::binary).write("\xff\xff\xff\xff\xff\xff\xff\x7f{}", 10);
     const auto before = b->params().values;
-    for (const char* name : {"short.safetensors", "garbage.safetensors", "huge.safetensors", "other.safetensors", "missing.safetensors"}) {
+    for (const char* name :
+         {"short.safetensors", "garbage.safetensors", "huge.safetensors", "other.safetensors", "missing.safetensors"}) {
         try {
             checkpoint::load(b->params(), dir / name);
             ADD_FAILURE() << name << " loaded";
@@ -76,22 +77,29 @@ TEST(Checkpoint, DamagedOrMismatchedFilesAreRefusedAndChangeNothing) {
 TEST(Checkpoint, InterchangeWithPyTorch) {
     const fs::path script = source_root() / "tests" / "torch_interchange.py";
     if (std::system("/usr/bin/python3 -c 'import torch, torchvision' >/dev/null 2>&1") != 0)
-        GTEST_SKIP() << "PyTorch is not installed (apt install python3-torch python3-torchvision); scripts/test installs it";
+        GTEST_SKIP()
+            << "PyTorch is not installed (apt install python3-torch python3-torchvision); scripts/test installs it";
     TempDir dir;
     for (const char* arch : {"resnet18", "resnet50"}) {
         const fs::path folder = dir / arch;
         fs::create_directories(folder);
-        ASSERT_EQ(std::system(("/usr/bin/python3 '" + script.string() + "' export " + arch + " '" + folder.string() + "'").c_str()), 0);
+        ASSERT_EQ(
+            std::system(
+                ("/usr/bin/python3 '" + script.string() + "' export " + arch + " '" + folder.string() + "'").c_str()),
+            0);
         auto net = runner::make_cpu_network(arch, 1000, 3);
         checkpoint::load(net->params(), folder / "weights.safetensors");
-        checkpoint::save(net->params(), folder / "from_tessera.safetensors");  // before training mode moves the statistics
+        checkpoint::save(net->params(),
+                         folder / "from_tessera.safetensors");  // before training mode moves the statistics
         std::ifstream meta(folder / "shape.txt");
         int n, h, w, c;
         meta >> n >> h >> w >> c;
         std::vector<float> x(std::size_t(n) * h * w * c), eval_logits(n * 1000), train_logits(n * 1000);
         std::ifstream(folder / "input.f32", std::ios::binary).read(reinterpret_cast<char*>(x.data()), x.size() * 4);
-        std::ifstream(folder / "logits_eval.f32", std::ios::binary).read(reinterpret_cast<char*>(eval_logits.data()), eval_logits.size() * 4);
-        std::ifstream(folder / "logits_train.f32", std::ios::binary).read(reinterpret_cast<char*>(train_logits.data()), train_logits.size() * 4);
+        std::ifstream(folder / "logits_eval.f32", std::ios::binary)
+            .read(reinterpret_cast<char*>(eval_logits.data()), eval_logits.size() * 4);
+        std::ifstream(folder / "logits_train.f32", std::ios::binary)
+            .read(reinterpret_cast<char*>(train_logits.data()), train_logits.size() * 4);
         cpu::Context ctx(2);
         for (bool training : {false, true}) {
             ctx.arena.reset();
@@ -103,9 +111,13 @@ TEST(Checkpoint, InterchangeWithPyTorch) {
                 worst = std::max(worst, double(std::abs(y.data[i] - expected[i])));
                 scale = std::max(scale, double(std::abs(expected[i])));
             }
-            EXPECT_LT(worst, 1e-3 * std::max(1.0, scale)) << arch << (training ? " train" : " eval") << " max |diff| " << worst;
+            EXPECT_LT(worst, 1e-3 * std::max(1.0, scale))
+                << arch << (training ? " train" : " eval") << " max |diff| " << worst;
         }
-        EXPECT_EQ(std::system(("/usr/bin/python3 '" + script.string() + "' import " + arch + " '" + folder.string() + "'").c_str()), 0);
+        EXPECT_EQ(
+            std::system(
+                ("/usr/bin/python3 '" + script.string() + "' import " + arch + " '" + folder.string() + "'").c_str()),
+            0);
     }
 }
 
@@ -121,11 +133,17 @@ namespace {
 TEST(Predict, AgreesWithTorchvision) {
     const fs::path script = source_root() / "tests" / "torch_interchange.py";
     if (std::system("/usr/bin/python3 -c 'import torch, torchvision, PIL, numpy' >/dev/null 2>&1") != 0)
-        GTEST_SKIP() << "PyTorch or PIL is not installed (apt install python3-torch python3-torchvision python3-pil); scripts/test installs them";
+        GTEST_SKIP() << "PyTorch or PIL is not installed (apt install python3-torch python3-torchvision python3-pil); "
+                        "scripts/test installs them";
     TempDir dir;
-    ASSERT_EQ(std::system(("/usr/bin/python3 '" + script.string() + "' predict resnet50 '" + dir.path().string() + "'").c_str()), 0);
+    ASSERT_EQ(
+        std::system(
+            ("/usr/bin/python3 '" + script.string() + "' predict resnet50 '" + dir.path().string() + "'").c_str()),
+        0);
     const RunResult r = run_runner(
-        "predict --checkpoint weights.safetensors --arch resnet50 --labels imagenet --topk 5 --json wide.jpg tall.jpg square.jpg", dir.path());
+        "predict --checkpoint weights.safetensors --arch resnet50 --labels imagenet --topk 5 --json wide.jpg tall.jpg "
+        "square.jpg",
+        dir.path());
     ASSERT_EQ(r.exit_code, 0) << r.output;
     std::ifstream file(dir / "expected.json");
     const std::string expected_text((std::istreambuf_iterator<char>(file)), {});
@@ -134,7 +152,8 @@ TEST(Predict, AgreesWithTorchvision) {
     ASSERT_EQ(got.array().size(), 3u);
     // --labels imagenet: the class names tessera installs, which are torchvision's.
     const RunResult torchvision_names = run_shell(
-        "/usr/bin/python3 -c 'from torchvision.models import ResNet50_Weights as W; print(chr(10).join(W.IMAGENET1K_V1.meta[\"categories\"]))'");
+        "/usr/bin/python3 -c 'from torchvision.models import ResNet50_Weights as W; "
+        "print(chr(10).join(W.IMAGENET1K_V1.meta[\"categories\"]))'");
     ASSERT_EQ(torchvision_names.exit_code, 0) << torchvision_names.output;
     std::vector<std::string> imagenet;
     std::stringstream names(torchvision_names.output);
@@ -142,7 +161,8 @@ TEST(Predict, AgreesWithTorchvision) {
     ASSERT_EQ(imagenet.size(), 1000u);
     std::ifstream bundled(source_root() / "share" / "imagenet_classes.txt");
     std::size_t k = 0;
-    for (std::string line; std::getline(bundled, line); ++k) ASSERT_EQ(line, imagenet.at(k)) << "share/imagenet_classes.txt line " << k + 1;
+    for (std::string line; std::getline(bundled, line); ++k)
+        ASSERT_EQ(line, imagenet.at(k)) << "share/imagenet_classes.txt line " << k + 1;
     EXPECT_EQ(k, 1000u);
     for (const auto& image : got.array()) {
         const std::string name = image.object().at("image").string();

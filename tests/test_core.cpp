@@ -64,7 +64,8 @@ TEST(Sampler, ShardsCoverEverySampleOnceAndDependOnlyOnSeedAndEpoch) {
     const auto whole = data::epoch_order(size, true, 9, 2, 0, 1);
     for (int rank = 0; rank < 4; ++rank) {
         const auto shard = data::epoch_order(size, true, 9, 2, rank, 4);
-        for (std::size_t i = 0; i < shard.size(); ++i) EXPECT_EQ(shard[i], whole[(4 * i + std::size_t(rank)) % 103]) << rank << " " << i;
+        for (std::size_t i = 0; i < shard.size(); ++i)
+            EXPECT_EQ(shard[i], whole[(4 * i + std::size_t(rank)) % 103]) << rank << " " << i;
     }
     // Its first indices for seed 9, epoch 2: Fisher-Yates over the same reference generator (derived
     // as Rng::derive does), written out in Python. A changed shuffle would resume runs on other samples.
@@ -80,14 +81,19 @@ TEST(Sampler, ShardsCoverEverySampleOnceAndDependOnlyOnSeedAndEpoch) {
 // Threads that cannot be created (a container's limits, a huge --threads) stop the program with a
 // message naming the setting, not with std::terminate from a half-built pool.
 TEST(ThreadPool, ThreadsThatCannotStartAreAUserError) {
-    EXPECT_EQ(exit_code_in_child(std::size_t(256) << 20, [] {
-        ThreadPool pool(512);  // 8 MiB of stack each, in 256 MiB of room
-        return 0;
-    }), 2);
-    EXPECT_EQ(exit_code_in_child(std::size_t(256) << 20, [] {
-        ThreadPool pool(4);
-        return pool.size() == 4 ? 0 : 1;
-    }), 0) << "a pool that fits is made as asked";
+    EXPECT_EQ(exit_code_in_child(std::size_t(256) << 20,
+                                 [] {
+                                     ThreadPool pool(512);  // 8 MiB of stack each, in 256 MiB of room
+                                     return 0;
+                                 }),
+              2);
+    EXPECT_EQ(exit_code_in_child(std::size_t(256) << 20,
+                                 [] {
+                                     ThreadPool pool(4);
+                                     return pool.size() == 4 ? 0 : 1;
+                                 }),
+              0)
+        << "a pool that fits is made as asked";
 }
 
 }  // namespace

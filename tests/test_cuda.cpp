@@ -49,7 +49,9 @@ std::vector<float> to_host(const float* device, std::size_t n) {
 // Host values rounded to what dtype holds, in place (so that the CPU sees what the GPU sees).
 void round_to(std::vector<float>& v, DType t) {
     for (float& x : v)
-        x = t == DType::bf16 ? __bfloat162float(__float2bfloat16(x)) : t == DType::f16 ? __half2float(__float2half(x)) : x;
+        x = t == DType::bf16  ? __bfloat162float(__float2bfloat16(x))
+            : t == DType::f16 ? __half2float(__float2half(x))
+                              : x;
 }
 
 // Host floats on the device as dtype, freed at scope exit.
@@ -65,7 +67,8 @@ struct DeviceTensor {
         }
         const std::size_t bytes = host.size() * element_bytes(t);
         EXPECT_EQ(cudaMalloc(&data, bytes), cudaSuccess);
-        cudaMemcpy(data, t == DType::f32 ? static_cast<const void*>(host.data()) : half.data(), bytes, cudaMemcpyHostToDevice);
+        cudaMemcpy(data, t == DType::f32 ? static_cast<const void*>(host.data()) : half.data(), bytes,
+                   cudaMemcpyHostToDevice);
     }
     ~DeviceTensor() { cudaFree(data); }
     Tensor view(Shape s) const { return Tensor{static_cast<float*>(data), s, dtype}; }
@@ -102,7 +105,8 @@ double distance(const std::vector<float>& a, const std::vector<float>& b) {
 // gradients and running statistics. `dtype`: the GPU's activations (bf16 and fp16 compute with fp32
 // weights, as in training).
 template <class Spec, int In>
-void check_parity(Shape in, bool training, double tol = 1e-4, DType dtype = DType::f32, parallel::Communicator* group = nullptr) {
+void check_parity(Shape in, bool training, double tol = 1e-4, DType dtype = DType::f32,
+                  parallel::Communicator* group = nullptr) {
     Bound<Spec, In> host;
     Rng rng(11);
     host.layer.init(rng, {});
@@ -135,7 +139,8 @@ void check_parity(Shape in, bool training, double tol = 1e-4, DType dtype = DTyp
     const Tensor y_cpu = host.layer.forward(cpu_ctx, Tensor{x.data(), in});
     const Tensor y_gpu = layer.forward(gpu_ctx, x_gpu.view(in));
     ASSERT_EQ(y_gpu.shape, y_cpu.shape);
-    EXPECT_LT(distance(to_host(y_gpu), {y_cpu.data, y_cpu.data + y_cpu.size()}), tol) << "forward, " << dtype_name(dtype);
+    EXPECT_LT(distance(to_host(y_gpu), {y_cpu.data, y_cpu.data + y_cpu.size()}), tol)
+        << "forward, " << dtype_name(dtype);
     std::vector<float> dy(y_cpu.size());
     fill_normal(dy.data(), dy.size(), rng);
     round_to(dy, y_gpu.dtype);  // the gradient has its output's type: fp32 after Linear, the compute type elsewhere
@@ -143,11 +148,15 @@ void check_parity(Shape in, bool training, double tol = 1e-4, DType dtype = DTyp
     const Tensor dx_cpu = host.layer.backward(cpu_ctx, Tensor{dy.data(), y_cpu.shape});
     const Tensor dx_gpu = layer.backward(gpu_ctx, dy_gpu.view(y_cpu.shape));
     EXPECT_EQ(dtype_name(dx_gpu.dtype), dtype_name(dtype));
-    EXPECT_LT(distance(to_host(dx_gpu), {dx_cpu.data, dx_cpu.data + dx_cpu.size()}), tol) << "dx, " << dtype_name(dtype);
+    EXPECT_LT(distance(to_host(dx_gpu), {dx_cpu.data, dx_cpu.data + dx_cpu.size()}), tol)
+        << "dx, " << dtype_name(dtype);
     device.download(store.values.data(), store.grads.data(), store.buffers.data());
     for (auto& e : store.params) {
-        const auto slice = [&](const std::vector<float>& v) { return std::vector<float>(v.begin() + e.offset, v.begin() + e.offset + e.size); };
-        EXPECT_LT(distance(slice(store.grads), slice(host.store.grads)), tol) << e.name << " gradient, " << dtype_name(dtype);
+        const auto slice = [&](const std::vector<float>& v) {
+            return std::vector<float>(v.begin() + e.offset, v.begin() + e.offset + e.size);
+        };
+        EXPECT_LT(distance(slice(store.grads), slice(host.store.grads)), tol)
+            << e.name << " gradient, " << dtype_name(dtype);
     }
     EXPECT_LT(distance(store.buffers, host.store.buffers), tol) << "running statistics, " << dtype_name(dtype);
 }
@@ -282,7 +291,8 @@ void resnet50_step_parity(DType dtype, StepTolerance tol) {
     plugin::Registry registry({plugin_dir()});
     const auto* sgd = registry.find("optimizer", "sgd");
     ASSERT_NE(sgd, nullptr);
-    const plugin::Options sgd_options({{"momentum", 0.9}, {"weight_decay", 1e-4}, {"nesterov", false}, {"no_decay_bn_bias", false}});
+    const plugin::Options sgd_options(
+        {{"momentum", 0.9}, {"weight_decay", 1e-4}, {"nesterov", false}, {"no_decay_bn_bias", false}});
     auto cpu_sgd = registry.create<plugin::Optimizer>(*sgd, sgd_options);
     auto gpu_sgd = registry.create<plugin::Optimizer>(*sgd, sgd_options);
 
@@ -320,11 +330,14 @@ void resnet50_step_parity(DType dtype, StepTolerance tol) {
         bool is_buffer = false;
         const auto* e = cpu_net->params().find(name, is_buffer);
         ASSERT_NE(e, nullptr);
-        auto slice = [&](const std::vector<float>& v) { return std::vector<float>(v.begin() + e->offset, v.begin() + e->offset + e->size); };
+        auto slice = [&](const std::vector<float>& v) {
+            return std::vector<float>(v.begin() + e->offset, v.begin() + e->offset + e->size);
+        };
         const bool first = std::string(name) == "conv1.weight";
         const double grad_gap = relative_l2(slice(gpu_grads), slice(cpu_grads));
         const double update_gap = relative_l2(slice(gpu_update), slice(cpu_update));
-        std::printf("%s %s: gradient relative L2 %.2e, update %.2e\n", dtype_name(dtype).c_str(), name, grad_gap, update_gap);
+        std::printf("%s %s: gradient relative L2 %.2e, update %.2e\n", dtype_name(dtype).c_str(), name, grad_gap,
+                    update_gap);
         EXPECT_LT(grad_gap, first ? tol.first_gradient : tol.last_gradient) << name << " gradient";
         EXPECT_LT(update_gap, first ? tol.first_gradient : tol.last_gradient) << name << " update";
     }
@@ -348,11 +361,16 @@ TEST(Cuda, MixedPrecisionTrainingLearns) {
     SKIP_WITHOUT_GPU();
     plugin::Registry registry({plugin_dir()});
     for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
-        auto data = registry.create<plugin::DataSource>(*registry.find("data", "synthetic"), plugin::Options({
-            {"image_size", std::int64_t(32)}, {"channels", std::int64_t(3)}, {"num_classes", std::int64_t(10)},
-            {"train_size", std::int64_t(64)}, {"val_size", std::int64_t(0)}}));
-        auto sgd = registry.create<plugin::Optimizer>(*registry.find("optimizer", "sgd"), plugin::Options({
-            {"momentum", 0.9}, {"weight_decay", 0.0}, {"nesterov", false}, {"no_decay_bn_bias", false}}));
+        auto data = registry.create<plugin::DataSource>(*registry.find("data", "synthetic"),
+                                                        plugin::Options({{"image_size", std::int64_t(32)},
+                                                                         {"channels", std::int64_t(3)},
+                                                                         {"num_classes", std::int64_t(10)},
+                                                                         {"train_size", std::int64_t(64)},
+                                                                         {"val_size", std::int64_t(0)}}));
+        auto sgd = registry.create<plugin::Optimizer>(
+            *registry.find("optimizer", "sgd"),
+            plugin::Options(
+                {{"momentum", 0.9}, {"weight_decay", 0.0}, {"nesterov", false}, {"no_decay_bn_bias", false}}));
         cuda::Settings settings;
         settings.compute = dtype;
         cuda::Context ctx(settings);
@@ -368,8 +386,8 @@ TEST(Cuda, MixedPrecisionTrainingLearns) {
         const double first = step.run(batch, {0.05, std::nullopt}).loss();
         double last = first;
         for (int s = 1; s < 40; ++s) last = step.run(batch, {0.05, std::nullopt}).loss();
-        std::printf("%s: loss %.4f after the first step, %.4f after 40; loss scale %g\n", dtype_name(dtype).c_str(), first, last,
-                    step.scaler().scale());
+        std::printf("%s: loss %.4f after the first step, %.4f after 40; loss scale %g\n", dtype_name(dtype).c_str(),
+                    first, last, step.scaler().scale());
         EXPECT_LT(last, 0.5 * first) << dtype_name(dtype);
         const double exponent = std::log2(step.scaler().scale());
         EXPECT_EQ(exponent, std::round(exponent)) << dtype_name(dtype);
@@ -418,7 +436,8 @@ TEST(Cuda, OptimizersStepAsOnTheCpu) {
         DeviceFloats dw(w), dg(g);
         host.values = w.data(), host.grads = g.data();
         plugin::Parameters device = host;
-        device.values = dw.data, device.grads = dg.data, device.device = "cuda", device.stream = cuda::Backend::stream(gpu_ctx);
+        device.values = dw.data, device.grads = dg.data, device.device = "cuda",
+        device.stream = cuda::Backend::stream(gpu_ctx);
         for (int step = 0; step < 3; ++step) {
             on_cpu->step(host, {0.5, std::nullopt});
             on_gpu->step(device, {0.5, std::nullopt});
@@ -426,7 +445,8 @@ TEST(Cuda, OptimizersStepAsOnTheCpu) {
         gpu_ctx.synchronize();
         EXPECT_LT(distance(to_host(dw.data, w.size()), w), 1e-5) << name;
         const auto cpu_state = on_cpu->state(), gpu_state = on_gpu->state();
-        for (auto& [key, values] : cpu_state) EXPECT_LT(distance(gpu_state.at(key), values), 1e-5) << name << " " << key;
+        for (auto& [key, values] : cpu_state)
+            EXPECT_LT(distance(gpu_state.at(key), values), 1e-5) << name << " " << key;
     }
 }
 

@@ -37,16 +37,17 @@ const fs::path* reference() {
         tried = true;
         if (std::system("/usr/bin/python3 -c 'import numpy, PIL' >/dev/null 2>&1") != 0) return nullptr;
         dir = std::make_unique<TempDir>();
-        const std::string command = "/usr/bin/python3 '" + (source_root() / "tests" / "image_reference.py").string() + "' '" +
-                                    dir->path().string() + "'";
+        const std::string command = "/usr/bin/python3 '" + (source_root() / "tests" / "image_reference.py").string() +
+                                    "' '" + dir->path().string() + "'";
         if (std::system(command.c_str()) != 0) ADD_FAILURE() << "tests/image_reference.py failed";
     }
     return dir ? &dir->path() : nullptr;
 }
 
-#define NEED_REFERENCE(file)                                                                                            \
-    const fs::path* ref = reference();                                                                                 \
-    if (!ref) GTEST_SKIP() << "PIL is not installed (apt install python3-pil python3-numpy); scripts/test installs it"; \
+#define NEED_REFERENCE(file)                                                                                      \
+    const fs::path* ref = reference();                                                                            \
+    if (!ref)                                                                                                     \
+        GTEST_SKIP() << "PIL is not installed (apt install python3-pil python3-numpy); scripts/test installs it"; \
     if (!fs::exists(*ref / file)) GTEST_SKIP() << file << " needs torchvision (apt install python3-torchvision)"
 
 struct Difference {
@@ -123,7 +124,8 @@ TEST(Resample, CropThenResizeAsPil) {
         decoder.decode(read_all(*ref / "images" / name), image);
         const auto expected = read_all(*ref / "images" / (name + ".crop" + std::to_string(seen[name]++) + ".rgb"));
         std::vector<std::uint8_t> out(std::size_t(ow) * oh * 3);
-        const data::RgbView crop{image.pixels.data() + (std::size_t(y) * image.width + x) * 3, w, h, std::size_t(image.width) * 3};
+        const data::RgbView crop{image.pixels.data() + (std::size_t(y) * image.width + x) * 3, w, h,
+                                 std::size_t(image.width) * 3};
         resampler.resize(crop, {0, 0, double(w), double(h)}, {ow, oh, 0, 0, ow, oh}, out.data(), std::size_t(ow) * 3);
         const Difference d = compare(out.data(), expected);
         EXPECT_EQ(d.max, 0) << name << " crop " << x << "," << y << " " << w << "x" << h << " to " << ow << "x" << oh;
@@ -203,7 +205,8 @@ TEST(RandomResizedCrop, FollowsTorchvisionsDistribution) {
         for (std::size_t i = 0; i < boxes.size(); ++i) {
             ours.push_back(data::random_resized_crop(width, height, rng));
             const auto& o = ours.back();
-            ASSERT_TRUE(o.x >= 0 && o.y >= 0 && o.width >= 1 && o.height >= 1 && o.x + o.width <= width && o.y + o.height <= height);
+            ASSERT_TRUE(o.x >= 0 && o.y >= 0 && o.width >= 1 && o.height >= 1 && o.x + o.width <= width &&
+                        o.y + o.height <= height);
         }
         const std::function<double(const data::CropBox&)> statistics[] = {
             [&](const data::CropBox& c) { return double(c.width) * c.height / (double(width) * height); },
@@ -239,22 +242,28 @@ struct CountingSource {
 TEST(Loader, ThreadsThatCannotStartAndBatchesThatCannotBeAllocatedStopCleanly) {
     CountingSource source;
     // 512 workers' stacks (8 MiB each) in 256 MiB of room: thread creation fails part way.
-    EXPECT_EQ(exit_code_in_child(std::size_t(256) << 20, [&] {
-        data::Loader<CountingSource> loader(source, 512, 2);
-        return 0;
-    }), 2) << "a loader whose workers cannot all start";
+    EXPECT_EQ(exit_code_in_child(std::size_t(256) << 20,
+                                 [&] {
+                                     data::Loader<CountingSource> loader(source, 512, 2);
+                                     return 0;
+                                 }),
+              2)
+        << "a loader whose workers cannot all start";
     struct Huge : CountingSource {  // 12 GiB a sample
         data::Size2 output(Split) const { return {1 << 16, 1 << 16}; }
     } huge;
-    EXPECT_EQ(exit_code_in_child(std::size_t(256) << 20, [&] {
-        data::Loader<Huge> loader(huge, 2, 2);
-        plugin::EpochPlan plan;
-        plan.batch_size = 8;
-        loader.start(Split::train, plan, 50);
-        plugin::Batch b;
-        loader.next(b);  // rethrows the workers' std::bad_alloc
-        return 0;
-    }), 3) << "a batch the workers cannot allocate";
+    EXPECT_EQ(exit_code_in_child(std::size_t(256) << 20,
+                                 [&] {
+                                     data::Loader<Huge> loader(huge, 2, 2);
+                                     plugin::EpochPlan plan;
+                                     plan.batch_size = 8;
+                                     loader.start(Split::train, plan, 50);
+                                     plugin::Batch b;
+                                     loader.next(b);  // rethrows the workers' std::bad_alloc
+                                     return 0;
+                                 }),
+              3)
+        << "a batch the workers cannot allocate";
 }
 
 TEST(Loader, InlineAndThreadedGiveTheSameEpochs) {
@@ -299,7 +308,8 @@ void write_jpeg(const fs::path& path, int width, int height, int shade) {
     std::vector<std::uint8_t> rgb(std::size_t(width) * height * 3);
     for (int y = 0; y < height; ++y)
         for (int x = 0; x < width; ++x)
-            for (int c = 0; c < 3; ++c) rgb[(std::size_t(y) * width + x) * 3 + c] = std::uint8_t((shade * 40 + x * (c + 1) + y * 3) % 256);
+            for (int c = 0; c < 3; ++c)
+                rgb[(std::size_t(y) * width + x) * 3 + c] = std::uint8_t((shade * 40 + x * (c + 1) + y * 3) % 256);
     tjhandle tj = tjInitCompress();
     unsigned char* jpeg = nullptr;
     unsigned long size = 0;
@@ -316,9 +326,11 @@ void make_image_folder(const fs::path& root) {
         fs::create_directories(root / "train" / cls / "more");
         fs::create_directories(root / "val" / cls);
         for (int i = 0; i < count; ++i)
-            write_jpeg(root / "train" / cls / (i % 3 == 2 && std::string(cls) == "b" ? "more" : "") / ("img" + std::to_string(i) + ".JPEG"),
+            write_jpeg(root / "train" / cls / (i % 3 == 2 && std::string(cls) == "b" ? "more" : "") /
+                           ("img" + std::to_string(i) + ".JPEG"),
                        40 + 13 * i, 30 + 7 * (i % 4), shade++);
-        for (int i = 0; i < 2; ++i) write_jpeg(root / "val" / cls / ("v" + std::to_string(i) + ".jpg"), 50 + 9 * i, 41, shade++);
+        for (int i = 0; i < 2; ++i)
+            write_jpeg(root / "val" / cls / ("v" + std::to_string(i) + ".jpg"), 50 + 9 * i, 41, shade++);
     }
     std::ofstream(root / "train" / "a" / "readme.txt") << "not an image, and not named like one: ignored\n";
 }
@@ -329,7 +341,8 @@ struct FolderRun {
     std::vector<std::int64_t> bad;
 };
 
-std::shared_ptr<plugin::DataSource> make_imagefolder(const fs::path& root, std::map<std::string, plugin::Value> options) {
+std::shared_ptr<plugin::DataSource> make_imagefolder(const fs::path& root,
+                                                     std::map<std::string, plugin::Value> options) {
     plugin::Registry registry({plugin_dir()});
     const auto* entry = registry.find("data", "imagefolder");
     if (!entry) throw std::runtime_error("the imagefolder plugin was not built");
@@ -510,8 +523,8 @@ TEST(Limits, IdxHeadersThatClaimTooMuchAreRefused) {
     EXPECT_EQ(data::parse_idx(idx({2, 3, 4}, 24), 3, "ok").data.size(), 24u);
     // 2^32-1 cubed wraps 64 bits: a reader that multiplies blindly could accept this file.
     for (const auto& dims : {std::vector<std::uint32_t>{0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu},
-                             std::vector<std::uint32_t>{0x80000000u, 0x80000000u, 4}, std::vector<std::uint32_t>{0, 5, 5},
-                             std::vector<std::uint32_t>{2, 3, 5}})
+                             std::vector<std::uint32_t>{0x80000000u, 0x80000000u, 4},
+                             std::vector<std::uint32_t>{0, 5, 5}, std::vector<std::uint32_t>{2, 3, 5}})
         EXPECT_THROW(data::parse_idx(idx(dims, 24), 3, "claims"), Error);
     EXPECT_THROW(data::parse_idx(idx({24}, 24), 3, "wrong rank"), Error);
 }
@@ -521,7 +534,8 @@ TEST(Limits, IdxHeadersThatClaimTooMuchAreRefused) {
 TEST(Limits, PnmFilesMustHoldThePixelsTheirHeaderPromises) {
     data::ImageDecoder decoder;
     data::Image image;
-    for (const std::string crash : {"P5\n3727\n3727 4646 46462\xd2", "P5\n3727\n3737 466\n3"}) {  // both fuzzer findings
+    for (const std::string crash :
+         {"P5\n3727\n3727 4646 46462\xd2", "P5\n3727\n3737 466\n3"}) {  // both fuzzer findings
         const std::vector<std::uint8_t> bytes(crash.begin(), crash.end());
         EXPECT_THROW(decoder.decode(bytes, image), data::DecodeError) << crash;
     }
@@ -545,11 +559,13 @@ TEST(Limits, ShardIndexesThatPointOutsideTheirShardsAreRefused) {
     std::ofstream(dir / data::shard_file_name(0), std::ios::binary) << std::string(1000, 'x');
     const std::string header = std::string(data::shards_index_header) + "\n";
     for (const char* line : {"0\t900\t100\t1\tok.jpg\n", "0\t901\t100\t1\tpast-the-end.jpg\n",
-                                    "0\t18446744073709551615\t2\t0\twraps.jpg\n", "4294967295\t0\t1\t0\thuge-shard.jpg\n",
-                                    "0\t0\t1\t2\tno-such-class.jpg\n"}) {
+                             "0\t18446744073709551615\t2\t0\twraps.jpg\n", "4294967295\t0\t1\t0\thuge-shard.jpg\n",
+                             "0\t0\t1\t2\tno-such-class.jpg\n"}) {
         std::ofstream(dir / "index.tsv", std::ios::trunc) << header << line;
-        if (std::string_view(line).find("ok.jpg") != std::string_view::npos) EXPECT_NO_THROW(data::ShardReader(dir.path(), "t")) << line;
-        else EXPECT_THROW(data::ShardReader(dir.path(), "t"), Error) << line;
+        if (std::string_view(line).find("ok.jpg") != std::string_view::npos)
+            EXPECT_NO_THROW(data::ShardReader(dir.path(), "t")) << line;
+        else
+            EXPECT_THROW(data::ShardReader(dir.path(), "t"), Error) << line;
     }
 }
 
@@ -557,11 +573,13 @@ TEST(Shards, GiveTheSamplesOfTheFolderTheyWereMadeFrom) {
     TempDir dir;
     make_image_folder(dir.path());
     // Every image is smaller than --max-side, so its bytes go into the shards unchanged.
-    const RunResult r = run_runner("prepare '" + dir.path().string() + "' '" + (dir / "shards").string() + "' --max-side 512");
+    const RunResult r =
+        run_runner("prepare '" + dir.path().string() + "' '" + (dir / "shards").string() + "' --max-side 512");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("18 images in 1 shards"), std::string::npos) << r.output;
     auto folder = make_imagefolder(dir.path(), {{"workers", std::int64_t(2)}});
-    auto shards = make_photo_data("shards", dir / "shards" / "train", dir / "shards" / "val", {{"workers", std::int64_t(3)}});
+    auto shards =
+        make_photo_data("shards", dir / "shards" / "train", dir / "shards" / "val", {{"workers", std::int64_t(3)}});
     EXPECT_EQ(shards->info().class_names, folder->info().class_names);
     EXPECT_EQ(shards->info().train_size, folder->info().train_size);
     const FolderRun a = run_epochs(*folder, 2, 4), b = run_epochs(*shards, 2, 4);
@@ -576,7 +594,8 @@ TEST(Shards, PrepareResizesLeavesOutDamagedFilesAndRefusesHalfMadeFolders) {
     write_jpeg(dir / "src" / "big" / "wide.jpg", 300, 120, 1);
     write_jpeg(dir / "src" / "small" / "tiny.jpg", 20, 30, 2);
     std::ofstream(dir / "src" / "small" / "broken.jpg") << "not a JPEG";
-    const RunResult r = run_runner("prepare '" + (dir / "src").string() + "' '" + (dir / "out").string() + "' --max-side 100");
+    const RunResult r =
+        run_runner("prepare '" + (dir / "src").string() + "' '" + (dir / "out").string() + "' --max-side 100");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("broken.jpg"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("1 unreadable images left out"), std::string::npos) << r.output;
@@ -627,11 +646,12 @@ TEST(PrepareVal, MovesValidationImagesIntoClassFolders) {
     EXPECT_FALSE(fs::exists(val / "ILSVRC2012_val_00000001.JPEG"));
     // Again, and with the other label files: nothing left to move, nothing lost.
     const std::string with_synsets = " --synsets '" + (dir / "synsets.txt").string() + "'";
-    for (const auto& [labels, extra] : std::vector<std::pair<std::string, std::string>>{{"synset_labels.txt", ""},
-                                                                                       {"ground_truth.txt", with_synsets}}) {
+    for (const auto& [labels, extra] : std::vector<std::pair<std::string, std::string>>{
+             {"synset_labels.txt", ""}, {"ground_truth.txt", with_synsets}}) {
         r = run_runner("prepare-val " + quoted + "'" + (dir / labels).string() + "'" + extra);
         ASSERT_EQ(r.exit_code, 0) << r.output;
-        EXPECT_NE(r.output.find("moved 0 images into class folders under " + val.string() + " (4 already in place)"), std::string::npos)
+        EXPECT_NE(r.output.find("moved 0 images into class folders under " + val.string() + " (4 already in place)"),
+                  std::string::npos)
             << r.output;
     }
     r = run_runner("prepare-val " + quoted + "'" + (dir / "ground_truth.txt").string() + "'");
@@ -657,7 +677,8 @@ TEST(PrepareVal, AFileWhereAClassFolderMustGoIsRefusedBeforeAnythingMoves) {
     std::ofstream(val / "n01484850") << "a file, not a folder";
     const RunResult r = run_runner("prepare-val '" + val.string() + "' '" + (dir / "synset_labels.txt").string() + "'");
     EXPECT_EQ(r.exit_code, 2) << r.output;
-    EXPECT_NE(r.output.find("n01484850: is a file, where the class folder of ILSVRC2012_val_00000003.JPEG must go"), std::string::npos)
+    EXPECT_NE(r.output.find("n01484850: is a file, where the class folder of ILSVRC2012_val_00000003.JPEG must go"),
+              std::string::npos)
         << r.output;
     EXPECT_NE(r.output.find("no image has been moved"), std::string::npos) << r.output;
     for (int i = 1; i <= 3; ++i) {
@@ -671,12 +692,13 @@ TEST(ImageFolder, TrainsFromARecipeAndCountsDamagedFiles) {
     TempDir dir;
     make_image_folder(dir.path());
     std::ofstream(dir / "train" / "a" / "damaged.jpg") << "not an image";
-    std::ofstream(dir / "r.toml") << "[run]\nname = \"photos\"\nout_dir = \"" << (dir / "runs").string()
-                                  << "\"\n[model]\narch = \"resnet20\"\n[data]\nplugin = \"imagefolder\"\ntrain = \""
-                                  << (dir / "train").string() << "\"\nval = \"" << (dir / "val").string()
-                                  << "\"\nimage_size = 32\nval_resize = 36\nval_crop = 32\nworkers = 2\nbatch_size = 6\n"
-                                     "[optimizer]\nplugin = \"sgd\"\n[scheduler]\nplugin = \"constant\"\nlr = 0.01\n[train]\nepochs = 2\n"
-                                     "[[logger]]\nplugin = \"console\"\n[[logger]]\nplugin = \"csv\"\n";
+    std::ofstream(dir / "r.toml")
+        << "[run]\nname = \"photos\"\nout_dir = \"" << (dir / "runs").string()
+        << "\"\n[model]\narch = \"resnet20\"\n[data]\nplugin = \"imagefolder\"\ntrain = \"" << (dir / "train").string()
+        << "\"\nval = \"" << (dir / "val").string()
+        << "\"\nimage_size = 32\nval_resize = 36\nval_crop = 32\nworkers = 2\nbatch_size = 6\n"
+           "[optimizer]\nplugin = \"sgd\"\n[scheduler]\nplugin = \"constant\"\nlr = 0.01\n[train]\nepochs = 2\n"
+           "[[logger]]\nplugin = \"console\"\n[[logger]]\nplugin = \"csv\"\n";
     const RunResult r = run_runner("'" + (dir / "r.toml").string() + "' --threads 1");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("final: epoch=2"), std::string::npos) << r.output;
@@ -688,9 +710,11 @@ TEST(ImageFolder, TrainsFromARecipeAndCountsDamagedFiles) {
     EXPECT_EQ(first.substr(first.rfind(',') + 1), "1") << first;  // bad_samples of epoch 1
 
     // The same recipe's loader alone.
-    const RunResult bench = run_runner("bench --data '" + (dir / "r.toml").string() + "' --threads 2 --batches 2 --warmup 1 --json");
+    const RunResult bench =
+        run_runner("bench --data '" + (dir / "r.toml").string() + "' --threads 2 --batches 2 --warmup 1 --json");
     ASSERT_EQ(bench.exit_code, 0) << bench.output;
-    EXPECT_NE(bench.output.find("\"data\": \"imagefolder\", \"threads\": 2, \"batch\": 6, \"batches\": 2"), std::string::npos)
+    EXPECT_NE(bench.output.find("\"data\": \"imagefolder\", \"threads\": 2, \"batch\": 6, \"batches\": 2"),
+              std::string::npos)
         << bench.output;
     EXPECT_NE(bench.output.find("\"img_per_s\": "), std::string::npos) << bench.output;
 }

@@ -22,12 +22,14 @@ namespace {
 
 bool have_mpirun() { return std::system("command -v mpirun >/dev/null 2>&1") == 0; }
 
-#define SKIP_WITHOUT_MPI()                                                                                         \
-    if (!have_mpirun()) GTEST_SKIP() << "mpirun is not installed (apt install openmpi-bin libopenmpi-dev); scripts/test installs it"
+#define SKIP_WITHOUT_MPI() \
+    if (!have_mpirun())    \
+    GTEST_SKIP() << "mpirun is not installed (apt install openmpi-bin libopenmpi-dev); scripts/test installs it"
 
 // `--oversubscribe`: CI has two cores; `--allow-run-as-root`: CI runs as root.
 std::string mpirun(int ranks) {
-    return "mpirun --allow-run-as-root --oversubscribe -np " + std::to_string(ranks) + " '" + fs::absolute(runner_path()).string() + "' ";
+    return "mpirun --allow-run-as-root --oversubscribe -np " + std::to_string(ranks) + " '" +
+           fs::absolute(runner_path()).string() + "' ";
 }
 
 const char* recipe = R"([run]
@@ -100,7 +102,8 @@ Outcome outcome(const fs::path& folder, bool finished = true) {
 template <class T>
 double relative_difference(const std::vector<T>& a, const std::vector<T>& b) {
     double diff = 0, norm = 0;
-    for (std::size_t i = 0; i < b.size(); ++i) diff += (double(a[i]) - b[i]) * (double(a[i]) - b[i]), norm += double(b[i]) * b[i];
+    for (std::size_t i = 0; i < b.size(); ++i)
+        diff += (double(a[i]) - b[i]) * (double(a[i]) - b[i]), norm += double(b[i]) * b[i];
     return std::sqrt(diff / norm);
 }
 
@@ -123,11 +126,14 @@ TEST(DataParallel, TwoRanksOfBatchBMatchOneProcessOfBatch2B) {
     // ResNet-20's 1.1 MB of gradients make two): the same three steps as one process of batch 32.
     const RunResult two = run_ranks(2, "r.toml --threads 1 --set run.name=two --set data.batch_size=16", dir.path());
     ASSERT_EQ(two.exit_code, 0) << two.output;
-    EXPECT_NE(two.output.find("data parallel: 2 processes (MPI), batch 16 each, global batch 32"), std::string::npos) << two.output;
+    EXPECT_NE(two.output.find("data parallel: 2 processes (MPI), batch 16 each, global batch 32"), std::string::npos)
+        << two.output;
     const Outcome both = outcome(dir / "runs" / "two");
     // The updates (not the weights, which hide them) agree to fp32 rounding, summed in another order.
-    const double update_gap = relative_difference(both.update, one.update), statistics_gap = relative_difference(both.buffers, one.buffers);
-    std::printf("two ranks against one process: update %.2e, BatchNorm statistics %.2e (relative L2)\n", update_gap, statistics_gap);
+    const double update_gap = relative_difference(both.update, one.update),
+                 statistics_gap = relative_difference(both.buffers, one.buffers);
+    std::printf("two ranks against one process: update %.2e, BatchNorm statistics %.2e (relative L2)\n", update_gap,
+                statistics_gap);
     EXPECT_LT(update_gap, 1e-4) << "the two runs' updates differ";
     EXPECT_LT(statistics_gap, 1e-5) << "the BatchNorm statistics differ";
     // The training loss of every image once, and validation over 10 classes counting each of the 40
@@ -144,12 +150,15 @@ TEST(DataParallel, TwoRanksOfBatchBMatchOneProcessOfBatch2B) {
 /// from the initial weights (momentum's buffer starts as the gradient): the update it makes.
 std::vector<double> first_step_of_two_ranks(const fs::path& plugins) {
     plugin::Registry registry({plugins});
-    auto data = registry.create<plugin::DataSource>("synthetic", {{"image_size", std::int64_t(16)}, {"channels", std::int64_t(3)},
-                                                                   {"num_classes", std::int64_t(10)}, {"train_size", std::int64_t(96)},
-                                                                   {"val_size", std::int64_t(40)}});
+    auto data = registry.create<plugin::DataSource>("synthetic", {{"image_size", std::int64_t(16)},
+                                                                  {"channels", std::int64_t(3)},
+                                                                  {"num_classes", std::int64_t(10)},
+                                                                  {"train_size", std::int64_t(96)},
+                                                                  {"val_size", std::int64_t(40)}});
     const plugin::DatasetInfo info = data->info();
     std::vector<float> mean, inv_std;
-    for (int c = 0; c < 3; ++c) mean.push_back(float(info.mean[std::size_t(c)])), inv_std.push_back(float(1 / info.std[std::size_t(c)]));
+    for (int c = 0; c < 3; ++c)
+        mean.push_back(float(info.mean[std::size_t(c)])), inv_std.push_back(float(1 / info.std[std::size_t(c)]));
     auto net = runner::make_cpu_network("resnet20", 10, 3);
     net->init(3, {false});
     const std::vector<float> w0 = net->params().values;
@@ -157,7 +166,8 @@ std::vector<double> first_step_of_two_ranks(const fs::path& plugins) {
     cpu::Context ctx(1);
     for (int rank = 0; rank < 2; ++rank) {
         plugin::EpochPlan plan;  // as the trainer plans each rank's first epoch
-        plan.epoch = 1, plan.seed = 3, plan.batch_size = 16, plan.rank = rank, plan.world_size = 2, plan.drop_last = true;
+        plan.epoch = 1, plan.seed = 3, plan.batch_size = 16, plan.rank = rank, plan.world_size = 2,
+        plan.drop_last = true;
         data->start_epoch(plugin::Split::train, plan);
         plugin::Batch batch;
         EXPECT_TRUE(data->next(batch));
@@ -173,7 +183,8 @@ std::vector<double> first_step_of_two_ranks(const fs::path& plugins) {
         for (std::size_t i = 0; i < average.size(); ++i) average[i] += 0.5 * net->params().grads[i];
     }
     std::vector<double> update(w0.size());
-    for (std::size_t i = 0; i < update.size(); ++i) update[i] = -0.01 * (average[i] + 1e-4 * w0[i]);  // lr, weight_decay
+    for (std::size_t i = 0; i < update.size(); ++i)
+        update[i] = -0.01 * (average[i] + 1e-4 * w0[i]);  // lr, weight_decay
     return update;
 }
 
@@ -184,14 +195,19 @@ TEST(DataParallel, TwoRanksWithoutSynchronisedBatchNormAverageTheirGradients) {
     SKIP_WITHOUT_MPI();
     TempDir dir;
     std::ofstream(dir / "r.toml") << recipe;
-    const RunResult two = run_ranks(2, "r.toml --threads 1 --set run.name=local --set data.batch_size=16 --set train.sync_batchnorm=false "
-                                    "--stop-after-steps 1", dir.path());
+    const RunResult two =
+        run_ranks(2,
+                  "r.toml --threads 1 --set run.name=local --set data.batch_size=16 --set train.sync_batchnorm=false "
+                  "--stop-after-steps 1",
+                  dir.path());
     ASSERT_EQ(two.exit_code, 0) << two.output;
-    EXPECT_NE(two.output.find("data parallel: 2 processes (MPI), batch 16 each, global batch 32"), std::string::npos) << two.output;
+    EXPECT_NE(two.output.find("data parallel: 2 processes (MPI), batch 16 each, global batch 32"), std::string::npos)
+        << two.output;
     const Outcome local = outcome(dir / "runs" / "local", false);
     const std::vector<double> expected = first_step_of_two_ranks(plugin_dir());
     const double gap = relative_difference(local.update, expected);
-    std::printf("two ranks without synchronised BatchNorm against the average of their gradients: %.2e (relative L2)\n", gap);
+    std::printf("two ranks without synchronised BatchNorm against the average of their gradients: %.2e (relative L2)\n",
+                gap);
     EXPECT_LT(gap, 1e-4) << "the update is not the average of the ranks' gradients";
 }
 
@@ -242,27 +258,35 @@ TEST(DataParallel, RankZeroDecidesTheResumeAndAnotherRankCountIsRefused) {
     const RunResult first = run_ranks(2, "r.toml --threads 1 --stop-after-steps 2 " + sets, stopped.path());
     ASSERT_EQ(first.exit_code, 0) << first.output;
     const std::string runner = "'" + fs::absolute(runner_path()).string() + "' r.toml --threads 1 " + sets;
-    const RunResult resumed = run_shell("timeout 120 mpirun --allow-run-as-root --oversubscribe -np 1 -wdir '" + stopped.path().string() +
-                                        "' " + runner + " : -np 1 -wdir '" + elsewhere.path().string() + "' " + runner + " 2>&1");
+    const RunResult resumed =
+        run_shell("timeout 120 mpirun --allow-run-as-root --oversubscribe -np 1 -wdir '" + stopped.path().string() +
+                  "' " + runner + " : -np 1 -wdir '" + elsewhere.path().string() + "' " + runner + " 2>&1");
     ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
-    EXPECT_NE(resumed.output.find("resuming from runs/one/last.safetensors: epoch 1, step 2 of 3"), std::string::npos) << resumed.output;
+    EXPECT_NE(resumed.output.find("resuming from runs/one/last.safetensors: epoch 1, step 2 of 3"), std::string::npos)
+        << resumed.output;
     EXPECT_FALSE(fs::exists(elsewhere / "runs")) << "a rank other than 0 wrote a run folder";
-    const double gap = relative_difference(outcome(stopped / "runs" / "one", false).update, outcome(straight / "runs" / "one", false).update);
+    const double gap = relative_difference(outcome(stopped / "runs" / "one", false).update,
+                                           outcome(straight / "runs" / "one", false).update);
     std::printf("two ranks stopped and resumed against two ranks straight: %.2e (relative L2)\n", gap);
     EXPECT_LT(gap, 1e-6);
 
     // One process cannot take over a run of two: its epochs hold other batches.
     const auto saved = read_file(stopped / "runs" / "one" / "recipe.toml");
-    const RunResult alone = run_shell("cd '" + stopped.path().string() + "' && timeout 120 " + runner + " --set train.epochs=3 2>&1");
+    const RunResult alone =
+        run_shell("cd '" + stopped.path().string() + "' && timeout 120 " + runner + " --set train.epochs=3 2>&1");
     EXPECT_EQ(alone.exit_code, 2) << alone.output;
-    EXPECT_NE(alone.output.find("was saved by 2 process(es) of batch 16, and this run has 1 of batch 16"), std::string::npos) << alone.output;
+    EXPECT_NE(alone.output.find("was saved by 2 process(es) of batch 16, and this run has 1 of batch 16"),
+              std::string::npos)
+        << alone.output;
     EXPECT_EQ(read_file(stopped / "runs" / "one" / "recipe.toml"), saved);
     // Nor three ranks, and every rank stops with exit 2 (mpirun reports it), none waits.
-    const RunResult three = run_shell("cd '" + stopped.path().string() + "' && timeout 120 " + mpirun(3) + "r.toml --threads 1 " + sets +
-                                      " --set train.epochs=3 2>&1");
+    const RunResult three = run_shell("cd '" + stopped.path().string() + "' && timeout 120 " + mpirun(3) +
+                                      "r.toml --threads 1 " + sets + " --set train.epochs=3 2>&1");
     EXPECT_NE(three.exit_code, 0) << three.output;
     EXPECT_NE(three.exit_code, 124) << "the ranks hung:\n" << three.output;
-    EXPECT_NE(three.output.find("was saved by 2 process(es) of batch 16, and this run has 3 of batch 16"), std::string::npos) << three.output;
+    EXPECT_NE(three.output.find("was saved by 2 process(es) of batch 16, and this run has 3 of batch 16"),
+              std::string::npos)
+        << three.output;
 }
 
 // The pid of the runner that is rank `rank` of an mpirun whose arguments contain `marker`.
@@ -271,7 +295,8 @@ pid_t find_rank(const std::string& marker, int rank) {
         const std::string pid = entry.path().filename();
         if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
         std::ifstream cmdline(entry.path() / "cmdline"), environ(entry.path() / "environ");
-        const std::string args((std::istreambuf_iterator<char>(cmdline)), {}), env((std::istreambuf_iterator<char>(environ)), {});
+        const std::string args((std::istreambuf_iterator<char>(cmdline)), {}),
+            env((std::istreambuf_iterator<char>(environ)), {});
         if (args.rfind(fs::absolute(runner_path()).string(), 0) == 0 && args.find(marker) != std::string::npos &&
             env.find("OMPI_COMM_WORLD_RANK=" + std::to_string(rank) + '\0') != std::string::npos)
             return pid_t(std::stoi(pid));
@@ -284,8 +309,8 @@ TEST(DataParallel, ARankThatDiesEndsTheRunOnEveryRank) {
     TempDir dir;
     std::ofstream(dir / "r.toml") << recipe;
     const std::string marker = "run.name=doomed" + std::to_string(::getpid());
-    const std::string command = "cd '" + dir.path().string() + "' && exec " + mpirun(2) + "r.toml --threads 1 --set " + marker +
-                                " --set train.epochs=10000 --set data.batch_size=16 >out.txt 2>&1";
+    const std::string command = "cd '" + dir.path().string() + "' && exec " + mpirun(2) + "r.toml --threads 1 --set " +
+                                marker + " --set train.epochs=10000 --set data.batch_size=16 >out.txt 2>&1";
     const pid_t launcher = fork();
     ASSERT_GE(launcher, 0);
     if (launcher == 0) {

@@ -57,8 +57,8 @@ struct Stopped {  // a run stopped after 4 steps: the checkpoint the faults must
         saved = checkpoint_values(folder / "last.safetensors");
     }
     RunResult run(const std::string& args, const std::string& limits = "") const {
-        return run_shell("cd '" + dir.path().string() + "' && " + limits + " '" + fs::absolute(runner_path()).string() + "' " + args +
-                         " 2>&1");
+        return run_shell("cd '" + dir.path().string() + "' && " + limits + " '" + fs::absolute(runner_path()).string() +
+                         "' " + args + " 2>&1");
     }
 };
 
@@ -82,7 +82,8 @@ TEST(Faults, DiskFullDuringACheckpointLeavesThePreviousOne) {
     // With room again, the run resumes from the checkpoint it kept.
     r = s.run("r.toml --threads 2");
     EXPECT_EQ(r.exit_code, 0) << r.output;
-    EXPECT_NE(r.output.find("resuming from runs/run/last.safetensors: epoch 1, step 4 of 8"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("resuming from runs/run/last.safetensors: epoch 1, step 4 of 8"), std::string::npos)
+        << r.output;
 }
 
 TEST(Faults, AFolderThatCannotBeWrittenLeavesThePreviousOne) {
@@ -97,7 +98,8 @@ TEST(Faults, AFolderThatCannotBeWrittenLeavesThePreviousOne) {
     fs::remove(s.folder / "checkpoints" / "current.tmp");
     r = s.run("r.toml --threads 2");
     EXPECT_EQ(r.exit_code, 0) << r.output;
-    EXPECT_NE(r.output.find("resuming from runs/run/last.safetensors: epoch 1, step 4 of 8"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("resuming from runs/run/last.safetensors: epoch 1, step 4 of 8"), std::string::npos)
+        << r.output;
 }
 
 // A save killed between any two of its file operations (SIGKILL: as a power cut, nothing flushed
@@ -117,16 +119,20 @@ TEST(Faults, KilledBetweenAnyTwoFileOperationsTheRunResumesExactly) {
     for (int op = 1; op < 100; ++op) {
         TempDir dir;
         fs::copy(start.dir.path(), dir.path(), fs::copy_options::recursive);
-        const RunResult r = run_shell("cd '" + dir.path().string() + "' && TESSERA_KILL_AT_FILE_OP=" + std::to_string(op) + " '" +
-                                      fs::absolute(runner_path()).string() + "' r.toml --threads 2 2>&1");
+        const RunResult r =
+            run_shell("cd '" + dir.path().string() + "' && TESSERA_KILL_AT_FILE_OP=" + std::to_string(op) + " '" +
+                      fs::absolute(runner_path()).string() + "' r.toml --threads 2 2>&1");
         if (r.exit_code == 0) break;  // the save has fewer operations: every one was a kill point
-        ++kills;  // only a save's file operations are counted: the kill came within it
+        ++kills;                      // only a save's file operations are counted: the kill came within it
         const RunResult resumed = run_runner("r.toml --threads 2", dir.path());
-        ASSERT_EQ(resumed.exit_code, 0) << "killed at file operation " << op << ", the run does not resume:\n" << resumed.output;
+        ASSERT_EQ(resumed.exit_code, 0) << "killed at file operation " << op << ", the run does not resume:\n"
+                                        << resumed.output;
         EXPECT_TRUE(checkpoint_values(dir / "runs" / "run" / "last.safetensors") == expected)
-            << "killed at file operation " << op << ", the resumed run ends elsewhere:\n" << resumed.output;
+            << "killed at file operation " << op << ", the resumed run ends elsewhere:\n"
+            << resumed.output;
     }
-    std::printf("killed at each of the save's %d file operations; every run resumed to the straight run's weights\n", kills);
+    std::printf("killed at each of the save's %d file operations; every run resumed to the straight run's weights\n",
+                kills);
     EXPECT_GE(kills, 10) << "a save of best.safetensors and a checkpoint set has more file operations than that";
 }
 
@@ -134,7 +140,8 @@ TEST(Faults, APluginThatThrowsIsNamedAndTheCheckpointKept) {
     const std::string plugins = "[run]\nplugin_path = '" + fs::absolute(binary_dir()).string() + "'\n";
     std::string faulty = recipe;
     faulty.replace(faulty.find("[scheduler]"), 11, "[optimizer]\nplugin = \"faulty\"\nthrow_at_step = 12\n[scheduler]");
-    faulty.replace(faulty.find("seed = 2\n"), 9, "seed = 2\nplugin_path = '" + fs::absolute(binary_dir()).string() + "'\n");
+    faulty.replace(faulty.find("seed = 2\n"), 9,
+                   "seed = 2\nplugin_path = '" + fs::absolute(binary_dir()).string() + "'\n");
     TempDir dir;
     std::ofstream(dir / "r.toml") << faulty;
     // Its factory fails: refused, naming the module.

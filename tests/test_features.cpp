@@ -20,9 +20,7 @@ using train::Trainer;
 /// Random 8x8 RGB images of 4 classes, the same for the same seed and epoch.
 class RandomImages final : public plugin::DataSource {
 public:
-    plugin::DatasetInfo info() const override {
-        return {8, 8, 3, 4, 64, 16, {0.5, 0.5, 0.5}, {0.25, 0.25, 0.25}, {}};
-    }
+    plugin::DatasetInfo info() const override { return {8, 8, 3, 4, 64, 16, {0.5, 0.5, 0.5}, {0.25, 0.25, 0.25}, {}}; }
     std::int64_t num_batches(plugin::Split split, const plugin::EpochPlan& p) const override {
         return (split == plugin::Split::train ? 64 : 16) / p.batch_size;
     }
@@ -117,7 +115,8 @@ TEST(Accumulation, TwoBatchesGiveTheMeanOfTheirGradients) {
     const auto& g = summed.optimizer.grads[0];
     const auto &g1 = separate.optimizer.grads[0], &g2 = separate.optimizer.grads[1];
     double worst = 0;
-    for (std::size_t i = 0; i < g.size(); ++i) worst = std::max(worst, std::abs(double(g[i]) - 0.5 * (double(g1[i]) + g2[i])));
+    for (std::size_t i = 0; i < g.size(); ++i)
+        worst = std::max(worst, std::abs(double(g[i]) - 0.5 * (double(g1[i]) + g2[i])));
     EXPECT_LT(worst, 1e-5 * norm(g)) << "the accumulated gradient is not the mean of the two batches' gradients";
     EXPECT_GT(norm(g), 0);
 }
@@ -141,7 +140,8 @@ TEST(Clipping, CapsTheGlobalNormAndKeepsTheDirection) {
     b.step().run(capped.data, 1, batch, {0.0, {}});
     const auto& c = capped.optimizer.grads[0];
     EXPECT_NEAR(norm(c), config.grad_clip, 1e-4 * config.grad_clip);
-    for (std::size_t i = 0; i < g.size(); i += 97) EXPECT_NEAR(c[i], g[i] * config.grad_clip / unclipped, 1e-6 + 1e-4 * std::abs(g[i]));
+    for (std::size_t i = 0; i < g.size(); i += 97)
+        EXPECT_NEAR(c[i], g[i] * config.grad_clip / unclipped, 1e-6 + 1e-4 * std::abs(g[i]));
 
     config.grad_clip = unclipped * 2;  // above the norm: nothing changes
     Rig loose;
@@ -174,11 +174,13 @@ TEST(MovingAverage, FollowsItsRecurrenceOverWeightsAndStatistics) {
     ASSERT_EQ(saved.size(), expected.size());
     for (auto& e : s.net->params().buffer_entries)  // a count, not averaged
         if (e.role == layers::Role::num_batches_tracked) expected[s.net->params().values.size() + e.offset] = 4;
-    for (std::size_t i = 0; i < saved.size(); ++i) ASSERT_NEAR(saved[i], expected[i], 1e-6 + 1e-5 * std::abs(expected[i])) << i;
+    for (std::size_t i = 0; i < saved.size(); ++i)
+        ASSERT_NEAR(saved[i], expected[i], 1e-6 + 1e-5 * std::abs(expected[i])) << i;
     EXPECT_TRUE(stats.has_ema);
     EXPECT_NE(stats.ema_val_loss, stats.val_loss);  // evaluated with the average, not the weights
     // The network trains on with its own weights, not the average.
-    EXPECT_TRUE(std::equal(s.optimizer.after.back().begin(), s.optimizer.after.back().begin() + std::ptrdiff_t(s.net->params().values.size()),
+    EXPECT_TRUE(std::equal(s.optimizer.after.back().begin(),
+                           s.optimizer.after.back().begin() + std::ptrdiff_t(s.net->params().values.size()),
                            s.net->params().values.begin()));
 }
 
@@ -211,7 +213,8 @@ TEST(Mixing, CutmixPastesABoxAndWeighsLabelsByItsArea) {
         ASSERT_TRUE(m.active);
         for (int i = 0; i < 4; ++i) {
             std::size_t foreign = 0;
-            for (std::size_t k = 0; k < 32 * 32 * 3; ++k) foreign += b.pixels[std::size_t(i) * 32 * 32 * 3 + k] == 10 * (3 - i);
+            for (std::size_t k = 0; k < 32 * 32 * 3; ++k)
+                foreign += b.pixels[std::size_t(i) * 32 * 32 * 3 + k] == 10 * (3 - i);
             EXPECT_NEAR(double(foreign) / (32 * 32 * 3), 1 - m.lam, 1e-9) << "seed " << seed << ", image " << i;
         }
     }
@@ -266,10 +269,11 @@ TEST(Mixing, SmallAlphaGivesFiniteMixingWeights) {
 
 TEST(EarlyStop, StopsOnceTheTargetAccuracyIsReached) {
     TempDir dir;
-    std::ofstream(dir / "r.toml") << "[run]\nout_dir = 'runs'\nname = 't'\n[model]\narch = 'resnet20'\n"
-                                  << "[data]\nplugin = 'synthetic'\nimage_size = 8\ntrain_size = 512\nval_size = 128\nbatch_size = 32\n"
-                                  << "[scheduler]\nplugin = 'onecycle'\nmax_lr = 0.1\n[train]\nepochs = 5\ntarget_top1 = 0.45\n"
-                                  << "[[logger]]\nplugin = 'csv'\n";
+    std::ofstream(dir / "r.toml")
+        << "[run]\nout_dir = 'runs'\nname = 't'\n[model]\narch = 'resnet20'\n"
+        << "[data]\nplugin = 'synthetic'\nimage_size = 8\ntrain_size = 512\nval_size = 128\nbatch_size = 32\n"
+        << "[scheduler]\nplugin = 'onecycle'\nmax_lr = 0.1\n[train]\nepochs = 5\ntarget_top1 = 0.45\n"
+        << "[[logger]]\nplugin = 'csv'\n";
     const RunResult r = run_runner("r.toml --threads 2", dir.path());
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("reached the target top-1 0.4500 at epoch"), std::string::npos) << r.output;
@@ -430,7 +434,9 @@ TEST(LossScale, RecipeKeysAndTheirChecks) {
     TempDir dir;
     const plugin::Registry registry({plugin_dir()});
     auto recipe = [&](const std::string& model, const std::string& train) {
-        std::ofstream(dir / "r.toml") << "[model]\narch = 'resnet20'\n" << model << "\n[data]\nplugin = 'synthetic'\n[train]\n" << train << "\n";
+        std::ofstream(dir / "r.toml") << "[model]\narch = 'resnet20'\n"
+                                      << model << "\n[data]\nplugin = 'synthetic'\n[train]\n"
+                                      << train << "\n";
         recipe::Recipe r = recipe::load(dir / "r.toml", {});
         recipe::resolve(r, registry);
         return r;
@@ -440,7 +446,8 @@ TEST(LossScale, RecipeKeysAndTheirChecks) {
     EXPECT_TRUE(fp16.dynamic);
     EXPECT_EQ(fp16.initial, 65536);
     EXPECT_EQ(fp16.window, 2000);
-    const auto fixed = recipe::loss_scale_of(recipe("precision = 'fp16'", "loss_scale = 128.0\nloss_scale_window = 50"));
+    const auto fixed =
+        recipe::loss_scale_of(recipe("precision = 'fp16'", "loss_scale = 128.0\nloss_scale_window = 50"));
     EXPECT_FALSE(fixed.dynamic);
     EXPECT_EQ(fixed.initial, 128);
     for (const char* bad : {"loss_scale = -1.0", "loss_scale_window = 0"}) {
@@ -457,13 +464,15 @@ TEST(LossScale, RecipeKeysAndTheirChecks) {
 
 TEST(Checkpoints, KeepTheLastKEpochs) {
     TempDir dir;
-    std::ofstream(dir / "r.toml") << "[run]\nout_dir = 'runs'\nname = 't'\n[model]\narch = 'resnet20'\n"
-                                  << "[data]\nplugin = 'synthetic'\nimage_size = 8\ntrain_size = 64\nval_size = 32\nbatch_size = 32\n"
-                                  << "[scheduler]\nplugin = 'constant'\nlr = 0.01\n[train]\nepochs = 4\n[checkpoint]\nkeep = 2\n";
+    std::ofstream(dir / "r.toml")
+        << "[run]\nout_dir = 'runs'\nname = 't'\n[model]\narch = 'resnet20'\n"
+        << "[data]\nplugin = 'synthetic'\nimage_size = 8\ntrain_size = 64\nval_size = 32\nbatch_size = 32\n"
+        << "[scheduler]\nplugin = 'constant'\nlr = 0.01\n[train]\nepochs = 4\n[checkpoint]\nkeep = 2\n";
     const RunResult r = run_runner("r.toml --threads 2", dir.path());
     ASSERT_EQ(r.exit_code, 0) << r.output;
     for (int epoch = 1; epoch <= 4; ++epoch)
-        EXPECT_EQ(fs::exists(dir / "runs" / "t" / ("epoch_" + std::to_string(epoch) + ".safetensors")), epoch >= 3) << epoch;
+        EXPECT_EQ(fs::exists(dir / "runs" / "t" / ("epoch_" + std::to_string(epoch) + ".safetensors")), epoch >= 3)
+            << epoch;
     const auto meta = checkpoint::read_metadata(dir / "runs" / "t" / "epoch_3.safetensors");
     EXPECT_EQ(meta.at("epoch"), "4");  // saved after epoch 3: the next to train is 4
 }

@@ -31,12 +31,15 @@ void check_gradients(Shape in, bool training, Tolerance tol = {}, int probes = 2
         float* v = b.store.values.data() + e.offset;
         if (e.role == Role::bn_weight)
             for (std::size_t i = 0; i < e.size; ++i) v[i] = float((rng.coin() ? 1 : -1) * rng.uniform(0.5, 1.5));
-        else fill_normal(v, e.size, rng, e.role == Role::conv_weight ? 0.3 : 0.7);
+        else
+            fill_normal(v, e.size, rng, e.role == Role::conv_weight ? 0.3 : 0.7);
     }
     for (auto& e : b.store.buffer_entries) {
         float* v = b.store.buffers.data() + e.offset;
         for (std::size_t i = 0; i < e.size; ++i)
-            v[i] = e.role == Role::running_var ? float(0.5 + rng.uniform()) : e.role == Role::running_mean ? float(0.2 * rng.normal()) : 0.f;
+            v[i] = e.role == Role::running_var    ? float(0.5 + rng.uniform())
+                   : e.role == Role::running_mean ? float(0.2 * rng.normal())
+                                                  : 0.f;
     }
     cpu::Context ctx(2);
     ctx.training = training;
@@ -129,8 +132,12 @@ TEST(Gradients, ResidualProjection) {
 // keep them from changing sign under the probe.
 constexpr Tolerance through_relus{1e-3, 2e-2, 3e-3};
 TEST(Gradients, BasicBlockInSeq) { check_gradients<models::BasicBlock<4, 1>, 4>({2, 4, 4, 4}, true, through_relus); }
-TEST(Gradients, BottleneckDownsampling) { check_gradients<models::Bottleneck<8, 2>, 4>({2, 6, 6, 4}, true, through_relus); }
-TEST(Gradients, RepeatedBlocks) { check_gradients<Repeat<2, models::BasicBlock<3, 1>>, 3>({2, 4, 4, 3}, false, through_relus); }
+TEST(Gradients, BottleneckDownsampling) {
+    check_gradients<models::Bottleneck<8, 2>, 4>({2, 6, 6, 4}, true, through_relus);
+}
+TEST(Gradients, RepeatedBlocks) {
+    check_gradients<Repeat<2, models::BasicBlock<3, 1>>, 3>({2, 4, 4, 3}, false, through_relus);
+}
 // The whole network in eval mode: training-mode BatchNorm over its 2x2 last stage bends too sharply
 // for finite differences; the blocks above check training mode.
 TEST(Gradients, WholeSmallResNet) {

@@ -86,7 +86,9 @@ TEST(Loggers, CsvKeepsTheEpochsBeforeAResume) {
     std::ifstream csv(run_folder() / "metrics.csv");
     std::string header;
     std::getline(csv, header);
-    EXPECT_EQ(header, "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,img_per_s,time_s,bad_samples,ema_val_loss,ema_val_top1,ema_val_top5");
+    EXPECT_EQ(header,
+              "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,img_per_s,time_s,bad_samples,ema_val_loss,ema_"
+              "val_top1,ema_val_top5");
     std::vector<int> epochs;
     for (std::string row; std::getline(csv, row);) epochs.push_back(std::stoi(row));
     EXPECT_EQ(epochs, (std::vector<int>{1, 2, 3}));
@@ -159,8 +161,14 @@ Event decode(const std::string& bytes) {
     while (r.pos < r.end) {
         const auto key = r.varint();
         const int field = int(key >> 3), wire = int(key & 7);
-        if (wire == 1) { r.pos += 8; continue; }       // wall_time
-        if (wire == 0) { e.step = std::int64_t(r.varint()); continue; }
+        if (wire == 1) {
+            r.pos += 8;
+            continue;
+        }  // wall_time
+        if (wire == 0) {
+            e.step = std::int64_t(r.varint());
+            continue;
+        }
         const std::size_t length = r.varint();
         const std::string payload = bytes.substr(r.pos, length);
         r.pos += length;
@@ -204,11 +212,13 @@ std::vector<Event> read_events(const fs::path& file) {
         std::uint32_t length_crc, data_crc;
         std::memcpy(&length, data.data() + pos, 8);
         std::memcpy(&length_crc, data.data() + pos + 8, 4);
-        EXPECT_EQ(unmask(length_crc), crc32c_bitwise(data.data() + pos, 8)) << "length CRC of the record at byte " << pos;
+        EXPECT_EQ(unmask(length_crc), crc32c_bitwise(data.data() + pos, 8))
+            << "length CRC of the record at byte " << pos;
         EXPECT_LE(pos + 16 + length, data.size());
         const std::string record = data.substr(pos + 12, length);
         std::memcpy(&data_crc, data.data() + pos + 12 + length, 4);
-        EXPECT_EQ(unmask(data_crc), crc32c_bitwise(record.data(), record.size())) << "data CRC of the record at byte " << pos;
+        EXPECT_EQ(unmask(data_crc), crc32c_bitwise(record.data(), record.size()))
+            << "data CRC of the record at byte " << pos;
         events.push_back(decode(record));
         pos += 16 + length;
     }
@@ -290,19 +300,23 @@ TEST(Loggers, HtmlReportRendersItsPlotsInChromium) {
     if (browser.empty()) GTEST_SKIP() << "no Chromium here (apt install chromium); scripts/test installs it";
     TempDir shots;
     const fs::path png = shots / "report.png";
-    run_shell("'" + browser + "' --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,1400 --screenshot='" +
-                png.string() + "' 'file://" + fs::absolute(run_folder() / "report.html").string() + "' 2>&1");
+    run_shell("'" + browser +
+              "' --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,1400 --screenshot='" +
+              png.string() + "' 'file://" + fs::absolute(run_folder() / "report.html").string() + "' 2>&1");
     int w = 0, h = 0, channels = 0;
     unsigned char* pixels = stbi_load(png.c_str(), &w, &h, &channels, 3);
     ASSERT_NE(pixels, nullptr) << "Chromium wrote no screenshot";
     // Each series is drawn in its own colour: count the pixels of each.
     std::map<std::string, int> seen;
-    const std::map<std::string, std::array<int, 3>> colours = {
-        {"train", {0x1f, 0x77, 0xb4}}, {"val", {0xd6, 0x27, 0x28}}, {"lr", {0x2c, 0xa0, 0x2c}}, {"throughput", {0x8c, 0x56, 0x4b}},
-        {"ema", {0x94, 0x67, 0xbd}}};
+    const std::map<std::string, std::array<int, 3>> colours = {{"train", {0x1f, 0x77, 0xb4}},
+                                                               {"val", {0xd6, 0x27, 0x28}},
+                                                               {"lr", {0x2c, 0xa0, 0x2c}},
+                                                               {"throughput", {0x8c, 0x56, 0x4b}},
+                                                               {"ema", {0x94, 0x67, 0xbd}}};
     for (int i = 0; i < w * h; ++i)
         for (auto& [name, c] : colours)
-            if (std::abs(pixels[3 * i] - c[0]) < 12 && std::abs(pixels[3 * i + 1] - c[1]) < 12 && std::abs(pixels[3 * i + 2] - c[2]) < 12)
+            if (std::abs(pixels[3 * i] - c[0]) < 12 && std::abs(pixels[3 * i + 1] - c[1]) < 12 &&
+                std::abs(pixels[3 * i + 2] - c[2]) < 12)
                 ++seen[name];
     stbi_image_free(pixels);
     for (auto& [name, c] : colours) EXPECT_GT(seen[name], 150) << "the " << name << " series is not drawn";

@@ -16,8 +16,11 @@ std::unique_ptr<Net> make(const std::string& arch, int classes = 1000, int chann
 }
 
 TEST(Models, ParameterCountsEqualTorchvision) {
-    const std::pair<const char*, std::size_t> expected[] = {
-        {"resnet18", 11'689'512}, {"resnet34", 21'797'672}, {"resnet50", 25'557'032}, {"resnet101", 44'549'160}, {"resnet152", 60'192'808}};
+    const std::pair<const char*, std::size_t> expected[] = {{"resnet18", 11'689'512},
+                                                            {"resnet34", 21'797'672},
+                                                            {"resnet50", 25'557'032},
+                                                            {"resnet101", 44'549'160},
+                                                            {"resnet152", 60'192'808}};
     for (auto& [arch, count] : expected) EXPECT_EQ(make(arch)->params().values.size(), count) << arch;
     // ResNet-20 for CIFAR-10 (He et al. 2016, §4.2, 0.27 M in table 6), counted by hand, with
     // projection shortcuts where the shape changes:
@@ -36,10 +39,10 @@ TEST(Models, NamesFollowTorchvisionStateDict) {
     std::vector<std::string> names;
     for (auto& e : net->params().params) names.push_back(e.name);
     for (auto& e : net->params().buffer_entries) names.push_back(e.name);
-    for (const char* expected : {"conv1.weight", "bn1.weight", "bn1.running_var", "layer1.0.conv1.weight", "layer1.0.bn3.bias",
-                                 "layer1.0.downsample.0.weight", "layer1.0.downsample.1.running_mean",
-                                 "layer2.3.conv2.weight", "layer3.5.bn2.num_batches_tracked", "layer4.2.conv3.weight",
-                                 "fc.weight", "fc.bias"})
+    for (const char* expected :
+         {"conv1.weight", "bn1.weight", "bn1.running_var", "layer1.0.conv1.weight", "layer1.0.bn3.bias",
+          "layer1.0.downsample.0.weight", "layer1.0.downsample.1.running_mean", "layer2.3.conv2.weight",
+          "layer3.5.bn2.num_batches_tracked", "layer4.2.conv3.weight", "fc.weight", "fc.bias"})
         EXPECT_NE(std::find(names.begin(), names.end(), expected), names.end()) << expected;
     // 161 parameters and 53 x 3 BatchNorm buffers, as resnet50().state_dict() has (320 entries).
     EXPECT_EQ(net->params().params.size() + net->params().buffer_entries.size(), 320u);
@@ -106,8 +109,10 @@ TEST(Models, InPlaceReLUsLeaveInputsAndResultsAlone) {
         ctx.training = false;
         const Tensor y = net->forward(ctx, Tensor{x.data(), {2, 16, 16, 3}});
         const std::vector<float> logits(y.data, y.data + y.size());
-        if (pass == 0) first = logits;
-        else EXPECT_EQ(logits, first);
+        if (pass == 0)
+            first = logits;
+        else
+            EXPECT_EQ(logits, first);
     }
     EXPECT_EQ(x, original);
     // A pre-activation block after BatchNorm: the branch's ReLU must not overwrite the block's input,
@@ -144,13 +149,13 @@ TEST(BatchNorm, BatchStatisticsInTrainingRunningStatisticsInEval) {
     Tensor y = b.layer.forward(ctx, in);
     double mean0 = 0;
     for (int i = 0; i < 8; ++i) mean0 += y.data[2 * i];
-    EXPECT_NEAR(mean0 / 8, 0.0, 1e-5);                 // normalised with the batch mean
+    EXPECT_NEAR(mean0 / 8, 0.0, 1e-5);                                // normalised with the batch mean
     EXPECT_NEAR(y.data[14], 7.0 / 2 / std::sqrt(5.25 + 1e-5), 1e-4);  // (8 - 4.5) / sqrt(biased var 5.25)
     auto& store = b.store;
     const float* running_mean = store.buffers.data() + store.buffer_entries[0].offset;
     const float* running_var = store.buffers.data() + store.buffer_entries[1].offset;
-    EXPECT_NEAR(running_mean[0], 0.1 * 4.5, 1e-5);           // momentum 0.1 from 0
-    EXPECT_NEAR(running_var[0], 0.9 + 0.1 * 6.0, 1e-5);      // unbiased variance 6 from 1
+    EXPECT_NEAR(running_mean[0], 0.1 * 4.5, 1e-5);       // momentum 0.1 from 0
+    EXPECT_NEAR(running_var[0], 0.9 + 0.1 * 6.0, 1e-5);  // unbiased variance 6 from 1
     EXPECT_NEAR(running_mean[1], 0.1 * 45, 1e-4);
     EXPECT_EQ(store.buffers[store.buffer_entries[2].offset], 1.f);  // num_batches_tracked
     ctx.training = false;

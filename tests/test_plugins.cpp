@@ -15,11 +15,23 @@ using plugin::Registry;
 
 TEST(Registry, FindsEveryBuiltInPlugin) {
     Registry registry({plugin_dir()});
-    for (auto [kind, name] : {std::pair{"optimizer", "sgd"}, {"scheduler", "onecycle"}, {"scheduler", "cosine"},
-                              {"scheduler", "multistep"}, {"scheduler", "constant"}, {"data", "idx"}, {"data", "synthetic"},
-                              {"data", "imagefolder"}, {"data", "shards"},
-                              {"logger", "console"}, {"logger", "csv"}, {"logger", "jsonl"}, {"logger", "tensorboard"},
-                              {"logger", "html"}, {"optimizer", "adamw"}, {"optimizer", "lars"}, {"scheduler", "poly"}})
+    for (auto [kind, name] : {std::pair{"optimizer", "sgd"},
+                              {"scheduler", "onecycle"},
+                              {"scheduler", "cosine"},
+                              {"scheduler", "multistep"},
+                              {"scheduler", "constant"},
+                              {"data", "idx"},
+                              {"data", "synthetic"},
+                              {"data", "imagefolder"},
+                              {"data", "shards"},
+                              {"logger", "console"},
+                              {"logger", "csv"},
+                              {"logger", "jsonl"},
+                              {"logger", "tensorboard"},
+                              {"logger", "html"},
+                              {"optimizer", "adamw"},
+                              {"optimizer", "lars"},
+                              {"scheduler", "poly"}})
         EXPECT_NE(registry.find(kind, name), nullptr) << kind << " " << name;
 }
 
@@ -55,12 +67,14 @@ TEST(Registry, RefusesOtherAbiAndForeignModules) {
 
 /// A plugin of `Kind` with `options`, the rest at their defaults.
 template <class Kind>
-std::shared_ptr<Kind> make(const Registry& registry, const std::string& name, std::map<std::string, plugin::Value> options) {
+std::shared_ptr<Kind> make(const Registry& registry, const std::string& name,
+                           std::map<std::string, plugin::Value> options) {
     const auto* entry = registry.find(plugin::kind_of<Kind>, name);
     for (auto& o : entry->info.options) options.try_emplace(o.name, o.default_value);
     return registry.create<Kind>(*entry, plugin::Options(options));
 }
-std::shared_ptr<plugin::Scheduler> scheduler(const Registry& registry, const std::string& name, std::map<std::string, plugin::Value> options) {
+std::shared_ptr<plugin::Scheduler> scheduler(const Registry& registry, const std::string& name,
+                                             std::map<std::string, plugin::Value> options) {
     return make<plugin::Scheduler>(registry, name, std::move(options));
 }
 
@@ -98,7 +112,8 @@ TEST(Schedulers, CosineMultistepConstant) {
 
 TEST(Schedulers, PolyWarmsUpThenDecaysAsMlperf) {
     Registry registry({plugin_dir()});
-    auto poly = scheduler(registry, "poly", {{"lr", 10.0}, {"end_lr", 1e-4}, {"warmup_epochs", 2.0}, {"decay_epochs", 8.0}});
+    auto poly =
+        scheduler(registry, "poly", {{"lr", 10.0}, {"end_lr", 1e-4}, {"warmup_epochs", 2.0}, {"decay_epochs", 8.0}});
     EXPECT_NEAR(poly->lr({0, 1000, 100}), 10.0 / 200, 1e-12);
     EXPECT_NEAR(poly->lr({199, 1000, 100}), 10.0, 1e-12);
     EXPECT_NEAR(poly->lr({200, 1000, 100}), 10.0, 1e-12);
@@ -111,14 +126,18 @@ TEST(Schedulers, PolyWarmsUpThenDecaysAsMlperf) {
 struct SmallParameters {
     std::vector<float> w = {0.5f, -1.f, 2.f, 0.25f, 1.f, 0.1f}, g = {0.2f, 0.3f, -0.1f, 0.05f, -0.4f, 0.3f};
     plugin::Parameters view() {
-        return {w.data(), g.data(), w.size(),
-                {{"conv.weight", "conv_weight", 0, 4}, {"bn.weight", "bn_weight", 4, 1}, {"fc.bias", "linear_bias", 5, 1}}};
+        return {
+            w.data(),
+            g.data(),
+            w.size(),
+            {{"conv.weight", "conv_weight", 0, 4}, {"bn.weight", "bn_weight", 4, 1}, {"fc.bias", "linear_bias", 5, 1}}};
     }
 };
 
 bool have_torch() { return std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") == 0; }
+constexpr const char* no_torch = "PyTorch is not installed (apt install python3-torch); scripts/test installs it";
 #define SKIP_WITHOUT_TORCH() \
-    if (!have_torch()) GTEST_SKIP() << "PyTorch is not installed (apt install python3-torch); scripts/test installs it"
+    if (!have_torch()) GTEST_SKIP() << no_torch
 
 /// The numbers a Python program prints, one run of PyTorch.
 std::vector<double> python_numbers(const std::string& program) {
@@ -143,7 +162,8 @@ def show(*tensors):
 
 void expect_values(const std::vector<float>& got, const std::vector<double>& want, std::size_t from, const char* what) {
     ASSERT_GE(want.size(), from + got.size()) << what;
-    for (std::size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[from + i], 1e-6 * std::max(1.0, std::abs(want[from + i]))) << what << ", value " << i;
+    for (std::size_t i = 0; i < got.size(); ++i)
+        EXPECT_NEAR(got[i], want[from + i], 1e-6 * std::max(1.0, std::abs(want[from + i]))) << what << ", value " << i;
 }
 
 TEST(Optimizers, AdamwMatchesPyTorch) {
@@ -187,8 +207,8 @@ TEST(Optimizers, LarsMatchesMlperfsReference) {
     Registry registry({plugin_dir()});
     std::vector<float> ours;
     for (bool nesterov : {false, true}) {
-        auto lars = make<plugin::Optimizer>(registry, "lars",
-                                            {{"momentum", 0.9}, {"weight_decay", 5e-5}, {"eeta", 0.001}, {"nesterov", nesterov}});
+        auto lars = make<plugin::Optimizer>(
+            registry, "lars", {{"momentum", 0.9}, {"weight_decay", 5e-5}, {"eeta", 0.001}, {"nesterov", nesterov}});
         SmallParameters p;
         for (int step = 0; step < 3; ++step) {
             lars->step(p.view(), {2.0 * (step + 1), std::nullopt});
@@ -196,7 +216,8 @@ TEST(Optimizers, LarsMatchesMlperfsReference) {
         }
         ours.insert(ours.end(), p.w.begin(), p.w.end());
         if (!nesterov) {
-            EXPECT_GT(std::abs(p.w[4] - 1.f), 100 * std::abs(p.w[0] - 0.5f)) << "gamma moves at the base rate, the conv weight far slower";
+            EXPECT_GT(std::abs(p.w[4] - 1.f), 100 * std::abs(p.w[0] - 0.5f))
+                << "gamma moves at the base rate, the conv weight far slower";
         }
     }
     const auto reference = python_numbers(std::string(torch_prelude) + R"(
@@ -239,8 +260,9 @@ TEST(Optimizers, SgdMatchesTorchOptimSgd) {
     Registry registry({plugin_dir()});
     std::vector<float> ours;
     for (bool nesterov : {true, false}) {
-        auto sgd = make<plugin::Optimizer>(registry, "sgd", {{"momentum", 0.9}, {"weight_decay", 0.1}, {"nesterov", nesterov},
-                                                             {"no_decay_bn_bias", nesterov}});
+        auto sgd = make<plugin::Optimizer>(
+            registry, "sgd",
+            {{"momentum", 0.9}, {"weight_decay", 0.1}, {"nesterov", nesterov}, {"no_decay_bn_bias", nesterov}});
         SmallParameters p;
         for (int step = 0; step < 3; ++step) {
             sgd->step(p.view(), {0.01 * (step + 1), step == 2 ? std::optional(0.85) : std::nullopt});

@@ -22,19 +22,21 @@ struct TypeChecking {
         const float* network_input = nullptr;
         parallel::GradientHook* gradient_hook = nullptr;
         parallel::Communicator* batchnorm_group = nullptr;
-        std::map<std::string, int> calls;      // operation -> times called
-        std::vector<std::string> mismatches;   // what had the wrong type, and where
+        std::map<std::string, int> calls;     // operation -> times called
+        std::vector<std::string> mismatches;  // what had the wrong type, and where
     };
     static constexpr const char* name = "type-checking";
     static constexpr bool has_device_memory = false;
     struct DeviceParams {};
 
     // Each tensor an operation takes or makes must have `want`.
-    static void expect(Context& ctx, const char* op, std::initializer_list<std::pair<const char*, const Tensor*>> tensors, DType want) {
+    static void expect(Context& ctx, const char* op,
+                       std::initializer_list<std::pair<const char*, const Tensor*>> tensors, DType want) {
         ++ctx.calls[op];
         for (auto& [role, t] : tensors)
             if (t->data && t->dtype != want)
-                ctx.mismatches.push_back(std::string(op) + ": " + role + " is " + dtype_name(t->dtype) + ", not " + dtype_name(want));
+                ctx.mismatches.push_back(std::string(op) + ": " + role + " is " + dtype_name(t->dtype) + ", not " +
+                                         dtype_name(want));
     }
 
     static void* stream(Context&) { return nullptr; }
@@ -47,28 +49,35 @@ struct TypeChecking {
     static void conv_forward(Context& c, const Tensor& x, const float*, const ConvGeometry&, const Tensor& y) {
         expect(c, "conv forward", {{"x", &x}, {"y", &y}}, c.activations);
     }
-    static void conv_backward(Context& c, const Tensor& x, const float*, const ConvGeometry&, const Tensor& dy, float*, const Tensor& dx) {
+    static void conv_backward(Context& c, const Tensor& x, const float*, const ConvGeometry&, const Tensor& dy, float*,
+                              const Tensor& dx) {
         expect(c, "conv backward", {{"x", &x}, {"dy", &dy}, {"dx", &dx}}, c.activations);
     }
-    static void batchnorm_forward(Context& c, const Tensor& x, const BatchNormParams&, BatchNormSaved, const Tensor& y) {
+    static void batchnorm_forward(Context& c, const Tensor& x, const BatchNormParams&, BatchNormSaved,
+                                  const Tensor& y) {
         expect(c, "batchnorm forward", {{"x", &x}, {"y", &y}}, c.activations);
     }
-    static void batchnorm_backward(Context& c, const Tensor& x, const Tensor& dy, const BatchNormParams&, BatchNormSaved, float*, float*,
-                                   const Tensor& dx) {
+    static void batchnorm_backward(Context& c, const Tensor& x, const Tensor& dy, const BatchNormParams&,
+                                   BatchNormSaved, float*, float*, const Tensor& dx) {
         expect(c, "batchnorm backward", {{"x", &x}, {"dy", &dy}, {"dx", &dx}}, c.activations);
     }
-    static void relu_forward(Context& c, const Tensor& x, const Tensor& y) { expect(c, "relu forward", {{"x", &x}, {"y", &y}}, c.activations); }
+    static void relu_forward(Context& c, const Tensor& x, const Tensor& y) {
+        expect(c, "relu forward", {{"x", &x}, {"y", &y}}, c.activations);
+    }
     static void relu_backward(Context& c, const Tensor& y, const Tensor& dy, const Tensor& dx) {
         expect(c, "relu backward", {{"y", &y}, {"dy", &dy}, {"dx", &dx}}, c.activations);
     }
     static void add(Context& c, const Tensor& a, const Tensor& b, const Tensor& y) {
         expect(c, "add", {{"a", &a}, {"b", &b}, {"y", &y}}, c.activations);
     }
-    static void accumulate(Context& c, const Tensor& x, const Tensor& y) { expect(c, "accumulate", {{"x", &x}, {"y", &y}}, c.activations); }
+    static void accumulate(Context& c, const Tensor& x, const Tensor& y) {
+        expect(c, "accumulate", {{"x", &x}, {"y", &y}}, c.activations);
+    }
     static void maxpool_forward(Context& c, const Tensor& x, const PoolGeometry&, const Tensor& y, std::int32_t*) {
         expect(c, "maxpool forward", {{"x", &x}, {"y", &y}}, c.activations);
     }
-    static void maxpool_backward(Context& c, const Tensor& dy, const std::int32_t*, const PoolGeometry&, const Tensor& dx) {
+    static void maxpool_backward(Context& c, const Tensor& dy, const std::int32_t*, const PoolGeometry&,
+                                 const Tensor& dx) {
         expect(c, "maxpool backward", {{"dy", &dy}, {"dx", &dx}}, c.activations);
     }
     static void global_avgpool_forward(Context& c, const Tensor& x, const Tensor& y) {
@@ -81,7 +90,8 @@ struct TypeChecking {
         expect(c, "linear forward", {{"x", &x}}, c.activations);
         expect(c, "linear forward", {{"the logits", &y}}, DType::f32);
     }
-    static void linear_backward(Context& c, const Tensor& x, const float*, const Tensor& dy, int, float*, float*, const Tensor& dx) {
+    static void linear_backward(Context& c, const Tensor& x, const float*, const Tensor& dy, int, float*, float*,
+                                const Tensor& dx) {
         expect(c, "linear backward", {{"x", &x}, {"dx", &dx}}, c.activations);
         expect(c, "linear backward", {{"the logits' gradient", &dy}}, DType::f32);
     }
@@ -106,7 +116,8 @@ void check_types(const char* arch, DType compute, int convolutions, int batchnor
 }
 
 TEST(MixedPrecision, EveryTensorOfResNet50HasTheComputeTypeAndTheLogitsAreFp32) {
-    for (DType compute : {DType::bf16, DType::f16, DType::f32}) check_types<models::ResNet50>("resnet50", compute, 53, 53);
+    for (DType compute : {DType::bf16, DType::f16, DType::f32})
+        check_types<models::ResNet50>("resnet50", compute, 53, 53);
 }
 
 TEST(MixedPrecision, EveryTensorOfBasicBlockResNetsHasTheComputeType) {

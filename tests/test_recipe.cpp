@@ -74,19 +74,29 @@ TEST_F(RecipeErrors, EachMistakeIsLocatedAndExitsTwo) {
     const std::vector<Case> cases = {
         {"syntax", replace(valid, "epochs = 1", "epochs = = 1"), {"r.toml:20:"}},
         {"not toml", "this is not a recipe\n", {"r.toml:1:", "TOML"}},
-        {"wrong type", replace(valid, "epochs = 1", "epochs = \"one\""), {"r.toml:20:10", "train.epochs must be an integer"}},
-        {"unknown key", replace(valid, "epochs = 1", "epoch = 1"), {"r.toml:20:1", "unknown key 'epoch'", "did you mean 'epochs'"}},
-        {"unknown plugin key", replace(valid, "lr = 0.05", "max_lr = 0.05"), {"r.toml:17:1", "unknown key 'max_lr'", "known keys: plugin, lr"}},
+        {"wrong type",
+         replace(valid, "epochs = 1", "epochs = \"one\""),
+         {"r.toml:20:10", "train.epochs must be an integer"}},
+        {"unknown key",
+         replace(valid, "epochs = 1", "epoch = 1"),
+         {"r.toml:20:1", "unknown key 'epoch'", "did you mean 'epochs'"}},
+        {"unknown plugin key",
+         replace(valid, "lr = 0.05", "max_lr = 0.05"),
+         {"r.toml:17:1", "unknown key 'max_lr'", "known keys: plugin, lr"}},
         {"unknown section", replace(valid, "[train]", "[trian]"), {"r.toml:19:", "unknown section [trian]", "'train'"}},
-        {"unknown plugin", replace(valid, "plugin = \"constant\"", "plugin = \"constnt\""),
+        {"unknown plugin",
+         replace(valid, "plugin = \"constant\"", "plugin = \"constnt\""),
          {"r.toml:16:10", "unknown scheduler plugin \"constnt\"", "constant"}},
         {"unknown arch", replace(valid, "resnet20", "resnet21"), {"unknown architecture \"resnet21\"", "resnet20"}},
-        {"bad value", replace(valid, "batch_size = 16", "batch_size = 0"), {"data.batch_size must be in [1, 65536], not 0"}},
+        {"bad value",
+         replace(valid, "batch_size = 16", "batch_size = 0"),
+         {"data.batch_size must be in [1, 65536], not 0"}},
     };
     for (auto& c : cases) {
         RunResult r = run(c.recipe);
         EXPECT_EQ(r.exit_code, 2) << c.name << "\n" << r.output;
-        for (auto& e : c.expected) EXPECT_NE(r.output.find(e), std::string::npos) << c.name << ": no '" << e << "' in\n" << r.output;
+        for (auto& e : c.expected)
+            EXPECT_NE(r.output.find(e), std::string::npos) << c.name << ": no '" << e << "' in\n" << r.output;
         EXPECT_EQ(r.output.find("terminate called"), std::string::npos) << c.name;
     }
 }
@@ -95,8 +105,9 @@ TEST_F(RecipeErrors, EachMistakeIsLocatedAndExitsTwo) {
 // written: each value below was once taken as it was (2^31 epochs narrowed to a negative int and
 // finished at once with exit 0; 75.9 as a target never fired; nan and inf passed every "< 0").
 TEST_F(RecipeErrors, EveryValueOutsideItsRangeExitsTwoNamingItAndWritesNothing) {
-    const std::string imagefolder = replace(valid, "plugin = \"synthetic\"\nimage_size = 8\ntrain_size = 64\nval_size = 32",
-                                            "plugin = \"imagefolder\"\ntrain = \"nowhere\"");
+    const std::string imagefolder =
+        replace(valid, "plugin = \"synthetic\"\nimage_size = 8\ntrain_size = 64\nval_size = 32",
+                "plugin = \"imagefolder\"\ntrain = \"nowhere\"");
     const std::string idx = replace(valid, "plugin = \"synthetic\"\nimage_size = 8\ntrain_size = 64\nval_size = 32",
                                     "plugin = \"idx\"\npath = \"nowhere\"");
     struct Value {
@@ -126,10 +137,12 @@ TEST_F(RecipeErrors, EveryValueOutsideItsRangeExitsTwoNamingItAndWritesNothing) 
         {valid, "logger.x.mode=bar", "\"x\" is not an index into logger"},
     };
     for (auto& c : cases) {
-        const std::string recipe = c.set.rfind("logger.", 0) == 0 ? c.recipe + "[[logger]]\nplugin = \"console\"\n" : c.recipe;
+        const std::string recipe =
+            c.set.rfind("logger.", 0) == 0 ? c.recipe + "[[logger]]\nplugin = \"console\"\n" : c.recipe;
         const RunResult r = run(recipe, "--set " + c.set);
         EXPECT_EQ(r.exit_code, 2) << c.set << "\n" << r.output;
-        EXPECT_NE(r.output.find(c.expected), std::string::npos) << c.set << ": no '" << c.expected << "' in\n" << r.output;
+        EXPECT_NE(r.output.find(c.expected), std::string::npos) << c.set << ": no '" << c.expected << "' in\n"
+                                                                << r.output;
         if (c.set.rfind("logger.", 0) != 0) {
             EXPECT_NE(r.output.find("r.toml"), std::string::npos) << c.set << ": the file is not named\n" << r.output;
         }
@@ -138,7 +151,8 @@ TEST_F(RecipeErrors, EveryValueOutsideItsRangeExitsTwoNamingItAndWritesNothing) 
     // In the file, the value's line and column.
     const RunResult r = run(replace(valid, "epochs = 1", "epochs = 2147483648"));
     EXPECT_EQ(r.exit_code, 2) << r.output;
-    EXPECT_NE(r.output.find("r.toml:20:10: train.epochs must be in [1, 100000], not 2147483648"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("r.toml:20:10: train.epochs must be in [1, 100000], not 2147483648"), std::string::npos)
+        << r.output;
     EXPECT_FALSE(fs::exists(dir / "runs"));
 }
 
@@ -188,7 +202,8 @@ TEST_F(RecipeErrors, MissingOrDamagedDatasetIsNamed) {
         const unsigned char magic[4] = {0, 0, 8, (unsigned char)dims.size()};
         f.write(reinterpret_cast<const char*>(magic), 4);
         for (auto d : dims) {
-            const unsigned char be[4] = {(unsigned char)(d >> 24), (unsigned char)(d >> 16), (unsigned char)(d >> 8), (unsigned char)d};
+            const unsigned char be[4] = {(unsigned char)(d >> 24), (unsigned char)(d >> 16), (unsigned char)(d >> 8),
+                                         (unsigned char)d};
             f.write(reinterpret_cast<const char*>(be), 4);
         }
         f << std::string(payload, '\1');
@@ -233,15 +248,24 @@ TEST(Recipes, TheReadmeTableListsEveryKeyWithItsDefault) {
             declared.insert(o.name);
             const auto found = table[name].find(o.name);
             if (found == table[name].end()) continue;
-            const std::string written = std::visit([](const auto& v) -> std::string {
-                using T = std::decay_t<decltype(v)>;
-                if constexpr (std::is_same_v<T, bool>) return v ? "true" : "false";
-                else if constexpr (std::is_same_v<T, std::int64_t>) return std::to_string(v);
-                else if constexpr (std::is_same_v<T, double>) return shortest_decimal(v).find('.') == std::string::npos ? shortest_decimal(v) + ".0" : shortest_decimal(v);
-                else if constexpr (std::is_same_v<T, std::string>) return "\"" + v + "\"";
-                else return "[list]";
-            }, o.default_value);
-            EXPECT_EQ(found->second, written) << "[" << name << "] " << o.name << ": the README's default is not the code's";
+            const std::string written = std::visit(
+                [](const auto& v) -> std::string {
+                    using T = std::decay_t<decltype(v)>;
+                    if constexpr (std::is_same_v<T, bool>)
+                        return v ? "true" : "false";
+                    else if constexpr (std::is_same_v<T, std::int64_t>)
+                        return std::to_string(v);
+                    else if constexpr (std::is_same_v<T, double>)
+                        return shortest_decimal(v).find('.') == std::string::npos ? shortest_decimal(v) + ".0"
+                                                                                  : shortest_decimal(v);
+                    else if constexpr (std::is_same_v<T, std::string>)
+                        return "\"" + v + "\"";
+                    else
+                        return "[list]";
+                },
+                o.default_value);
+            EXPECT_EQ(found->second, written)
+                << "[" << name << "] " << o.name << ": the README's default is not the code's";
         }
         for (const auto& [key, value] : table[name]) documented.insert(key);
         EXPECT_EQ(documented, declared) << "[" << name << "]: the README's keys are not the code's";
@@ -263,12 +287,14 @@ TEST(Recipes, EveryShippedRecipeIsValid) {
         // constructors check them), the loss scaling, and rates that stay finite and positive over the
         // whole schedule (100 steps an epoch stand in for the data's count).
         EXPECT_NO_THROW(registry.create<plugin::Optimizer>(*r.optimizer.entry, r.optimizer.options));
-        for (auto& logger : r.loggers) EXPECT_NO_THROW(registry.create<plugin::Logger>(*logger.entry, logger.options)) << logger.entry->info.name;
+        for (auto& logger : r.loggers)
+            EXPECT_NO_THROW(registry.create<plugin::Logger>(*logger.entry, logger.options)) << logger.entry->info.name;
         EXPECT_NO_THROW(recipe::loss_scale_of(r));
         EXPECT_GE(r.train.integer("epochs"), 1);
         EXPECT_GE(r.batch_size, 1);
         const std::string precision = r.model.text("precision"), device = r.train.text("device");
-        EXPECT_TRUE(precision == "fp32" || precision == "tf32" || precision == "bf16" || precision == "fp16") << precision;
+        EXPECT_TRUE(precision == "fp32" || precision == "tf32" || precision == "bf16" || precision == "fp16")
+            << precision;
         EXPECT_TRUE(device == "cpu" || device == "cuda") << device;
         EXPECT_TRUE(device == "cuda" || precision == "fp32") << "the CPU computes in fp32";
         std::shared_ptr<plugin::Scheduler> scheduler;

@@ -58,8 +58,10 @@ TEST(Resume, AStoppedAndResumedRunEndsWithTheWeightsOfAStraightOne) {
     EXPECT_EQ(r.output.find("final:"), std::string::npos) << r.output;
     r = run_runner("r.toml --threads 2 --set run.name=split", dir.path());
     ASSERT_EQ(r.exit_code, 0) << r.output;
-    EXPECT_NE(r.output.find("resuming from runs/split/last.safetensors: epoch 2, step 3 of 8"), std::string::npos) << r.output;
-    EXPECT_TRUE(checkpoint_values(dir / "runs" / "straight" / "last.safetensors") == checkpoint_values(dir / "runs" / "split" / "last.safetensors"))
+    EXPECT_NE(r.output.find("resuming from runs/split/last.safetensors: epoch 2, step 3 of 8"), std::string::npos)
+        << r.output;
+    EXPECT_TRUE(checkpoint_values(dir / "runs" / "straight" / "last.safetensors") ==
+                checkpoint_values(dir / "runs" / "split" / "last.safetensors"))
         << "the resumed run's weights differ from the straight run's";
     EXPECT_TRUE(fs::exists(dir / "runs" / "split" / "best.safetensors"));
     // A finished run, started again, says so and leaves its weights alone.
@@ -72,7 +74,8 @@ TEST(Resume, EveryTrainingFeatureResumesExactly) {
     // Two batches a step, mixup and cutmix, clipping, the weights' average: 4 steps an epoch.
     TempDir dir;
     std::string features = recipe;
-    features.replace(features.find("epochs = 2\n"), 11, "epochs = 2\naccumulate = 2\nmixup_alpha = 0.2\ncutmix_alpha = 1.0\ngrad_clip = 0.5\nema = 0.9\n");
+    features.replace(features.find("epochs = 2\n"), 11,
+                     "epochs = 2\naccumulate = 2\nmixup_alpha = 0.2\ncutmix_alpha = 1.0\ngrad_clip = 0.5\nema = 0.9\n");
     std::ofstream(dir / "r.toml") << features;
     const RunResult straight = run_runner("r.toml --threads 2 --set run.name=straight", dir.path());
     ASSERT_EQ(straight.exit_code, 0) << straight.output;
@@ -84,8 +87,11 @@ TEST(Resume, EveryTrainingFeatureResumesExactly) {
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("epoch 2, step 1 of 4"), std::string::npos) << r.output;
     for (const char* file : {"last.safetensors", "last.ema.safetensors"})
-        EXPECT_TRUE(checkpoint_values(dir / "runs" / "straight" / file) == checkpoint_values(dir / "runs" / "split" / file)) << file << " differs";
-    EXPECT_FALSE(checkpoint_values(dir / "runs" / "split" / "last.safetensors") == checkpoint_values(dir / "runs" / "split" / "last.ema.safetensors"));
+        EXPECT_TRUE(checkpoint_values(dir / "runs" / "straight" / file) ==
+                    checkpoint_values(dir / "runs" / "split" / file))
+            << file << " differs";
+    EXPECT_FALSE(checkpoint_values(dir / "runs" / "split" / "last.safetensors") ==
+                 checkpoint_values(dir / "runs" / "split" / "last.ema.safetensors"));
     // Resuming with another accumulate is refused: the saved position is no whole step of it.
     r = run_runner("r.toml --threads 2 --set run.name=odd --stop-after-steps 5 --set train.accumulate=1", dir.path());
     ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -105,7 +111,8 @@ TEST(Resume, SigtermFinishesTheStepSavesAndSaysHowToResume) {
         dup2(fileno(stdout), 2);
         if (chdir(dir.path().c_str()) != 0) _exit(127);
         const std::string runner = fs::absolute(runner_path()).string();
-        execl(runner.c_str(), runner.c_str(), "r.toml", "--threads", "1", "--set", "train.epochs=1000", static_cast<char*>(nullptr));
+        execl(runner.c_str(), runner.c_str(), "r.toml", "--threads", "1", "--set", "train.epochs=1000",
+              static_cast<char*>(nullptr));
         _exit(127);
     }
     // Once it has trained a little, as a spot instance's notice would.
@@ -130,13 +137,15 @@ TEST(Resume, ADamagedCheckpointIsRefusedAndNeverOverwritten) {
     TempDir dir;
     std::ofstream(dir / "r.toml") << recipe;
     ASSERT_EQ(run_runner("r.toml --threads 2 --stop-after-steps 3", dir.path()).exit_code, 0);
-    const fs::path state = dir / "runs" / "run" / "last.state.safetensors", last = dir / "runs" / "run" / "last.safetensors";
+    const fs::path state = dir / "runs" / "run" / "last.state.safetensors",
+                   last = dir / "runs" / "run" / "last.safetensors";
     fs::resize_file(state, fs::file_size(state) / 2);
     const auto before = checkpoint_values(last);
     const auto state_size = fs::file_size(state);
     RunResult r = run_runner("r.toml --threads 2", dir.path());
     EXPECT_EQ(r.exit_code, 2) << r.output;
-    EXPECT_NE(r.output.find("state.safetensors: tensor \"momentum_buffer\" lies outside the file"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("state.safetensors: tensor \"momentum_buffer\" lies outside the file"), std::string::npos)
+        << r.output;
     EXPECT_NE(r.output.find("--fresh"), std::string::npos) << r.output;
     EXPECT_TRUE(checkpoint_values(last) == before);
     EXPECT_EQ(fs::file_size(state), state_size);
@@ -159,15 +168,18 @@ TEST(Resume, AStateWhoseNumbersAreMissingOrDamagedIsRefused) {
     TempDir dir;
     std::ofstream(dir / "r.toml") << recipe;
     ASSERT_EQ(run_runner("r.toml --threads 2 --stop-after-steps 3", dir.path()).exit_code, 0);
-    const fs::path weights = *train::RunFolder(dir / "runs" / "run").latest(), state = train::RunFolder::state_file(weights);
+    const fs::path weights = *train::RunFolder(dir / "runs" / "run").latest(),
+                   state = train::RunFolder::state_file(weights);
     const checkpoint::TrainingState whole = checkpoint::load_state(state);
     for (const auto& [key, value, expected] : std::vector<std::tuple<std::string, std::string, std::string>>{
              {"best_top1", "x", "\"best_top1\" in its metadata is \"x\", not a number"},
              {"epoch", "1e300", "holds no position a run can be at"},
              {"loss_sum", "", "has no \"loss_sum\" in its metadata"}}) {
         checkpoint::TrainingState damaged = whole;
-        if (value.empty()) damaged.metadata.erase(key);
-        else damaged.metadata[key] = value;
+        if (value.empty())
+            damaged.metadata.erase(key);
+        else
+            damaged.metadata[key] = value;
         auto net = runner::make_cpu_network("resnet20", 4, 3);
         checkpoint::load(net->params(), weights);
         const auto meta = checkpoint::read_metadata(weights);
@@ -196,7 +208,8 @@ TEST(Resume, AnotherBatchSizeIsRefused) {
     const auto saved = checkpoint_values(dir / "runs" / "run" / "last.safetensors");
     const RunResult r = run_runner("r.toml --threads 2 --set data.batch_size=8", dir.path());
     EXPECT_EQ(r.exit_code, 2) << r.output;
-    EXPECT_NE(r.output.find("was saved by 1 process(es) of batch 16, and this run has 1 of batch 8"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("was saved by 1 process(es) of batch 16, and this run has 1 of batch 8"), std::string::npos)
+        << r.output;
     EXPECT_EQ(read_file(dir / "runs" / "run" / "recipe.toml"), saved_recipe);
     EXPECT_TRUE(checkpoint_values(dir / "runs" / "run" / "last.safetensors") == saved);
 }
@@ -211,7 +224,8 @@ TEST(Resume, EvalAndPredictRefuseBadInputByName) {
     fs::copy_file(dir / "runs" / "run" / "last.safetensors", dir / "cut.safetensors");
     fs::resize_file(dir / "cut.safetensors", fs::file_size(dir / "cut.safetensors") - 1000);
     std::ofstream(dir / "real.ppm") << "P6\n1 1\n255\n" << char(10) << char(20) << char(30);
-    std::ofstream(dir / "nodata.toml") << "[model]\narch = 'resnet20'\n[data]\nplugin = 'idx'\npath = 'no/such/folder'\n";
+    std::ofstream(dir / "nodata.toml")
+        << "[model]\narch = 'resnet20'\n[data]\nplugin = 'idx'\npath = 'no/such/folder'\n";
     const std::string last = "--checkpoint runs/run/last.safetensors";
     {  // the same weights, with input sizes no image has
         auto net = runner::make_cpu_network("resnet20", 4, 3);
@@ -223,15 +237,18 @@ TEST(Resume, EvalAndPredictRefuseBadInputByName) {
         }
     }
     const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
-        {"predict --checkpoint size_0.safetensors real.ppm", {"size_0.safetensors", "input_height is \"0\", not an image size"}},
-        {"predict --checkpoint size_-5.safetensors real.ppm", {"input_height is \"-5\", not an image size in [1, 8192]"}},
+        {"predict --checkpoint size_0.safetensors real.ppm",
+         {"size_0.safetensors", "input_height is \"0\", not an image size"}},
+        {"predict --checkpoint size_-5.safetensors real.ppm",
+         {"input_height is \"-5\", not an image size in [1, 8192]"}},
         {"predict --checkpoint size_big.safetensors real.ppm", {"input_height is \"big\""}},
         {"predict " + last + " notes.jpg", {"notes.jpg", "not an image tessera can read"}},
         {"predict " + last + " missing.jpg", {"missing.jpg", "cannot read the file"}},
         {"predict " + last + " --labels two.txt real.ppm", {"two.txt", "has 2 names for a model of 4 classes"}},
         {"predict --checkpoint cut.safetensors real.ppm", {"cut.safetensors"}},
         {"predict --checkpoint r.toml real.ppm", {"r.toml"}},
-        {"eval r.toml --checkpoint runs/run/last.safetensors --set model.arch=resnet32", {"holds a resnet20, but the recipe builds a resnet32"}},
+        {"eval r.toml --checkpoint runs/run/last.safetensors --set model.arch=resnet32",
+         {"holds a resnet20, but the recipe builds a resnet32"}},
         {"eval r.toml --checkpoint runs/run/last.safetensors --set model.num_classes=7",
          {"last.safetensors", "holds a model of 4 classes, but the recipe's has 7"}},
         {"eval r.toml --checkpoint nowhere.safetensors", {"nowhere.safetensors"}},
@@ -242,7 +259,8 @@ TEST(Resume, EvalAndPredictRefuseBadInputByName) {
         const RunResult r = run_runner(args, dir.path());
         EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.output;
         EXPECT_NE(r.output.find("error: "), std::string::npos) << args << "\n" << r.output;
-        for (const auto& needle : needles) EXPECT_NE(r.output.find(needle), std::string::npos) << args << ": no \"" << needle << "\"\n" << r.output;
+        for (const auto& needle : needles)
+            EXPECT_NE(r.output.find(needle), std::string::npos) << args << ": no \"" << needle << "\"\n" << r.output;
     }
     // And the good case, for contrast.
     const RunResult ok = run_runner("predict " + last + " --json real.ppm", dir.path());

@@ -94,20 +94,23 @@ TEST(Info, ResNet50sTableNumbersEveryLayerAndAddsUpToTorchvisionsCount) {
 TEST(Plugins, RunnerListsEveryPluginItsModuleOptionsAndDefaults) {
     const RunResult r = run_runner("plugins");
     ASSERT_EQ(r.exit_code, 0) << r.output;
-    for (const char* line : {"data      imagefolder ", "data      synthetic ", "optimizer sgd ", "optimizer lars ", "scheduler onecycle ",
-                             "scheduler poly ", "logger    tensorboard ", "logger    html "})
+    for (const char* line : {"data      imagefolder ", "data      synthetic ", "optimizer sgd ", "optimizer lars ",
+                             "scheduler onecycle ", "scheduler poly ", "logger    tensorboard ", "logger    html "})
         EXPECT_NE(r.output.find(std::string("\n") + line), std::string::npos) << line;
-    EXPECT_NE(r.output.find((fs::absolute(plugin_dir()) / "tessera_sgd.so").lexically_normal().string()), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find((fs::absolute(plugin_dir()) / "tessera_sgd.so").lexically_normal().string()),
+              std::string::npos)
+        << r.output;
     // Options with their defaults: a number, a flag, a list.
     auto option = [&](const std::string& name, const std::string& value) {
-        return r.output.find("            " + name + std::string(21 - name.size(), ' ') + "= " + value) != std::string::npos;
+        return r.output.find("            " + name + std::string(21 - name.size(), ' ') + "= " + value) !=
+               std::string::npos;
     };
     EXPECT_TRUE(option("max_lr", "0.1")) << r.output;
     EXPECT_TRUE(option("inline", "false")) << r.output;
     EXPECT_TRUE(option("scale", "[0.080000, 1.000000]")) << r.output;
     // A folder with modules that are no plugins of this ABI: the good ones listed, the others named.
-    const RunResult mixed = run_shell("TESSERA_PLUGIN_PATH='" + binary_dir().string() + "' '" + fs::absolute(runner_path()).string() +
-                                      "' plugins 2>&1");
+    const RunResult mixed = run_shell("TESSERA_PLUGIN_PATH='" + binary_dir().string() + "' '" +
+                                      fs::absolute(runner_path()).string() + "' plugins 2>&1");
     ASSERT_EQ(mixed.exit_code, 0) << mixed.output;
     EXPECT_NE(mixed.output.find("optimizer faulty "), std::string::npos) << mixed.output;
     EXPECT_NE(mixed.output.find("skipped: "), std::string::npos) << mixed.output;
@@ -117,7 +120,8 @@ TEST(Plugins, RunnerListsEveryPluginItsModuleOptionsAndDefaults) {
 // ---- runner bench ------------------------------------------------------------------------------
 
 TEST(Bench, TimesTrainingStepsAndReportsWhatItAllocated) {
-    const RunResult r = run_runner("bench --arch resnet20 --num-classes 10 --batch 8 --image-size 16 --steps 3 --warmup 1 --threads 1 --json");
+    const RunResult r = run_runner(
+        "bench --arch resnet20 --num-classes 10 --batch 8 --image-size 16 --steps 3 --warmup 1 --threads 1 --json");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     const auto o = last_json(r.output).object();
     EXPECT_EQ(o.at("arch").string(), "resnet20");
@@ -142,9 +146,11 @@ TEST(Bench, TimesTrainingStepsAndReportsWhatItAllocated) {
 bool have_mpirun() { return std::system("command -v mpirun >/dev/null 2>&1") == 0; }
 
 TEST(Bench, AllReducesAcrossTheRanksMpirunStarted) {
-    if (!have_mpirun()) GTEST_SKIP() << "mpirun is not installed (apt install openmpi-bin libopenmpi-dev); scripts/test installs it";
-    const RunResult r = run_shell("mpirun --allow-run-as-root --oversubscribe -np 2 '" + fs::absolute(runner_path()).string() +
-                                  "' bench --allreduce --floats 100000 --steps 3 --warmup 1 --json 2>&1");
+    if (!have_mpirun())
+        GTEST_SKIP() << "mpirun is not installed (apt install openmpi-bin libopenmpi-dev); scripts/test installs it";
+    const RunResult r =
+        run_shell("mpirun --allow-run-as-root --oversubscribe -np 2 '" + fs::absolute(runner_path()).string() +
+                  "' bench --allreduce --floats 100000 --steps 3 --warmup 1 --json 2>&1");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     const auto o = last_json(r.output).object();
     EXPECT_EQ(o.at("communicator").string(), "MPI");
@@ -152,7 +158,7 @@ TEST(Bench, AllReducesAcrossTheRanksMpirunStarted) {
     EXPECT_EQ(o.at("floats").number(), 100000);
     const double seconds = o.at("seconds").number(), algbw = o.at("algbw_gb_s").number();
     EXPECT_GT(seconds, 0);
-    EXPECT_NEAR(algbw, 100000 * 4 / seconds / 1e9, 0.01 * algbw + 1e-3);       // bytes over time
+    EXPECT_NEAR(algbw, 100000 * 4 / seconds / 1e9, 0.01 * algbw + 1e-3);   // bytes over time
     EXPECT_NEAR(o.at("busbw_gb_s").number(), algbw, 0.01 * algbw + 1e-3);  // x 2 (n - 1) / n = 1 for two ranks
 }
 
@@ -163,8 +169,8 @@ class LauncherEnvironment {
 public:
     using Variables = std::map<std::string, std::string>;
     explicit LauncherEnvironment(Variables set) {
-        for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "MPI_LOCALNRANKS", "SLURM_NTASKS",
-                              "SLURM_PROCID"}) {
+        for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "MPI_LOCALNRANKS",
+                              "SLURM_NTASKS", "SLURM_PROCID"}) {
             if (const char* old = std::getenv(v)) saved_[v] = old;
             ::unsetenv(v);
         }
@@ -198,11 +204,14 @@ TEST(Launch, EachLaunchersVariablesAreRecognised) {
 
 TEST(Launch, SrunWithoutMpisProcessManagementIsRefusedWithTheFix) {
     TempDir dir;
-    std::ofstream(dir / "r.toml") << "[run]\nout_dir = 'runs'\n[model]\narch = 'resnet20'\n[data]\nplugin = 'synthetic'\nimage_size = 8\n"
-                                     "train_size = 32\nval_size = 16\nbatch_size = 16\n[train]\nepochs = 1\n";
+    std::ofstream(dir / "r.toml")
+        << "[run]\nout_dir = 'runs'\n[model]\narch = 'resnet20'\n[data]\nplugin = 'synthetic'\nimage_size = 8\n"
+           "train_size = 32\nval_size = 16\nbatch_size = 16\n[train]\nepochs = 1\n";
     // Two tasks that cannot find each other would each train alone: refused before any work.
-    const RunResult two = run_shell("cd '" + dir.path().string() + "' && env -u OMPI_COMM_WORLD_SIZE -u PMIX_RANK -u PMI_SIZE -u PMI_RANK "
-                                    "SLURM_NTASKS=2 SLURM_PROCID=0 '" + fs::absolute(runner_path()).string() + "' r.toml --threads 1 2>&1");
+    const RunResult two = run_shell("cd '" + dir.path().string() +
+                                    "' && env -u OMPI_COMM_WORLD_SIZE -u PMIX_RANK -u PMI_SIZE -u PMI_RANK "
+                                    "SLURM_NTASKS=2 SLURM_PROCID=0 '" +
+                                    fs::absolute(runner_path()).string() + "' r.toml --threads 1 2>&1");
     EXPECT_EQ(two.exit_code, 2) << two.output;
     EXPECT_NE(two.output.find("srun --mpi=pmix"), std::string::npos) << two.output;
     EXPECT_FALSE(fs::exists(dir / "runs")) << "a refused run wrote its folder";

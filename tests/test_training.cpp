@@ -36,8 +36,9 @@ struct QuickRun {
     static const QuickRun& get() {
         static const QuickRun run = [] {
             QuickRun q;
-            q.result = run_runner("'" + q.recipe.string() + "' --set run.out_dir='" + (q.dir / "runs").string() + "' " + q.subset +
-                                  " --set data.batch_size=64 --set train.epochs=2 --set logger.0.mode=lines");
+            q.result =
+                run_runner("'" + q.recipe.string() + "' --set run.out_dir='" + (q.dir / "runs").string() + "' " +
+                           q.subset + " --set data.batch_size=64 --set train.epochs=2 --set logger.0.mode=lines");
             return q;
         }();
         return run;
@@ -62,7 +63,8 @@ TEST(Training, EvalAndPredictOnTheQuickStartsCheckpoint) {
     const QuickRun& q = QuickRun::get();
     ASSERT_EQ(q.result.exit_code, 0) << q.result.output;
     const std::string checkpoint = (q.folder() / "last.safetensors").string();
-    const RunResult eval = run_runner("eval '" + q.recipe.string() + "' " + q.subset + " --checkpoint '" + checkpoint + "' --json");
+    const RunResult eval =
+        run_runner("eval '" + q.recipe.string() + "' " + q.subset + " --checkpoint '" + checkpoint + "' --json");
     ASSERT_EQ(eval.exit_code, 0) << eval.output;
     const json::Value figures = json::parse(eval.output.substr(eval.output.find('{')), "runner eval --json");
     EXPECT_EQ(figures.object().at("images").number(), 1000);
@@ -113,8 +115,10 @@ TEST(Training, EvalAndPredictOnTheQuickStartsCheckpoint) {
         ASSERT_EQ(best.size(), 3u);
         for (const auto& t : best) {
             const int k = int(t.object().at("class").number());
-            EXPECT_NEAR(t.object().at("prob").number(), std::exp(z[k] - top) / sum, 1e-4) << "image " << i << " class " << k;
-            EXPECT_EQ(t.object().at("label").string(), info.class_names[std::size_t(k)]);  // the names the checkpoint carries
+            EXPECT_NEAR(t.object().at("prob").number(), std::exp(z[k] - top) / sum, 1e-4)
+                << "image " << i << " class " << k;
+            EXPECT_EQ(t.object().at("label").string(),
+                      info.class_names[std::size_t(k)]);  // the names the checkpoint carries
         }
         correct += int(best[0].object().at("class").number()) == batch.labels[std::size_t(i)];
     }
@@ -128,8 +132,9 @@ TEST(LrFind, SuggestsARateWhereTheQuickStartTrains) {
     if (!fs::exists(data / "train-images-idx3-ubyte.gz"))
         GTEST_SKIP() << "Fashion-MNIST is not installed (apt install dataset-fashion-mnist); scripts/test installs it";
     TempDir dir;
-    const RunResult r = run_runner("lr-find '" + (source_root() / "recipes" / "quickstart.toml").string() + "' --iters 60 --set run.out_dir='" +
-                                   (dir / "runs").string() + "' --set data.limit_train=8000 --json");
+    const RunResult r = run_runner("lr-find '" + (source_root() / "recipes" / "quickstart.toml").string() +
+                                   "' --iters 60 --set run.out_dir='" + (dir / "runs").string() +
+                                   "' --set data.limit_train=8000 --json");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     const json::Value found = json::parse(r.output.substr(r.output.find("{\"suggested_lr\"")), "runner lr-find --json");
     const double lr = found.object().at("suggested_lr").number();
@@ -142,10 +147,11 @@ TEST(LrFind, SuggestsARateWhereTheQuickStartTrains) {
 
 TEST(Training, SameSeedSameResult) {
     TempDir dir;
-    std::ofstream(dir / "r.toml") << "[run]\nout_dir = '" << (dir / "runs").string() << "'\n"
-                                  << "[model]\narch = 'resnet20'\n"
-                                  << "[data]\nplugin = 'synthetic'\nimage_size = 8\ntrain_size = 1024\nval_size = 128\nbatch_size = 32\n"
-                                  << "[scheduler]\nplugin = 'onecycle'\nmax_lr = 0.1\n[train]\nepochs = 3\n";
+    std::ofstream(dir / "r.toml")
+        << "[run]\nout_dir = '" << (dir / "runs").string() << "'\n"
+        << "[model]\narch = 'resnet20'\n"
+        << "[data]\nplugin = 'synthetic'\nimage_size = 8\ntrain_size = 1024\nval_size = 128\nbatch_size = 32\n"
+        << "[scheduler]\nplugin = 'onecycle'\nmax_lr = 0.1\n[train]\nepochs = 3\n";
     const RunResult a = run_runner("'" + (dir / "r.toml").string() + "' --set run.name=a");
     const RunResult b = run_runner("'" + (dir / "r.toml").string() + "' --set run.name=b");
     ASSERT_EQ(a.exit_code, 0) << a.output;
@@ -153,7 +159,9 @@ TEST(Training, SameSeedSameResult) {
     // Far above chance (10%): the classes differ in brightness. (99% here at -O3; 90% in a build at -O1.)
     EXPECT_GT(final_value(a.output, "val_top1"), 0.5) << a.output;
     // Bit for bit: every weight and BatchNorm statistic, after 96 steps on two threads.
-    const auto weights = [&](const char* run) { return checkpoint_values(dir / "runs" / run / "last.safetensors", "resnet20", 10); };
+    const auto weights = [&](const char* run) {
+        return checkpoint_values(dir / "runs" / run / "last.safetensors", "resnet20", 10);
+    };
     const std::vector<float> wa = weights("a"), wb = weights("b");
     ASSERT_EQ(wa.size(), wb.size());
     EXPECT_EQ(std::memcmp(wa.data(), wb.data(), wa.size() * sizeof(float)), 0) << "the same seed gave other weights";

@@ -31,7 +31,9 @@ private:
 };
 
 Info info() {
-    return {"", "cosine_restarts", "cosine annealing with warm restarts (SGDR), per batch",
+    return {"",
+            "cosine_restarts",
+            "cosine annealing with warm restarts (SGDR), per batch",
             {{"lr", 0.1, "the learning rate at the start of each cycle", above(0)},
              {"min_lr", 0.0, "the learning rate at the end of each cycle", at_least(0)},
              {"first_cycle_epochs", 1.0, "length of the first cycle, in epochs (fractions allowed)", above(0)},

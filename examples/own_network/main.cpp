@@ -21,8 +21,7 @@ using Block = models::BasicBlock<Out, Stride>;
 
 // Three stages of two blocks, twice as wide as ResNet-20's (a WRN-14-2, Zagoruyko & Komodakis 2016).
 using WideResNet = Seq<Named<"conv1", Conv<32, 3>>, Named<"bn1", BatchNorm<>>, ReLU,
-                       Named<"layer1", models::Stage<Block, 32, 2, 1>>,
-                       Named<"layer2", models::Stage<Block, 64, 2, 2>>,
+                       Named<"layer1", models::Stage<Block, 32, 2, 1>>, Named<"layer2", models::Stage<Block, 64, 2, 2>>,
                        Named<"layer3", models::Stage<Block, 128, 2, 2>>, GlobalAvgPool, Named<"fc", Linear<>>>;
 static_assert(param_count<WideResNet, 3, 10> < 1'000'000, "a small network for a CPU");
 
@@ -40,10 +39,12 @@ int main(int argc, char** argv) {
         train::Trainer<cpu::Backend> trainer(ctx, net, *spec.data, *optimizer, *scheduler, loggers, spec.train);
         std::filesystem::create_directories(spec.train.run_dir);
         for (auto& logger : loggers)
-            logger->on_run_begin({spec.recipe.run.text("name"), spec.train.run_dir.string(), net.arch(), spec.train.epochs,
-                                  spec.train.batch_size, trainer.steps_per_epoch(), std::int64_t(net.params().values.size())});
+            logger->on_run_begin({spec.recipe.run.text("name"), spec.train.run_dir.string(), net.arch(),
+                                  spec.train.epochs, spec.train.batch_size, trainer.steps_per_epoch(),
+                                  std::int64_t(net.params().values.size())});
         const plugin::EpochStats last = trainer.fit();
-        std::printf("final: val_top1=%.4f, weights in %s\n", last.val_top1, (spec.train.run_dir / "last.safetensors").c_str());
+        std::printf("final: val_top1=%.4f, weights in %s\n", last.val_top1,
+                    (spec.train.run_dir / "last.safetensors").c_str());
         return 0;
     } catch (const Error& e) {
         std::fprintf(stderr, "error: %s\n", e.what());

@@ -31,12 +31,14 @@ std::vector<std::uint8_t> read_file(const fs::path& path) {
         bytes.insert(bytes.end(), chunk.begin(), chunk.begin() + got);
         if (bytes.size() > max_file_bytes) {  // a gzip bomb, or not an MNIST-sized dataset
             gzclose(f);
-            throw tessera::user_error(path.string(), "holds more than 4 GiB of data: not an MNIST-format file this plugin reads");
+            throw tessera::user_error(path.string(),
+                                      "holds more than 4 GiB of data: not an MNIST-format file this plugin reads");
         }
     }
     int err = 0;
     const char* message = gzerror(f, &err);
-    const std::string reason = (got < 0 || (err != Z_OK && err != Z_STREAM_END)) ? std::string(message ? message : "read error") : "";
+    const std::string reason =
+        (got < 0 || (err != Z_OK && err != Z_STREAM_END)) ? std::string(message ? message : "read error") : "";
     gzclose(f);
     if (!reason.empty())
         throw tessera::user_error(path.string(), "cannot read: " + reason, "the file is damaged; download it again");
@@ -52,10 +54,11 @@ Idx read_idx(const fs::path& path, std::size_t expected_dims) {
 fs::path find_file(const fs::path& dir, const std::string& stem) {
     for (const char* suffix : {"", ".gz"})
         if (fs::exists(dir / (stem + suffix))) return dir / (stem + suffix);
-    throw tessera::user_error((dir / stem).string() + "[.gz]", "missing",
-                              "data.path must be a folder with the four MNIST-format files (train-images-idx3-ubyte, "
-                              "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, gzipped or not); "
-                              "for Fashion-MNIST on Debian: apt install dataset-fashion-mnist");
+    throw tessera::user_error(
+        (dir / stem).string() + "[.gz]", "missing",
+        "data.path must be a folder with the four MNIST-format files (train-images-idx3-ubyte, "
+        "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, gzipped or not); "
+        "for Fashion-MNIST on Debian: apt install dataset-fashion-mnist");
 }
 
 struct Split_ {
@@ -64,9 +67,11 @@ struct Split_ {
 };
 
 Split_ load_split(const fs::path& dir, const std::string& prefix, std::int64_t limit) {
-    Split_ s{read_idx(find_file(dir, prefix + "-images-idx3-ubyte"), 3), read_idx(find_file(dir, prefix + "-labels-idx1-ubyte"), 1)};
+    Split_ s{read_idx(find_file(dir, prefix + "-images-idx3-ubyte"), 3),
+             read_idx(find_file(dir, prefix + "-labels-idx1-ubyte"), 1)};
     if (s.images.dims[0] != s.labels.dims[0])
-        throw tessera::user_error(dir.string(), prefix + " images and labels disagree: " + std::to_string(s.images.dims[0]) +
+        throw tessera::user_error(dir.string(), prefix +
+                                                    " images and labels disagree: " + std::to_string(s.images.dims[0]) +
                                                     " images, " + std::to_string(s.labels.dims[0]) + " labels");
     s.size = s.images.dims[0];
     if (limit > 0) s.size = std::min<std::int64_t>(s.size, limit);
@@ -75,10 +80,11 @@ Split_ load_split(const fs::path& dir, const std::string& prefix, std::int64_t l
 
 class IdxData final : public DataSource {
 public:
-    explicit IdxData(const Options& o)
-        : padding_(int(o.integer("random_crop_padding"))), flip_(o.flag("hflip")) {
+    explicit IdxData(const Options& o) : padding_(int(o.integer("random_crop_padding"))), flip_(o.flag("hflip")) {
         const fs::path dir = o.text("path");
-        if (dir.empty()) throw tessera::user_error("[data]", "the idx plugin needs path = \"folder\"", "e.g. path = \"/usr/share/datasets/fashion-mnist\"");
+        if (dir.empty())
+            throw tessera::user_error("[data]", "the idx plugin needs path = \"folder\"",
+                                      "e.g. path = \"/usr/share/datasets/fashion-mnist\"");
         if (!fs::is_directory(dir))
             throw tessera::user_error(dir.string(), "no such folder",
                                       "data.path must be a folder of MNIST-format files; for Fashion-MNIST on Debian: "
@@ -108,7 +114,8 @@ public:
         info_.mean = {mean};
         info_.std = {std::sqrt(std::max(1e-12, sum_sq / double(pixels) - mean * mean))};
         if (o.text("labels") == "fashion")
-            info_.class_names = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"};
+            info_.class_names = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                 "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
     }
 
     DatasetInfo info() const override { return info_; }
@@ -142,8 +149,10 @@ public:
             const std::uint8_t* src = s.images.data.data() + indices[i] * image;
             // Each sample's crop depends on its place in the epoch alone, so a resumed epoch crops alike.
             tessera::Rng rng = tessera::Rng::derive(seed_ ^ 0xA06, stream_, std::uint64_t(first) + i);
-            if (augment) tessera::data::random_crop_flip(src, batch.pixels.data() + i * image, h, w, 1, padding_, flip_, rng);
-            else std::copy(src, src + image, batch.pixels.data() + i * image);
+            if (augment)
+                tessera::data::random_crop_flip(src, batch.pixels.data() + i * image, h, w, 1, padding_, flip_, rng);
+            else
+                std::copy(src, src + image, batch.pixels.data() + i * image);
             batch.labels[i] = s.labels.data[indices[i]];
         }
         return true;
@@ -159,9 +168,12 @@ private:
 };
 
 Info info() {
-    return {"", "idx", "MNIST-format IDX files (MNIST, Fashion-MNIST), gzipped or not",
+    return {"",
+            "idx",
+            "MNIST-format IDX files (MNIST, Fashion-MNIST), gzipped or not",
             {{"path", std::string(""), "folder with train-/t10k- images and labels"},
-             {"random_crop_padding", std::int64_t(0), "pad by this many pixels and crop back at random (0: off)", between(0, 64)},
+             {"random_crop_padding", std::int64_t(0), "pad by this many pixels and crop back at random (0: off)",
+              between(0, 64)},
              {"hflip", false, "random horizontal flips"},
              {"limit_train", std::int64_t(0), "use only the first N training images (0: all)", at_least(0)},
              {"limit_val", std::int64_t(0), "use only the first N test images (0: all)", at_least(0)},

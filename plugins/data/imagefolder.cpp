@@ -26,14 +26,19 @@ private:
 
 std::unique_ptr<DataSource> create(const Options& o) {
     const char* example = "train = \"/data/imagenet/train\", val = \"/data/imagenet/val\"";
-    ImageFolder train = ImageFolder::scan(tessera::plugins::data_sources::required_folder(o, "train", example), "data.train");
+    ImageFolder train =
+        ImageFolder::scan(tessera::plugins::data_sources::required_folder(o, "train", example), "data.train");
     // Validation folders take the training folder's class numbers.
-    ImageFolder val = ImageFolder::scan(tessera::plugins::data_sources::required_folder(o, "val", example), "data.val", &train.classes);
-    return std::make_unique<tessera::plugins::data_sources::PhotoData<FolderStore>>(FolderStore(std::move(train)), FolderStore(std::move(val)), o);
+    ImageFolder val = ImageFolder::scan(tessera::plugins::data_sources::required_folder(o, "val", example), "data.val",
+                                        &train.classes);
+    return std::make_unique<tessera::plugins::data_sources::PhotoData<FolderStore>>(FolderStore(std::move(train)),
+                                                                                    FolderStore(std::move(val)), o);
 }
 
 Info info() {
-    Info i{"", "imagefolder", "class folders of JPEG/PNG images (ImageNet), torchvision's augmentations, worker threads",
+    Info i{"",
+           "imagefolder",
+           "class folders of JPEG/PNG images (ImageNet), torchvision's augmentations, worker threads",
            {{"train", std::string(""), "training folder: one folder of images per class"},
             {"val", std::string(""), "validation folder, with the same class folders"}}};
     for (auto& option : tessera::plugins::data_sources::photo_options()) i.options.push_back(option);

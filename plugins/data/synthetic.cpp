@@ -25,7 +25,8 @@ public:
     DatasetInfo info() const override { return info_; }
 
     std::int64_t num_batches(Split split, const EpochPlan& plan) const override {
-        return tessera::data::EpochCursor::num_batches(split, plan, split == Split::train ? info_.train_size : info_.val_size);
+        return tessera::data::EpochCursor::num_batches(split, plan,
+                                                       split == Split::train ? info_.train_size : info_.val_size);
     }
 
     void start_epoch(Split split, const EpochPlan& plan) override {
@@ -48,7 +49,8 @@ public:
             const int label = int(rng.below(info_.num_classes));
             const int base = 32 + 192 * label / std::max(1, info_.num_classes - 1);
             std::uint8_t* out = batch.pixels.data() + i * image;
-            for (std::size_t p = 0; p < image; ++p) out[p] = std::uint8_t(std::clamp(base + int(rng.below(64)) - 32, 0, 255));
+            for (std::size_t p = 0; p < image; ++p)
+                out[p] = std::uint8_t(std::clamp(base + int(rng.below(64)) - 32, 0, 255));
             batch.labels[i] = label;
         }
         return true;
@@ -60,7 +62,9 @@ private:
 };
 
 Info info() {
-    return {"", "synthetic", "random images whose brightness depends on the class (benchmarks, tests)",
+    return {"",
+            "synthetic",
+            "random images whose brightness depends on the class (benchmarks, tests)",
             {{"image_size", std::int64_t(32), "height and width", between(1, 4096)},
              {"channels", std::int64_t(3), "1 or 3", between(1, 4)},
              {"num_classes", std::int64_t(10), "classes", between(1, 1 << 20)},

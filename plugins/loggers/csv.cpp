@@ -36,7 +36,8 @@ public:
         // steps.csv rows carry the global step in their second column.
         const auto steps_before = kept_lines(dir / steps_file_, r, [&](const std::string& row) {
             const auto comma = row.find(',');
-            return first_field(row) >= 1 && comma != std::string::npos && std::atoll(row.c_str() + comma + 1) <= r.first_step;
+            return first_field(row) >= 1 && comma != std::string::npos &&
+                   std::atoll(row.c_str() + comma + 1) <= r.first_step;
         });
         steps_ = open_for_writing(dir / steps_file_);
         steps_ << "epoch,global_step,step,loss,top1,lr,img_per_s\n";
@@ -45,15 +46,18 @@ public:
 
     void on_step(const StepStats& s) override {
         if (steps_.is_open())
-            steps_ << s.epoch << ',' << s.global_step << ',' << s.step << ',' << s.loss << ',' << s.top1 << ',' << s.lr << ','
-                   << s.img_per_s << '\n';
+            steps_ << s.epoch << ',' << s.global_step << ',' << s.step << ',' << s.loss << ',' << s.top1 << ',' << s.lr
+                   << ',' << s.img_per_s << '\n';
     }
 
     void on_epoch(const EpochStats& e) override {
         char row[320];
-        int n = std::snprintf(row, sizeof row, "%d,%.6g,%.6f,%.6f,%.6f,%.6f,%.6f,%.1f,%.2f,%lld", e.epoch, e.lr, e.train_loss,
-                              e.train_top1, e.val_loss, e.val_top1, e.val_top5, e.img_per_s, e.time_s, (long long)e.bad_samples);
-        if (ema_) std::snprintf(row + n, sizeof row - std::size_t(n), ",%.6f,%.6f,%.6f", e.ema_val_loss, e.ema_val_top1, e.ema_val_top5);
+        int n = std::snprintf(row, sizeof row, "%d,%.6g,%.6f,%.6f,%.6f,%.6f,%.6f,%.1f,%.2f,%lld", e.epoch, e.lr,
+                              e.train_loss, e.train_top1, e.val_loss, e.val_top1, e.val_top5, e.img_per_s, e.time_s,
+                              (long long)e.bad_samples);
+        if (ema_)
+            std::snprintf(row + n, sizeof row - std::size_t(n), ",%.6f,%.6f,%.6f", e.ema_val_loss, e.ema_val_top1,
+                          e.ema_val_top5);
         epochs_ << row << '\n' << std::flush;
         if (steps_.is_open()) steps_.flush();
     }
@@ -65,7 +69,9 @@ private:
 };
 
 Info info() {
-    return {"", "csv", "metrics.csv with a row per epoch; steps.csv with a row per step if steps_file is set",
+    return {"",
+            "csv",
+            "metrics.csv with a row per epoch; steps.csv with a row per step if steps_file is set",
             {{"file", std::string("metrics.csv"), "per-epoch file in the run folder"},
              {"steps_file", std::string(""), "per-step file in the run folder (empty: none)"}}};
 }

@@ -28,8 +28,18 @@ struct StepPoint {
 
 // An epoch as stored in the page, in this order.
 std::vector<double> row_of(const EpochStats& e) {
-    return {double(e.epoch), e.lr, e.train_loss, e.train_top1, e.val_loss, e.val_top1, e.val_top5, e.img_per_s, e.time_s,
-            e.has_ema ? e.ema_val_loss : NAN, e.has_ema ? e.ema_val_top1 : NAN, e.has_ema ? e.ema_val_top5 : NAN,
+    return {double(e.epoch),
+            e.lr,
+            e.train_loss,
+            e.train_top1,
+            e.val_loss,
+            e.val_top1,
+            e.val_top5,
+            e.img_per_s,
+            e.time_s,
+            e.has_ema ? e.ema_val_loss : NAN,
+            e.has_ema ? e.ema_val_top1 : NAN,
+            e.has_ema ? e.ema_val_top5 : NAN,
             double(e.global_step)};
 }
 
@@ -72,8 +82,7 @@ std::vector<std::vector<double>> rows_from(const tessera::json::Value& v) {
 
 class Html final : public Logger {
 public:
-    explicit Html(const Options& o) : file_(o.text("file")), every_steps_(o.integer("every_steps")) {
-    }
+    explicit Html(const Options& o) : file_(o.text("file")), every_steps_(o.integer("every_steps")) {}
 
     void on_run_begin(const RunInfo& r) override {
         run_ = r;
@@ -105,19 +114,21 @@ private:
         const auto end = page.find("</script>", begin);
         if (begin == std::string::npos || end == std::string::npos) return;
         try {
-            const auto data = tessera::json::parse(page.substr(begin + std::strlen(data_open), end - begin - std::strlen(data_open)),
-                                                   path().string());
+            const auto data = tessera::json::parse(
+                page.substr(begin + std::strlen(data_open), end - begin - std::strlen(data_open)), path().string());
             for (auto& row : rows_from(data.object().at("epochs")))
                 if (row.size() == 13 && row[0] < run_.first_epoch) epochs_.push_back(epoch_of(row));
             for (auto& row : rows_from(data.object().at("steps")))
-                if (row.size() == 4 && row[0] <= double(run_.first_step)) steps_.push_back({row[0], row[1], row[2], row[3]});
+                if (row.size() == 4 && row[0] <= double(run_.first_step))
+                    steps_.push_back({row[0], row[1], row[2], row[3]});
         } catch (const std::exception&) {
             // A page of another version, or damaged: the report starts again from here.
         }
     }
 
     std::string charts() const {
-        Series train_loss{"train", "#1f77b4", {}, {}}, val_loss{"val", "#d62728", {}, {}}, ema_loss{"val (EMA)", "#9467bd", {}, {}};
+        Series train_loss{"train", "#1f77b4", {}, {}}, val_loss{"val", "#d62728", {}, {}},
+            ema_loss{"val (EMA)", "#9467bd", {}, {}};
         Series train_top1{"train top-1", "#1f77b4", {}, {}}, val_top1{"val top-1", "#d62728", {}, {}},
             val_top5{"val top-5", "#ff7f0e", {}, {}}, ema_top1{"val top-1 (EMA)", "#9467bd", {}, {}};
         for (auto& e : epochs_) {
@@ -140,20 +151,23 @@ private:
         std::vector<Series> losses{train_loss, val_loss}, accuracy{train_top1, val_top1, val_top5};
         if (!ema_loss.x.empty()) losses.push_back(ema_loss), accuracy.push_back(ema_top1);
         return line_chart("Loss", "epoch", losses) + line_chart("Accuracy (%)", "epoch", accuracy) +
-               line_chart("Learning rate", "optimizer step", {lr}) + line_chart("Throughput (images / s)", "optimizer step", {speed});
+               line_chart("Learning rate", "optimizer step", {lr}) +
+               line_chart("Throughput (images / s)", "optimizer step", {speed});
     }
 
     std::string epoch_table() const {
         std::ostringstream t;
-        t << "<table><tr><th>epoch</th><th>lr</th><th>train loss</th><th>train top-1</th><th>val loss</th><th>val top-1</th>"
+        t << "<table><tr><th>epoch</th><th>lr</th><th>train loss</th><th>train top-1</th><th>val loss</th><th>val "
+             "top-1</th>"
              "<th>val top-5</th><th>EMA val top-1</th><th>img/s</th><th>time (s)</th></tr>\n";
         char row[512];
         for (auto& e : epochs_) {
-            std::snprintf(row, sizeof row,
-                          "<tr><td>%d</td><td>%.4g</td><td>%.4f</td><td>%.2f%%</td><td>%.4f</td><td>%.2f%%</td><td>%.2f%%</td>"
-                          "<td>%s</td><td>%.0f</td><td>%.1f</td></tr>\n",
-                          e.epoch, e.lr, e.train_loss, 100 * e.train_top1, e.val_loss, 100 * e.val_top1, 100 * e.val_top5,
-                          e.has_ema ? (json_number(100 * e.ema_val_top1) + "%").c_str() : "", e.img_per_s, e.time_s);
+            std::snprintf(
+                row, sizeof row,
+                "<tr><td>%d</td><td>%.4g</td><td>%.4f</td><td>%.2f%%</td><td>%.4f</td><td>%.2f%%</td><td>%.2f%%</td>"
+                "<td>%s</td><td>%.0f</td><td>%.1f</td></tr>\n",
+                e.epoch, e.lr, e.train_loss, 100 * e.train_top1, e.val_loss, 100 * e.val_top1, 100 * e.val_top5,
+                e.has_ema ? (json_number(100 * e.ema_val_top1) + "%").c_str() : "", e.img_per_s, e.time_s);
             t << row;
         }
         t << "</table>\n";
@@ -162,13 +176,15 @@ private:
 
     std::string summary() const {
         std::ostringstream s;
-        s << "<p>" << escape_xml(run_.arch) << ", " << run_.parameters << " parameters, batch " << run_.batch_size << ", "
-          << epochs_.size() << " of " << run_.epochs << " epochs done";
+        s << "<p>" << escape_xml(run_.arch) << ", " << run_.parameters << " parameters, batch " << run_.batch_size
+          << ", " << epochs_.size() << " of " << run_.epochs << " epochs done";
         if (!epochs_.empty()) {
-            const auto best = std::max_element(epochs_.begin(), epochs_.end(), [](auto& a, auto& b) { return a.val_top1 < b.val_top1; });
+            const auto best = std::max_element(epochs_.begin(), epochs_.end(),
+                                               [](auto& a, auto& b) { return a.val_top1 < b.val_top1; });
             char buf[160];
-            std::snprintf(buf, sizeof buf, "; best val top-1 %.2f%% (epoch %d); last val top-1 %.2f%%, top-5 %.2f%%", 100 * best->val_top1,
-                          best->epoch, 100 * epochs_.back().val_top1, 100 * epochs_.back().val_top5);
+            std::snprintf(buf, sizeof buf, "; best val top-1 %.2f%% (epoch %d); last val top-1 %.2f%%, top-5 %.2f%%",
+                          100 * best->val_top1, best->epoch, 100 * epochs_.back().val_top1,
+                          100 * epochs_.back().val_top5);
             s << buf;
         }
         const std::time_t now = std::time(nullptr);
@@ -182,7 +198,8 @@ private:
         std::ifstream in(fs::path(run_.run_dir) / "lr_find.svg");
         if (!in) return "";
         const std::string svg((std::istreambuf_iterator<char>(in)), {});
-        return "<h2>Learning-rate finder</h2>\n<figure><figcaption>runner lr-find: smoothed loss against the learning rate</figcaption>\n" +
+        return "<h2>Learning-rate finder</h2>\n<figure><figcaption>runner lr-find: smoothed loss against the learning "
+               "rate</figcaption>\n" +
                svg + "</figure>\n";
     }
 
@@ -194,21 +211,28 @@ private:
         page << "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>" << escape_xml(run_.name)
              << " · tessera</title>\n<style>\n"
                 "body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}\n"
-                "figure{display:inline-block;margin:8px;vertical-align:top}figcaption{font-weight:600;margin-bottom:4px}\n"
+                "figure{display:inline-block;margin:8px;vertical-align:top}figcaption{font-weight:600;margin-bottom:"
+                "4px}\n"
                 "svg text{font-size:11px;fill:#333}.grid{stroke:#e4e4e4}.frame{fill:none;stroke:#999}\n"
-                "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}\n"
-                "pre{background:#f6f6f6;padding:12px;font-size:12px;overflow:auto}.small,.empty{color:#777;font-size:12px}\n"
+                "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px "
+                "8px;text-align:right}\n"
+                "pre{background:#f6f6f6;padding:12px;font-size:12px;overflow:auto}.small,.empty{color:#777;font-size:"
+                "12px}\n"
                 "</style></head><body>\n<h1>"
              << escape_xml(run_.name) << "</h1>\n"
-             << summary() << "<div class=\"charts\">\n" << charts() << "</div>\n" << lr_finder() << "<h2>Epochs</h2>\n"
+             << summary() << "<div class=\"charts\">\n"
+             << charts() << "</div>\n"
+             << lr_finder() << "<h2>Epochs</h2>\n"
              << epoch_table() << "<h2>Recipe</h2>\n<pre>" << escape_xml(run_.recipe) << "</pre>\n"
-             << data_open << "{\"epochs\":" << json_rows(epoch_rows) << ",\"steps\":" << json_rows(step_rows) << "}</script>\n"
+             << data_open << "{\"epochs\":" << json_rows(epoch_rows) << ",\"steps\":" << json_rows(step_rows)
+             << "}</script>\n"
              << "</body></html>\n";
         const fs::path temporary = path().string() + ".tmp";
         {
             std::ofstream out = open_for_writing(temporary);
             out << page.str();
-            if (!out.flush()) throw tessera::user_error(temporary.string(), "cannot write the report", "is the disk full?");
+            if (!out.flush())
+                throw tessera::user_error(temporary.string(), "cannot write the report", "is the disk full?");
         }
         fs::rename(temporary, path());
     }
@@ -221,9 +245,12 @@ private:
 };
 
 Info info() {
-    return {"", "html", "report.html: a self-contained page with plots of the run, its epochs and its recipe",
+    return {"",
+            "html",
+            "report.html: a self-contained page with plots of the run, its epochs and its recipe",
             {{"file", std::string("report.html"), "file in the run folder"},
-             {"every_steps", std::int64_t(0), "record the learning rate and throughput every so many steps (0: 25 points per epoch)", at_least(0)}}};
+             {"every_steps", std::int64_t(0),
+              "record the learning rate and throughput every so many steps (0: 25 points per epoch)", at_least(0)}}};
 }
 
 std::unique_ptr<Logger> create(const Options& o) { return std::make_unique<Html>(o); }

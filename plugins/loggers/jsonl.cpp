@@ -46,8 +46,7 @@ private:
 
 class Jsonl final : public Logger {
 public:
-    explicit Jsonl(const Options& o) : file_(o.text("file")), every_steps_(o.integer("every_steps")) {
-    }
+    explicit Jsonl(const Options& o) : file_(o.text("file")), every_steps_(o.integer("every_steps")) {}
 
     void on_run_begin(const RunInfo& r) override {
         const fs::path path = fs::path(r.run_dir) / file_;
@@ -64,8 +63,12 @@ public:
         out_ = open_for_writing(path);
         for (auto& line : earlier) out_ << line << '\n';
         write(Line("run_begin", r.first_step)
-                  .text("name", r.name).text("arch", r.arch).integer("epochs", r.epochs).integer("batch_size", r.batch_size)
-                  .integer("steps_per_epoch", r.steps_per_epoch).integer("parameters", r.parameters)
+                  .text("name", r.name)
+                  .text("arch", r.arch)
+                  .integer("epochs", r.epochs)
+                  .integer("batch_size", r.batch_size)
+                  .integer("steps_per_epoch", r.steps_per_epoch)
+                  .integer("parameters", r.parameters)
                   .integer("first_epoch", r.first_epoch));
     }
 
@@ -73,17 +76,32 @@ public:
         last_step_ = s.global_step;
         if (every_steps_ == 0 || (s.global_step % every_steps_ != 0 && s.step != s.steps)) return;
         write(Line("step", s.global_step)
-                  .integer("epoch", s.epoch).integer("step", s.step).integer("steps", s.steps).number("loss", s.loss)
-                  .number("top1", s.top1).number("lr", s.lr).number("img_per_s", s.img_per_s, "%.1f"));
+                  .integer("epoch", s.epoch)
+                  .integer("step", s.step)
+                  .integer("steps", s.steps)
+                  .number("loss", s.loss)
+                  .number("top1", s.top1)
+                  .number("lr", s.lr)
+                  .number("img_per_s", s.img_per_s, "%.1f"));
     }
 
     void on_epoch(const EpochStats& e) override {
         Line line("epoch", e.global_step);
-        line.integer("epoch", e.epoch).integer("epochs", e.epochs).number("lr", e.lr).number("train_loss", e.train_loss)
-            .number("train_top1", e.train_top1).number("val_loss", e.val_loss).number("val_top1", e.val_top1)
-            .number("val_top5", e.val_top5).number("img_per_s", e.img_per_s, "%.1f").number("time_s", e.time_s, "%.2f")
+        line.integer("epoch", e.epoch)
+            .integer("epochs", e.epochs)
+            .number("lr", e.lr)
+            .number("train_loss", e.train_loss)
+            .number("train_top1", e.train_top1)
+            .number("val_loss", e.val_loss)
+            .number("val_top1", e.val_top1)
+            .number("val_top5", e.val_top5)
+            .number("img_per_s", e.img_per_s, "%.1f")
+            .number("time_s", e.time_s, "%.2f")
             .integer("bad_samples", e.bad_samples);
-        if (e.has_ema) line.number("ema_val_loss", e.ema_val_loss).number("ema_val_top1", e.ema_val_top1).number("ema_val_top5", e.ema_val_top5);
+        if (e.has_ema)
+            line.number("ema_val_loss", e.ema_val_loss)
+                .number("ema_val_top1", e.ema_val_top1)
+                .number("ema_val_top5", e.ema_val_top5);
         write(line);
     }
 
@@ -99,9 +117,12 @@ private:
 };
 
 Info info() {
-    return {"", "jsonl", "events.jsonl: one JSON object per line for the run, its steps and its epochs",
-            {{"file", std::string("events.jsonl"), "file in the run folder"},
-             {"every_steps", std::int64_t(10), "write a step event every so many optimizer steps (0: none)", at_least(0)}}};
+    return {
+        "",
+        "jsonl",
+        "events.jsonl: one JSON object per line for the run, its steps and its epochs",
+        {{"file", std::string("events.jsonl"), "file in the run folder"},
+         {"every_steps", std::int64_t(10), "write a step event every so many optimizer steps (0: none)", at_least(0)}}};
 }
 
 std::unique_ptr<Logger> create(const Options& o) { return std::make_unique<Jsonl>(o); }

@@ -27,7 +27,8 @@ inline std::vector<std::string> kept_lines(const fs::path& file, const tessera::
 /// `file` opened for writing from its start, or a user error that names it.
 inline std::ofstream open_for_writing(const fs::path& file) {
     std::ofstream out(file, std::ios::trunc);
-    if (!out) throw tessera::user_error(file.string(), "cannot write", "check that the run folder is writable and has space");
+    if (!out)
+        throw tessera::user_error(file.string(), "cannot write", "check that the run folder is writable and has space");
     return out;
 }
 

@@ -86,8 +86,7 @@ std::string scalar(const std::string& tag, double value) {
 
 class Tensorboard final : public Logger {
 public:
-    explicit Tensorboard(const Options& o) : folder_(o.text("folder")), every_steps_(o.integer("every_steps")) {
-    }
+    explicit Tensorboard(const Options& o) : folder_(o.text("folder")), every_steps_(o.integer("every_steps")) {}
 
     void on_run_begin(const RunInfo& r) override {
         const fs::path dir = fs::path(r.run_dir) / folder_;
@@ -95,14 +94,17 @@ public:
         fs::create_directories(dir, ec);
         char host[256] = "localhost";
         gethostname(host, sizeof host - 1);
-        const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+        const auto seconds =
+            std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+                .count();
         // The same name TensorFlow's writer uses; the pid keeps two processes of one second apart.
-        out_ = open_for_writing(dir / ("events.out.tfevents." + std::to_string(seconds) + "." + host + "." + std::to_string(getpid())));
+        out_ = open_for_writing(
+            dir / ("events.out.tfevents." + std::to_string(seconds) + "." + host + "." + std::to_string(getpid())));
         write(event(r.first_step, 3, "brain.Event:2"));
         if (r.first_step > 0) {
             std::string session_log;
             varint(session_log, 1 << 3 | 0);
-            varint(session_log, 1);  // SessionLog.START
+            varint(session_log, 1);                          // SessionLog.START
             write(event(r.first_step + 1, 6, session_log));  // TensorBoard drops the steps from this one on
         }
     }
@@ -117,9 +119,12 @@ public:
 
     void on_epoch(const EpochStats& e) override {
         std::string summary = scalar("epoch/train_loss", e.train_loss) + scalar("epoch/train_top1", e.train_top1) +
-                              scalar("val/loss", e.val_loss) + scalar("val/top1", e.val_top1) + scalar("val/top5", e.val_top5) +
-                              scalar("epoch/img_per_s", e.img_per_s) + scalar("epoch/time_s", e.time_s);
-        if (e.has_ema) summary += scalar("ema/val_loss", e.ema_val_loss) + scalar("ema/val_top1", e.ema_val_top1) + scalar("ema/val_top5", e.ema_val_top5);
+                              scalar("val/loss", e.val_loss) + scalar("val/top1", e.val_top1) +
+                              scalar("val/top5", e.val_top5) + scalar("epoch/img_per_s", e.img_per_s) +
+                              scalar("epoch/time_s", e.time_s);
+        if (e.has_ema)
+            summary += scalar("ema/val_loss", e.ema_val_loss) + scalar("ema/val_top1", e.ema_val_top1) +
+                       scalar("ema/val_top5", e.ema_val_top5);
         write(event(e.global_step, 5, summary));
         out_.flush();
     }
@@ -143,9 +148,13 @@ private:
 };
 
 Info info() {
-    return {"", "tensorboard", "TensorBoard event files: losses, accuracies, learning rate, throughput",
-            {{"folder", std::string("tensorboard"), "folder in the run folder (tensorboard --logdir points at it or above)"},
-             {"every_steps", std::int64_t(10), "write step scalars every so many optimizer steps (0: epochs only)", at_least(0)}}};
+    return {"",
+            "tensorboard",
+            "TensorBoard event files: losses, accuracies, learning rate, throughput",
+            {{"folder", std::string("tensorboard"),
+              "folder in the run folder (tensorboard --logdir points at it or above)"},
+             {"every_steps", std::int64_t(10), "write step scalars every so many optimizer steps (0: epochs only)",
+              at_least(0)}}};
 }
 
 std::unique_ptr<Logger> create(const Options& o) { return std::make_unique<Tensorboard>(o); }

@@ -19,8 +19,8 @@ using tessera::plugins::optimizers::AdamStep;
 class AdamW final : public Optimizer {
 public:
     explicit AdamW(const Options& o)
-        : beta1_(o.number("beta1")), beta2_(o.number("beta2")), eps_(o.number("eps")), weight_decay_(o.number("weight_decay")),
-          no_decay_bn_bias_(o.flag("no_decay_bn_bias")) {}
+        : beta1_(o.number("beta1")), beta2_(o.number("beta2")), eps_(o.number("eps")),
+          weight_decay_(o.number("weight_decay")), no_decay_bn_bias_(o.flag("no_decay_bn_bias")) {}
 
     void step(const Parameters& p, const StepRates& rates) override {
         if (decay_.size() != p.count) {
@@ -29,7 +29,11 @@ public:
         }
         ++steps_;
         const double beta1 = rates.momentum.value_or(beta1_);
-        const AdamStep s{float(rates.lr), float(beta1), float(beta2_), float(eps_), float(1 - std::pow(beta1, double(steps_))),
+        const AdamStep s{float(rates.lr),
+                         float(beta1),
+                         float(beta2_),
+                         float(eps_),
+                         float(1 - std::pow(beta1, double(steps_))),
                          float(std::sqrt(1 - std::pow(beta2_, double(steps_))))};
         if (p.device != "cpu") return device_step(p, s);
         float* w = p.values;
@@ -58,7 +62,8 @@ public:
     void load_state(const OptimizerState& state) override {
         for (const char* key : {"exp_avg", "exp_avg_sq", "step"})
             if (!state.count(key))
-                throw tessera::user_error("optimizer adamw", std::string("the checkpoint's optimizer state has no ") + key,
+                throw tessera::user_error("optimizer adamw",
+                                          std::string("the checkpoint's optimizer state has no ") + key,
                                           "was it written with another optimizer? Start over with --fresh");
         exp_avg_ = state.at("exp_avg");
         exp_avg_sq_ = state.at("exp_avg_sq");
@@ -75,7 +80,8 @@ private:
             if (!device_ || device_->count != p.count)
                 device_ = std::make_unique<tessera::plugins::optimizers::DeviceArrays>(
                     p.count, std::vector<std::string>{"exp_avg", "exp_avg_sq"},
-                    OptimizerState{{"exp_avg", exp_avg_}, {"exp_avg_sq", exp_avg_sq_}}, OptimizerState{{"decay", decay_}});
+                    OptimizerState{{"exp_avg", exp_avg_}, {"exp_avg_sq", exp_avg_sq_}},
+                    OptimizerState{{"decay", decay_}});
             stream_ = p.stream;
             tessera::plugins::optimizers::adamw_step_cuda(*device_, p.values, p.grads, s, p.stream);
             return;
@@ -95,8 +101,11 @@ private:
 };
 
 Info info() {
-    return {"", "adamw", "Adam with decoupled weight decay (torch.optim.AdamW semantics)",
-            {{"beta1", 0.9, "decay of the gradients' moving average (a scheduler's momentum replaces it)", from_to_below(0, 1)},
+    return {"",
+            "adamw",
+            "Adam with decoupled weight decay (torch.optim.AdamW semantics)",
+            {{"beta1", 0.9, "decay of the gradients' moving average (a scheduler's momentum replaces it)",
+              from_to_below(0, 1)},
              {"beta2", 0.999, "decay of the squared gradients' moving average", from_to_below(0, 1)},
              {"eps", 1e-8, "added to the denominator", above(0)},
              {"weight_decay", 0.01, "decoupled weight decay: w -= lr * weight_decay * w", at_least(0)},

@@ -10,7 +10,8 @@ namespace tessera::plugins::optimizers {
 namespace {
 __global__ void adamw(float* w, const float* grad, float* m, float* v, const float* decay, std::size_t n, AdamStep s) {
     const float step_size = s.lr / s.bias_correction1;
-    for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n; i += std::size_t(blockDim.x) * gridDim.x) {
+    for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n;
+         i += std::size_t(blockDim.x) * gridDim.x) {
         const float g = grad[i];
         const float mi = s.beta1 * m[i] + (1 - s.beta1) * g;
         const float vi = s.beta2 * v[i] + (1 - s.beta2) * g * g;
@@ -23,8 +24,8 @@ __global__ void adamw(float* w, const float* grad, float* m, float* v, const flo
 
 void adamw_step_cuda(const DeviceArrays& state, float* w, const float* grad, const AdamStep& s, void* stream) {
     const unsigned blocks = unsigned(std::min<std::size_t>((state.count + 255) / 256, 4096));
-    adamw<<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(w, grad, state["exp_avg"], state["exp_avg_sq"], state["decay"],
-                                                                 state.count, s);
+    adamw<<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(w, grad, state["exp_avg"], state["exp_avg_sq"],
+                                                                 state["decay"], state.count, s);
     check_cuda(cudaGetLastError(), "optimizer adamw (cuda)", "kernel launch");
 }
 

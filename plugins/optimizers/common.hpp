@@ -16,7 +16,8 @@ inline bool is_bn_or_bias(const tessera::plugin::Tensor& t) {
 }
 
 /// The weight decay of each of the parameters' values.
-inline std::vector<float> decay_per_value(const tessera::plugin::Parameters& p, double weight_decay, bool exempt_bn_bias) {
+inline std::vector<float> decay_per_value(const tessera::plugin::Parameters& p, double weight_decay,
+                                          bool exempt_bn_bias) {
     std::vector<float> decay(p.count, 0.f);
     for (auto& t : p.tensors)
         std::fill(decay.begin() + std::ptrdiff_t(t.offset), decay.begin() + std::ptrdiff_t(t.offset + t.size),
@@ -26,7 +27,8 @@ inline std::vector<float> decay_per_value(const tessera::plugin::Parameters& p, 
 
 /// A user error: this build of `optimizer` has no step for `device` (a CPU-only build given "cuda").
 [[noreturn]] inline void no_step_for(const std::string& optimizer, const std::string& device) {
-    throw tessera::user_error("optimizer " + optimizer, "this build of the plugin has no step for device \"" + device + "\"",
+    throw tessera::user_error("optimizer " + optimizer,
+                              "this build of the plugin has no step for device \"" + device + "\"",
                               "rebuild tessera with -Dcuda=enabled");
 }
 

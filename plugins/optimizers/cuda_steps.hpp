@@ -29,7 +29,7 @@ struct LarsStep {
 void upload_bytes(void* device, const void* host, std::size_t bytes);
 void adamw_step_cuda(const DeviceArrays& state, float* w, const float* grad, const AdamStep& s, void* stream);
 /// `tensors` lives in device memory (count of them); `sums` has room for 2 doubles per tensor.
-void lars_step_cuda(const DeviceArrays& state, float* w, const float* grad, const LarsTensor* tensors, int count, double* sums,
-                    std::size_t largest, const LarsStep& s, void* stream);
+void lars_step_cuda(const DeviceArrays& state, float* w, const float* grad, const LarsTensor* tensors, int count,
+                    double* sums, std::size_t largest, const LarsStep& s, void* stream);
 
 }  // namespace tessera::plugins::optimizers

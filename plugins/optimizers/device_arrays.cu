@@ -10,7 +10,8 @@ namespace tessera::plugins::optimizers {
 
 void check_cuda(int status, const char* who, const char* what) {
     if (status != cudaSuccess)
-        throw tessera::internal_error(who, std::string(what) + ": " + cudaGetErrorString(static_cast<cudaError_t>(status)));
+        throw tessera::internal_error(who,
+                                      std::string(what) + ": " + cudaGetErrorString(static_cast<cudaError_t>(status)));
 }
 
 namespace {
@@ -18,14 +19,16 @@ float* upload(std::size_t count, const std::vector<float>* from) {
     float* device = nullptr;
     check_cuda(cudaMalloc(&device, count * sizeof(float)), "optimizer state", "cudaMalloc");
     if (from && from->size() == count)
-        check_cuda(cudaMemcpy(device, from->data(), count * sizeof(float), cudaMemcpyHostToDevice), "optimizer state", "cudaMemcpy");
+        check_cuda(cudaMemcpy(device, from->data(), count * sizeof(float), cudaMemcpyHostToDevice), "optimizer state",
+                   "cudaMemcpy");
     else
         check_cuda(cudaMemset(device, 0, count * sizeof(float)), "optimizer state", "cudaMemset");
     return device;
 }
 }  // namespace
 
-DeviceArrays::DeviceArrays(std::size_t n, const std::vector<std::string>& names, const std::map<std::string, std::vector<float>>& start,
+DeviceArrays::DeviceArrays(std::size_t n, const std::vector<std::string>& names,
+                           const std::map<std::string, std::vector<float>>& start,
                            const std::map<std::string, std::vector<float>>& constants)
     : count(n), state_names_(names) {
     for (auto& name : names) {
@@ -55,7 +58,8 @@ std::map<std::string, std::vector<float>> DeviceArrays::download(void* stream) c
     for (auto& name : state_names_) {
         auto& v = host[name];
         v.resize(count);
-        check_cuda(cudaMemcpy(v.data(), arrays_.at(name), count * sizeof(float), cudaMemcpyDeviceToHost), "optimizer state", "cudaMemcpy");
+        check_cuda(cudaMemcpy(v.data(), arrays_.at(name), count * sizeof(float), cudaMemcpyDeviceToHost),
+                   "optimizer state", "cudaMemcpy");
     }
     return host;
 }

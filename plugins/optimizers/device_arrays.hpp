@@ -12,7 +12,8 @@ class DeviceArrays {
 public:
     /// Arrays `names` of `count` floats each, from `start` where it holds them, else zeros; and
     /// `constants`, uploaded once (a weight decay per value, …).
-    DeviceArrays(std::size_t count, const std::vector<std::string>& names, const std::map<std::string, std::vector<float>>& start,
+    DeviceArrays(std::size_t count, const std::vector<std::string>& names,
+                 const std::map<std::string, std::vector<float>>& start,
                  const std::map<std::string, std::vector<float>>& constants = {});
     ~DeviceArrays();
     DeviceArrays(const DeviceArrays&) = delete;

@@ -36,7 +36,8 @@ public:
             }
             if (velocity_.size() != p.count) velocity_.assign(p.count, 0.f);
         }
-        const LarsStep s{float(rates.lr), float(rates.momentum.value_or(momentum_)), float(eeta_), float(epsilon_), nesterov_};
+        const LarsStep s{float(rates.lr), float(rates.momentum.value_or(momentum_)), float(eeta_), float(epsilon_),
+                         nesterov_};
         if (p.device != "cpu") return device_step(p, s);
         for (const LarsTensor& t : tensors_) {
             float* w = p.values + t.offset;
@@ -61,8 +62,9 @@ public:
 
     void load_state(const OptimizerState& state) override {
         auto it = state.find("momentum_buffer");
-        if (it == state.end()) throw tessera::user_error("optimizer lars", "the checkpoint's optimizer state has no momentum_buffer",
-                                                         "was it written with another optimizer? Start over with --fresh");
+        if (it == state.end())
+            throw tessera::user_error("optimizer lars", "the checkpoint's optimizer state has no momentum_buffer",
+                                      "was it written with another optimizer? Start over with --fresh");
         velocity_ = it->second;
 #ifdef TESSERA_WITH_CUDA
         device_.reset();
@@ -82,14 +84,18 @@ private:
 #ifdef TESSERA_WITH_CUDA
         if (p.device == "cuda") {
             if (!device_ || device_->count != p.count) {
-                device_ = std::make_unique<tessera::plugins::optimizers::DeviceArrays>(p.count, std::vector<std::string>{"momentum_buffer"},
-                                                                             OptimizerState{{"momentum_buffer", velocity_}});
-                device_tensors_ = static_cast<LarsTensor*>(device_->scratch(tensors_.size() * (sizeof(LarsTensor) + 2 * sizeof(double))));
-                tessera::plugins::optimizers::upload_bytes(device_tensors_, tensors_.data(), tensors_.size() * sizeof(LarsTensor));
+                device_ = std::make_unique<tessera::plugins::optimizers::DeviceArrays>(
+                    p.count, std::vector<std::string>{"momentum_buffer"},
+                    OptimizerState{{"momentum_buffer", velocity_}});
+                device_tensors_ = static_cast<LarsTensor*>(
+                    device_->scratch(tensors_.size() * (sizeof(LarsTensor) + 2 * sizeof(double))));
+                tessera::plugins::optimizers::upload_bytes(device_tensors_, tensors_.data(),
+                                                           tensors_.size() * sizeof(LarsTensor));
             }
             stream_ = p.stream;
             auto* sums = reinterpret_cast<double*>(device_tensors_ + tensors_.size());
-            tessera::plugins::optimizers::lars_step_cuda(*device_, p.values, p.grads, device_tensors_, int(tensors_.size()), sums, largest_, s, p.stream);
+            tessera::plugins::optimizers::lars_step_cuda(*device_, p.values, p.grads, device_tensors_,
+                                                         int(tensors_.size()), sums, largest_, s, p.stream);
             return;
         }
 #endif
@@ -109,7 +115,9 @@ private:
 };
 
 Info info() {
-    return {"", "lars", "LARS: momentum SGD with a trust ratio per tensor (MLPerf ResNet-50 semantics)",
+    return {"",
+            "lars",
+            "LARS: momentum SGD with a trust ratio per tensor (MLPerf ResNet-50 semantics)",
             {{"momentum", 0.9, "momentum factor (a scheduler's momentum replaces it)", from_to_below(0, 1)},
              {"weight_decay", 5e-5, "L2 penalty, for tensors other than BatchNorm's and the biases", at_least(0)},
              {"eeta", 0.001, "the trust coefficient", above(0)},

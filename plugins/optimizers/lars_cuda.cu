@@ -13,8 +13,9 @@ namespace {
 
 constexpr int threads = 256;
 
-#define LARS_CHUNK_LOOP(i, t)                                                                                           \
-    for (std::size_t i = blockIdx.x * std::size_t(threads) + threadIdx.x; i < (t).size; i += std::size_t(threads) * gridDim.x)
+#define LARS_CHUNK_LOOP(i, t)                                                           \
+    for (std::size_t i = blockIdx.x * std::size_t(threads) + threadIdx.x; i < (t).size; \
+         i += std::size_t(threads) * gridDim.x)
 
 __global__ void squared_norms(const float* w, const float* grad, const LarsTensor* tensors, double* sums) {
     const LarsTensor t = tensors[blockIdx.y];
@@ -28,7 +29,8 @@ __global__ void squared_norms(const float* w, const float* grad, const LarsTenso
     ww[threadIdx.x] = a, gg[threadIdx.x] = b;
     __syncthreads();
     for (int stride = threads / 2; stride > 0; stride /= 2) {
-        if (int(threadIdx.x) < stride) ww[threadIdx.x] += ww[threadIdx.x + stride], gg[threadIdx.x] += gg[threadIdx.x + stride];
+        if (int(threadIdx.x) < stride)
+            ww[threadIdx.x] += ww[threadIdx.x + stride], gg[threadIdx.x] += gg[threadIdx.x + stride];
         __syncthreads();
     }
     if (threadIdx.x == 0) {
@@ -37,7 +39,8 @@ __global__ void squared_norms(const float* w, const float* grad, const LarsTenso
     }
 }
 
-__global__ void update(float* w, const float* grad, float* velocity, const LarsTensor* tensors, const double* sums, LarsStep s) {
+__global__ void update(float* w, const float* grad, float* velocity, const LarsTensor* tensors, const double* sums,
+                       LarsStep s) {
     const LarsTensor t = tensors[blockIdx.y];
     float rate = s.lr;
     if (t.adapt) {
@@ -59,11 +62,12 @@ void upload_bytes(void* device, const void* host, std::size_t bytes) {
     check_cuda(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice), "optimizer lars (cuda)", "cudaMemcpy");
 }
 
-void lars_step_cuda(const DeviceArrays& state, float* w, const float* grad, const LarsTensor* tensors, int count, double* sums,
-                    std::size_t largest, const LarsStep& s, void* stream) {
+void lars_step_cuda(const DeviceArrays& state, float* w, const float* grad, const LarsTensor* tensors, int count,
+                    double* sums, std::size_t largest, const LarsStep& s, void* stream) {
     auto* st = static_cast<cudaStream_t>(stream);
     const dim3 grid(unsigned(std::min<std::size_t>((largest + threads - 1) / threads, 64)), unsigned(count));
-    check_cuda(cudaMemsetAsync(sums, 0, 2 * std::size_t(count) * sizeof(double), st), "optimizer lars (cuda)", "cudaMemsetAsync");
+    check_cuda(cudaMemsetAsync(sums, 0, 2 * std::size_t(count) * sizeof(double), st), "optimizer lars (cuda)",
+               "cudaMemsetAsync");
     squared_norms<<<grid, threads, 0, st>>>(w, grad, tensors, sums);
     update<<<grid, threads, 0, st>>>(w, grad, state["momentum_buffer"], tensors, sums, s);
     check_cuda(cudaGetLastError(), "optimizer lars (cuda)", "kernel launch");

@@ -53,8 +53,9 @@ public:
 
     void load_state(const OptimizerState& state) override {
         auto it = state.find("momentum_buffer");
-        if (it == state.end()) throw tessera::user_error("optimizer sgd", "the checkpoint's optimizer state has no momentum_buffer",
-                                                         "was it written with another optimizer? Start over with --fresh");
+        if (it == state.end())
+            throw tessera::user_error("optimizer sgd", "the checkpoint's optimizer state has no momentum_buffer",
+                                      "was it written with another optimizer? Start over with --fresh");
         velocity_ = it->second;
 #ifdef TESSERA_WITH_CUDA
         device_.reset();  // made again, from velocity_, at the next step
@@ -65,7 +66,8 @@ private:
     void device_step(const Parameters& p, [[maybe_unused]] float rate, [[maybe_unused]] float m) {
 #ifdef TESSERA_WITH_CUDA
         if (p.device == "cuda") {
-            if (!device_ || device_->count != p.count) device_ = std::make_unique<tessera::plugins::optimizers::DeviceState>(decay_, velocity_);
+            if (!device_ || device_->count != p.count)
+                device_ = std::make_unique<tessera::plugins::optimizers::DeviceState>(decay_, velocity_);
             device_->step(p.values, p.grads, rate, m, nesterov_, p.stream);
             return;
         }
@@ -83,7 +85,9 @@ private:
 };
 
 Info info() {
-    return {"", "sgd", "SGD with momentum (torch.optim.SGD semantics)",
+    return {"",
+            "sgd",
+            "SGD with momentum (torch.optim.SGD semantics)",
             {{"momentum", 0.9, "momentum factor", from_to_below(0, 1)},
              {"weight_decay", 1e-4, "L2 penalty added to the gradient", at_least(0)},
              {"nesterov", false, "Nesterov momentum"},

@@ -11,9 +11,10 @@
 namespace tessera::plugins::optimizers {
 
 namespace {
-__global__ void step(float* w, const float* grad, float* velocity, const float* decay, std::size_t n, float lr, float momentum,
-                     bool nesterov) {
-    for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n; i += std::size_t(blockDim.x) * gridDim.x) {
+__global__ void step(float* w, const float* grad, float* velocity, const float* decay, std::size_t n, float lr,
+                     float momentum, bool nesterov) {
+    for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n;
+         i += std::size_t(blockDim.x) * gridDim.x) {
         const float g = grad[i] + decay[i] * w[i];
         const float v = momentum * velocity[i] + g;
         velocity[i] = v;
@@ -22,7 +23,8 @@ __global__ void step(float* w, const float* grad, float* velocity, const float* 
 }
 
 void check(cudaError_t status, const char* what) {
-    if (status != cudaSuccess) throw tessera::internal_error("optimizer sgd (cuda)", std::string(what) + ": " + cudaGetErrorString(status));
+    if (status != cudaSuccess)
+        throw tessera::internal_error("optimizer sgd (cuda)", std::string(what) + ": " + cudaGetErrorString(status));
 }
 }  // namespace
 
@@ -51,7 +53,8 @@ std::vector<float> DeviceState::download() const {
 void DeviceState::step(float* w, const float* grad, float lr, float momentum, bool nesterov, void* stream) {
     last_stream = stream;
     const unsigned blocks = unsigned(std::min<std::size_t>((count + 255) / 256, 4096));
-    ::tessera::plugins::optimizers::step<<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(w, grad, velocity, decay, count, lr, momentum, nesterov);
+    ::tessera::plugins::optimizers::step<<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(
+        w, grad, velocity, decay, count, lr, momentum, nesterov);
     check(cudaGetLastError(), "sgd kernel launch");
 }
 

@@ -12,7 +12,8 @@ using namespace tessera::plugin;
 
 class Cosine final : public Scheduler {
 public:
-    explicit Cosine(const Options& o) : lr_(o.number("lr")), min_lr_(o.number("min_lr")), warmup_epochs_(o.number("warmup_epochs")) {}
+    explicit Cosine(const Options& o)
+        : lr_(o.number("lr")), min_lr_(o.number("min_lr")), warmup_epochs_(o.number("warmup_epochs")) {}
 
     double lr(const Clock& c) const override {
         const double warmup = std::min(double(c.total_steps), warmup_epochs_ * double(c.steps_per_epoch));
@@ -28,7 +29,9 @@ private:
 };
 
 Info info() {
-    return {"", "cosine", "cosine decay after an optional linear warm-up (per batch)",
+    return {"",
+            "cosine",
+            "cosine decay after an optional linear warm-up (per batch)",
             {{"lr", 0.1, "the learning rate after warm-up", above(0)},
              {"min_lr", 0.0, "the learning rate at the last step", at_least(0)},
              {"warmup_epochs", 0.0, "epochs of linear warm-up (fractions allowed)", at_least(0)}}};

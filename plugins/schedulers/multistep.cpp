@@ -10,7 +10,8 @@ using namespace tessera::plugin;
 
 class MultiStep final : public Scheduler {
 public:
-    explicit MultiStep(const Options& o) : lr_(o.number("lr")), gamma_(o.number("gamma")), milestones_(o.list("milestones")) {
+    explicit MultiStep(const Options& o)
+        : lr_(o.number("lr")), gamma_(o.number("gamma")), milestones_(o.list("milestones")) {
         std::sort(milestones_.begin(), milestones_.end());
     }
 
@@ -26,7 +27,9 @@ private:
 };
 
 Info info() {
-    return {"", "multistep", "step decay at milestone epochs",
+    return {"",
+            "multistep",
+            "step decay at milestone epochs",
             {{"lr", 0.1, "the initial learning rate", above(0)},
              {"milestones", std::vector<double>{}, "epochs after which the rate is multiplied by gamma", at_least(0)},
              {"gamma", 0.1, "the factor at each milestone", above_to(0, 1)}}};

@@ -47,7 +47,9 @@ private:
 };
 
 Info info() {
-    return {"", "onecycle", "OneCycleLR: cosine warm-up to max_lr, then cosine annealing (per batch)",
+    return {"",
+            "onecycle",
+            "OneCycleLR: cosine warm-up to max_lr, then cosine annealing (per batch)",
             {{"max_lr", 0.1, "the peak learning rate", above(0)},
              {"pct_start", 0.3, "fraction of the steps spent rising", inside(0, 1)},
              {"div_factor", 25.0, "initial lr = max_lr / div_factor", above(0)},

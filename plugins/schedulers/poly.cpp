@@ -14,8 +14,8 @@ using namespace tessera::plugin;
 class Poly final : public Scheduler {
 public:
     explicit Poly(const Options& o)
-        : lr_(o.number("lr")), end_lr_(o.number("end_lr")), power_(o.number("power")), warmup_epochs_(o.number("warmup_epochs")),
-          decay_epochs_(o.number("decay_epochs")) {}
+        : lr_(o.number("lr")), end_lr_(o.number("end_lr")), power_(o.number("power")),
+          warmup_epochs_(o.number("warmup_epochs")), decay_epochs_(o.number("decay_epochs")) {}
 
     double lr(const Clock& c) const override {
         const double warmup = std::min(double(c.total_steps), warmup_epochs_ * double(c.steps_per_epoch));
@@ -32,12 +32,15 @@ private:
 };
 
 Info info() {
-    return {"", "poly", "linear warm-up, then polynomial decay to end_lr (MLPerf's LARS schedule)",
-            {{"lr", 1.0, "the learning rate after warm-up", above(0)},
-             {"end_lr", 1e-4, "the rate at the end of the decay", at_least(0)},
-             {"power", 2.0, "the decay's exponent", above(0)},
-             {"warmup_epochs", 2.0, "epochs of linear warm-up (fractions allowed)", at_least(0)},
-             {"decay_epochs", 0.0, "the epoch the decay ends at, counted from the start (0: the last step)", at_least(0)}}};
+    return {
+        "",
+        "poly",
+        "linear warm-up, then polynomial decay to end_lr (MLPerf's LARS schedule)",
+        {{"lr", 1.0, "the learning rate after warm-up", above(0)},
+         {"end_lr", 1e-4, "the rate at the end of the decay", at_least(0)},
+         {"power", 2.0, "the decay's exponent", above(0)},
+         {"warmup_epochs", 2.0, "epochs of linear warm-up (fractions allowed)", at_least(0)},
+         {"decay_epochs", 0.0, "the epoch the decay ends at, counted from the start (0: the last step)", at_least(0)}}};
 }
 
 std::unique_ptr<Scheduler> create(const Options& o) { return std::make_unique<Poly>(o); }

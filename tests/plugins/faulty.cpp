@@ -23,8 +23,11 @@ private:
 };
 
 Info info() {
-    return {"", "faulty", "plain SGD that throws where told (tests)",
-            {{"throw_in_factory", false, "the factory throws"}, {"throw_at_step", std::int64_t(0), "step() throws at this step (from 1)"}}};
+    return {"",
+            "faulty",
+            "plain SGD that throws where told (tests)",
+            {{"throw_in_factory", false, "the factory throws"},
+             {"throw_at_step", std::int64_t(0), "step() throws at this step (from 1)"}}};
 }
 
 std::unique_ptr<Optimizer> create(const Options& o) { return std::make_unique<Faulty>(o); }

@@ -32,7 +32,9 @@ struct MemoryBlock {
     std::unique_ptr<std::byte, Free> data;
     std::size_t bytes = 0;
 
-    static std::size_t round_up(std::size_t bytes) { return (bytes + memory_alignment - 1) / memory_alignment * memory_alignment; }
+    static std::size_t round_up(std::size_t bytes) {
+        return (bytes + memory_alignment - 1) / memory_alignment * memory_alignment;
+    }
     static MemoryBlock make(std::size_t bytes) {
         bytes = round_up(std::max<std::size_t>(bytes, 1));
         auto* p = static_cast<std::byte*>(Memory::allocate(bytes));

@@ -14,8 +14,8 @@ public:
     enum class Kind { user, internal };
 
     Error(Kind kind, std::string where, std::string what, std::string hint = {})
-        : std::runtime_error(format(where, what, hint)), kind_(kind), where_(std::move(where)),
-          what_(std::move(what)), hint_(std::move(hint)) {}
+        : std::runtime_error(format(where, what, hint)), kind_(kind), where_(std::move(where)), what_(std::move(what)),
+          hint_(std::move(hint)) {}
 
     Kind kind() const noexcept { return kind_; }
     bool is_user_error() const noexcept { return kind_ == Kind::user; }
@@ -46,9 +46,9 @@ inline Error internal_error(std::string where, std::string what) {
 }  // namespace tessera
 
 /// Checks an internal invariant; throws an internal Error naming the file and line.
-#define TESSERA_CHECK(cond, msg)                                                                  \
-    do {                                                                                          \
-        if (!(cond))                                                                              \
+#define TESSERA_CHECK(cond, msg)                                                                    \
+    do {                                                                                            \
+        if (!(cond))                                                                                \
             throw ::tessera::internal_error(std::string(__FILE__) + ":" + std::to_string(__LINE__), \
-                                            std::string("check failed: " #cond ": ") + (msg));    \
+                                            std::string("check failed: " #cond ": ") + (msg));      \
     } while (0)

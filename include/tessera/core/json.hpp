@@ -51,7 +51,8 @@ private:
         throw user_error(source_, "malformed JSON at byte " + std::to_string(pos_) + ": " + what);
     }
     void skip_space() {
-        while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\t' || s_[pos_] == '\n' || s_[pos_] == '\r')) ++pos_;
+        while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\t' || s_[pos_] == '\n' || s_[pos_] == '\r'))
+            ++pos_;
     }
     bool eat(char c) {
         skip_space();
@@ -115,12 +116,26 @@ private:
             if (pos_ >= s_.size()) break;
             char e = s_[pos_++];
             switch (e) {
-                case '"': case '\\': case '/': out += e; break;
-                case 'b': out += '\b'; break;
-                case 'f': out += '\f'; break;
-                case 'n': out += '\n'; break;
-                case 'r': out += '\r'; break;
-                case 't': out += '\t'; break;
+                case '"':
+                case '\\':
+                case '/':
+                    out += e;
+                    break;
+                case 'b':
+                    out += '\b';
+                    break;
+                case 'f':
+                    out += '\f';
+                    break;
+                case 'n':
+                    out += '\n';
+                    break;
+                case 'r':
+                    out += '\r';
+                    break;
+                case 't':
+                    out += '\t';
+                    break;
                 case 'u': {
                     if (pos_ + 4 > s_.size()) fail("short \\u escape");
                     for (std::size_t i = 0; i < 4; ++i)
@@ -128,12 +143,17 @@ private:
                     unsigned code = std::stoul(std::string(s_.substr(pos_, 4)), nullptr, 16);
                     pos_ += 4;
                     // Names in our files are ASCII; other code points are kept as UTF-8.
-                    if (code < 0x80) out += char(code);
-                    else if (code < 0x800) out += char(0xC0 | (code >> 6)), out += char(0x80 | (code & 0x3F));
-                    else out += char(0xE0 | (code >> 12)), out += char(0x80 | ((code >> 6) & 0x3F)), out += char(0x80 | (code & 0x3F));
+                    if (code < 0x80)
+                        out += char(code);
+                    else if (code < 0x800)
+                        out += char(0xC0 | (code >> 6)), out += char(0x80 | (code & 0x3F));
+                    else
+                        out += char(0xE0 | (code >> 12)), out += char(0x80 | ((code >> 6) & 0x3F)),
+                            out += char(0x80 | (code & 0x3F));
                     break;
                 }
-                default: fail("bad escape");
+                default:
+                    fail("bad escape");
             }
         }
         if (pos_ >= s_.size()) fail("unterminated string");
@@ -170,11 +190,21 @@ inline std::string quote(std::string_view text) {
     std::string out = "\"";
     for (char c : text) {
         switch (c) {
-            case '"': out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\n': out += "\\n"; break;
-            case '\r': out += "\\r"; break;
-            case '\t': out += "\\t"; break;
+            case '"':
+                out += "\\\"";
+                break;
+            case '\\':
+                out += "\\\\";
+                break;
+            case '\n':
+                out += "\\n";
+                break;
+            case '\r':
+                out += "\\r";
+                break;
+            case '\t':
+                out += "\\t";
+                break;
             default:
                 if (static_cast<unsigned char>(c) < 0x20) {
                     char buf[8];

@@ -25,7 +25,7 @@ struct Tensor {
 
     std::size_t size() const { return shape.size(); }
     std::size_t bytes() const { return size() * element_bytes(dtype); }
-    std::span<float> span() const { return {data, size()}; }            // fp32 tensors
+    std::span<float> span() const { return {data, size()}; }                // fp32 tensors
     float* row(std::size_t pixel) const { return data + pixel * shape.c; }  // one pixel's channels (fp32)
     template <class T>
     T* as() const {

@@ -24,10 +24,12 @@ public:
             for (int t = 1; t < size_; ++t) workers_.emplace_back([this, t] { work(t); });
         } catch (const std::system_error& e) {  // the threads started must end before the pool does
             stop();
-            throw user_error("thread pool", "cannot start thread " + std::to_string(workers_.size() + 2) + " of " +
-                                                std::to_string(size_) + ": " + e.what(),
-                             "use fewer threads (--threads, train.threads, TESSERA_NUM_THREADS), or raise the process's limits "
-                             "(ulimit -u, ulimit -v)");
+            throw user_error(
+                "thread pool",
+                "cannot start thread " + std::to_string(workers_.size() + 2) + " of " + std::to_string(size_) + ": " +
+                    e.what(),
+                "use fewer threads (--threads, train.threads, TESSERA_NUM_THREADS), or raise the process's limits "
+                "(ulimit -u, ulimit -v)");
         }
     }
     ~ThreadPool() { stop(); }
@@ -37,9 +39,9 @@ public:
     int size() const { return size_; }
 
     /// Calls body(begin, end) over chunks of [0, n); chunks smaller than `grain` are not split further.
-    void parallel_for(std::size_t n, const std::function<void(std::size_t, std::size_t)>& body,
-                      std::size_t grain = 1) {
-        std::size_t chunks = std::min<std::size_t>(size_, std::max<std::size_t>(1, n / std::max<std::size_t>(grain, 1)));
+    void parallel_for(std::size_t n, const std::function<void(std::size_t, std::size_t)>& body, std::size_t grain = 1) {
+        std::size_t chunks =
+            std::min<std::size_t>(size_, std::max<std::size_t>(1, n / std::max<std::size_t>(grain, 1)));
         if (chunks <= 1 || n == 0) {
             if (n) body(0, n);
             return;

@@ -23,8 +23,10 @@ inline void random_crop_flip(const std::uint8_t* src, std::uint8_t* dst, int h, 
         for (int x = 0; x < w; ++x) {
             const int sx = (mirror ? w - 1 - x : x) + dx;
             std::uint8_t* out = dst + (std::size_t(y) * w + x) * c;
-            if (sy < 0 || sy >= h || sx < 0 || sx >= w) std::memset(out, 0, c);
-            else std::memcpy(out, src + (std::size_t(sy) * w + sx) * c, c);
+            if (sy < 0 || sy >= h || sx < 0 || sx >= w)
+                std::memset(out, 0, c);
+            else
+                std::memcpy(out, src + (std::size_t(sy) * w + sx) * c, c);
         }
     }
 }
@@ -54,8 +56,10 @@ inline CropBox random_resized_crop(int width, int height, Rng& rng, double scale
     }
     const double in_ratio = double(width) / height;
     int w = width, h = height;
-    if (in_ratio < ratio_min) h = round_half_even(w / ratio_min);
-    else if (in_ratio > ratio_max) w = round_half_even(h * ratio_max);
+    if (in_ratio < ratio_min)
+        h = round_half_even(w / ratio_min);
+    else if (in_ratio > ratio_max)
+        w = round_half_even(h * ratio_max);
     return {(width - w) / 2, (height - h) / 2, w, h};
 }
 

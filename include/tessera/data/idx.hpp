@@ -32,9 +32,10 @@ inline Idx parse_idx(std::span<const std::uint8_t> bytes, std::size_t expected_d
         count = count > bytes.size() / idx.dims.back() ? bytes.size() + 1 : count * idx.dims.back();
     }
     if (count != bytes.size() - header)
-        throw user_error(where, "truncated or oversized IDX file: the header promises " +
-                                    (count > bytes.size() ? std::string("more") : std::to_string(count)) + " bytes of data, the file holds " +
-                                    std::to_string(bytes.size() - header),
+        throw user_error(where,
+                         "truncated or oversized IDX file: the header promises " +
+                             (count > bytes.size() ? std::string("more") : std::to_string(count)) +
+                             " bytes of data, the file holds " + std::to_string(bytes.size() - header),
                          "download the file again");
     idx.data.assign(bytes.begin() + std::ptrdiff_t(header), bytes.end());
     return idx;

@@ -39,14 +39,22 @@ enum class ImageFormat { unknown, jpeg, png, gif, bmp, pnm, psd, webp };
 
 inline const char* format_name(ImageFormat f) {
     switch (f) {
-        case ImageFormat::jpeg: return "JPEG";
-        case ImageFormat::png: return "PNG";
-        case ImageFormat::gif: return "GIF";
-        case ImageFormat::bmp: return "BMP";
-        case ImageFormat::pnm: return "PNM";
-        case ImageFormat::psd: return "PSD";
-        case ImageFormat::webp: return "WebP";
-        default: return "unknown";
+        case ImageFormat::jpeg:
+            return "JPEG";
+        case ImageFormat::png:
+            return "PNG";
+        case ImageFormat::gif:
+            return "GIF";
+        case ImageFormat::bmp:
+            return "BMP";
+        case ImageFormat::pnm:
+            return "PNM";
+        case ImageFormat::psd:
+            return "PSD";
+        case ImageFormat::webp:
+            return "WebP";
+        default:
+            return "unknown";
     }
 }
 
@@ -157,7 +165,8 @@ public:
         } else {
             int channels = 0;
             if (!stbi_info_from_memory(bytes.data(), int(bytes.size()), &h.width, &h.height, &channels))
-                throw DecodeError(std::string("not a readable ") + format_name(h.format) + ": " + stbi_failure_reason());
+                throw DecodeError(std::string("not a readable ") + format_name(h.format) + ": " +
+                                  stbi_failure_reason());
             if (h.format == ImageFormat::pnm) check_pnm_size(bytes);
         }
         if (h.width <= 0 || h.height <= 0 || h.width > max_image_side || h.height > max_image_side ||
@@ -173,7 +182,8 @@ public:
                               double min_height) {
         if (h.format != ImageFormat::jpeg) return jpeg_scale_denominator;
         for (int num : {1, 2, 4}) {  // the factors with SIMD IDCTs in libjpeg-turbo; others decode slower than 8/8
-            const double sx = double(jpeg_scaled(h.width, num)) / h.width, sy = double(jpeg_scaled(h.height, num)) / h.height;
+            const double sx = double(jpeg_scaled(h.width, num)) / h.width,
+                         sy = double(jpeg_scaled(h.height, num)) / h.height;
             if (region_width * sx >= min_width && region_height * sy >= min_height) return num;
         }
         return jpeg_scale_denominator;
@@ -183,15 +193,17 @@ public:
     /// scaled pixels; JPEG only, others decode whole) or all of it. The result may extend a few
     /// columns left of the region (JPEG decodes whole blocks): out.x0, out.y0 say where it starts.
     /// Throws DecodeError.
-    void decode(std::span<const std::uint8_t> bytes, Image& out, int scale_num = jpeg_scale_denominator, Region region = {}) {
+    void decode(std::span<const std::uint8_t> bytes, Image& out, int scale_num = jpeg_scale_denominator,
+                Region region = {}) {
         decode(bytes, header(bytes), out, scale_num, region);
     }
 
     /// The same, for bytes whose header() the caller has read already (it is not read again).
-    void decode(std::span<const std::uint8_t> bytes, const ImageHeader& h, Image& out, int scale_num = jpeg_scale_denominator,
-                Region region = {}) {
+    void decode(std::span<const std::uint8_t> bytes, const ImageHeader& h, Image& out,
+                int scale_num = jpeg_scale_denominator, Region region = {}) {
         if (h.format != ImageFormat::jpeg) return decode_stb(bytes, out);
-        if (!decode_jpeg(bytes, scale_num, region, out)) throw DecodeError(std::string("damaged JPEG: ") + errors_.message);
+        if (!decode_jpeg(bytes, scale_num, region, out))
+            throw DecodeError(std::string("damaged JPEG: ") + errors_.message);
         if (cmyk_) cmyk_to_rgb(adobe_, out);
     }
 
@@ -280,7 +292,8 @@ private:
             }
             std::uint64_t v = 0;
             const std::size_t start = pos;
-            while (pos < bytes.size() && std::isdigit(bytes[pos]) && v < (std::uint64_t(1) << 32)) v = v * 10 + (bytes[pos++] - '0');
+            while (pos < bytes.size() && std::isdigit(bytes[pos]) && v < (std::uint64_t(1) << 32))
+                v = v * 10 + (bytes[pos++] - '0');
             if (pos == start) throw DecodeError("damaged PNM header");
             return v;
         };
@@ -289,14 +302,16 @@ private:
         const std::uint64_t channels = bytes[1] == '6' ? 3 : 1, sample = maxval > 255 ? 2 : 1;
         if (width > std::uint64_t(max_image_side) || height > std::uint64_t(max_image_side) || pos > bytes.size() ||
             bytes.size() - pos < width * height * channels * sample)
-            throw DecodeError("truncated PNM: its header promises " + std::to_string(width) + "x" + std::to_string(height) +
-                              " pixels that the file does not hold");
+            throw DecodeError("truncated PNM: its header promises " + std::to_string(width) + "x" +
+                              std::to_string(height) + " pixels that the file does not hold");
     }
 
     static void decode_stb(std::span<const std::uint8_t> bytes, Image& out) {
         int channels = 0;
         stbi_uc* rgb = stbi_load_from_memory(bytes.data(), int(bytes.size()), &out.width, &out.height, &channels, 3);
-        if (!rgb) throw DecodeError(std::string("damaged ") + format_name(sniff_format(bytes)) + ": " + stbi_failure_reason());
+        if (!rgb)
+            throw DecodeError(std::string("damaged ") + format_name(sniff_format(bytes)) + ": " +
+                              stbi_failure_reason());
         out.pixels.assign(rgb, rgb + std::size_t(out.width) * out.height * 3);
         out.pixels.push_back(0);
         out.x0 = out.y0 = 0;

@@ -45,8 +45,9 @@ struct ImageFolder {
         namespace fs = std::filesystem;
         std::error_code ec;
         if (!fs::is_directory(root, ec))
-            throw user_error(root.string(), "no such folder (" + given_as + ")",
-                             "point " + given_as + " at a folder of class folders (ImageNet: .../train, .../val; see the README)");
+            throw user_error(
+                root.string(), "no such folder (" + given_as + ")",
+                "point " + given_as + " at a folder of class folders (ImageNet: .../train, .../val; see the README)");
         ImageFolder f;
         f.root = root;
         std::vector<std::string> folders;
@@ -65,12 +66,14 @@ struct ImageFolder {
                                  "the validation folder's class folders must be among the training folder's");
             const std::int32_t label = std::int32_t(it - f.classes.begin());
             std::vector<std::string> files;
-            for (auto i = fs::recursive_directory_iterator(root / name, fs::directory_options::follow_directory_symlink, ec);
+            for (auto i =
+                     fs::recursive_directory_iterator(root / name, fs::directory_options::follow_directory_symlink, ec);
                  !ec && i != fs::recursive_directory_iterator(); i.increment(ec))
                 if (i->is_regular_file() && has_image_extension(i->path())) files.push_back(i->path().string());
             if (ec) throw user_error((root / name).string(), "cannot list the folder: " + ec.message());
             if (files.empty())
-                throw user_error((root / name).string(), "is a class folder with no images (.jpg, .jpeg, .png, .ppm, .pgm, .bmp, .gif)",
+                throw user_error((root / name).string(),
+                                 "is a class folder with no images (.jpg, .jpeg, .png, .ppm, .pgm, .bmp, .gif)",
                                  "remove the folder or add its images");
             std::sort(files.begin(), files.end());
             for (auto& p : files) f.samples.push_back({std::move(p), label});
@@ -83,9 +86,12 @@ struct ImageFolder {
 /// LOC_synset_mapping.txt: "n01440764 tench, Tinca tinca" shows "tench"), or, when no line starts
 /// with a class folder's name, one name per line in class order. Classes without a line keep their
 /// folder name.
-inline std::vector<std::string> read_class_names(const std::filesystem::path& file, const std::vector<std::string>& classes) {
+inline std::vector<std::string> read_class_names(const std::filesystem::path& file,
+                                                 const std::vector<std::string>& classes) {
     std::ifstream in(file);
-    if (!in) throw user_error(file.string(), "cannot read the class names file", "check data.class_names, or leave it empty");
+    if (!in)
+        throw user_error(file.string(), "cannot read the class names file",
+                         "check data.class_names, or leave it empty");
     std::map<std::string, std::string> by_folder;
     std::vector<std::string> lines;
     std::string line;
@@ -105,9 +111,11 @@ inline std::vector<std::string> read_class_names(const std::filesystem::path& fi
         if (auto it = by_folder.find(classes[c]); it != by_folder.end()) names[c] = it->second, ++matched;
     if (matched > 0) return names;
     if (lines.size() != classes.size())
-        throw user_error(file.string(), "names none of the " + std::to_string(classes.size()) + " class folders and has " +
-                                            std::to_string(lines.size()) + " lines, not one per class",
-                         "use lines \"<folder> <name>\" (as ImageNet's LOC_synset_mapping.txt) or one name per class in order");
+        throw user_error(
+            file.string(),
+            "names none of the " + std::to_string(classes.size()) + " class folders and has " +
+                std::to_string(lines.size()) + " lines, not one per class",
+            "use lines \"<folder> <name>\" (as ImageNet's LOC_synset_mapping.txt) or one name per class in order");
     return lines;
 }
 

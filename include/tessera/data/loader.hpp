@@ -52,8 +52,9 @@ public:
             for (int w = 0; w < workers; ++w) threads_.emplace_back([this] { work(); });
         } catch (const std::system_error& e) {  // the workers started must end before the loader does
             stop();
-            throw user_error("data loader", "cannot start decoding thread " + std::to_string(threads_.size() + 1) + " of " +
-                                                std::to_string(workers) + ": " + e.what(),
+            throw user_error("data loader",
+                             "cannot start decoding thread " + std::to_string(threads_.size() + 1) + " of " +
+                                 std::to_string(workers) + ": " + e.what(),
                              "lower data.workers, or raise the process's limits (ulimit -u, ulimit -v)");
         }
     }
@@ -163,7 +164,8 @@ private:
         std::unique_lock lock(mutex_);
         for (;;) {
             work_ready_.wait(lock, [&] {
-                return stop_ || (claimed_ < total_ && claimed_ / plan_.batch_size < consumed_ + std::int64_t(slots_.size()));
+                return stop_ ||
+                       (claimed_ < total_ && claimed_ / plan_.batch_size < consumed_ + std::int64_t(slots_.size()));
             });
             if (stop_) return;
             const std::int64_t first = claimed_, number = first / plan_.batch_size;
@@ -195,10 +197,13 @@ private:
 
     // Sample `position` of this rank's epoch into place `i` of `b`; unreadable ones are replaced.
     void load_sample(typename Source::Worker& worker, std::int64_t position, plugin::Batch& b, int i) {
-        const std::uint64_t stream = (std::uint64_t(plan_.epoch) << 1 | (split_ == Split::val)) << 16 | std::uint64_t(plan_.rank);
+        const std::uint64_t stream =
+            (std::uint64_t(plan_.epoch) << 1 | (split_ == Split::val)) << 16 | std::uint64_t(plan_.rank);
         std::int64_t index = order_[position];
         for (int attempt = 0; attempt <= max_replacements_in_a_row; ++attempt) {
-            if (attempt > 0) index = std::int64_t(Rng::derive(plan_.seed, stream, std::uint64_t(position) << 8 | attempt).below(size_));
+            if (attempt > 0)
+                index =
+                    std::int64_t(Rng::derive(plan_.seed, stream, std::uint64_t(position) << 8 | attempt).below(size_));
             if (is_bad(index)) continue;
             Rng rng = Rng::derive(plan_.seed ^ 0xA6A6'0000'0000ull, stream, std::uint64_t(position) << 8 | attempt);
             try {
@@ -210,9 +215,10 @@ private:
                 mark_bad(index, e.what());
             }
         }
-        throw user_error(source_.name(split_, order_[position]),
-                         "this and " + std::to_string(max_replacements_in_a_row) + " samples chosen to replace it could not be read",
-                         "check the data folder: most of its files seem damaged (the warnings above name them)");
+        throw user_error(
+            source_.name(split_, order_[position]),
+            "this and " + std::to_string(max_replacements_in_a_row) + " samples chosen to replace it could not be read",
+            "check the data folder: most of its files seem damaged (the warnings above name them)");
     }
 
     bool is_bad(std::int64_t index) {

@@ -95,7 +95,8 @@ inline std::uint8_t clip8(std::int32_t v) {
 }
 
 /// One row through the horizontal taps, outputs [from, to); `in` is the row's pixel x0.
-inline void horizontal_pass_scalar(const std::uint8_t* in, int x0, const Taps& across, int from, int to, std::uint8_t* out) {
+inline void horizontal_pass_scalar(const std::uint8_t* in, int x0, const Taps& across, int from, int to,
+                                   std::uint8_t* out) {
     for (int o = from; o < to; ++o) {
         const std::int32_t* k = &across.weights[std::size_t(o) * across.size];
         const std::uint8_t* p = in + std::size_t(across.first[o] - x0) * 3;
@@ -117,8 +118,8 @@ inline void horizontal_pass_scalar(const std::uint8_t* in, int x0, const Taps& a
 // lists is padded with its zero weights. Identical results: the same integer products and sums.
 // Pixels are read four bytes at a time, so outputs whose taps reach the row's last pixel go
 // through the scalar loop.
-__attribute__((target("avx2"))) inline void horizontal_pass_avx2(const std::uint8_t* in, int x0, int x1, const Taps& across,
-                                                                 int w, std::uint8_t* out) {
+__attribute__((target("avx2"))) inline void horizontal_pass_avx2(const std::uint8_t* in, int x0, int x1,
+                                                                 const Taps& across, int w, std::uint8_t* out) {
     int end = w;
     while (end > 0 && across.first[end - 1] + across.size >= x1) --end;
     end -= end % 2;
@@ -137,7 +138,8 @@ __attribute__((target("avx2"))) inline void horizontal_pass_avx2(const std::uint
         const int taps = std::max(across.count[o], across.count[o + 1]);
         __m256i acc = half;
         for (int t = 0; t < taps; ++t) {
-            const __m256i pixels = _mm256_cvtepu8_epi32(_mm_unpacklo_epi32(four_bytes(p0 + 3 * t), four_bytes(p1 + 3 * t)));
+            const __m256i pixels =
+                _mm256_cvtepu8_epi32(_mm_unpacklo_epi32(four_bytes(p0 + 3 * t), four_bytes(p1 + 3 * t)));
             const __m256i weights = _mm256_setr_m128i(_mm_set1_epi32(k0[t]), _mm_set1_epi32(k1[t]));
             acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(pixels, weights));
         }
@@ -164,8 +166,8 @@ inline void horizontal_pass(const std::uint8_t* in, int x0, int x1, const Taps& 
 /// One output row from `count` rows of the horizontal result (`stride` bytes apart, starting at
 /// `in`), weighted by `k`; mirrored left to right if `mirror`.
 TESSERA_RESAMPLE_CLONES
-inline void vertical_pass(const std::uint8_t* in, std::size_t stride, const std::int32_t* k, int count, std::int32_t* acc,
-                          std::uint8_t* out, int w, bool mirror) {
+inline void vertical_pass(const std::uint8_t* in, std::size_t stride, const std::int32_t* k, int count,
+                          std::int32_t* acc, std::uint8_t* out, int w, bool mirror) {
     const std::size_t n = std::size_t(w) * 3;
     for (std::size_t i = 0; i < n; ++i) acc[i] = 1 << (resample_precision_bits - 1);
     for (int t = 0; t < count; ++t) {
@@ -214,9 +216,10 @@ public:
                                     tmp_.data() + std::size_t(y - row_lo) * tmp_stride);
         acc_.resize(tmp_stride);
         for (int o = 0; o < win.h; ++o) {
-            const std::uint8_t* first = tmp_.data() + (down.count[o] ? std::size_t(down.first[o] - row_lo) * tmp_stride : 0);
-            detail::vertical_pass(first, tmp_stride, &down.weights[std::size_t(o) * down.size], down.count[o], acc_.data(),
-                                  dst + std::size_t(o) * dst_stride, win.w, mirror);
+            const std::uint8_t* first =
+                tmp_.data() + (down.count[o] ? std::size_t(down.first[o] - row_lo) * tmp_stride : 0);
+            detail::vertical_pass(first, tmp_stride, &down.weights[std::size_t(o) * down.size], down.count[o],
+                                  acc_.data(), dst + std::size_t(o) * dst_stride, win.w, mirror);
         }
     }
 

@@ -43,7 +43,9 @@ public:
         : dir_(std::move(dir)), shard_bytes_(shard_bytes) {
         std::error_code ec;
         std::filesystem::create_directories(dir_, ec);
-        if (ec) throw user_error(dir_.string(), "cannot create the folder: " + ec.message(), "choose a writable destination");
+        if (ec)
+            throw user_error(dir_.string(), "cannot create the folder: " + ec.message(),
+                             "choose a writable destination");
         std::filesystem::remove(dir_ / "index.tsv", ec);  // a stale index must not describe new shards
         std::ofstream names(dir_ / "classes.txt");
         for (const auto& c : classes) names << c << '\n';
@@ -56,7 +58,8 @@ public:
         if (!shard_ || (offset_ > 0 && offset_ + bytes.size() > shard_bytes_)) next_shard();
         if (std::fwrite(bytes.data(), 1, bytes.size(), shard_.get()) != bytes.size())
             throw user_error((dir_ / shard_file_name(shard_number_)).string(), "write failed", "is the disk full?");
-        index_ << shard_number_ << '\t' << offset_ << '\t' << bytes.size() << '\t' << label << '\t' << source_path << '\n';
+        index_ << shard_number_ << '\t' << offset_ << '\t' << bytes.size() << '\t' << label << '\t' << source_path
+               << '\n';
         offset_ += bytes.size();
         ++count_;
         total_bytes_ += bytes.size();
@@ -115,35 +118,40 @@ public:
             throw user_error(dir.string(), "no such folder (" + given_as + ")",
                              "make it with: runner prepare IMAGEFOLDER " + dir.string() + " --max-side 256");
         if (!std::filesystem::exists(dir / "index.tsv"))
-            throw user_error(dir.string(), "has no index.tsv: it is not a shards folder, or runner prepare was interrupted",
+            throw user_error(dir.string(),
+                             "has no index.tsv: it is not a shards folder, or runner prepare was interrupted",
                              "run runner prepare again into it");
         std::ifstream names(dir / "classes.txt");
         for (std::string line; std::getline(names, line);) classes_.push_back(line);
         std::ifstream index(dir / "index.tsv");
         std::string line;
         if (!std::getline(index, line) || line != shards_index_header)
-            throw user_error((dir / "index.tsv").string(), "is not an index of this shards format (\"" + std::string(shards_index_header) + "\")",
+            throw user_error((dir / "index.tsv").string(),
+                             "is not an index of this shards format (\"" + std::string(shards_index_header) + "\")",
                              "make the folder again with this version's runner prepare");
         std::size_t shards = 0;
         for (std::size_t number = 2; std::getline(index, line); ++number) {
             Entry e;
             char path[4096] = {};
             unsigned long long offset = 0;
-            if (std::sscanf(line.c_str(), "%u\t%llu\t%u\t%d\t%4095[^\n]", &e.shard, &offset, &e.size, &e.label, path) < 4 ||
+            if (std::sscanf(line.c_str(), "%u\t%llu\t%u\t%d\t%4095[^\n]", &e.shard, &offset, &e.size, &e.label, path) <
+                    4 ||
                 e.label < 0 || std::size_t(e.label) >= classes_.size())
                 throw user_error((dir / "index.tsv").string() + ":" + std::to_string(number), "malformed line",
                                  "make the folder again with runner prepare");
             e.offset = offset;
             e.path = path;
             if (e.shard > max_shards)
-                throw user_error((dir / "index.tsv").string() + ":" + std::to_string(number), "names shard " + std::to_string(e.shard),
+                throw user_error((dir / "index.tsv").string() + ":" + std::to_string(number),
+                                 "names shard " + std::to_string(e.shard),
                                  "the index is damaged: make the folder again with runner prepare");
             shards = std::max<std::size_t>(shards, std::size_t(e.shard) + 1);
             entries_.push_back(std::move(e));
         }
         for (std::size_t s = 0; s < shards; ++s) maps_.push_back(std::make_unique<Mapping>(dir / shard_file_name(s)));
         for (std::size_t i = 0; i < entries_.size(); ++i)
-            if (entries_[i].offset > maps_[entries_[i].shard]->size || entries_[i].size > maps_[entries_[i].shard]->size - entries_[i].offset)
+            if (entries_[i].offset > maps_[entries_[i].shard]->size ||
+                entries_[i].size > maps_[entries_[i].shard]->size - entries_[i].offset)
                 throw user_error((dir / shard_file_name(entries_[i].shard)).string(),
                                  "is shorter than its index says (image " + std::to_string(i) + ")",
                                  "the folder is damaged: make it again with runner prepare");
@@ -169,7 +177,8 @@ private:
             struct stat info {};
             if (fd < 0 || ::fstat(fd, &info) != 0) {
                 if (fd >= 0) ::close(fd);
-                throw user_error(path.string(), "cannot open the shard", "the folder is incomplete: make it again with runner prepare");
+                throw user_error(path.string(), "cannot open the shard",
+                                 "the folder is incomplete: make it again with runner prepare");
             }
             size = std::size_t(info.st_size);
             if (size > 0) {

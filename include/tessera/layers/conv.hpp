@@ -42,7 +42,8 @@ public:
     /// Kaiming normal, fan_out, for ReLU: std = sqrt(2 / (Cout * k * k)), as torchvision's ResNet.
     void init(Rng& rng, const InitOptions&) {
         const double std = std::sqrt(2.0 / (double(g_.out_channels) * g_.kernel * g_.kernel));
-        for (std::size_t i = 0; i < std::size_t(g_.out_channels) * g_.patch(); ++i) weight_[i] = float(rng.normal() * std);
+        for (std::size_t i = 0; i < std::size_t(g_.out_channels) * g_.patch(); ++i)
+            weight_[i] = float(rng.normal() * std);
     }
 
     Shape describe(Describer& d, Shape in) const {
@@ -63,13 +64,15 @@ private:
 template <int Out, int Kernel, int Stride = 1>
 struct Conv {
     static_assert(Out > 0, "Conv<Out, Kernel, Stride>: the number of output channels must be positive");
-    static_assert(Kernel > 0 && Kernel % 2 == 1, "Conv<Out, Kernel, Stride>: the kernel size must be odd, so that padding Kernel/2 keeps the image centred");
+    static_assert(
+        Kernel > 0 && Kernel % 2 == 1,
+        "Conv<Out, Kernel, Stride>: the kernel size must be odd, so that padding Kernel/2 keeps the image centred");
     static_assert(Stride > 0, "Conv<Out, Kernel, Stride>: the stride must be positive");
 
     template <int In>
     static constexpr int out_channels = Out;
     template <int In, long Classes>
-    static constexpr long params = long(Out) * Kernel * Kernel * In;
+    static constexpr long params = long(Out) * Kernel* Kernel* In;
 
     template <int In, class B>
     static ConvLayer<B> bind(const BindOptions&) {

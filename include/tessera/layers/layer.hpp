@@ -36,18 +36,35 @@ void gradients_ready(Context& ctx, const float* grad, std::size_t count) {
 }
 
 /// What a parameter is; decides its checkpoint layout, its initialisation and its weight decay.
-enum class Role { conv_weight, linear_weight, linear_bias, bn_weight, bn_bias, running_mean, running_var, num_batches_tracked };
+enum class Role {
+    conv_weight,
+    linear_weight,
+    linear_bias,
+    bn_weight,
+    bn_bias,
+    running_mean,
+    running_var,
+    num_batches_tracked
+};
 
 inline const char* role_name(Role r) {
     switch (r) {
-        case Role::conv_weight: return "conv_weight";
-        case Role::linear_weight: return "linear_weight";
-        case Role::linear_bias: return "linear_bias";
-        case Role::bn_weight: return "bn_weight";
-        case Role::bn_bias: return "bn_bias";
-        case Role::running_mean: return "running_mean";
-        case Role::running_var: return "running_var";
-        case Role::num_batches_tracked: return "num_batches_tracked";
+        case Role::conv_weight:
+            return "conv_weight";
+        case Role::linear_weight:
+            return "linear_weight";
+        case Role::linear_bias:
+            return "linear_bias";
+        case Role::bn_weight:
+            return "bn_weight";
+        case Role::bn_bias:
+            return "bn_bias";
+        case Role::running_mean:
+            return "running_mean";
+        case Role::running_var:
+            return "running_var";
+        case Role::num_batches_tracked:
+            return "num_batches_tracked";
     }
     return "?";
 }
@@ -59,9 +76,7 @@ class NameScope {
 public:
     NameScope() { scopes_.push_back({"", 0}); }
 
-    void push(const std::string& segment) {
-        scopes_.push_back({scopes_.back().prefix + segment + ".", 0});
-    }
+    void push(const std::string& segment) { scopes_.push_back({scopes_.back().prefix + segment + ".", 0}); }
     void pop() { scopes_.pop_back(); }
     int take_index() { return scopes_.back().next_index++; }
     std::string qualify(const std::string& leaf) const { return scopes_.back().prefix + leaf; }

@@ -24,8 +24,8 @@ public:
     Shape output_shape(Shape x) const { return {x.n, 1, 1, out_}; }
 
     Tensor forward(Context& ctx, const Tensor& x) {  // (N, 1, 1, In) -> (N, 1, 1, Out)
-        TESSERA_CHECK(x.size() == std::size_t(x.shape.n) * in_, "Linear expects " + std::to_string(in_) +
-                                                                    " features per sample, got " + x.shape.str());
+        TESSERA_CHECK(x.size() == std::size_t(x.shape.n) * in_,
+                      "Linear expects " + std::to_string(in_) + " features per sample, got " + x.shape.str());
         x_ = x;
         Tensor y = ctx.arena.tensor(output_shape(x.shape), DType::f32);  // logits in fp32, as autocast gives the loss
         B::linear_forward(ctx, x, weight_, bias_, out_, y);

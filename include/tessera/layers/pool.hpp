@@ -35,8 +35,9 @@ public:
     void init(Rng&, const InitOptions&) {}
     Shape describe(Describer& d, Shape in) const {
         Shape out = output_shape(in);
-        d.row("MaxPool " + std::to_string(g_.kernel) + "x" + std::to_string(g_.kernel) + "/" + std::to_string(g_.stride),
-              out, 0);
+        d.row(
+            "MaxPool " + std::to_string(g_.kernel) + "x" + std::to_string(g_.kernel) + "/" + std::to_string(g_.stride),
+            out, 0);
         return out;
     }
 

@@ -17,7 +17,8 @@ public:
     using Context = typename B::Context;
     static constexpr bool is_composite = true;
 
-    ResidualLayer(BranchLayer branch, ShortcutLayer shortcut) : branch_(std::move(branch)), shortcut_(std::move(shortcut)) {}
+    ResidualLayer(BranchLayer branch, ShortcutLayer shortcut)
+        : branch_(std::move(branch)), shortcut_(std::move(shortcut)) {}
 
     Shape output_shape(Shape in) const { return branch_.output_shape(in); }
 

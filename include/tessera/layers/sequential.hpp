@@ -39,9 +39,11 @@ public:
     Tensor forward(Context& ctx, Tensor x) {
         const bool input_is_private = ctx.input_is_private;
         const float* input = x.data;
-        std::apply([&](auto&... l) {
-            ((ctx.input_is_private = input_is_private || x.data != input, x = l.forward(ctx, x)), ...);
-        }, layers_);
+        std::apply(
+            [&](auto&... l) {
+                ((ctx.input_is_private = input_is_private || x.data != input, x = l.forward(ctx, x)), ...);
+            },
+            layers_);
         return x;
     }
     Tensor backward(Context& ctx, const Tensor& dy) {
@@ -56,14 +58,15 @@ public:
         std::apply([&](auto&... l) { (l.init(rng, o), ...); }, layers_);
     }
     Shape describe(Describer& d, Shape in) const {
-        std::apply([&](const auto&... l) {
-            (visit_child(d, l, [&](const auto& c) { in = c.describe(d, in); }), ...);
-        }, layers_);
+        std::apply([&](const auto&... l) { (visit_child(d, l, [&](const auto& c) { in = c.describe(d, in); }), ...); },
+                   layers_);
         return in;
     }
 
     template <std::size_t I>
-    auto& get() { return std::get<I>(layers_); }
+    auto& get() {
+        return std::get<I>(layers_);
+    }
 
 private:
     // Gradients between children belong to the Seq: each is given back once the child below has
@@ -85,7 +88,9 @@ struct Chain {
     template <long Classes>
     static constexpr long params = 0;
     template <class B>
-    static std::tuple<> bind(const BindOptions&) { return {}; }
+    static std::tuple<> bind(const BindOptions&) {
+        return {};
+    }
 };
 template <int In, class Spec, class... Rest>
 struct Chain<In, Spec, Rest...> {
@@ -95,7 +100,8 @@ struct Chain<In, Spec, Rest...> {
     static constexpr long params = Spec::template params<In, Classes> + Chain<next, Rest...>::template params<Classes>;
     template <class B>
     static auto bind(const BindOptions& o) {
-        return std::tuple_cat(std::make_tuple(Spec::template bind<In, B>(o)), Chain<next, Rest...>::template bind<B>(o));
+        return std::tuple_cat(std::make_tuple(Spec::template bind<In, B>(o)),
+                              Chain<next, Rest...>::template bind<B>(o));
     }
 };
 }  // namespace detail
@@ -223,12 +229,13 @@ struct Repeat {
     template <int In>
     static constexpr int out_channels = In;
     template <int In, long Classes>
-    static constexpr long params = N * Block::template params<In, Classes>;
+    static constexpr long params = N* Block::template params<In, Classes>;
 
     template <int In, class B>
     static auto bind(const BindOptions& o) {
-        static_assert(N == 0 || Block::template out_channels<In> == In,
-                      "Repeat<N, Block>: a repeated block must keep its channel count (its output feeds its next copy)");
+        static_assert(
+            N == 0 || Block::template out_channels<In> == In,
+            "Repeat<N, Block>: a repeated block must keep its channel count (its output feeds its next copy)");
         using Layer = decltype(Block::template bind<In, B>(o));
         std::vector<Layer> blocks;
         blocks.reserve(N);

@@ -86,10 +86,13 @@ private:
             }
             param_floats += size;
         }
-        void on_buffer(const std::string& name, const std::vector<std::int64_t>& dims, Role role, float*& value) override {
+        void on_buffer(const std::string& name, const std::vector<std::int64_t>& dims, Role role,
+                       float*& value) override {
             const std::size_t size = elements(dims);
-            if (mode_ == Mode::count) store_.buffer_entries.push_back({name, dims, role, buffer_floats, size});
-            else value = memory_.buffers + buffer_floats;
+            if (mode_ == Mode::count)
+                store_.buffer_entries.push_back({name, dims, role, buffer_floats, size});
+            else
+                value = memory_.buffers + buffer_floats;
             buffer_floats += size;
         }
 
@@ -116,8 +119,10 @@ public:
 
     /// The buffers the layers compute with: the host's on the CPU, the device's on CUDA.
     ParamStore::Memory working() {
-        if constexpr (B::has_device_memory) return work_->template memory<ParamStore::Memory>();
-        else return params_.host();
+        if constexpr (B::has_device_memory)
+            return work_->template memory<ParamStore::Memory>();
+        else
+            return params_.host();
     }
     /// Host values and statistics -> working memory (after loading or initialising).
     void upload() {
@@ -125,7 +130,8 @@ public:
     }
     /// Working memory -> host (before saving). Gradients too, for whoever inspects them.
     void download() {
-        if constexpr (B::has_device_memory) work_->download(params_.values.data(), params_.grads.data(), params_.buffers.data());
+        if constexpr (B::has_device_memory)
+            work_->download(params_.values.data(), params_.grads.data(), params_.buffers.data());
     }
     void zero_grad(Context& ctx) { B::fill_zero(ctx, working().grads, params_.grads.size()); }
 
@@ -173,7 +179,8 @@ public:
     using Layer = decltype(Spec::template bind<In, B>(layers::BindOptions{}));
 
     Model(std::string arch, int num_classes)
-        : Network<B>(std::move(arch), In, num_classes), net_(Spec::template bind<In, B>(layers::BindOptions{num_classes})) {
+        : Network<B>(std::move(arch), In, num_classes),
+          net_(Spec::template bind<In, B>(layers::BindOptions{num_classes})) {
         this->params_.bind(net_);
         this->place(net_);
     }

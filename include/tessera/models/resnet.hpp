@@ -45,10 +45,10 @@ using SmallImageStem = Seq<Named<"conv1", Conv<64, 3>>, Named<"bn1", BatchNorm<>
 using Head = Seq<GlobalAvgPool, Named<"fc", Linear<>>>;
 
 template <class Stem, template <int, int> class Block, int Expansion, int B1, int B2, int B3, int B4>
-using ResNet = Seq<Stem, Named<"layer1", Stage<Block, 64 * Expansion, B1, 1>>,
-                   Named<"layer2", Stage<Block, 128 * Expansion, B2, 2>>,
-                   Named<"layer3", Stage<Block, 256 * Expansion, B3, 2>>,
-                   Named<"layer4", Stage<Block, 512 * Expansion, B4, 2>>, Head>;
+using ResNet =
+    Seq<Stem, Named<"layer1", Stage<Block, 64 * Expansion, B1, 1>>,
+        Named<"layer2", Stage<Block, 128 * Expansion, B2, 2>>, Named<"layer3", Stage<Block, 256 * Expansion, B3, 2>>,
+        Named<"layer4", Stage<Block, 512 * Expansion, B4, 2>>, Head>;
 
 using ResNet18 = ResNet<ImageNetStem, BasicBlock, 1, 2, 2, 2, 2>;
 using ResNet34 = ResNet<ImageNetStem, BasicBlock, 1, 3, 4, 6, 3>;
@@ -64,9 +64,9 @@ using ResNet152Small = ResNet<SmallImageStem, Bottleneck, 4, 3, 8, 36, 3>;
 
 /// He et al. 2016 §4.2: depth 6n + 2.
 template <int N>
-using CifarResNet = Seq<Named<"conv1", Conv<16, 3>>, Named<"bn1", BatchNorm<>>, ReLU,
-                        Named<"layer1", Stage<BasicBlock, 16, N, 1>>, Named<"layer2", Stage<BasicBlock, 32, N, 2>>,
-                        Named<"layer3", Stage<BasicBlock, 64, N, 2>>, Head>;
+using CifarResNet =
+    Seq<Named<"conv1", Conv<16, 3>>, Named<"bn1", BatchNorm<>>, ReLU, Named<"layer1", Stage<BasicBlock, 16, N, 1>>,
+        Named<"layer2", Stage<BasicBlock, 32, N, 2>>, Named<"layer3", Stage<BasicBlock, 64, N, 2>>, Head>;
 
 using ResNet20 = CifarResNet<3>;
 using ResNet32 = CifarResNet<5>;

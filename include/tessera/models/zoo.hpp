@@ -28,8 +28,10 @@ namespace detail {
 template <class Spec, class B>
 std::unique_ptr<Network<B>> make_for_channels(const std::string& arch, const NetworkOptions& o) {
     switch (o.in_channels) {
-        case 1: return std::make_unique<Model<Spec, 1, B>>(arch, o.num_classes);
-        case 3: return std::make_unique<Model<Spec, 3, B>>(arch, o.num_classes);
+        case 1:
+            return std::make_unique<Model<Spec, 1, B>>(arch, o.num_classes);
+        case 3:
+            return std::make_unique<Model<Spec, 3, B>>(arch, o.num_classes);
         default:
             throw user_error("model", "in_channels = " + std::to_string(o.in_channels) + " is not supported",
                              "use 1 (grayscale) or 3 (RGB)");

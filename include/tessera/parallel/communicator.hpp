@@ -69,8 +69,10 @@ inline void broadcast(Communicator& comm, std::map<std::string, std::vector<floa
         values.resize(sizes[1]);
         comm.broadcast(name.data(), name.size(), root);
         comm.broadcast(values.data(), values.size() * sizeof(float), root);
-        if (sending) ++it;
-        else received[name] = std::move(values);
+        if (sending)
+            ++it;
+        else
+            received[name] = std::move(values);
     }
     if (!sending) tensors = std::move(received);
 }

@@ -54,7 +54,8 @@ public:
     /// `grads`: `count` floats in host memory; `background`: may a thread of its own all-reduce
     /// while backward goes on (on a duplicate of `comm`, so that its collectives never mix with
     /// those of the main thread).
-    GradientReducer(const Communicator& comm, float* grads, std::size_t count, std::size_t bucket_bytes, bool background)
+    GradientReducer(const Communicator& comm, float* grads, std::size_t count, std::size_t bucket_bytes,
+                    bool background)
         : comm_(comm.duplicate()), grads_(grads), buckets_(grads, count, bucket_bytes), queued_(buckets_.size()) {
         if (background) thread_ = std::thread([this] { send(); });
         begin_step();

@@ -21,11 +21,13 @@ namespace tessera::parallel::detail {
 // NCCL and CUDA runtime calls, checked: a failure names the call, the file and the line.
 inline void check(ncclResult_t status, const char* call, const char* file, int line) {
     if (status != ncclSuccess)
-        throw internal_error(std::string(file) + ":" + std::to_string(line), std::string(call) + ": " + ncclGetErrorString(status));
+        throw internal_error(std::string(file) + ":" + std::to_string(line),
+                             std::string(call) + ": " + ncclGetErrorString(status));
 }
 inline void check(cudaError_t status, const char* call, const char* file, int line) {
     if (status != cudaSuccess)
-        throw internal_error(std::string(file) + ":" + std::to_string(line), std::string(call) + ": " + cudaGetErrorString(status));
+        throw internal_error(std::string(file) + ":" + std::to_string(line),
+                             std::string(call) + ": " + cudaGetErrorString(status));
 }
 
 }  // namespace tessera::parallel::detail
@@ -87,7 +89,9 @@ public:
         host_->abort(code);
         std::abort();  // not reached: the host world's abort ends the process, behind a virtual call
     }
-    std::unique_ptr<Communicator> duplicate() const override { return std::make_unique<NcclCommunicator>(*host_, device_); }
+    std::unique_ptr<Communicator> duplicate() const override {
+        return std::make_unique<NcclCommunicator>(*host_, device_);
+    }
 
 private:
     // `collective` on the communicator's stream, after what `caller` has issued so far; `caller`
@@ -112,9 +116,10 @@ private:
 /// GradientReducer's device twin (see parallel/gradient_reducer.hpp for the bucketing).
 class DeviceGradientReducer final : public GradientAverager {
 public:
-    DeviceGradientReducer(Communicator& comm, float* grads, std::size_t count, std::size_t bucket_bytes, void* compute_stream)
-        : comm_(comm), grads_(grads), buckets_(grads, count, bucket_bytes), compute_(static_cast<cudaStream_t>(compute_stream)),
-          sent_(buckets_.size()), produced_(buckets_.size()) {
+    DeviceGradientReducer(Communicator& comm, float* grads, std::size_t count, std::size_t bucket_bytes,
+                          void* compute_stream)
+        : comm_(comm), grads_(grads), buckets_(grads, count, bucket_bytes),
+          compute_(static_cast<cudaStream_t>(compute_stream)), sent_(buckets_.size()), produced_(buckets_.size()) {
         TESSERA_CHECK(comm.device_memory(), "DeviceGradientReducer needs a communicator of device memory (NCCL)");
         TESSERA_NCCL(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
         for (auto& e : produced_) TESSERA_NCCL(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));

@@ -61,7 +61,8 @@ struct Range {
         }
         const bool low = std::isfinite(min), high = std::isfinite(max);
         if (low && high)
-            return std::string("in ") + (min_open ? "(" : "[") + number(min) + ", " + number(max) + (max_open ? ")" : "]");
+            return std::string("in ") + (min_open ? "(" : "[") + number(min) + ", " + number(max) +
+                   (max_open ? ")" : "]");
         if (low) return (min_open ? "above " : "at least ") + number(min);
         if (high) return (max_open ? "below " : "at most ") + number(max);
         return "a finite number";
@@ -70,10 +71,10 @@ struct Range {
 
 inline Range at_least(double lo) { return {lo, std::numeric_limits<double>::infinity(), false, false, {}}; }
 inline Range above(double lo) { return {lo, std::numeric_limits<double>::infinity(), true, false, {}}; }
-inline Range between(double lo, double hi) { return {lo, hi, false, false, {}}; }   // [lo, hi]
+inline Range between(double lo, double hi) { return {lo, hi, false, false, {}}; }       // [lo, hi]
 inline Range from_to_below(double lo, double hi) { return {lo, hi, false, true, {}}; }  // [lo, hi)
-inline Range above_to(double lo, double hi) { return {lo, hi, true, false, {}}; }   // (lo, hi]
-inline Range inside(double lo, double hi) { return {lo, hi, true, true, {}}; }      // (lo, hi)
+inline Range above_to(double lo, double hi) { return {lo, hi, true, false, {}}; }       // (lo, hi]
+inline Range inside(double lo, double hi) { return {lo, hi, true, true, {}}; }          // (lo, hi)
 inline Range one_of(std::vector<std::string> choices) { return {0, 0, false, false, std::move(choices)}; }
 
 struct Option {
@@ -182,9 +183,10 @@ struct DatasetInfo {
     int height = 0, width = 0, channels = 0;  // of the batches next() gives
     int num_classes = 0;
     std::int64_t train_size = 0, val_size = 0;
-    std::vector<double> mean, std;  // per channel, in [0, 1] units: x = (pixel / 255 - mean) / std
+    std::vector<double> mean, std;         // per channel, in [0, 1] units: x = (pixel / 255 - mean) / std
     std::vector<std::string> class_names;  // may be empty
-    int val_resize = 0;  // validation: the shorter side resized to this, then the centre height x width (0: as they are)
+    int val_resize =
+        0;  // validation: the shorter side resized to this, then the centre height x width (0: as they are)
 };
 
 struct EpochPlan {
@@ -221,18 +223,18 @@ struct RunInfo {
     std::string name, run_dir, arch;
     int epochs = 0, batch_size = 0;
     std::int64_t steps_per_epoch = 0, parameters = 0;
-    int first_epoch = 1;            // a resumed run starts later: loggers keep what earlier epochs wrote
-    std::int64_t first_step = 0;    // optimizer steps already taken when this process started
-    std::string recipe;             // the effective recipe, TOML
-    bool has_ema = false;           // epochs report the EMA's validation too
+    int first_epoch = 1;          // a resumed run starts later: loggers keep what earlier epochs wrote
+    std::int64_t first_step = 0;  // optimizer steps already taken when this process started
+    std::string recipe;           // the effective recipe, TOML
+    bool has_ema = false;         // epochs report the EMA's validation too
 };
 
 struct StepStats {
-    int epoch = 0;                             // from 1
-    std::int64_t step = 0, steps = 0;          // within the epoch, step from 1
-    double loss = 0, top1 = 0, lr = 0;         // loss and top-1 are running means over the epoch
+    int epoch = 0;                      // from 1
+    std::int64_t step = 0, steps = 0;   // within the epoch, step from 1
+    double loss = 0, top1 = 0, lr = 0;  // loss and top-1 are running means over the epoch
     double img_per_s = 0, elapsed_s = 0, eta_s = 0;
-    std::int64_t global_step = 0;              // optimizer steps taken since the run began
+    std::int64_t global_step = 0;  // optimizer steps taken since the run began
 };
 
 struct EpochStats {
@@ -243,7 +245,7 @@ struct EpochStats {
     std::int64_t bad_samples = 0;  // unreadable training and validation samples replaced in this epoch
     bool has_ema = false;          // the EMA of the weights was evaluated too ([train] ema)
     double ema_val_loss = 0, ema_val_top1 = 0, ema_val_top5 = 0;
-    std::int64_t global_step = 0;  // optimizer steps taken when the epoch ended
+    std::int64_t global_step = 0;    // optimizer steps taken when the epoch ended
     std::int64_t skipped_steps = 0;  // steps of this epoch whose gradients were not finite, so not taken
 };
 
@@ -258,10 +260,14 @@ public:
 
 template <class T>
 inline constexpr const char* kind_of = nullptr;
-template <> inline constexpr const char* kind_of<Scheduler> = "scheduler";
-template <> inline constexpr const char* kind_of<Optimizer> = "optimizer";
-template <> inline constexpr const char* kind_of<DataSource> = "data";
-template <> inline constexpr const char* kind_of<Logger> = "logger";
+template <>
+inline constexpr const char* kind_of<Scheduler> = "scheduler";
+template <>
+inline constexpr const char* kind_of<Optimizer> = "optimizer";
+template <>
+inline constexpr const char* kind_of<DataSource> = "data";
+template <>
+inline constexpr const char* kind_of<Logger> = "logger";
 
 }  // namespace tessera::plugin
 
@@ -271,18 +277,18 @@ template <> inline constexpr const char* kind_of<Logger> = "logger";
 #include <boost/dll/alias.hpp>
 
 /// Exports a plugin: TESSERA_PLUGIN(Scheduler, info_function, create_function).
-#define TESSERA_PLUGIN(Kind, info_function, create_function)                                           \
-    namespace tessera_plugin_exports {                                                                 \
-    inline int exported_abi() { return ::tessera::plugin::abi_version; }                                        \
-    inline ::tessera::plugin::Info exported_info() {                                                            \
-        ::tessera::plugin::Info i = info_function();                                                   \
-        i.kind = ::tessera::plugin::kind_of<::tessera::plugin::Kind>;                                  \
-        return i;                                                                                      \
-    }                                                                                                  \
-    inline std::unique_ptr<::tessera::plugin::Kind> exported_create(const ::tessera::plugin::Options& o) {      \
-        return create_function(o);                                                                     \
-    }                                                                                                  \
-    }                                                                                                  \
-    BOOST_DLL_ALIAS(tessera_plugin_exports::exported_abi, tessera_plugin_abi)                                   \
-    BOOST_DLL_ALIAS(tessera_plugin_exports::exported_info, tessera_plugin_info)                                 \
+#define TESSERA_PLUGIN(Kind, info_function, create_function)                                               \
+    namespace tessera_plugin_exports {                                                                     \
+    inline int exported_abi() { return ::tessera::plugin::abi_version; }                                   \
+    inline ::tessera::plugin::Info exported_info() {                                                       \
+        ::tessera::plugin::Info i = info_function();                                                       \
+        i.kind = ::tessera::plugin::kind_of<::tessera::plugin::Kind>;                                      \
+        return i;                                                                                          \
+    }                                                                                                      \
+    inline std::unique_ptr<::tessera::plugin::Kind> exported_create(const ::tessera::plugin::Options& o) { \
+        return create_function(o);                                                                         \
+    }                                                                                                      \
+    }                                                                                                      \
+    BOOST_DLL_ALIAS(tessera_plugin_exports::exported_abi, tessera_plugin_abi)                              \
+    BOOST_DLL_ALIAS(tessera_plugin_exports::exported_info, tessera_plugin_info)                            \
     BOOST_DLL_ALIAS(tessera_plugin_exports::exported_create, tessera_plugin_create)

@@ -36,9 +36,12 @@ decltype(auto) guarded(const std::string& who, const char* call, Call&& c) {
 
 class GuardedScheduler final : public Scheduler {
 public:
-    GuardedScheduler(std::shared_ptr<Scheduler> inner, std::string who) : inner_(std::move(inner)), who_(std::move(who)) {}
+    GuardedScheduler(std::shared_ptr<Scheduler> inner, std::string who)
+        : inner_(std::move(inner)), who_(std::move(who)) {}
     double lr(const Clock& c) const override { return TESSERA_GUARDED("lr()", inner_->lr(c)); }
-    std::optional<double> momentum(const Clock& c) const override { return TESSERA_GUARDED("momentum()", inner_->momentum(c)); }
+    std::optional<double> momentum(const Clock& c) const override {
+        return TESSERA_GUARDED("momentum()", inner_->momentum(c));
+    }
 
 private:
     std::shared_ptr<Scheduler> inner_;
@@ -47,7 +50,8 @@ private:
 
 class GuardedOptimizer final : public Optimizer {
 public:
-    GuardedOptimizer(std::shared_ptr<Optimizer> inner, std::string who) : inner_(std::move(inner)), who_(std::move(who)) {}
+    GuardedOptimizer(std::shared_ptr<Optimizer> inner, std::string who)
+        : inner_(std::move(inner)), who_(std::move(who)) {}
     void step(const Parameters& p, const StepRates& r) override { TESSERA_GUARDED("step()", inner_->step(p, r)); }
     OptimizerState state() const override { return TESSERA_GUARDED("state()", inner_->state()); }
     void load_state(const OptimizerState& s) override { TESSERA_GUARDED("load_state()", inner_->load_state(s)); }
@@ -59,10 +63,15 @@ private:
 
 class GuardedDataSource final : public DataSource {
 public:
-    GuardedDataSource(std::shared_ptr<DataSource> inner, std::string who) : inner_(std::move(inner)), who_(std::move(who)) {}
+    GuardedDataSource(std::shared_ptr<DataSource> inner, std::string who)
+        : inner_(std::move(inner)), who_(std::move(who)) {}
     DatasetInfo info() const override { return TESSERA_GUARDED("info()", inner_->info()); }
-    std::int64_t num_batches(Split s, const EpochPlan& p) const override { return TESSERA_GUARDED("num_batches()", inner_->num_batches(s, p)); }
-    void start_epoch(Split s, const EpochPlan& p) override { TESSERA_GUARDED("start_epoch()", inner_->start_epoch(s, p)); }
+    std::int64_t num_batches(Split s, const EpochPlan& p) const override {
+        return TESSERA_GUARDED("num_batches()", inner_->num_batches(s, p));
+    }
+    void start_epoch(Split s, const EpochPlan& p) override {
+        TESSERA_GUARDED("start_epoch()", inner_->start_epoch(s, p));
+    }
     bool next(Batch& b) override { return TESSERA_GUARDED("next()", inner_->next(b)); }
     std::int64_t bad_samples() const override { return TESSERA_GUARDED("bad_samples()", inner_->bad_samples()); }
 
@@ -86,11 +95,24 @@ private:
 
 #undef TESSERA_GUARDED
 
-template <class Kind> struct Guarded;
-template <> struct Guarded<Scheduler> { using type = GuardedScheduler; };
-template <> struct Guarded<Optimizer> { using type = GuardedOptimizer; };
-template <> struct Guarded<DataSource> { using type = GuardedDataSource; };
-template <> struct Guarded<Logger> { using type = GuardedLogger; };
+template <class Kind>
+struct Guarded;
+template <>
+struct Guarded<Scheduler> {
+    using type = GuardedScheduler;
+};
+template <>
+struct Guarded<Optimizer> {
+    using type = GuardedOptimizer;
+};
+template <>
+struct Guarded<DataSource> {
+    using type = GuardedDataSource;
+};
+template <>
+struct Guarded<Logger> {
+    using type = GuardedLogger;
+};
 
 /// `object`, each of its calls guarded; `who` names it in messages.
 template <class Kind>

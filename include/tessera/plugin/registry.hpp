@@ -81,16 +81,18 @@ public:
         const auto mode = boost::dll::load_mode::rtld_local | boost::dll::load_mode::rtld_now |
                           static_cast<boost::dll::load_mode::type>(RTLD_NODELETE);
         library->load(path, ec, mode);
-        if (ec) throw user_error(path.string(), "cannot load plugin module: " + ec.message(),
-                                 "is it a shared library built for this machine?");
+        if (ec)
+            throw user_error(path.string(), "cannot load plugin module: " + ec.message(),
+                             "is it a shared library built for this machine?");
         if (!library->has("tessera_plugin_abi") || !library->has("tessera_plugin_info") ||
             !library->has("tessera_plugin_create"))
             throw user_error(path.string(), "not a tessera plugin (it exports no tessera_plugin_abi/info/create)",
                              "build it with TESSERA_PLUGIN(...) from tessera/plugin/api.hpp");
         const int abi = library->get_alias<int()>("tessera_plugin_abi")();
         if (abi != abi_version)
-            throw user_error(path.string(), "plugin ABI version " + std::to_string(abi) + " does not match tessera's " +
-                                                std::to_string(abi_version),
+            throw user_error(path.string(),
+                             "plugin ABI version " + std::to_string(abi) + " does not match tessera's " +
+                                 std::to_string(abi_version),
                              "rebuild the plugin against this version of tessera's headers");
         Entry entry{library->get_alias<Info()>("tessera_plugin_info")(), path, library};
         return entry;
@@ -120,9 +122,11 @@ public:
         for (const auto& [key, value] : given) {
             auto it = values.find(key);
             if (it == values.end())
-                throw user_error(entry.info.name, "has no option \"" + key + "\"", "runner plugins lists each plugin's options");
+                throw user_error(entry.info.name, "has no option \"" + key + "\"",
+                                 "runner plugins lists each plugin's options");
             if (it->second.index() != value.index())
-                throw user_error(entry.info.name + "." + key, std::string("must be ") + type_name(it->second) + ", not " + type_name(value));
+                throw user_error(entry.info.name + "." + key,
+                                 std::string("must be ") + type_name(it->second) + ", not " + type_name(value));
             it->second = value;
         }
         return Options(std::move(values));
@@ -133,7 +137,8 @@ public:
     std::shared_ptr<Kind> create(const Entry& entry, const Options& options) const {
         TESSERA_CHECK(entry.info.kind == kind_of<Kind>, "plugin kind mismatch for " + entry.info.name);
         auto factory = entry.library->get_alias<std::unique_ptr<Kind>(const Options&)>("tessera_plugin_create");
-        const std::string who = std::string(kind_of<Kind>) + " plugin \"" + entry.info.name + "\" (" + entry.path.string() + ")";
+        const std::string who =
+            std::string(kind_of<Kind>) + " plugin \"" + entry.info.name + "\" (" + entry.path.string() + ")";
         std::unique_ptr<Kind> object = detail::guarded(who, "its factory", [&] { return factory(options); });
         if (!object) throw user_error(entry.path.string(), "plugin factory returned nothing");
         auto library = entry.library;

@@ -78,40 +78,55 @@ inline const std::map<std::string, std::vector<Option>>& core_sections() {
          {{"arch", std::string("resnet20"), "resnet18/34/50/101/152, their _small variants, resnet20/32/44/56/110"},
           {"num_classes", std::int64_t(0), "outputs of the classifier; 0 takes the data's", between(0, 1 << 20)},
           {"zero_init_residual", false, "start each block's last BatchNorm gamma at 0"},
-          {"precision", std::string("fp32"), "fp32 on the CPU; on CUDA fp32, tf32 (TF32 tensor cores), or bf16 / fp16 (mixed precision)",
+          {"precision", std::string("fp32"),
+           "fp32 on the CPU; on CUDA fp32, tf32 (TF32 tensor cores), or bf16 / fp16 (mixed precision)",
            one_of({"fp32", "tf32", "bf16", "fp16"})}}},
         {"train",
          {{"epochs", std::int64_t(1), "passes over the training data", between(1, max_epochs)},
           {"label_smoothing", 0.0, "as torch.nn.CrossEntropyLoss(label_smoothing=…)", between(0, 1)},
           {"device", std::string("cpu"), "cpu, or cuda", one_of({"cpu", "cuda"})},
-          {"threads", std::int64_t(0), "CPU threads per process; 0: TESSERA_NUM_THREADS, or the cores shared among the processes of a machine",
+          {"threads", std::int64_t(0),
+           "CPU threads per process; 0: TESSERA_NUM_THREADS, or the cores shared among the processes of a machine",
            between(0, max_threads)},
           {"sync_batchnorm", false, "with several processes: BatchNorm statistics over every process's batch"},
-          {"bucket_mb", std::int64_t(25), "with several processes: MiB of gradients all-reduced together", between(1, 4096)},
-          {"scale_lr", std::string("none"), "with several processes: \"linear\" multiplies the schedule's rates by global batch / base_batch",
+          {"bucket_mb", std::int64_t(25), "with several processes: MiB of gradients all-reduced together",
+           between(1, 4096)},
+          {"scale_lr", std::string("none"),
+           "with several processes: \"linear\" multiplies the schedule's rates by global batch / base_batch",
            one_of({"none", "linear"})},
-          {"base_batch", std::int64_t(256), "the batch the schedule's rates were chosen for (scale_lr = \"linear\")", between(1, max_batch * 1024)},
-          {"accumulate", std::int64_t(1), "batches whose gradients add up to one optimizer step (a larger effective batch)", between(1, 1024)},
+          {"base_batch", std::int64_t(256), "the batch the schedule's rates were chosen for (scale_lr = \"linear\")",
+           between(1, max_batch * 1024)},
+          {"accumulate", std::int64_t(1),
+           "batches whose gradients add up to one optimizer step (a larger effective batch)", between(1, 1024)},
           {"grad_clip", 0.0, "clip the gradients' global L2 norm to this (0: no clipping)", at_least(0)},
-          {"ema", 0.0, "decay per step of a moving average of the weights, validated alongside and saved as last.ema.safetensors (0: none)",
+          {"ema", 0.0,
+           "decay per step of a moving average of the weights, validated alongside and saved as last.ema.safetensors "
+           "(0: none)",
            from_to_below(0, 1)},
           {"mixup_alpha", 0.0, "mixup's Beta(alpha, alpha) (0: no mixup; 0.2 is usual)", between(0, 1000)},
           {"cutmix_alpha", 0.0, "cutmix's Beta(alpha, alpha) (0: no cutmix; 1.0 is usual)", between(0, 1000)},
           {"mix_prob", 1.0, "the share of batches mixed, with mixup or cutmix on", between(0, 1)},
           {"mix_switch_prob", 0.5, "with both on: the share of mixed batches that use cutmix", between(0, 1)},
-          {"target_top1", 0.0, "stop once validation top-1, a fraction, reaches this: 0.759 for 75.9% (0: train every epoch)", between(0, 1)},
-          {"max_bad_steps", std::int64_t(10), "steps with gradients not finite are skipped; stop after so many in a row (0: never)",
+          {"target_top1", 0.0,
+           "stop once validation top-1, a fraction, reaches this: 0.759 for 75.9% (0: train every epoch)",
+           between(0, 1)},
+          {"max_bad_steps", std::int64_t(10),
+           "steps with gradients not finite are skipped; stop after so many in a row (0: never)",
            between(0, 1'000'000)},
-          {"loss_scale", 0.0, "multiplies the loss's gradient for backward; 0: none, except fp16, which scales dynamically as GradScaler",
+          {"loss_scale", 0.0,
+           "multiplies the loss's gradient for backward; 0: none, except fp16, which scales dynamically as GradScaler",
            between(0, 1e30)},
-          {"loss_scale_window", std::int64_t(2000), "fp16's dynamic loss scale doubles after so many steps without overflow",
-           between(1, 1e9)}}},
-        {"checkpoint", {{"every_epochs", std::int64_t(1), "save last.safetensors and its training state every N epochs", between(1, max_epochs)},
-                        {"every_minutes", 0.0, "also save every so many minutes within an epoch (0: never)", between(0, 1e6)},
-                        {"keep", std::int64_t(0), "also keep the weights of the last K epochs as epoch_<N>.safetensors (0: none)",
-                         between(0, max_epochs)},
-                        {"on_failure", std::string("stop"), "a checkpoint that cannot be written: \"stop\" the run, or \"continue\" with a warning",
-                         one_of({"stop", "continue"})}}},
+          {"loss_scale_window", std::int64_t(2000),
+           "fp16's dynamic loss scale doubles after so many steps without overflow", between(1, 1e9)}}},
+        {"checkpoint",
+         {{"every_epochs", std::int64_t(1), "save last.safetensors and its training state every N epochs",
+           between(1, max_epochs)},
+          {"every_minutes", 0.0, "also save every so many minutes within an epoch (0: never)", between(0, 1e6)},
+          {"keep", std::int64_t(0), "also keep the weights of the last K epochs as epoch_<N>.safetensors (0: none)",
+           between(0, max_epochs)},
+          {"on_failure", std::string("stop"),
+           "a checkpoint that cannot be written: \"stop\" the run, or \"continue\" with a warning",
+           one_of({"stop", "continue"})}}},
         {"data", {{"batch_size", std::int64_t(128), "images per step per process", between(1, max_batch)}}},
         {"optimizer", {}},
         {"scheduler", {}},
@@ -145,18 +160,15 @@ inline std::size_t edit_distance(const std::string& a, const std::string& b) {
 /// "did you mean 'epochs'?" or the list of known names.
 inline std::string suggest(const std::string& word, const std::vector<std::string>& known) {
     if (known.empty()) return "this table takes no other keys";
-    auto best = std::min_element(known.begin(), known.end(), [&](auto& a, auto& b) {
-        return edit_distance(word, a) < edit_distance(word, b);
-    });
+    auto best = std::min_element(known.begin(), known.end(),
+                                 [&](auto& a, auto& b) { return edit_distance(word, a) < edit_distance(word, b); });
     if (edit_distance(word, *best) <= std::max<std::size_t>(2, word.size() / 3)) return "did you mean '" + *best + "'?";
     return "known keys: " + join(known);
 }
 
 /// A TOML value as an option value of the declared type, or a located error.
 inline Value convert(const toml::node& node, const Value& declared, const std::string& key, const std::string& where) {
-    auto wrong = [&]() -> Error {
-        return user_error(where, key + " must be " + plugin::type_name(declared), "");
-    };
+    auto wrong = [&]() -> Error { return user_error(where, key + " must be " + plugin::type_name(declared), ""); };
     switch (declared.index()) {
         case 0:
             if (auto v = node.value_exact<bool>()) return *v;
@@ -184,7 +196,8 @@ inline Value convert(const toml::node& node, const Value& declared, const std::s
 }
 
 /// Refuses a value outside its option's declared range, naming the key and the range.
-inline void check_range(const Value& value, const plugin::Range& range, const std::string& key, const std::string& where) {
+inline void check_range(const Value& value, const plugin::Range& range, const std::string& key,
+                        const std::string& where) {
     auto refuse = [&](const std::string& shown) {
         throw user_error(where, key + " must be " + range.describe() + ", not " + shown);
     };
@@ -205,7 +218,8 @@ inline Options validate(const toml::table& table, const std::vector<Option>& dec
     for (auto& o : declared) known.push_back(o.name);
     for (auto& [key, node] : table) {
         const std::string name(key.str());
-        const std::string where = locate(key.source().path ? key.source() : node.source(), file + " (--set " + section + "." + name + ")");
+        const std::string where =
+            locate(key.source().path ? key.source() : node.source(), file + " (--set " + section + "." + name + ")");
         if (std::find(reserved.begin(), reserved.end(), name) != reserved.end()) continue;
         auto it = std::find_if(declared.begin(), declared.end(), [&](auto& o) { return o.name == name; });
         if (it == declared.end())
@@ -222,17 +236,20 @@ inline PluginChoice choose_plugin(const toml::table& table, const std::string& k
                                   const std::string& file) {
     const std::string where = locate(table.source(), file + " [" + section + "]");
     const toml::node* name_node = table.get("plugin");
-    if (!name_node) throw user_error(where, "[" + section + "] needs plugin = \"name\"", "available " + kind + " plugins: " + [&] {
-        const std::string s = join(registry.names(kind));
-        return s.empty() ? std::string("none found") : s;
-    }());
+    if (!name_node)
+        throw user_error(
+            where, "[" + section + "] needs plugin = \"name\"", "available " + kind + " plugins: " + [&] {
+                const std::string s = join(registry.names(kind));
+                return s.empty() ? std::string("none found") : s;
+            }());
     auto name = name_node->value_exact<std::string>();
     if (!name) throw user_error(locate(name_node->source(), where), section + ".plugin must be a string");
     const plugin::Registry::Entry* entry = registry.find(kind, *name);
     if (!entry) {
         const std::string available = join(registry.names(kind));
-        throw user_error(locate(name_node->source(), where), "unknown " + kind + " plugin \"" + *name + "\"",
-                         "available: " + (available.empty() ? std::string("none found; set TESSERA_PLUGIN_PATH") : available));
+        throw user_error(
+            locate(name_node->source(), where), "unknown " + kind + " plugin \"" + *name + "\"",
+            "available: " + (available.empty() ? std::string("none found; set TESSERA_PLUGIN_PATH") : available));
     }
     std::vector<std::string> reserved = {"plugin"};
     for (auto& o : host_keys) reserved.push_back(o.name);
@@ -289,11 +306,13 @@ inline Recipe load(const fs::path& file, const std::vector<std::string>& overrid
     if (!fs::is_regular_file(file, ec))
         throw user_error(name, "no such recipe file", "give the path of a .toml recipe, e.g. recipes/quickstart.toml");
     if (fs::file_size(file, ec) > max_recipe_bytes)
-        throw user_error(name, "is larger than 1 MiB: not a recipe", "give the path of a .toml recipe, e.g. recipes/quickstart.toml");
+        throw user_error(name, "is larger than 1 MiB: not a recipe",
+                         "give the path of a .toml recipe, e.g. recipes/quickstart.toml");
     try {
         r.effective = toml::parse_file(name);
     } catch (const toml::parse_error& e) {
-        throw user_error(locate(e.source(), name), std::string(e.description()), "the recipe must be valid TOML (https://toml.io)");
+        throw user_error(locate(e.source(), name), std::string(e.description()),
+                         "the recipe must be valid TOML (https://toml.io)");
     }
     for (auto& o : overrides) apply_override(r.effective, o);
     return r;
@@ -312,34 +331,42 @@ inline void resolve(Recipe& r, const plugin::Registry& registry) {
         }
         const bool is_logger = key.str() == "logger";
         if (is_logger ? !node.is_array_of_tables() : !node.is_table())
-            throw user_error(locate(node.source(), name),
-                             is_logger ? "logger must be an array of tables: [[logger]]" : "[" + std::string(key.str()) + "] must be a table");
+            throw user_error(locate(node.source(), name), is_logger
+                                                              ? "logger must be an array of tables: [[logger]]"
+                                                              : "[" + std::string(key.str()) + "] must be a table");
     }
     auto table = [&](const std::string& section) -> const toml::table& {
         static const toml::table empty;
         const toml::table* t = r.effective[section].as_table();
         return t ? *t : empty;
     };
-    const std::pair<const char*, Options*> core[] = {{"run", &r.run}, {"model", &r.model}, {"train", &r.train}, {"checkpoint", &r.checkpoint}};
+    const std::pair<const char*, Options*> core[] = {
+        {"run", &r.run}, {"model", &r.model}, {"train", &r.train}, {"checkpoint", &r.checkpoint}};
     for (auto [section, options] : core) *options = validate(table(section), sections.at(section), section, {}, name);
     if (!r.effective.contains("data"))
         throw user_error(name, "the recipe has no [data] table", "add [data] with plugin = \"idx\" or \"synthetic\"");
     r.data = choose_plugin(table("data"), "data", "data", sections.at("data"), registry, name);
-    r.batch_size = int(validate(table("data"), sections.at("data"), "data", [&] {
-        std::vector<std::string> keys = {"plugin"};
-        for (auto& o : r.data.entry->info.options) keys.push_back(o.name);
-        return keys;
-    }(), name).integer("batch_size"));
+    r.batch_size = int(validate(
+                           table("data"), sections.at("data"), "data",
+                           [&] {
+                               std::vector<std::string> keys = {"plugin"};
+                               for (auto& o : r.data.entry->info.options) keys.push_back(o.name);
+                               return keys;
+                           }(),
+                           name)
+                           .integer("batch_size"));
     toml::table default_optimizer{{"plugin", "sgd"}}, default_scheduler{{"plugin", "constant"}};
     r.optimizer = choose_plugin(r.effective.contains("optimizer") ? table("optimizer") : default_optimizer, "optimizer",
                                 "optimizer", {}, registry, name);
     r.scheduler = choose_plugin(r.effective.contains("scheduler") ? table("scheduler") : default_scheduler, "scheduler",
                                 "scheduler", {}, registry, name);
     if (const toml::array* loggers = r.effective["logger"].as_array()) {
-        for (auto& t : *loggers) r.loggers.push_back(choose_plugin(*t.as_table(), "logger", "logger", {}, registry, name));
+        for (auto& t : *loggers)
+            r.loggers.push_back(choose_plugin(*t.as_table(), "logger", "logger", {}, registry, name));
     } else {
         for (const char* plugin_name : {"console", "csv", "jsonl", "html"})
-            r.loggers.push_back(choose_plugin(toml::table{{"plugin", plugin_name}}, "logger", "logger", {}, registry, name));
+            r.loggers.push_back(
+                choose_plugin(toml::table{{"plugin", plugin_name}}, "logger", "logger", {}, registry, name));
     }
 }
 

@@ -21,9 +21,9 @@ struct RunSpec {
     Recipe recipe;                               // the file, its checked tables, the effective TOML
     std::unique_ptr<plugin::Registry> registry;  // where its plugins came from
     std::shared_ptr<plugin::DataSource> data;
-    plugin::DatasetInfo info;                    // the data's
-    int num_classes = 0;                         // the model's: [model] num_classes, else the data's
-    train::TrainConfig train;                    // everything but what the launch decides: comm, stop, lr_scale
+    plugin::DatasetInfo info;  // the data's
+    int num_classes = 0;       // the model's: [model] num_classes, else the data's
+    train::TrainConfig train;  // everything but what the launch decides: comm, stop, lr_scale
 
     const std::string& arch() const { return recipe.model.text("arch"); }
     const std::string& precision() const { return recipe.model.text("precision"); }
@@ -75,7 +75,8 @@ inline train::TrainConfig train_config(const Recipe& r) {
     c.seed = std::uint64_t(r.run.integer("seed"));
     c.grad_clip = r.train.number("grad_clip");
     c.ema_decay = r.train.number("ema");
-    c.mix = {r.train.number("mixup_alpha"), r.train.number("cutmix_alpha"), r.train.number("mix_prob"), r.train.number("mix_switch_prob")};
+    c.mix = {r.train.number("mixup_alpha"), r.train.number("cutmix_alpha"), r.train.number("mix_prob"),
+             r.train.number("mix_switch_prob")};
     c.max_bad_steps = int(r.train.integer("max_bad_steps"));
     c.loss_scale = loss_scale_of(r);
     c.sync_batchnorm = r.train.flag("sync_batchnorm");
@@ -102,8 +103,9 @@ inline RunSpec open_run(const fs::path& file, const std::vector<std::string>& ov
     spec.info = spec.data->info();
     spec.num_classes = r.model.integer("num_classes") ? int(r.model.integer("num_classes")) : spec.info.num_classes;
     if (spec.num_classes < spec.info.num_classes)
-        throw user_error(spec.where("model", "num_classes"), std::to_string(spec.num_classes) + ", but the data has " +
-                                                                 std::to_string(spec.info.num_classes) + " classes",
+        throw user_error(spec.where("model", "num_classes"),
+                         std::to_string(spec.num_classes) + ", but the data has " +
+                             std::to_string(spec.info.num_classes) + " classes",
                          "set num_classes = 0 to take the data's");
     spec.train = train_config(r);
     return spec;

@@ -25,7 +25,8 @@ inline std::vector<double> ticks(double lo, double hi, int wanted = 5) {
             break;
         }
     std::vector<double> t;
-    for (double v = std::ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) t.push_back(std::abs(v) < step * 1e-9 ? 0 : v);
+    for (double v = std::ceil(lo / step) * step; v <= hi + step * 1e-9; v += step)
+        t.push_back(std::abs(v) < step * 1e-9 ? 0 : v);
     return t;
 }
 
@@ -38,23 +39,29 @@ inline std::string number_label(double v) {
 inline std::string escape_xml(const std::string& s) {
     std::string out;
     for (char c : s) {
-        if (c == '<') out += "&lt;";
-        else if (c == '>') out += "&gt;";
-        else if (c == '&') out += "&amp;";
-        else if (c == '"') out += "&quot;";
-        else out += c;
+        if (c == '<')
+            out += "&lt;";
+        else if (c == '>')
+            out += "&gt;";
+        else if (c == '&')
+            out += "&amp;";
+        else if (c == '"')
+            out += "&quot;";
+        else
+            out += c;
     }
     return out;
 }
 
 struct ChartOptions {
-    bool log_x = false;       // x on a log10 scale, ticked at powers of ten
-    double mark_x = NAN;      // a dashed vertical line here, if finite
+    bool log_x = false;   // x on a log10 scale, ticked at powers of ten
+    double mark_x = NAN;  // a dashed vertical line here, if finite
 };
 
 /// The chart as an <svg> element, presentation inline (classes "grid" and "frame" let a page's
 /// style change it); empty when no point is finite.
-inline std::string svg_chart(const std::string& x_label, const std::vector<Series>& series, const ChartOptions& options = {}) {
+inline std::string svg_chart(const std::string& x_label, const std::vector<Series>& series,
+                             const ChartOptions& options = {}) {
     auto at = [&](double x) { return options.log_x ? std::log10(x) : x; };
     double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
     for (auto& s : series)
@@ -72,13 +79,15 @@ inline std::string svg_chart(const std::string& x_label, const std::vector<Serie
     auto py = [&](double y) { return top + (y1 - y) / (y1 - y0) * (h - top - bottom); };
     char buf[160];
     std::snprintf(buf, sizeof buf,
-                  "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 %g %g\" width=\"%g\" height=\"%g\" font-family=\"sans-serif\" "
+                  "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 %g %g\" width=\"%g\" height=\"%g\" "
+                  "font-family=\"sans-serif\" "
                   "font-size=\"11\">\n",
                   w, h, w, h);
     svg += buf;
     for (double t : ticks(y0, y1)) {
-        std::snprintf(buf, sizeof buf, "<line class=\"grid\" stroke=\"#ddd\" x1=\"%g\" x2=\"%g\" y1=\"%.1f\" y2=\"%.1f\"/>", left, w - right,
-                      py(t), py(t));
+        std::snprintf(buf, sizeof buf,
+                      "<line class=\"grid\" stroke=\"#ddd\" x1=\"%g\" x2=\"%g\" y1=\"%.1f\" y2=\"%.1f\"/>", left,
+                      w - right, py(t), py(t));
         svg += buf;
         std::snprintf(buf, sizeof buf, "<text x=\"%g\" y=\"%.1f\" text-anchor=\"end\">", left - 6, py(t) + 4);
         svg += buf + number_label(t) + "</text>\n";
@@ -92,11 +101,14 @@ inline std::string svg_chart(const std::string& x_label, const std::vector<Serie
         std::snprintf(buf, sizeof buf, "<text x=\"%.1f\" y=\"%g\" text-anchor=\"middle\">", px(t), h - bottom + 16);
         svg += buf + (options.log_x ? "1e" + number_label(t) : number_label(t)) + "</text>\n";
     }
-    std::snprintf(buf, sizeof buf, "<rect class=\"frame\" fill=\"none\" stroke=\"#888\" x=\"%g\" y=\"%g\" width=\"%g\" height=\"%g\"/>\n",
-                  left, top, w - left - right, h - top - bottom);
+    std::snprintf(
+        buf, sizeof buf,
+        "<rect class=\"frame\" fill=\"none\" stroke=\"#888\" x=\"%g\" y=\"%g\" width=\"%g\" height=\"%g\"/>\n", left,
+        top, w - left - right, h - top - bottom);
     svg += buf;
     if (std::isfinite(at(options.mark_x))) {
-        std::snprintf(buf, sizeof buf, "<line stroke=\"#d62728\" stroke-dasharray=\"4\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%g\" y2=\"%g\"/>\n",
+        std::snprintf(buf, sizeof buf,
+                      "<line stroke=\"#d62728\" stroke-dasharray=\"4\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%g\" y2=\"%g\"/>\n",
                       px(at(options.mark_x)), px(at(options.mark_x)), top, h - bottom);
         svg += buf;
     }
@@ -112,12 +124,13 @@ inline std::string svg_chart(const std::string& x_label, const std::vector<Serie
             }
         svg += "\"/>\n";
         if (s.x.size() == 1) {
-            std::snprintf(buf, sizeof buf, "<circle r=\"3\" cx=\"%.1f\" cy=\"%.1f\" fill=\"%s\"/>\n", px(at(s.x[0])), py(s.y[0]),
-                          s.colour.c_str());
+            std::snprintf(buf, sizeof buf, "<circle r=\"3\" cx=\"%.1f\" cy=\"%.1f\" fill=\"%s\"/>\n", px(at(s.x[0])),
+                          py(s.y[0]), s.colour.c_str());
             svg += buf;
         }
-        std::snprintf(buf, sizeof buf, "<rect x=\"%g\" y=\"%g\" width=\"12\" height=\"3\" fill=\"%s\"/><text x=\"%g\" y=\"%g\">", legend_x,
-                      top + 10, s.colour.c_str(), legend_x + 16, top + 15);
+        std::snprintf(buf, sizeof buf,
+                      "<rect x=\"%g\" y=\"%g\" width=\"12\" height=\"3\" fill=\"%s\"/><text x=\"%g\" y=\"%g\">",
+                      legend_x, top + 10, s.colour.c_str(), legend_x + 16, top + 15);
         svg += buf + escape_xml(s.name) + "</text>\n";
         legend_x += 24 + 7 * double(s.name.size());
     }
@@ -129,7 +142,9 @@ inline std::string svg_chart(const std::string& x_label, const std::vector<Serie
 inline std::string line_chart(const std::string& title, const std::string& x_label, const std::vector<Series>& series,
                               const ChartOptions& options = {}) {
     const std::string svg = svg_chart(x_label, series, options);
-    if (svg.empty()) return "<figure><figcaption>" + escape_xml(title) + "</figcaption>\n<p class=\"empty\">nothing to plot yet</p></figure>\n";
+    if (svg.empty())
+        return "<figure><figcaption>" + escape_xml(title) +
+               "</figcaption>\n<p class=\"empty\">nothing to plot yet</p></figure>\n";
     return "<figure><figcaption>" + escape_xml(title) + "</figcaption>\n" + svg + "</figure>\n";
 }
 

@@ -48,14 +48,16 @@ inline void oihw_to_ohwi(const float* in, float* out, const std::vector<std::int
     for (std::size_t a = 0; a < o; ++a)
         for (std::size_t b = 0; b < i; ++b)
             for (std::size_t y = 0; y < h; ++y)
-                for (std::size_t x = 0; x < w; ++x) out[((a * h + y) * w + x) * i + b] = in[((a * i + b) * h + y) * w + x];
+                for (std::size_t x = 0; x < w; ++x)
+                    out[((a * h + y) * w + x) * i + b] = in[((a * i + b) * h + y) * w + x];
 }
 inline void ohwi_to_oihw(const float* in, float* out, const std::vector<std::int64_t>& d) {
     const std::size_t o = d[0], i = d[1], h = d[2], w = d[3];
     for (std::size_t a = 0; a < o; ++a)
         for (std::size_t b = 0; b < i; ++b)
             for (std::size_t y = 0; y < h; ++y)
-                for (std::size_t x = 0; x < w; ++x) out[((a * i + b) * h + y) * w + x] = in[((a * h + y) * w + x) * i + b];
+                for (std::size_t x = 0; x < w; ++x)
+                    out[((a * i + b) * h + y) * w + x] = in[((a * h + y) * w + x) * i + b];
 }
 
 inline std::string dims_str(const std::vector<std::int64_t>& dims) { return number_list(dims); }
@@ -121,7 +123,8 @@ public:
         pending_.emplace_back(tmp, path);
         detail::file_operation();
         std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        if (!out) throw user_error(tmp.string(), "cannot open for writing", "check that the folder exists and is writable");
+        if (!out)
+            throw user_error(tmp.string(), "cannot open for writing", "check that the folder exists and is writable");
         const std::uint64_t length = header.size();
         unsigned char le[8];
         for (int b = 0; b < 8; ++b) le[b] = (length >> (8 * b)) & 0xFF;
@@ -218,21 +221,24 @@ inline void save(const ParamStore& store, const std::filesystem::path& path,
                   std::to_string(offset + bytes) + "]}";
         offset += bytes;
     }
-    write_atomically(path, header + "}", [&](std::ofstream& out) {
-        std::vector<float> scratch;
-        for (auto& [entry, source] : records) {
-            if (entry->role == layers::Role::num_batches_tracked) {
-                const std::int64_t count = std::int64_t(*source);
-                out.write(reinterpret_cast<const char*>(&count), 8);
-            } else if (entry->role == layers::Role::conv_weight) {
-                scratch.resize(entry->size);
-                ohwi_to_oihw(source, scratch.data(), entry->dims);
-                out.write(reinterpret_cast<const char*>(scratch.data()), std::streamsize(entry->size * 4));
-            } else {
-                out.write(reinterpret_cast<const char*>(source), std::streamsize(entry->size * 4));
+    write_atomically(
+        path, header + "}",
+        [&](std::ofstream& out) {
+            std::vector<float> scratch;
+            for (auto& [entry, source] : records) {
+                if (entry->role == layers::Role::num_batches_tracked) {
+                    const std::int64_t count = std::int64_t(*source);
+                    out.write(reinterpret_cast<const char*>(&count), 8);
+                } else if (entry->role == layers::Role::conv_weight) {
+                    scratch.resize(entry->size);
+                    ohwi_to_oihw(source, scratch.data(), entry->dims);
+                    out.write(reinterpret_cast<const char*>(scratch.data()), std::streamsize(entry->size * 4));
+                } else {
+                    out.write(reinterpret_cast<const char*>(source), std::streamsize(entry->size * 4));
+                }
             }
-        }
-    }, set);
+        },
+        set);
 }
 
 /// Loads a state_dict into the model's host copy. Every tensor of the model must be in the file with
@@ -257,8 +263,9 @@ inline void load(ParamStore& store, const std::filesystem::path& path) {
         if (name == "__metadata__") continue;
         bool is_buffer = false;
         const ParamEntry* e = store.find(name, is_buffer);
-        if (!e) throw user_error(where, "unexpected tensor \"" + name + "\": the model has no such parameter",
-                                 "was it saved from another architecture?");
+        if (!e)
+            throw user_error(where, "unexpected tensor \"" + name + "\": the model has no such parameter",
+                             "was it saved from another architecture?");
         if (!info.is_object()) throw user_error(where, "entry \"" + name + "\" is not an object");
         const auto& fields = info.object();
         auto field = [&](const char* key) -> const json::Value& {
@@ -273,25 +280,29 @@ inline void load(ParamStore& store, const std::filesystem::path& path) {
             throw user_error(where, "entry \"" + name + "\" is malformed");
         std::vector<std::int64_t> dims;
         for (auto& d : shape.array()) {
-            if (!d.is_number() || d.number() < 0 || d.number() > 1e12) throw user_error(where, "entry \"" + name + "\" has a bad shape");
+            if (!d.is_number() || d.number() < 0 || d.number() > 1e12)
+                throw user_error(where, "entry \"" + name + "\" has a bad shape");
             dims.push_back(std::int64_t(d.number()));
         }
         if (dims != e->dims)
-            throw user_error(where, "tensor \"" + name + "\" has shape " + dims_str(dims) + " but the model expects " +
-                                        dims_str(e->dims),
-                             "was it saved from another architecture or number of classes?");
+            throw user_error(
+                where,
+                "tensor \"" + name + "\" has shape " + dims_str(dims) + " but the model expects " + dims_str(e->dims),
+                "was it saved from another architecture or number of classes?");
         const std::string& type = dtype.string();
         const std::size_t width = type == "F32" ? 4 : type == "I64" ? 8 : 0;
         if (!width || (type == "I64" && e->role != layers::Role::num_batches_tracked))
             throw user_error(where, "tensor \"" + name + "\" has dtype " + type + "; tessera reads F32 weights",
                              "save the model in float32 (model.float()) before save_file");
         for (auto& o : offsets.array())
-            if (!o.is_number() || o.number() < 0) throw user_error(where, "entry \"" + name + "\" has bad data_offsets");
+            if (!o.is_number() || o.number() < 0)
+                throw user_error(where, "entry \"" + name + "\" has bad data_offsets");
         const std::uint64_t begin = std::uint64_t(offsets.array()[0].number());
         const std::uint64_t end = std::uint64_t(offsets.array()[1].number());
         if (end < begin || end > data_size || end - begin != e->size * width)
-            throw user_error(where, "tensor \"" + name + "\" has data_offsets [" + std::to_string(begin) + ", " +
-                                        std::to_string(end) + "] that do not fit its shape or the file",
+            throw user_error(where,
+                             "tensor \"" + name + "\" has data_offsets [" + std::to_string(begin) + ", " +
+                                 std::to_string(end) + "] that do not fit its shape or the file",
                              "the file is truncated or corrupt");
         bytes.resize(end - begin);
         in.seekg(std::streamoff(8 + header_length + begin));
@@ -366,13 +377,17 @@ inline void save_state(const TrainingState& state, const std::filesystem::path& 
     for (auto& [name, values] : state.tensors) {
         if (header.size() > 1) header += ',';
         header += json::quote(name) + ":{\"dtype\":\"F32\",\"shape\":[" + std::to_string(values.size()) +
-                  "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + values.size() * 4) + "]}";
+                  "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + values.size() * 4) +
+                  "]}";
         offset += values.size() * 4;
     }
-    detail::write_atomically(path, header + "}", [&](std::ofstream& out) {
-        for (auto& [name, values] : state.tensors)
-            out.write(reinterpret_cast<const char*>(values.data()), std::streamsize(values.size() * 4));
-    }, set);
+    detail::write_atomically(
+        path, header + "}",
+        [&](std::ofstream& out) {
+            for (auto& [name, values] : state.tensors)
+                out.write(reinterpret_cast<const char*>(values.data()), std::streamsize(values.size() * 4));
+        },
+        set);
 }
 
 /// Reads what save_state wrote; a truncated or foreign file is refused with a message.
@@ -388,11 +403,14 @@ inline TrainingState load_state(const std::filesystem::path& path) {
                     if (v.is_string()) state.metadata[k] = v.string();
             continue;
         }
-        const json::Value* dtype = info.is_object() && info.object().count("dtype") ? &info.object().at("dtype") : nullptr;
-        const json::Value* offsets = info.is_object() && info.object().count("data_offsets") ? &info.object().at("data_offsets") : nullptr;
+        const json::Value* dtype =
+            info.is_object() && info.object().count("dtype") ? &info.object().at("dtype") : nullptr;
+        const json::Value* offsets =
+            info.is_object() && info.object().count("data_offsets") ? &info.object().at("data_offsets") : nullptr;
         if (!dtype || !dtype->is_string() || dtype->string() != "F32" || !offsets || !offsets->is_array() ||
             offsets->array().size() != 2 || !offsets->array()[0].is_number() || !offsets->array()[1].is_number())
-            throw user_error(where, "entry \"" + name + "\" is not a float32 tensor of this format", "is this a tessera training state?");
+            throw user_error(where, "entry \"" + name + "\" is not a float32 tensor of this format",
+                             "is this a tessera training state?");
         const double begin = offsets->array()[0].number(), end = offsets->array()[1].number();
         if (begin < 0 || end < begin || end > double(h.data_size) || std::fmod(end - begin, 4.0) != 0)
             throw user_error(where, "tensor \"" + name + "\" lies outside the file: it is truncated or corrupt",
@@ -401,7 +419,8 @@ inline TrainingState load_state(const std::filesystem::path& path) {
         values.resize(std::size_t(end - begin) / 4);
         in.seekg(std::streamoff(8 + h.length + std::uint64_t(begin)));
         if (!in.read(reinterpret_cast<char*>(values.data()), std::streamsize(values.size() * 4)))
-            throw user_error(where, "the file is truncated", "resume from another copy (--resume PATH), or start over with --fresh");
+            throw user_error(where, "the file is truncated",
+                             "resume from another copy (--resume PATH), or start over with --fresh");
     }
     return state;
 }

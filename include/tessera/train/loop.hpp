@@ -30,7 +30,8 @@ public:
     using Context = typename B::Context;
 
     Trainer(Context& ctx, models::Network<B>& net, plugin::DataSource& data, plugin::Optimizer& optimizer,
-            const plugin::Scheduler& scheduler, std::vector<std::shared_ptr<plugin::Logger>> loggers, TrainConfig config)
+            const plugin::Scheduler& scheduler, std::vector<std::shared_ptr<plugin::Logger>> loggers,
+            TrainConfig config)
         : ctx_(ctx), net_(net), data_(data), optimizer_(optimizer), scheduler_(scheduler), loggers_(std::move(loggers)),
           config_(std::move(config)), step_(ctx, net, optimizer, data.info(), config_), folder_(config_.run_dir) {}
 
@@ -73,10 +74,12 @@ public:
             }
             plugin::Batch rest;
             while (data_.next(rest)) {}  // the batches too few for one more step of `accumulate`
-            stats = finish_epoch(epoch, start, meter, (batch - p.first_batch) * config_.batch_size * world_size(), stats.lr, clock.step);
+            stats = finish_epoch(epoch, start, meter, (batch - p.first_batch) * config_.batch_size * world_size(),
+                                 stats.lr, clock.step);
             if (is_root())
                 for (auto& l : loggers_) l->on_epoch(stats);
-            reached_target_ = config_.target_top1 > 0 && std::max(stats.val_top1, stats.ema_val_top1) >= config_.target_top1;
+            reached_target_ =
+                config_.target_top1 > 0 && std::max(stats.val_top1, stats.ema_val_top1) >= config_.target_top1;
             if (epoch % config_.checkpoint_every == 0 || epoch == config_.epochs || interrupted_ || reached_target_) {
                 save_checkpoint(progress_);
                 last_save = std::chrono::steady_clock::now();
@@ -104,9 +107,12 @@ public:
         int failed = failure ? 1 : 0;
         if (distributed()) config_.comm->broadcast(&failed, sizeof failed, 0);
         if (failure) std::rethrow_exception(failure);
-        if (failed) throw user_error("rank " + std::to_string(config_.comm->rank()), "rank 0 could not resume; its message says why");
+        if (failed)
+            throw user_error("rank " + std::to_string(config_.comm->rank()),
+                             "rank 0 could not resume; its message says why");
         share_progress();
-        step_.set_steps_done(std::int64_t(progress_.epoch - 1) * steps_per_epoch() + progress_.batch / config_.accumulate);
+        step_.set_steps_done(std::int64_t(progress_.epoch - 1) * steps_per_epoch() +
+                             progress_.batch / config_.accumulate);
     }
 
     static fs::path state_file(const fs::path& weights) { return RunFolder::state_file(weights); }
@@ -157,7 +163,8 @@ private:
         if (!distributed()) return;
         step_.broadcast_from_root();
         LossScaler& scaler = step_.scaler();
-        double numbers[5] = {double(progress_.epoch), double(progress_.batch), progress_.best_top1, scaler.scale(), double(scaler.good_steps())};
+        double numbers[5] = {double(progress_.epoch), double(progress_.batch), progress_.best_top1, scaler.scale(),
+                             double(scaler.good_steps())};
         config_.comm->broadcast(numbers, sizeof numbers, 0);
         if (!is_root()) {
             progress_ = {int(numbers[0]), std::int64_t(numbers[1]), Meter{}, numbers[2]};
@@ -169,19 +176,29 @@ private:
     }
 
     // Validation of the weights (and of their average), the epoch's figures, best.safetensors.
-    plugin::EpochStats finish_epoch(int epoch, std::chrono::steady_clock::time_point start, Meter meter, std::int64_t trained_here,
-                                    double lr, std::int64_t global_step) {
+    plugin::EpochStats finish_epoch(int epoch, std::chrono::steady_clock::time_point start, Meter meter,
+                                    std::int64_t trained_here, double lr, std::int64_t global_step) {
         reduce(meter, config_.comm);
         const double seconds = seconds_since(start);
         const std::int64_t bad_train = data_.bad_samples();
         const Evaluation val = validate();
-        plugin::EpochStats stats{epoch, config_.epochs, lr, meter.loss(), meter.top1_rate(), val.loss, val.top1, val.top5,
-                                 double(trained_here) / seconds, 0, bad_train + data_.bad_samples()};
+        plugin::EpochStats stats{epoch,
+                                 config_.epochs,
+                                 lr,
+                                 meter.loss(),
+                                 meter.top1_rate(),
+                                 val.loss,
+                                 val.top1,
+                                 val.top5,
+                                 double(trained_here) / seconds,
+                                 0,
+                                 bad_train + data_.bad_samples()};
         if (WeightAverage<B>* average = step_.average()) {
             const auto swapped = average->swapped_in();
             const Evaluation of_average = validate();
             stats.has_ema = true;
-            stats.ema_val_loss = of_average.loss, stats.ema_val_top1 = of_average.top1, stats.ema_val_top5 = of_average.top5;
+            stats.ema_val_loss = of_average.loss, stats.ema_val_top1 = of_average.top1,
+            stats.ema_val_top5 = of_average.top5;
         }
         stats.time_s = seconds_since(start);
         stats.global_step = global_step;
@@ -189,7 +206,8 @@ private:
         const bool best = val.top1 > progress_.best_top1;
         progress_ = {epoch + 1, 0, Meter{}, std::max(progress_.best_top1, val.top1)};
         if (is_root() && best)
-            guarded_save("best.safetensors", [&] { folder_.save_file("best.safetensors", weights_writer(metadata(progress_))); });
+            guarded_save("best.safetensors",
+                         [&] { folder_.save_file("best.safetensors", weights_writer(metadata(progress_))); });
         return stats;
     }
 
@@ -200,18 +218,28 @@ private:
         if (!is_root()) return;
         const std::int64_t steps = steps_per_epoch(), step = batch / config_.accumulate;
         const double elapsed = seconds_since(start), done_here = double(batch - first_batch) / config_.accumulate;
-        const plugin::StepStats s{epoch, step, steps, meter.loss(), meter.top1_rate(), lr,
-                                  double(batch - first_batch) * config_.batch_size * world_size() / elapsed, elapsed,
-                                  elapsed / done_here * double(steps - step), std::int64_t(epoch - 1) * steps + step};
+        const plugin::StepStats s{epoch,
+                                  step,
+                                  steps,
+                                  meter.loss(),
+                                  meter.top1_rate(),
+                                  lr,
+                                  double(batch - first_batch) * config_.batch_size * world_size() / elapsed,
+                                  elapsed,
+                                  elapsed / done_here * double(steps - step),
+                                  std::int64_t(epoch - 1) * steps + step};
         for (auto& l : loggers_) l->on_step(s);
     }
 
     // Whether to stop now, and whether a timed checkpoint is due: rank 0's clock and every rank's
     // stop request decide for all ranks together.
     std::pair<bool, bool> decide(std::int64_t steps_done, std::chrono::steady_clock::time_point last_save) const {
-        const bool asked = (config_.stop && config_.stop->load()) || (config_.stop_after_steps && steps_done >= config_.stop_after_steps);
-        double votes[2] = {asked ? 1.0 : 0.0,
-                           is_root() && config_.checkpoint_minutes > 0 && seconds_since(last_save) >= 60 * config_.checkpoint_minutes ? 1.0 : 0.0};
+        const bool asked = (config_.stop && config_.stop->load()) ||
+                           (config_.stop_after_steps && steps_done >= config_.stop_after_steps);
+        double votes[2] = {asked ? 1.0 : 0.0, is_root() && config_.checkpoint_minutes > 0 &&
+                                                      seconds_since(last_save) >= 60 * config_.checkpoint_minutes
+                                                  ? 1.0
+                                                  : 0.0};
         if (distributed()) config_.comm->all_reduce_sum(votes, 2);
         return {votes[0] > 0, votes[1] > 0};
     }
@@ -223,14 +251,17 @@ private:
         reduce(meter, config_.comm);
         if (!is_root()) return;
         const auto weights = metadata(at);
-        const checkpoint::TrainingState state = training_state(weights, optimizer_.state(), {at.epoch, at.batch, meter, at.best_top1},
-                                                               shape(), step_.scaler());
+        const checkpoint::TrainingState state = training_state(
+            weights, optimizer_.state(), {at.epoch, at.batch, meter, at.best_top1}, shape(), step_.scaler());
         WeightAverage<B>* average = step_.average();
         guarded_save("the checkpoint", [&] {
-            folder_.save_checkpoint(state, weights_writer(weights), [&](const fs::path& path, checkpoint::FileSet* files) {
-                const auto swapped = average->swapped_in();
-                weights_writer(weights)(path, files);
-            }, average != nullptr);
+            folder_.save_checkpoint(
+                state, weights_writer(weights),
+                [&](const fs::path& path, checkpoint::FileSet* files) {
+                    const auto swapped = average->swapped_in();
+                    weights_writer(weights)(path, files);
+                },
+                average != nullptr);
         });
     }
 
@@ -252,8 +283,10 @@ private:
             if (config_.stop_on_save_failure)
                 throw user_error(e.where(), e.message() + ", saving " + what + ": the previous files are as they were",
                                  "free some space or make the run folder writable, then resume");
-            std::fprintf(stderr, "warning: could not save %s: %s\n  the previous files are as they were; training goes on "
-                                 "(checkpoint.on_failure = \"continue\")\n", what, e.what());
+            std::fprintf(stderr,
+                         "warning: could not save %s: %s\n  the previous files are as they were; training goes on "
+                         "(checkpoint.on_failure = \"continue\")\n",
+                         what, e.what());
         }
     }
 
@@ -261,7 +294,8 @@ private:
     void keep_epoch_weights(int epoch) {
         if (config_.keep_epochs < 1 || !is_root()) return;
         auto file = [&](int e) { return "epoch_" + std::to_string(e) + ".safetensors"; };
-        guarded_save("the epoch's weights", [&] { folder_.save_file(file(epoch), weights_writer(metadata(progress_))); });
+        guarded_save("the epoch's weights",
+                     [&] { folder_.save_file(file(epoch), weights_writer(metadata(progress_))); });
         folder_.remove_file(file(epoch - config_.keep_epochs));
     }
 

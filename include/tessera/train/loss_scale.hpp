@@ -14,9 +14,9 @@
 namespace tessera::train {
 
 struct LossScaleConfig {
-    double initial = 0;   // 0: no scaling, or dynamic scaling from GradScaler's 65536
+    double initial = 0;  // 0: no scaling, or dynamic scaling from GradScaler's 65536
     bool dynamic = false;
-    int window = 2000;    // good steps before the scale doubles (dynamic)
+    int window = 2000;  // good steps before the scale doubles (dynamic)
 };
 
 class LossScaler {
@@ -25,8 +25,11 @@ public:
     static constexpr double dynamic_start = 65536;  // GradScaler's init_scale
 
     explicit LossScaler(LossScaleConfig config = {})
-        : config_(config), scale_(config.initial > 0 ? config.initial : config.dynamic ? dynamic_start : 1) {
-        if (config.initial < 0) throw user_error("[train] loss_scale", "must not be negative", "0 leaves the choice to the precision");
+        : config_(config), scale_(config.initial > 0 ? config.initial
+                                  : config.dynamic   ? dynamic_start
+                                                     : 1) {
+        if (config.initial < 0)
+            throw user_error("[train] loss_scale", "must not be negative", "0 leaves the choice to the precision");
         if (config.dynamic && config.window < 1) throw user_error("[train] loss_scale_window", "must be at least 1");
     }
 
@@ -49,7 +52,8 @@ public:
 
     /// For resume: where the scale stood.
     void restore(double scale, std::int64_t good_steps) {
-        if (!(scale > 0) || !std::isfinite(scale)) throw user_error("training state", "holds a loss scale that is not a positive number");
+        if (!(scale > 0) || !std::isfinite(scale))
+            throw user_error("training state", "holds a loss scale that is not a positive number");
         scale_ = scale;
         good_steps_ = good_steps;
     }

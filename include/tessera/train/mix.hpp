@@ -19,10 +19,10 @@
 namespace tessera::train {
 
 struct MixConfig {
-    double mixup_alpha = 0;   // 0: no mixup
-    double cutmix_alpha = 0;  // 0: no cutmix
-    double prob = 1;          // the share of batches mixed at all
-    double switch_prob = 0.5; // with both on: the share of mixed batches that use CutMix
+    double mixup_alpha = 0;    // 0: no mixup
+    double cutmix_alpha = 0;   // 0: no cutmix
+    double prob = 1;           // the share of batches mixed at all
+    double switch_prob = 0.5;  // with both on: the share of mixed batches that use CutMix
 
     bool enabled() const { return (mixup_alpha > 0 || cutmix_alpha > 0) && prob > 0; }
 };
@@ -30,8 +30,8 @@ struct MixConfig {
 /// What a batch's loss needs to know of its mixing: the partner labels and the weight of its own.
 struct Mixing {
     bool active = false;
-    float lam = 1;                       // weight of each image's own label
-    std::vector<std::int32_t> partner;   // (N): the label of image N-1-i
+    float lam = 1;                      // weight of each image's own label
+    std::vector<std::int32_t> partner;  // (N): the label of image N-1-i
 };
 
 /// log of a Gamma(shape, 1) draw (Marsaglia and Tsang 2000), from tessera's own generator so
@@ -85,7 +85,8 @@ inline Mixing mix_batch(plugin::Batch& batch, const MixConfig& config, Rng& rng)
             std::uint8_t* a = pixels + std::size_t(i) * image;
             std::uint8_t* b = pixels + std::size_t(n - 1 - i) * image;
             for (int y = y0; y < y1; ++y)
-                std::swap_ranges(a + (std::size_t(y) * w + x0) * c, a + (std::size_t(y) * w + x0) * c + row, b + (std::size_t(y) * w + x0) * c);
+                std::swap_ranges(a + (std::size_t(y) * w + x0) * c, a + (std::size_t(y) * w + x0) * c + row,
+                                 b + (std::size_t(y) * w + x0) * c);
         }
     } else {
         const float own = float(lam), other = 1 - own;

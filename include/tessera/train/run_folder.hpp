@@ -92,7 +92,8 @@ public:
         if (pointer >> name) {
             const fs::path weights = dir_ / "checkpoints" / name / "model.safetensors";
             if (!fs::exists(weights))
-                throw user_error((dir_ / "checkpoints" / "current").string(), "names the checkpoint set \"" + name + "\", which is missing",
+                throw user_error((dir_ / "checkpoints" / "current").string(),
+                                 "names the checkpoint set \"" + name + "\", which is missing",
                                  "resume from a copy (--resume PATH), or start over with --fresh");
             return weights;
         }
@@ -115,11 +116,14 @@ public:
         std::string name;
         if (!(pointer >> name)) return;
         const fs::path folder = dir_ / "checkpoints" / name;
-        for (auto [file, link_name] : {std::pair{"model.safetensors", "last.safetensors"}, {"model.state.safetensors", "last.state.safetensors"},
+        for (auto [file, link_name] : {std::pair{"model.safetensors", "last.safetensors"},
+                                       {"model.state.safetensors", "last.state.safetensors"},
                                        {"model.ema.safetensors", "last.ema.safetensors"}}) {
             std::error_code ec;
-            if (!fs::exists(folder / file)) remove(dir_ / link_name);
-            else if (!fs::equivalent(folder / file, dir_ / link_name, ec)) link(file, link_name, folder);
+            if (!fs::exists(folder / file))
+                remove(dir_ / link_name);
+            else if (!fs::equivalent(folder / file, dir_ / link_name, ec))
+                link(file, link_name, folder);
         }
     }
 
@@ -134,7 +138,8 @@ public:
     /// Commits a checkpoint set: the training state, and the files that write_weights(path, files)
     /// and, with has_average, write_average(path, files) add to the set.
     template <class Weights, class Average>
-    void save_checkpoint(const checkpoint::TrainingState& state, Weights write_weights, Average write_average, bool has_average) {
+    void save_checkpoint(const checkpoint::TrainingState& state, Weights write_weights, Average write_average,
+                         bool has_average) {
         const fs::path sets = dir_ / "checkpoints";
         const std::string name = next_set_name();
         const fs::path folder = sets / name;
@@ -143,7 +148,9 @@ public:
         fs::remove_all(folder, ec);  // what a killed save left under this name
         file_operation();
         fs::create_directories(folder, ec);
-        if (ec) throw user_error(folder.string(), "cannot create the checkpoint folder: " + ec.message(), "check that the run folder is writable");
+        if (ec)
+            throw user_error(folder.string(), "cannot create the checkpoint folder: " + ec.message(),
+                             "check that the run folder is writable");
         {
             checkpoint::FileSet files;
             checkpoint::save_state(state, folder / "model.state.safetensors", &files);
@@ -161,8 +168,10 @@ public:
         // The names users know point at the new set; older sets go.
         link("model.safetensors", "last.safetensors", folder);
         link("model.state.safetensors", "last.state.safetensors", folder);
-        if (has_average) link("model.ema.safetensors", "last.ema.safetensors", folder);
-        else remove(dir_ / "last.ema.safetensors");
+        if (has_average)
+            link("model.ema.safetensors", "last.ema.safetensors", folder);
+        else
+            remove(dir_ / "last.ema.safetensors");
         for (auto& entry : fs::directory_iterator(sets, ec))
             if (entry.path().filename() != name && entry.path().filename() != "current") remove(entry.path());
     }
@@ -174,27 +183,33 @@ public:
         saved.weights = weights;
         const auto state_path = state_file(weights);
         if (!fs::exists(state_path))
-            throw user_error(weights.string(), "has no training state beside it (" + state_path.filename().string() + ")",
+            throw user_error(weights.string(),
+                             "has no training state beside it (" + state_path.filename().string() + ")",
                              "resume from a run's last.safetensors, or start over with --fresh");
         saved.metadata = checkpoint::read_metadata(weights);
         saved.state = checkpoint::load_state(state_path);
         for (const char* key : {"epoch", "batch", "step"})
-            if (!saved.metadata.count(key) || !saved.state.metadata.count(key) || saved.metadata.at(key) != saved.state.metadata.at(key))
-                throw user_error(state_path.string(), "does not belong to " + weights.filename().string() +
-                                                          " (their epoch, batch or step differ): a save was interrupted",
+            if (!saved.metadata.count(key) || !saved.state.metadata.count(key) ||
+                saved.metadata.at(key) != saved.state.metadata.at(key))
+                throw user_error(state_path.string(),
+                                 "does not belong to " + weights.filename().string() +
+                                     " (their epoch, batch or step differ): a save was interrupted",
                                  "start over with --fresh, or resume from a copy that is whole");
         const double epoch = saved.number("epoch"), batch = saved.number("batch"), step = saved.number("step");
-        if (epoch < 1 || epoch > 1e6 || batch < 0 || step < 0 || epoch != std::floor(epoch) || batch != std::floor(batch))
-            throw user_error(state_path.string(), "holds no position a run can be at (epoch " + saved.state.metadata.at("epoch") +
-                                                      ", batch " + saved.state.metadata.at("batch") + ")",
+        if (epoch < 1 || epoch > 1e6 || batch < 0 || step < 0 || epoch != std::floor(epoch) ||
+            batch != std::floor(batch))
+            throw user_error(state_path.string(),
+                             "holds no position a run can be at (epoch " + saved.state.metadata.at("epoch") +
+                                 ", batch " + saved.state.metadata.at("batch") + ")",
                              "start over with --fresh");
         saved.progress = {int(epoch), std::int64_t(batch), Meter{}, saved.number("best_top1")};
-        saved.progress.meter = {saved.number("loss_sum"), std::int64_t(saved.number("top1")), std::int64_t(saved.number("top5")),
-                                std::int64_t(saved.number("count"))};
+        saved.progress.meter = {saved.number("loss_sum"), std::int64_t(saved.number("top1")),
+                                std::int64_t(saved.number("top5")), std::int64_t(saved.number("count"))};
         saved.step = std::int64_t(step);
         if (fs::exists(ema_file(weights))) {
             const auto average = checkpoint::read_metadata(ema_file(weights));
-            if (average.count("step") && average.at("step") == saved.metadata.at("step")) saved.average = ema_file(weights);
+            if (average.count("step") && average.at("step") == saved.metadata.at("step"))
+                saved.average = ema_file(weights);
         }
         return saved;
     }
@@ -263,7 +278,8 @@ inline double SavedCheckpoint::number(const std::string& key) const {
     const fs::path file = RunFolder::state_file(weights);
     const auto it = state.metadata.find(key);
     if (it == state.metadata.end())
-        throw user_error(file.string(), "has no \"" + key + "\" in its metadata: it is damaged or not a tessera training state",
+        throw user_error(file.string(),
+                         "has no \"" + key + "\" in its metadata: it is damaged or not a tessera training state",
                          "resume from another copy (--resume PATH), or start over with --fresh");
     char* end = nullptr;
     const double x = std::strtod(it->second.c_str(), &end);
@@ -280,27 +296,36 @@ inline void SavedCheckpoint::check_continues(const RunShape& run) const {
                          "resume with the recipe that made it, or start over with --fresh");
     const auto batch_size = optional_number("batch_size"), ranks = optional_number("world_size");
     if ((batch_size && *batch_size != run.batch_size) || (ranks && *ranks != run.world_size))
-        throw user_error(file, "was saved by " + std::to_string(std::int64_t(ranks.value_or(run.world_size))) + " process(es) of batch " +
-                                   std::to_string(std::int64_t(batch_size.value_or(run.batch_size))) + ", and this run has " +
-                                   std::to_string(run.world_size) + " of batch " + std::to_string(run.batch_size) +
-                                   ": its epochs hold other batches, and it would go on at the wrong place",
-                         "resume with the data.batch_size and number of processes it was started with, or start over with --fresh");
+        throw user_error(
+            file,
+            "was saved by " + std::to_string(std::int64_t(ranks.value_or(run.world_size))) + " process(es) of batch " +
+                std::to_string(std::int64_t(batch_size.value_or(run.batch_size))) + ", and this run has " +
+                std::to_string(run.world_size) + " of batch " + std::to_string(run.batch_size) +
+                ": its epochs hold other batches, and it would go on at the wrong place",
+            "resume with the data.batch_size and number of processes it was started with, or start over with --fresh");
     if (progress.batch % run.accumulate != 0)
-        throw user_error(file, "was saved after batch " + std::to_string(progress.batch) +
-                                   " of its epoch, which is no whole step of train.accumulate = " + std::to_string(run.accumulate),
-                         "resume with the accumulate the run was started with");
+        throw user_error(
+            file,
+            "was saved after batch " + std::to_string(progress.batch) +
+                " of its epoch, which is no whole step of train.accumulate = " + std::to_string(run.accumulate),
+            "resume with the accumulate the run was started with");
 }
 
 /// The training state a checkpoint set holds: the optimizer's state, and as metadata where training
 /// stood (`at`, its meter summed over the ranks), the run's shape and the loss scale; what
 /// RunFolder::read reads back.
-inline checkpoint::TrainingState training_state(std::map<std::string, std::string> metadata, plugin::OptimizerState optimizer,
-                                                const Progress& at, const RunShape& run, const LossScaler& scaler) {
+inline checkpoint::TrainingState training_state(std::map<std::string, std::string> metadata,
+                                                plugin::OptimizerState optimizer, const Progress& at,
+                                                const RunShape& run, const LossScaler& scaler) {
     checkpoint::TrainingState state{std::move(metadata), std::move(optimizer)};
-    for (auto& [key, value] : std::map<std::string, double>{
-             {"loss_sum", at.meter.loss_sum}, {"top1", double(at.meter.top1)}, {"top5", double(at.meter.top5)},
-             {"count", double(at.meter.count)}, {"best_top1", at.best_top1}, {"batch_size", double(run.batch_size)},
-             {"world_size", double(run.world_size)}, {"accumulate", double(run.accumulate)}})
+    for (auto& [key, value] : std::map<std::string, double>{{"loss_sum", at.meter.loss_sum},
+                                                            {"top1", double(at.meter.top1)},
+                                                            {"top5", double(at.meter.top5)},
+                                                            {"count", double(at.meter.count)},
+                                                            {"best_top1", at.best_top1},
+                                                            {"batch_size", double(run.batch_size)},
+                                                            {"world_size", double(run.world_size)},
+                                                            {"accumulate", double(run.accumulate)}})
         state.metadata[key] = shortest_decimal(value);
     if (scaler.dynamic()) {
         state.metadata["loss_scale"] = shortest_decimal(scaler.scale());

@@ -66,10 +66,12 @@ class Step {
 public:
     using Context = typename B::Context;
 
-    Step(Context& ctx, models::Network<B>& net, plugin::Optimizer& optimizer, const plugin::DatasetInfo& info, StepConfig config)
+    Step(Context& ctx, models::Network<B>& net, plugin::Optimizer& optimizer, const plugin::DatasetInfo& info,
+         StepConfig config)
         : ctx_(ctx), net_(net), optimizer_(optimizer), config_(std::move(config)), normalization_(info),
           params_(optimizer_view(net, ctx)), scaler_(config_.loss_scale) {
-        TESSERA_CHECK(config_.accumulate >= 1 && config_.batch_size >= 1, "a step takes at least one batch of at least one image");
+        TESSERA_CHECK(config_.accumulate >= 1 && config_.batch_size >= 1,
+                      "a step takes at least one batch of at least one image");
         if (config_.ema_decay > 0) ema_ = std::make_unique<WeightAverage<B>>(ctx_, net_, config_.ema_decay);
         if (distributed()) {
             reducer_ = make_reducer();
@@ -93,7 +95,8 @@ public:
         keep_statistics();
         Meter step;
         for (int k = 0; k < config_.accumulate; ++k, ++batch) {
-            if (!data.next(batch_)) throw internal_error("step", "the data source gave fewer batches than num_batches() said");
+            if (!data.next(batch_))
+                throw internal_error("step", "the data source gave fewer batches than num_batches() said");
             Rng mixing = Rng::derive(config_.seed ^ 0x6D6978ull, std::uint64_t(epoch), std::uint64_t(batch));
             step.add(accumulate_gradients(batch_, mixing, k + 1 == config_.accumulate));
         }
@@ -159,9 +162,11 @@ private:
         auto loss = B::softmax_cross_entropy(ctx_, logits, batch.labels.data(), config_.label_smoothing, dlogits.data);
         if (mixing.active) {
             const Tensor dpartner = ctx_.arena.tensor(logits.shape);
-            const auto partner = B::softmax_cross_entropy(ctx_, logits, mixing.partner.data(), config_.label_smoothing, dpartner.data);
+            const auto partner =
+                B::softmax_cross_entropy(ctx_, logits, mixing.partner.data(), config_.label_smoothing, dpartner.data);
             B::axpby(ctx_, share * (1 - lam), dpartner.data, share * lam, dlogits.data, dlogits.size());
-            loss = {lam * loss.loss + (1 - lam) * partner.loss, lam >= 0.5f ? loss.top1 : partner.top1, lam >= 0.5f ? loss.top5 : partner.top5};
+            loss = {lam * loss.loss + (1 - lam) * partner.loss, lam >= 0.5f ? loss.top1 : partner.top1,
+                    lam >= 0.5f ? loss.top5 : partner.top5};
         } else if (share != 1.f) {
             B::scale(ctx_, dlogits.data, dlogits.size(), share);
         }
@@ -202,19 +207,24 @@ private:
         // has fallen below 1 is the loss itself not finite, and the step a bad one.
         if (scaler_.dynamic() && scaler_.scale() >= 1) {
             if (is_root())
-                std::fprintf(stderr, "note: step %lld skipped: its gradients overflowed fp16; the loss scale is now %g\n",
+                std::fprintf(stderr,
+                             "note: step %lld skipped: its gradients overflowed fp16; the loss scale is now %g\n",
                              (long long)steps_done_, scaler_.scale());
             return;
         }
         ++bad_steps_in_row_;
         if (is_root())
-            std::fprintf(stderr, "warning: step %lld skipped: its gradients are not finite (the loss diverged, or a batch was bad)\n",
-                         (long long)steps_done_);
+            std::fprintf(
+                stderr,
+                "warning: step %lld skipped: its gradients are not finite (the loss diverged, or a batch was bad)\n",
+                (long long)steps_done_);
         if (config_.max_bad_steps > 0 && bad_steps_in_row_ >= config_.max_bad_steps)
-            throw user_error("training", "the gradients were not finite for " + std::to_string(bad_steps_in_row_) +
-                                             " steps in a row (up to step " + std::to_string(steps_done_) +
-                                             "): stopped; the last checkpoint is from before them",
-                             "lower the learning rate (runner lr-find) or set train.grad_clip, then resume from last.safetensors");
+            throw user_error(
+                "training",
+                "the gradients were not finite for " + std::to_string(bad_steps_in_row_) +
+                    " steps in a row (up to step " + std::to_string(steps_done_) +
+                    "): stopped; the last checkpoint is from before them",
+                "lower the learning rate (runner lr-find) or set train.grad_clip, then resume from last.safetensors");
     }
 
     // BatchNorm's running statistics before a step, for skip_step() to put back.
@@ -241,14 +251,15 @@ private:
         if constexpr (B::has_device_memory) {
 #ifdef TESSERA_WITH_NCCL
             if (config_.comm->device_memory())
-                return std::make_unique<parallel::DeviceGradientReducer>(*config_.comm, memory.grads, count, config_.bucket_bytes,
-                                                                     B::stream(ctx_));
+                return std::make_unique<parallel::DeviceGradientReducer>(*config_.comm, memory.grads, count,
+                                                                         config_.bucket_bytes, B::stream(ctx_));
 #endif
-            throw user_error("[train] device = \"cuda\"", "training on several GPUs needs NCCL, and this build has none",
+            throw user_error("[train] device = \"cuda\"",
+                             "training on several GPUs needs NCCL, and this build has none",
                              "install NCCL next to nvcc and rebuild, or run a single GPU process");
         } else {
             return std::make_unique<parallel::GradientReducer>(*config_.comm, memory.grads, count, config_.bucket_bytes,
-                                                           config_.comm->concurrent());
+                                                               config_.comm->concurrent());
         }
     }
 

@@ -22,7 +22,9 @@ struct Backend {
     static void fill_zero(Context&, float* data, std::size_t count) { std::fill(data, data + count, 0.f); }
     static void add_scalar(Context&, float* data, float value) { *data += value; }
     /// Flat vectors of n floats: y = a x + b y (y unread when b is 0); y *= a; the sum of squares.
-    static void axpby(Context& ctx, float a, const float* x, float b, float* y, std::size_t n) { cpu::axpby(ctx, a, x, b, y, n); }
+    static void axpby(Context& ctx, float a, const float* x, float b, float* y, std::size_t n) {
+        cpu::axpby(ctx, a, x, b, y, n);
+    }
     static void scale(Context& ctx, float* y, std::size_t n, float a) { cpu::scale(ctx, y, n, a); }
     static double sum_squares(Context&, const float* x, std::size_t n) { return cpu::sum_squares(x, n); }
 
@@ -51,7 +53,8 @@ struct Backend {
                                 std::int32_t* argmax) {
         cpu::maxpool_forward(ctx, x, g, y, argmax);
     }
-    static void maxpool_backward(Context& ctx, const Tensor& dy, const std::int32_t* argmax, const PoolGeometry&, const Tensor& dx) {
+    static void maxpool_backward(Context& ctx, const Tensor& dy, const std::int32_t* argmax, const PoolGeometry&,
+                                 const Tensor& dx) {
         cpu::maxpool_backward(ctx, dy, argmax, dx);
     }
     static void global_avgpool_forward(Context& ctx, const Tensor& x, const Tensor& y) {
@@ -71,8 +74,8 @@ struct Backend {
                                  const Tensor& x) {
         cpu::normalize_images(ctx, pixels, mean, inv_std, x);
     }
-    static LossResult softmax_cross_entropy(Context&, const Tensor& logits, const std::int32_t* labels, float label_smoothing,
-                                            float* dlogits) {
+    static LossResult softmax_cross_entropy(Context&, const Tensor& logits, const std::int32_t* labels,
+                                            float label_smoothing, float* dlogits) {
         return cpu::softmax_cross_entropy(logits, labels, label_smoothing, dlogits);
     }
 };

@@ -80,7 +80,8 @@ inline void batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormPara
         detail::sum_over_group(ctx.batchnorm_group, sum);
         const Eigen::ArrayXd mean_d = sum / total_rows;
         Eigen::ArrayXf mean_f = mean_d.cast<float>();
-        Eigen::ArrayXd squares = detail::sum_rows(ctx, rows, c, [&](std::size_t r) { return (row(r) - mean_f).square().eval(); });
+        Eigen::ArrayXd squares =
+            detail::sum_rows(ctx, rows, c, [&](std::size_t r) { return (row(r) - mean_f).square().eval(); });
         detail::sum_over_group(ctx.batchnorm_group, squares);
         const Eigen::ArrayXd var_d = squares / total_rows;
         mean = mean_f;
@@ -97,9 +98,13 @@ inline void batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormPara
     }
     const Eigen::ArrayXf scale = ConstRowArray(p.gamma, c) * inv_std;
     const Eigen::ArrayXf shift = ConstRowArray(p.beta, c) - mean * scale;
-    ctx.pool.parallel_for(rows, [&](std::size_t begin, std::size_t end) {
-        for (std::size_t r = begin; r < end; ++r) RowArray(y.row(r), c) = ConstRowArray(x.row(r), c) * scale + shift;
-    }, 256);
+    ctx.pool.parallel_for(
+        rows,
+        [&](std::size_t begin, std::size_t end) {
+            for (std::size_t r = begin; r < end; ++r)
+                RowArray(y.row(r), c) = ConstRowArray(x.row(r), c) * scale + shift;
+        },
+        256);
 }
 
 /// dx from dy (N, H, W, C); dgamma and dbeta are accumulated (+=).
@@ -125,19 +130,25 @@ inline void batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& dy, 
     if (!dx.data) return;
     const Eigen::ArrayXf scale = ConstRowArray(p.gamma, c) * inv_std;
     if (!training) {
-        ctx.pool.parallel_for(rows, [&](std::size_t begin, std::size_t end) {
-            for (std::size_t r = begin; r < end; ++r) RowArray(dx.row(r), c) = grad(r) * scale;
-        }, 256);
+        ctx.pool.parallel_for(
+            rows,
+            [&](std::size_t begin, std::size_t end) {
+                for (std::size_t r = begin; r < end; ++r) RowArray(dx.row(r), c) = grad(r) * scale;
+            },
+            256);
         return;
     }
     detail::sum_over_group(ctx.batchnorm_group, sums);
     const double total_rows = detail::group_rows(ctx.batchnorm_group, rows);
     const Eigen::ArrayXf mean_dy = (sums.head(c) / total_rows).cast<float>();
     const Eigen::ArrayXf mean_dy_xhat = (sums.tail(c) / total_rows).cast<float>();
-    ctx.pool.parallel_for(rows, [&](std::size_t begin, std::size_t end) {
-        for (std::size_t r = begin; r < end; ++r)
-            RowArray(dx.row(r), c) = scale * (grad(r) - mean_dy - xhat(r) * mean_dy_xhat);
-    }, 256);
+    ctx.pool.parallel_for(
+        rows,
+        [&](std::size_t begin, std::size_t end) {
+            for (std::size_t r = begin; r < end; ++r)
+                RowArray(dx.row(r), c) = scale * (grad(r) - mean_dy - xhat(r) * mean_dy_xhat);
+        },
+        256);
 }
 
 }  // namespace tessera::cpu

@@ -29,7 +29,8 @@ inline std::size_t images_per_slice(const ConvGeometry& g, Shape y) {
 
 // cols (rows, K) for images [n0, n1): row p holds the kernel window of output pixel p, zero where it
 // hangs off the image.
-inline void im2col(const Tensor& x, const ConvGeometry& g, Shape y, std::size_t n0, std::size_t n1, float* __restrict cols) {
+inline void im2col(const Tensor& x, const ConvGeometry& g, Shape y, std::size_t n0, std::size_t n1,
+                   float* __restrict cols) {
     const std::size_t row_bytes = sizeof(float) * g.in_channels;
     const float* __restrict in = x.data;
     const int h = x.shape.h, w = x.shape.w, c = x.shape.c;
@@ -40,8 +41,10 @@ inline void im2col(const Tensor& x, const ConvGeometry& g, Shape y, std::size_t 
                     const int iy = oy * g.stride - g.pad + ky;
                     for (int kx = 0; kx < g.kernel; ++kx, cols += g.in_channels) {
                         const int ix = ox * g.stride - g.pad + kx;
-                        if (iy < 0 || iy >= h || ix < 0 || ix >= w) std::memset(cols, 0, row_bytes);
-                        else std::memcpy(cols, in + ((n * h + iy) * w + ix) * c, row_bytes);
+                        if (iy < 0 || iy >= h || ix < 0 || ix >= w)
+                            std::memset(cols, 0, row_bytes);
+                        else
+                            std::memcpy(cols, in + ((n * h + iy) * w + ix) * c, row_bytes);
                     }
                 }
             }
@@ -50,7 +53,8 @@ inline void im2col(const Tensor& x, const ConvGeometry& g, Shape y, std::size_t 
 }
 
 // dX[n0, n1) = col2im(dcols): each window adds back into the pixels it was read from.
-inline void col2im(const float* __restrict dcols, const ConvGeometry& g, Shape y, std::size_t n0, std::size_t n1, const Tensor& dx) {
+inline void col2im(const float* __restrict dcols, const ConvGeometry& g, Shape y, std::size_t n0, std::size_t n1,
+                   const Tensor& dx) {
     float* __restrict out = dx.data;
     const int h = dx.shape.h, w = dx.shape.w, c = dx.shape.c;
     const std::size_t image = std::size_t(h) * w * c;
@@ -101,8 +105,8 @@ inline void conv_forward(Context& ctx, const Tensor& x, const float* w, const Co
             detail::im2col(x, g, y.shape, n0, n1, cols);
             a = cols;
         }
-        gemm(false, true, rows, g.out_channels, patch, 1.f, a, patch, w, patch, 0.f, y.data + n0 * image_rows * g.out_channels,
-             g.out_channels);
+        gemm(false, true, rows, g.out_channels, patch, 1.f, a, patch, w, patch, 0.f,
+             y.data + n0 * image_rows * g.out_channels, g.out_channels);
     });
     ctx.arena.release(scratch);
 }
@@ -125,7 +129,8 @@ inline void conv_backward(Context& ctx, const Tensor& x, const float* w, const C
             detail::im2col(x, g, dy.shape, n0, n1, cols);
             a = cols;
         }
-        gemm(true, false, g.out_channels, patch, rows, 1.f, grad, g.out_channels, a, patch, 1.f, partial_dw + t * weights, patch);
+        gemm(true, false, g.out_channels, patch, rows, 1.f, grad, g.out_channels, a, patch, 1.f,
+             partial_dw + t * weights, patch);
         if (!dx.data) return;
         if (!cols) {  // pointwise: dx is dcols
             gemm(false, false, rows, patch, g.out_channels, 1.f, grad, g.out_channels, w, patch, 0.f,

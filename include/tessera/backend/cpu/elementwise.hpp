@@ -18,16 +18,22 @@ constexpr std::size_t elementwise_grain = 1 << 14;
 inline void relu_forward(Context& ctx, const Tensor& x, const Tensor& y) {
     if (x.data == y.data) {
         float* __restrict data = y.data;
-        ctx.pool.parallel_for(y.size(), [=](std::size_t begin, std::size_t end) {
-            for (std::size_t i = begin; i < end; ++i) data[i] = std::max(data[i], 0.f);
-        }, elementwise_grain);
+        ctx.pool.parallel_for(
+            y.size(),
+            [=](std::size_t begin, std::size_t end) {
+                for (std::size_t i = begin; i < end; ++i) data[i] = std::max(data[i], 0.f);
+            },
+            elementwise_grain);
         return;
     }
     const float* __restrict in = x.data;
     float* __restrict out = y.data;
-    ctx.pool.parallel_for(x.size(), [=](std::size_t begin, std::size_t end) {
-        for (std::size_t i = begin; i < end; ++i) out[i] = std::max(in[i], 0.f);
-    }, elementwise_grain);
+    ctx.pool.parallel_for(
+        x.size(),
+        [=](std::size_t begin, std::size_t end) {
+            for (std::size_t i = begin; i < end; ++i) out[i] = std::max(in[i], 0.f);
+        },
+        elementwise_grain);
 }
 
 /// dx = dy where the output was positive, else 0.
@@ -35,12 +41,15 @@ inline void relu_backward(Context& ctx, const Tensor& y, const Tensor& dy, const
     const float* __restrict out = y.data;
     const float* __restrict grad = dy.data;
     float* __restrict result = dx.data;
-    ctx.pool.parallel_for(y.size(), [=](std::size_t begin, std::size_t end) {
-        for (std::size_t i = begin; i < end; ++i) {
-            const float g = grad[i];  // loaded either way, so the select vectorises
-            result[i] = out[i] > 0.f ? g : 0.f;
-        }
-    }, elementwise_grain);
+    ctx.pool.parallel_for(
+        y.size(),
+        [=](std::size_t begin, std::size_t end) {
+            for (std::size_t i = begin; i < end; ++i) {
+                const float g = grad[i];  // loaded either way, so the select vectorises
+                result[i] = out[i] > 0.f ? g : 0.f;
+            }
+        },
+        elementwise_grain);
 }
 
 /// y = a + b.
@@ -48,18 +57,24 @@ inline void add(Context& ctx, const Tensor& a, const Tensor& b, const Tensor& y)
     const float* __restrict left = a.data;
     const float* __restrict right = b.data;
     float* __restrict out = y.data;
-    ctx.pool.parallel_for(y.size(), [=](std::size_t begin, std::size_t end) {
-        for (std::size_t i = begin; i < end; ++i) out[i] = left[i] + right[i];
-    }, elementwise_grain);
+    ctx.pool.parallel_for(
+        y.size(),
+        [=](std::size_t begin, std::size_t end) {
+            for (std::size_t i = begin; i < end; ++i) out[i] = left[i] + right[i];
+        },
+        elementwise_grain);
 }
 
 /// y += x.
 inline void accumulate(Context& ctx, const Tensor& x, const Tensor& y) {
     const float* __restrict in = x.data;
     float* __restrict out = y.data;
-    ctx.pool.parallel_for(y.size(), [=](std::size_t begin, std::size_t end) {
-        for (std::size_t i = begin; i < end; ++i) out[i] += in[i];
-    }, elementwise_grain);
+    ctx.pool.parallel_for(
+        y.size(),
+        [=](std::size_t begin, std::size_t end) {
+            for (std::size_t i = begin; i < end; ++i) out[i] += in[i];
+        },
+        elementwise_grain);
 }
 
 // ---- flat vectors: gradient accumulation and clipping, weight averages, mixed losses ----------------
@@ -68,20 +83,26 @@ inline void accumulate(Context& ctx, const Tensor& x, const Tensor& y) {
 inline void axpby(Context& ctx, float a, const float* x, float b, float* y, std::size_t n) {
     const float* __restrict in = x;
     float* __restrict out = y;
-    ctx.pool.parallel_for(n, [=](std::size_t begin, std::size_t end) {
-        if (b == 0.f)
-            for (std::size_t i = begin; i < end; ++i) out[i] = a * in[i];
-        else
-            for (std::size_t i = begin; i < end; ++i) out[i] = a * in[i] + b * out[i];
-    }, elementwise_grain);
+    ctx.pool.parallel_for(
+        n,
+        [=](std::size_t begin, std::size_t end) {
+            if (b == 0.f)
+                for (std::size_t i = begin; i < end; ++i) out[i] = a * in[i];
+            else
+                for (std::size_t i = begin; i < end; ++i) out[i] = a * in[i] + b * out[i];
+        },
+        elementwise_grain);
 }
 
 /// y *= a over n floats.
 inline void scale(Context& ctx, float* y, std::size_t n, float a) {
     float* __restrict out = y;
-    ctx.pool.parallel_for(n, [=](std::size_t begin, std::size_t end) {
-        for (std::size_t i = begin; i < end; ++i) out[i] *= a;
-    }, elementwise_grain);
+    ctx.pool.parallel_for(
+        n,
+        [=](std::size_t begin, std::size_t end) {
+            for (std::size_t i = begin; i < end; ++i) out[i] *= a;
+        },
+        elementwise_grain);
 }
 
 /// The sum of x[i]^2, accumulated in double, in the same order for any number of threads.
@@ -99,10 +120,14 @@ namespace tessera::cpu {
 inline void normalize_images(Context& ctx, const std::uint8_t* pixels, const float* mean, const float* inv_std,
                              const Tensor& x) {
     const int c = x.shape.c;
-    ctx.pool.parallel_for(x.shape.pixels(), [&](std::size_t begin, std::size_t end) {
-        for (std::size_t p = begin; p < end; ++p)
-            for (int ch = 0; ch < c; ++ch) x.data[p * c + ch] = (pixels[p * c + ch] * (1.f / 255.f) - mean[ch]) * inv_std[ch];
-    }, 1024);
+    ctx.pool.parallel_for(
+        x.shape.pixels(),
+        [&](std::size_t begin, std::size_t end) {
+            for (std::size_t p = begin; p < end; ++p)
+                for (int ch = 0; ch < c; ++ch)
+                    x.data[p * c + ch] = (pixels[p * c + ch] * (1.f / 255.f) - mean[ch]) * inv_std[ch];
+        },
+        1024);
 }
 
 }  // namespace tessera::cpu

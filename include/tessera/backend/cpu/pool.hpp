@@ -15,32 +15,35 @@ namespace tessera::cpu {
 inline void maxpool_forward(Context& ctx, const Tensor& x, const PoolGeometry& g, const Tensor& y,
                             std::int32_t* argmax) {
     const int c = x.shape.c;
-    ctx.pool.parallel_for(y.shape.pixels(), [&](std::size_t begin, std::size_t end) {
-        for (std::size_t p = begin; p < end; ++p) {
-            const int ox = int(p % y.shape.w), oy = int(p / y.shape.w % y.shape.h);
-            const std::size_t n = p / (std::size_t(y.shape.w) * y.shape.h);
-            float* out = y.row(p);
-            std::int32_t* arg = argmax + p * c;
-            std::fill(out, out + c, -std::numeric_limits<float>::infinity());
-            std::fill(arg, arg + c, 0);
-            for (int ky = 0; ky < g.kernel; ++ky) {
-                const int iy = oy * g.stride - g.pad + ky;
-                if (iy < 0 || iy >= x.shape.h) continue;
-                for (int kx = 0; kx < g.kernel; ++kx) {
-                    const int ix = ox * g.stride - g.pad + kx;
-                    if (ix < 0 || ix >= x.shape.w) continue;
-                    const std::int32_t pixel = iy * x.shape.w + ix;
-                    const float* in = x.row(n * x.shape.h * x.shape.w + pixel);
-                    for (int ch = 0; ch < c; ++ch) {
-                        if (in[ch] > out[ch]) {
-                            out[ch] = in[ch];
-                            arg[ch] = pixel;
+    ctx.pool.parallel_for(
+        y.shape.pixels(),
+        [&](std::size_t begin, std::size_t end) {
+            for (std::size_t p = begin; p < end; ++p) {
+                const int ox = int(p % y.shape.w), oy = int(p / y.shape.w % y.shape.h);
+                const std::size_t n = p / (std::size_t(y.shape.w) * y.shape.h);
+                float* out = y.row(p);
+                std::int32_t* arg = argmax + p * c;
+                std::fill(out, out + c, -std::numeric_limits<float>::infinity());
+                std::fill(arg, arg + c, 0);
+                for (int ky = 0; ky < g.kernel; ++ky) {
+                    const int iy = oy * g.stride - g.pad + ky;
+                    if (iy < 0 || iy >= x.shape.h) continue;
+                    for (int kx = 0; kx < g.kernel; ++kx) {
+                        const int ix = ox * g.stride - g.pad + kx;
+                        if (ix < 0 || ix >= x.shape.w) continue;
+                        const std::int32_t pixel = iy * x.shape.w + ix;
+                        const float* in = x.row(n * x.shape.h * x.shape.w + pixel);
+                        for (int ch = 0; ch < c; ++ch) {
+                            if (in[ch] > out[ch]) {
+                                out[ch] = in[ch];
+                                arg[ch] = pixel;
+                            }
                         }
                     }
                 }
             }
-        }
-    }, 16);
+        },
+        16);
 }
 
 /// dx (N, H, W, C) = the gradient of each output routed to its winning input pixel.

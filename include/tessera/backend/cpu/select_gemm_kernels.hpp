@@ -28,7 +28,9 @@ inline void select_gemm_kernels(char** argv) {
         rerun = openblas_get_num_threads() > 1;
     }
     if (!std::getenv("OPENBLAS_CORETYPE") && std::strcmp(openblas_get_corename(), "Prescott") == 0) {
-        const char* core = __builtin_cpu_supports("avx512f") ? "SkylakeX" : __builtin_cpu_supports("avx2") ? "Haswell" : nullptr;
+        const char* core = __builtin_cpu_supports("avx512f") ? "SkylakeX"
+                           : __builtin_cpu_supports("avx2")  ? "Haswell"
+                                                             : nullptr;
         if (core) {
             setenv("OPENBLAS_CORETYPE", core, 1);
             rerun = true;

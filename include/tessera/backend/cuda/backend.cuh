@@ -27,10 +27,13 @@ namespace tessera::cuda {
 namespace kernels {
 
 constexpr int threads = 256;
-inline unsigned blocks_for(std::size_t n) { return unsigned(std::min<std::size_t>((n + threads - 1) / threads, 65535 * 8)); }
+inline unsigned blocks_for(std::size_t n) {
+    return unsigned(std::min<std::size_t>((n + threads - 1) / threads, 65535 * 8));
+}
 
-#define TESSERA_GRID_STRIDE(i, n) \
-    for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < (n); i += std::size_t(blockDim.x) * gridDim.x)
+#define TESSERA_GRID_STRIDE(i, n)                                                     \
+    for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < (n); \
+         i += std::size_t(blockDim.x) * gridDim.x)
 
 // ---- element types ----
 // Activations are float, __nv_bfloat16 or __half (Tensor::dtype); every kernel computes in float.
@@ -39,9 +42,12 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162f
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 template <class T>
 __device__ __forceinline__ T from_float(float v) {
-    if constexpr (std::is_same_v<T, float>) return v;
-    else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16(v);  // round to nearest even
-    else return __float2half(v);
+    if constexpr (std::is_same_v<T, float>)
+        return v;
+    else if constexpr (std::is_same_v<T, __nv_bfloat16>)
+        return __float2bfloat16(v);  // round to nearest even
+    else
+        return __float2half(v);
 }
 
 template <class T>
@@ -72,9 +78,7 @@ __global__ void axpby(float a, const float* x, float b, float* y, std::size_t n)
         TESSERA_GRID_STRIDE(i, n) y[i] = a * x[i] + b * y[i];
     }
 }
-__global__ void scale(float* y, float a, std::size_t n) {
-    TESSERA_GRID_STRIDE(i, n) y[i] *= a;
-}
+__global__ void scale(float* y, float a, std::size_t n) { TESSERA_GRID_STRIDE(i, n) y[i] *= a; }
 // Each block sums its share in double, then adds it to *total.
 __global__ void sum_squares(const float* x, std::size_t n, double* total) {
     __shared__ double partial[threads];
@@ -91,8 +95,8 @@ __global__ void sum_squares(const float* x, std::size_t n, double* total) {
 
 // One thread per output value (n, oy, ox, c); argmax holds the winning pixel within the image.
 template <class T>
-__global__ void maxpool_forward(const T* x, int h, int w, int c, PoolGeometry g, T* y, std::int32_t* argmax, int ho, int wo,
-                                std::size_t n) {
+__global__ void maxpool_forward(const T* x, int h, int w, int c, PoolGeometry g, T* y, std::int32_t* argmax, int ho,
+                                int wo, std::size_t n) {
     TESSERA_GRID_STRIDE(i, n) {
         const int ch = int(i % c), ox = int(i / c % wo), oy = int(i / c / wo % ho);
         const std::size_t image = i / c / wo / ho;
@@ -115,15 +119,17 @@ __global__ void maxpool_forward(const T* x, int h, int w, int c, PoolGeometry g,
 // One thread per input value: the sum of dy over the windows this pixel won. A gather, so no
 // atomics (which would round at every addition in bf16) and no zeroing first.
 template <class T>
-__global__ void maxpool_backward(const T* dy, const std::int32_t* argmax, int h, int w, int c, PoolGeometry g, int ho, int wo, T* dx,
-                                 std::size_t n) {
+__global__ void maxpool_backward(const T* dy, const std::int32_t* argmax, int h, int w, int c, PoolGeometry g, int ho,
+                                 int wo, T* dx, std::size_t n) {
     TESSERA_GRID_STRIDE(i, n) {
         const int ch = int(i % c), ix = int(i / c % w), iy = int(i / c / w % h);
         const std::size_t image = i / c / w / h;
         const int pixel = iy * w + ix;
         // Windows oy cover iy when oy * stride - pad <= iy <= oy * stride - pad + kernel - 1.
-        const int oy_first = max(0, (iy + g.pad - g.kernel + g.stride) / g.stride), oy_last = min(ho - 1, (iy + g.pad) / g.stride);
-        const int ox_first = max(0, (ix + g.pad - g.kernel + g.stride) / g.stride), ox_last = min(wo - 1, (ix + g.pad) / g.stride);
+        const int oy_first = max(0, (iy + g.pad - g.kernel + g.stride) / g.stride),
+                  oy_last = min(ho - 1, (iy + g.pad) / g.stride);
+        const int ox_first = max(0, (ix + g.pad - g.kernel + g.stride) / g.stride),
+                  ox_last = min(wo - 1, (ix + g.pad) / g.stride);
         float sum = 0.f;
         for (int oy = oy_first; oy <= oy_last; ++oy)
             for (int ox = ox_first; ox <= ox_last; ++ox) {
@@ -183,7 +189,8 @@ __global__ void softmax_cross_entropy(const float* logits, const std::int32_t* l
         __syncthreads();
         for (int s = blockDim.x / 2; s > 0; s /= 2) {
             if (threadIdx.x < s)
-                reduce[threadIdx.x] = is_max ? fmaxf(reduce[threadIdx.x], reduce[threadIdx.x + s]) : reduce[threadIdx.x] + reduce[threadIdx.x + s];
+                reduce[threadIdx.x] = is_max ? fmaxf(reduce[threadIdx.x], reduce[threadIdx.x + s])
+                                             : reduce[threadIdx.x] + reduce[threadIdx.x + s];
             __syncthreads();
         }
         const float r = reduce[0];
@@ -250,7 +257,8 @@ __global__ void channel_sums(std::size_t rows, int channels, Term term, double* 
     const int c = blockIdx.x * bn_tile + threadIdx.x;
     float2 acc{0.f, 0.f};
     if (c < channels) {
-        for (std::size_t r = blockIdx.y * std::size_t(bn_rows) + threadIdx.y; r < rows; r += std::size_t(gridDim.y) * bn_rows) {
+        for (std::size_t r = blockIdx.y * std::size_t(bn_rows) + threadIdx.y; r < rows;
+             r += std::size_t(gridDim.y) * bn_rows) {
             const float2 t = term(r * channels + c, c);
             acc.x += t.x;
             acc.y += t.y;
@@ -271,8 +279,8 @@ __global__ void bn_finish_mean(const double* sums, int channels, std::size_t row
     if (c < channels) mean[c] = float(sums[c] / double(rows));
 }
 // inv_std from the biased variance; running statistics with the unbiased one, as PyTorch.
-__global__ void bn_finish_variance(const double* sums, int channels, std::size_t rows, float eps, float momentum, const float* mean,
-                                   float* inv_std, float* running_mean, float* running_var) {
+__global__ void bn_finish_variance(const double* sums, int channels, std::size_t rows, float eps, float momentum,
+                                   const float* mean, float* inv_std, float* running_mean, float* running_var) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= channels) return;
     const double var = sums[c] / double(rows);
@@ -281,14 +289,14 @@ __global__ void bn_finish_variance(const double* sums, int channels, std::size_t
     running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mean[c];
     running_var[c] = float((1 - momentum) * running_var[c] + momentum * unbiased);
 }
-__global__ void bn_eval_statistics(const float* running_mean, const float* running_var, float eps, int channels, float* mean,
-                                   float* inv_std) {
+__global__ void bn_eval_statistics(const float* running_mean, const float* running_var, float eps, int channels,
+                                   float* mean, float* inv_std) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c < channels) mean[c] = running_mean[c], inv_std[c] = rsqrtf(running_var[c] + eps);
 }
 template <class T>
-__global__ void bn_normalize(const T* x, const float* mean, const float* inv_std, const float* gamma, const float* beta, int channels,
-                             T* y, std::size_t n) {
+__global__ void bn_normalize(const T* x, const float* mean, const float* inv_std, const float* gamma, const float* beta,
+                             int channels, T* y, std::size_t n) {
     TESSERA_GRID_STRIDE(i, n) {
         const int c = int(i % channels);
         y[i] = from_float<T>((to_float(x[i]) - mean[c]) * inv_std[c] * gamma[c] + beta[c]);
@@ -301,7 +309,8 @@ __global__ void bn_parameter_gradients(const double* sums, int channels, float* 
 // training: dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)); eval: dx = gamma * inv_std * dy.
 template <class T>
 __global__ void bn_input_gradient(const T* x, const T* dy, const float* mean, const float* inv_std, const float* gamma,
-                                  const double* sums, std::size_t rows, bool training, int channels, T* dx, std::size_t n) {
+                                  const double* sums, std::size_t rows, bool training, int channels, T* dx,
+                                  std::size_t n) {
     TESSERA_GRID_STRIDE(i, n) {
         const int c = int(i % channels);
         const float scale = gamma[c] * inv_std[c], g = to_float(dy[i]);
@@ -310,7 +319,8 @@ __global__ void bn_input_gradient(const T* x, const T* dy, const float* mean, co
             continue;
         }
         const float xhat = (to_float(x[i]) - mean[c]) * inv_std[c];
-        dx[i] = from_float<T>(scale * (g - float(sums[c] / double(rows)) - xhat * float(sums[channels + c] / double(rows))));
+        dx[i] = from_float<T>(scale *
+                              (g - float(sums[c] / double(rows)) - xhat * float(sums[channels + c] / double(rows))));
     }
 }
 
@@ -404,10 +414,12 @@ inline std::size_t used_device_bytes() {
 Context::Context(Settings s) : activations(s.compute), settings(s), impl(std::make_unique<Impl>()) {
     std::string why;
     if (!device_available(&why))
-        throw user_error("cuda", "no usable CUDA device: " + why, "train on the CPU: device = \"cpu\" (or --device cpu)");
+        throw user_error("cuda", "no usable CUDA device: " + why,
+                         "train on the CPU: device = \"cpu\" (or --device cpu)");
     if (cudnnGetVersion() / 10000 < CUDNN_MAJOR)
-        throw user_error("cuda", "cuDNN " + std::to_string(cudnnGetVersion()) + " is older than the " +
-                                     std::to_string(CUDNN_VERSION) + " tessera was built with",
+        throw user_error("cuda",
+                         "cuDNN " + std::to_string(cudnnGetVersion()) + " is older than the " +
+                             std::to_string(CUDNN_VERSION) + " tessera was built with",
                          "install cuDNN " + std::to_string(CUDNN_MAJOR) + " or newer");
     TESSERA_CUDA(cudaSetDevice(s.device));
     impl->baseline_bytes = used_device_bytes();
@@ -447,7 +459,9 @@ Context::~Context() {
 }
 
 void Context::synchronize() { TESSERA_CUDA(cudaStreamSynchronize(impl->stream)); }
-std::size_t Context::device_bytes_in_use() const { return used_device_bytes() - std::min(used_device_bytes(), impl->baseline_bytes); }
+std::size_t Context::device_bytes_in_use() const {
+    return used_device_bytes() - std::min(used_device_bytes(), impl->baseline_bytes);
+}
 
 DeviceParams::DeviceParams(std::size_t values, std::size_t buffers) : value_count_(values), buffer_count_(buffers) {
     TESSERA_CUDA(cudaMalloc(&values_, std::max<std::size_t>(1, value_count_) * sizeof(float)));
@@ -478,15 +492,20 @@ namespace detail {
 inline cudnnDataType_t cudnn_type(DType t) {
     return t == DType::f32 ? CUDNN_DATA_FLOAT : t == DType::bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_HALF;
 }
-inline cudaDataType_t cuda_type(DType t) { return t == DType::f32 ? CUDA_R_32F : t == DType::bf16 ? CUDA_R_16BF : CUDA_R_16F; }
+inline cudaDataType_t cuda_type(DType t) {
+    return t == DType::f32 ? CUDA_R_32F : t == DType::bf16 ? CUDA_R_16BF : CUDA_R_16F;
+}
 
 // Calls f with a value of the element type of dtype: float, __nv_bfloat16 or __half.
 template <class F>
 void with_element_type(DType dtype, F&& f) {
     switch (dtype) {
-        case DType::f32: return f(float{});
-        case DType::bf16: return f(__nv_bfloat16{});
-        case DType::f16: return f(__half{});
+        case DType::f32:
+            return f(float{});
+        case DType::bf16:
+            return f(__nv_bfloat16{});
+        case DType::f16:
+            return f(__half{});
     }
 }
 
@@ -503,7 +522,8 @@ struct FilterDesc {  // KRSC = tessera's OHWI
     cudnnFilterDescriptor_t d{};
     FilterDesc(const ConvGeometry& g, DType t) {
         TESSERA_CUDA(cudnnCreateFilterDescriptor(&d));
-        TESSERA_CUDA(cudnnSetFilter4dDescriptor(d, cudnn_type(t), CUDNN_TENSOR_NHWC, g.out_channels, g.in_channels, g.kernel, g.kernel));
+        TESSERA_CUDA(cudnnSetFilter4dDescriptor(d, cudnn_type(t), CUDNN_TENSOR_NHWC, g.out_channels, g.in_channels,
+                                                g.kernel, g.kernel));
     }
     ~FilterDesc() { cudnnDestroyFilterDescriptor(d); }
 };
@@ -513,7 +533,8 @@ struct ConvDesc {
     cudnnConvolutionDescriptor_t d{};
     ConvDesc(const ConvGeometry& g, DType t, bool tf32) {
         TESSERA_CUDA(cudnnCreateConvolutionDescriptor(&d));
-        TESSERA_CUDA(cudnnSetConvolution2dDescriptor(d, g.pad, g.pad, g.stride, g.stride, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+        TESSERA_CUDA(cudnnSetConvolution2dDescriptor(d, g.pad, g.pad, g.stride, g.stride, 1, 1, CUDNN_CROSS_CORRELATION,
+                                                     CUDNN_DATA_FLOAT));
         TESSERA_CUDA(cudnnSetConvolutionMathType(d, t != DType::f32 || tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH));
     }
     ~ConvDesc() { cudnnDestroyConvolutionDescriptor(d); }
@@ -540,7 +561,14 @@ int fastest(const Perf* perf, int found, const char* call) {
 // The fastest algorithm that fits the workspace, measured once per shape and kind.
 template <class Find>
 int algorithm(Context& ctx, const ConvGeometry& g, Shape x, ConvKind kind, Find find) {
-    const ShapeKey key{x.n, x.h, x.w, x.c, g.out_channels, g.kernel, g.stride, g.pad,
+    const ShapeKey key{x.n,
+                       x.h,
+                       x.w,
+                       x.c,
+                       g.out_channels,
+                       g.kernel,
+                       g.stride,
+                       g.pad,
                        int(kind) + 3 * ctx.settings.tf32 + 6 * int(ctx.activations)};
     auto it = ctx.impl->algorithms.find(key);
     if (it != ctx.impl->algorithms.end()) return it->second;
@@ -571,16 +599,18 @@ inline const void* converted(Context& ctx, const float* values, std::size_t n, D
 
 // Column-major C (m x n, of type c_type) = op(A) op(B) + beta C, A and B of type ab_type, summed in
 // fp32 (TF32 tensor cores for fp32 data when allowed).
-inline void gemm(Context& ctx, cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k, const void* a, int lda,
-                 const void* b, int ldb, DType ab_type, float beta, void* c, int ldc, DType c_type) {
+inline void gemm(Context& ctx, cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k, const void* a,
+                 int lda, const void* b, int ldb, DType ab_type, float beta, void* c, int ldc, DType c_type) {
     const float one = 1.f;
-    const cublasComputeType_t compute = ab_type == DType::f32 && ctx.settings.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-    TESSERA_CUDA(cublasGemmEx(ctx.impl->cublas, op_a, op_b, m, n, k, &one, a, cuda_type(ab_type), lda, b, cuda_type(ab_type), ldb,
-                              &beta, c, cuda_type(c_type), ldc, compute, CUBLAS_GEMM_DEFAULT));
+    const cublasComputeType_t compute =
+        ab_type == DType::f32 && ctx.settings.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    TESSERA_CUDA(cublasGemmEx(ctx.impl->cublas, op_a, op_b, m, n, k, &one, a, cuda_type(ab_type), lda, b,
+                              cuda_type(ab_type), ldb, &beta, c, cuda_type(c_type), ldc, compute, CUBLAS_GEMM_DEFAULT));
 }
 
 inline void same_type(const Tensor& a, const Tensor& b, const char* op) {
-    TESSERA_CHECK(a.dtype == b.dtype, std::string(op) + ": a " + dtype_name(a.dtype) + " tensor meets a " + dtype_name(b.dtype) + " one");
+    TESSERA_CHECK(a.dtype == b.dtype,
+                  std::string(op) + ": a " + dtype_name(a.dtype) + " tensor meets a " + dtype_name(b.dtype) + " one");
 }
 
 }  // namespace detail
@@ -593,7 +623,9 @@ void Backend::fill_zero(Context& ctx, float* data, std::size_t count) {
     detail::OpTimer timer(ctx, "fill zero");
     TESSERA_CUDA(cudaMemsetAsync(data, 0, count * sizeof(float), ctx.impl->stream));
 }
-void Backend::add_scalar(Context& ctx, float* data, float value) { kernels::add_scalar<<<1, 1, 0, ctx.impl->stream>>>(data, value); }
+void Backend::add_scalar(Context& ctx, float* data, float value) {
+    kernels::add_scalar<<<1, 1, 0, ctx.impl->stream>>>(data, value);
+}
 
 void Backend::axpby(Context& ctx, float a, const float* x, float b, float* y, std::size_t n) {
     if (n) kernels::axpby<<<kernels::blocks_for(n), kernels::threads, 0, ctx.impl->stream>>>(a, x, b, y, n);
@@ -606,7 +638,9 @@ void Backend::scale(Context& ctx, float* y, std::size_t n, float a) {
 double Backend::sum_squares(Context& ctx, const float* x, std::size_t n) {
     auto* total = reinterpret_cast<double*>(ctx.arena.allocate_floats(2));
     TESSERA_CUDA(cudaMemsetAsync(total, 0, sizeof(double), ctx.impl->stream));
-    if (n) kernels::sum_squares<<<std::min(kernels::blocks_for(n), 1024u), kernels::threads, 0, ctx.impl->stream>>>(x, n, total);
+    if (n)
+        kernels::sum_squares<<<std::min(kernels::blocks_for(n), 1024u), kernels::threads, 0, ctx.impl->stream>>>(x, n,
+                                                                                                                 total);
     TESSERA_CUDA(cudaGetLastError());
     double result = 0;
     TESSERA_CUDA(cudaMemcpyAsync(&result, total, sizeof(double), cudaMemcpyDeviceToHost, ctx.impl->stream));
@@ -625,21 +659,22 @@ void Backend::conv_forward(Context& ctx, const Tensor& x, const float* w, const 
     const auto algo = cudnnConvolutionFwdAlgo_t(algorithm(ctx, g, x.shape, forward, [&] {
         cudnnConvolutionFwdAlgoPerf_t perf[8];
         int found = 0;
-        TESSERA_CUDA(cudnnFindConvolutionForwardAlgorithmEx(impl.cudnn, d.x.d, x.data, d.w.d, weights, d.conv.d, d.y.d, y.data, 8, &found,
-                                                            perf, impl.workspace, ctx.settings.workspace_limit));
+        TESSERA_CUDA(cudnnFindConvolutionForwardAlgorithmEx(impl.cudnn, d.x.d, x.data, d.w.d, weights, d.conv.d, d.y.d,
+                                                            y.data, 8, &found, perf, impl.workspace,
+                                                            ctx.settings.workspace_limit));
         return fastest(perf, found, "cudnnFindConvolutionForwardAlgorithmEx");
     }));
     const float one = 1.f, zero = 0.f;
-    TESSERA_CUDA(cudnnConvolutionForward(impl.cudnn, &one, d.x.d, x.data, d.w.d, weights, d.conv.d, algo, impl.workspace,
-                                         ctx.settings.workspace_limit, &zero, d.y.d, y.data));
+    TESSERA_CUDA(cudnnConvolutionForward(impl.cudnn, &one, d.x.d, x.data, d.w.d, weights, d.conv.d, algo,
+                                         impl.workspace, ctx.settings.workspace_limit, &zero, d.y.d, y.data));
     ctx.arena.release(mark);
 }
 
 // dw (fp32) += the filter gradient; dx = the input gradient, unless dx is null. In bf16 and fp16,
 // cuDNN writes the filter gradient in the compute type (as it does under PyTorch's autocast), into
 // scratch that is then added to the fp32 gradient.
-void Backend::conv_backward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& dy, float* dw,
-                            const Tensor& dx) {
+void Backend::conv_backward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& dy,
+                            float* dw, const Tensor& dx) {
     detail::OpTimer timer(ctx, "conv backward");
     using namespace detail;
     same_type(x, dy, "conv backward");
@@ -658,15 +693,17 @@ void Backend::conv_backward(Context& ctx, const Tensor& x, const float* w, const
         float* scratch = ctx.arena.allocate_bytes(weight_count * element_bytes(x.dtype));
         cudnnConvolutionBwdFilterAlgoPerf_t perf[8];
         int found = 0;
-        TESSERA_CUDA(cudnnFindConvolutionBackwardFilterAlgorithmEx(impl.cudnn, d.x.d, x.data, d.y.d, dy.data, d.conv.d, d.w.d, scratch, 8,
-                                                                   &found, perf, impl.workspace, ctx.settings.workspace_limit));
+        TESSERA_CUDA(cudnnFindConvolutionBackwardFilterAlgorithmEx(impl.cudnn, d.x.d, x.data, d.y.d, dy.data, d.conv.d,
+                                                                   d.w.d, scratch, 8, &found, perf, impl.workspace,
+                                                                   ctx.settings.workspace_limit));
         ctx.arena.release(search_mark);
         return fastest(perf, found, "cudnnFindConvolutionBackwardFilterAlgorithmEx");
     }));
     {
         detail::OpTimer filter_timer(ctx, "conv backward filter");
-        TESSERA_CUDA(cudnnConvolutionBackwardFilter(impl.cudnn, &one, d.x.d, x.data, d.y.d, dy.data, d.conv.d, filter_algo, impl.workspace,
-                                                    ctx.settings.workspace_limit, &filter_beta, d.w.d, filter_grad));
+        TESSERA_CUDA(cudnnConvolutionBackwardFilter(impl.cudnn, &one, d.x.d, x.data, d.y.d, dy.data, d.conv.d,
+                                                    filter_algo, impl.workspace, ctx.settings.workspace_limit,
+                                                    &filter_beta, d.w.d, filter_grad));
         if (!fp32)
             with_element_type(x.dtype, [&](auto t) {
                 kernels::accumulate<<<kernels::blocks_for(weight_count), kernels::threads, 0, impl.stream>>>(
@@ -680,13 +717,14 @@ void Backend::conv_backward(Context& ctx, const Tensor& x, const float* w, const
         const auto data_algo = cudnnConvolutionBwdDataAlgo_t(algorithm(ctx, g, x.shape, backward_data, [&] {
             cudnnConvolutionBwdDataAlgoPerf_t perf[8];
             int found = 0;
-            TESSERA_CUDA(cudnnFindConvolutionBackwardDataAlgorithmEx(impl.cudnn, d.w.d, weights, d.y.d, dy.data, d.conv.d, d.x.d, dx.data, 8,
-                                                                     &found, perf, impl.workspace, ctx.settings.workspace_limit));
+            TESSERA_CUDA(cudnnFindConvolutionBackwardDataAlgorithmEx(impl.cudnn, d.w.d, weights, d.y.d, dy.data,
+                                                                     d.conv.d, d.x.d, dx.data, 8, &found, perf,
+                                                                     impl.workspace, ctx.settings.workspace_limit));
             return fastest(perf, found, "cudnnFindConvolutionBackwardDataAlgorithmEx");
         }));
         detail::OpTimer data_timer(ctx, "conv backward data");
-        TESSERA_CUDA(cudnnConvolutionBackwardData(impl.cudnn, &one, d.w.d, weights, d.y.d, dy.data, d.conv.d, data_algo, impl.workspace,
-                                                  ctx.settings.workspace_limit, &zero, d.x.d, dx.data));
+        TESSERA_CUDA(cudnnConvolutionBackwardData(impl.cudnn, &one, d.w.d, weights, d.y.d, dy.data, d.conv.d, data_algo,
+                                                  impl.workspace, ctx.settings.workspace_limit, &zero, d.x.d, dx.data));
     }
     ctx.arena.release(mark);
 }
@@ -700,8 +738,10 @@ double* channel_sums(Context& ctx, Shape shape, Term term) {
     TESSERA_CUDA(cudaMemsetAsync(sums, 0, 2 * std::size_t(c) * sizeof(double), ctx.impl->stream));
     const int tiles = (c + kernels::bn_tile - 1) / kernels::bn_tile;
     const std::size_t rows = shape.pixels();
-    const unsigned row_blocks = unsigned(std::clamp<std::size_t>(rows / (kernels::bn_rows * 16), 1, std::max(1, 1024 / tiles)));
-    kernels::channel_sums<<<dim3(tiles, row_blocks), dim3(kernels::bn_tile, kernels::bn_rows), 0, ctx.impl->stream>>>(rows, c, term, sums);
+    const unsigned row_blocks =
+        unsigned(std::clamp<std::size_t>(rows / (kernels::bn_rows * 16), 1, std::max(1, 1024 / tiles)));
+    kernels::channel_sums<<<dim3(tiles, row_blocks), dim3(kernels::bn_tile, kernels::bn_rows), 0, ctx.impl->stream>>>(
+        rows, c, term, sums);
     TESSERA_CUDA(cudaGetLastError());
     return sums;
 }
@@ -711,7 +751,8 @@ inline unsigned channel_blocks(int c) { return unsigned((c + kernels::threads - 
 // Synchronised (ctx.batchnorm_group set, as torch.nn.SyncBatchNorm): the per-channel sums are
 // all-reduced on the device, and the row count is every rank's: their training batches are all of
 // one size. dgamma and dbeta stay this rank's sums, which the gradient all-reduce then averages.
-void Backend::batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormParams& p, BatchNormSaved saved, const Tensor& y) {
+void Backend::batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormParams& p, BatchNormSaved saved,
+                                const Tensor& y) {
     detail::OpTimer timer(ctx, "batchnorm forward");
     detail::same_type(x, y, "batchnorm forward");
     const int c = x.shape.c;
@@ -727,7 +768,8 @@ void Backend::batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormPa
         if (ctx.training) {
             double* sums = detail::channel_sums(ctx, x.shape, kernels::MeanTerm<T>{xs});
             if (group) group->all_reduce_sum(sums, std::size_t(c), stream);
-            kernels::bn_finish_mean<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(sums, c, total_rows, mean);
+            kernels::bn_finish_mean<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(sums, c, total_rows,
+                                                                                                mean);
             sums = detail::channel_sums(ctx, x.shape, kernels::VarianceTerm<T>{xs, mean});
             if (group) group->all_reduce_sum(sums, std::size_t(c), stream);
             kernels::bn_finish_variance<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(
@@ -735,19 +777,19 @@ void Backend::batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormPa
         } else {
             mean = ctx.arena.allocate_floats(c);
             inv_std = ctx.arena.allocate_floats(c);
-            kernels::bn_eval_statistics<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(p.running_mean, p.running_var, p.eps,
-                                                                                                  c, mean, inv_std);
+            kernels::bn_eval_statistics<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(
+                p.running_mean, p.running_var, p.eps, c, mean, inv_std);
         }
         TESSERA_CUDA(cudaGetLastError());
-        kernels::bn_normalize<<<kernels::blocks_for(y.size()), kernels::threads, 0, stream>>>(xs, mean, inv_std, p.gamma, p.beta, c,
-                                                                                            y.as<T>(), y.size());
+        kernels::bn_normalize<<<kernels::blocks_for(y.size()), kernels::threads, 0, stream>>>(
+            xs, mean, inv_std, p.gamma, p.beta, c, y.as<T>(), y.size());
         TESSERA_CUDA(cudaGetLastError());
     });
     ctx.arena.release(mark);
 }
 
-void Backend::batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& dy, const BatchNormParams& p, BatchNormSaved saved,
-                                 float* dgamma, float* dbeta, const Tensor& dx) {
+void Backend::batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& dy, const BatchNormParams& p,
+                                 BatchNormSaved saved, float* dgamma, float* dbeta, const Tensor& dx) {
     detail::OpTimer timer(ctx, "batchnorm backward");
     detail::same_type(x, dy, "batchnorm backward");
     const int c = x.shape.c;
@@ -758,20 +800,24 @@ void Backend::batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& dy
     if (!ctx.training) {
         float* m = ctx.arena.allocate_floats(c);
         float* s = ctx.arena.allocate_floats(c);
-        kernels::bn_eval_statistics<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(p.running_mean, p.running_var, p.eps, c, m, s);
+        kernels::bn_eval_statistics<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(
+            p.running_mean, p.running_var, p.eps, c, m, s);
         mean = m, inv_std = s;
     }
     parallel::Communicator* group = ctx.training ? ctx.batchnorm_group : nullptr;
     const std::size_t total_rows = x.shape.pixels() * (group ? group->size() : 1);
     detail::with_element_type(x.dtype, [&](auto t) {
         using T = decltype(t);
-        double* sums = detail::channel_sums(ctx, x.shape, kernels::GradientTerm<T>{x.as<T>(), dy.as<T>(), mean, inv_std});
-        kernels::bn_parameter_gradients<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(sums, c, dgamma, dbeta);
+        double* sums =
+            detail::channel_sums(ctx, x.shape, kernels::GradientTerm<T>{x.as<T>(), dy.as<T>(), mean, inv_std});
+        kernels::bn_parameter_gradients<<<detail::channel_blocks(c), kernels::threads, 0, stream>>>(sums, c, dgamma,
+                                                                                                    dbeta);
         TESSERA_CUDA(cudaGetLastError());
         if (dx.data) {
             if (group) group->all_reduce_sum(sums, 2 * std::size_t(c), stream);  // after this rank's dgamma and dbeta
             kernels::bn_input_gradient<<<kernels::blocks_for(dx.size()), kernels::threads, 0, stream>>>(
-                x.as<T>(), dy.as<T>(), mean, inv_std, p.gamma, sums, total_rows, ctx.training, c, dx.as<T>(), dx.size());
+                x.as<T>(), dy.as<T>(), mean, inv_std, p.gamma, sums, total_rows, ctx.training, c, dx.as<T>(),
+                dx.size());
             TESSERA_CUDA(cudaGetLastError());
         }
     });
@@ -779,10 +825,10 @@ void Backend::batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& dy
 }
 
 // A grid-stride kernel over n values, on the context's stream.
-#define TESSERA_LAUNCH(kernel, n, ...)                                                                            \
-    do {                                                                                                          \
-        if (n) kernels::kernel<<<kernels::blocks_for(n), kernels::threads, 0, ctx.impl->stream>>>(__VA_ARGS__);  \
-        TESSERA_CUDA(cudaGetLastError());                                                                         \
+#define TESSERA_LAUNCH(kernel, n, ...)                                                                          \
+    do {                                                                                                        \
+        if (n) kernels::kernel<<<kernels::blocks_for(n), kernels::threads, 0, ctx.impl->stream>>>(__VA_ARGS__); \
+        TESSERA_CUDA(cudaGetLastError());                                                                       \
     } while (0)
 
 void Backend::relu_forward(Context& ctx, const Tensor& x, const Tensor& y) {
@@ -814,39 +860,45 @@ void Backend::accumulate(Context& ctx, const Tensor& x, const Tensor& y) {
     detail::same_type(x, y, "accumulate");
     detail::with_element_type(y.dtype, [&](auto t) {
         using T = decltype(t);
-        if (y.size()) kernels::accumulate<<<kernels::blocks_for(y.size()), kernels::threads, 0, ctx.impl->stream>>>(x.as<T>(), y.as<T>(), y.size());
+        if (y.size())
+            kernels::accumulate<<<kernels::blocks_for(y.size()), kernels::threads, 0, ctx.impl->stream>>>(
+                x.as<T>(), y.as<T>(), y.size());
         TESSERA_CUDA(cudaGetLastError());
     });
 }
 
-void Backend::maxpool_forward(Context& ctx, const Tensor& x, const PoolGeometry& g, const Tensor& y, std::int32_t* argmax) {
+void Backend::maxpool_forward(Context& ctx, const Tensor& x, const PoolGeometry& g, const Tensor& y,
+                              std::int32_t* argmax) {
     detail::OpTimer timer(ctx, "maxpool forward");
     detail::with_element_type(x.dtype, [&](auto t) {
         using T = decltype(t);
-        TESSERA_LAUNCH(maxpool_forward<T>, y.size(), x.as<T>(), x.shape.h, x.shape.w, x.shape.c, g, y.as<T>(), argmax, y.shape.h, y.shape.w,
-                       y.size());
+        TESSERA_LAUNCH(maxpool_forward<T>, y.size(), x.as<T>(), x.shape.h, x.shape.w, x.shape.c, g, y.as<T>(), argmax,
+                       y.shape.h, y.shape.w, y.size());
     });
 }
-void Backend::maxpool_backward(Context& ctx, const Tensor& dy, const std::int32_t* argmax, const PoolGeometry& g, const Tensor& dx) {
+void Backend::maxpool_backward(Context& ctx, const Tensor& dy, const std::int32_t* argmax, const PoolGeometry& g,
+                               const Tensor& dx) {
     detail::OpTimer timer(ctx, "maxpool backward");
     detail::with_element_type(dx.dtype, [&](auto t) {
         using T = decltype(t);
-        TESSERA_LAUNCH(maxpool_backward<T>, dx.size(), dy.as<T>(), argmax, dx.shape.h, dx.shape.w, dx.shape.c, g, dy.shape.h, dy.shape.w,
-                       dx.as<T>(), dx.size());
+        TESSERA_LAUNCH(maxpool_backward<T>, dx.size(), dy.as<T>(), argmax, dx.shape.h, dx.shape.w, dx.shape.c, g,
+                       dy.shape.h, dy.shape.w, dx.as<T>(), dx.size());
     });
 }
 void Backend::global_avgpool_forward(Context& ctx, const Tensor& x, const Tensor& y) {
     detail::OpTimer timer(ctx, "avgpool forward");
     detail::with_element_type(x.dtype, [&](auto t) {
         using T = decltype(t);
-        TESSERA_LAUNCH(global_avgpool_forward<T>, y.size(), x.as<T>(), x.shape.h * x.shape.w, x.shape.c, y.as<T>(), y.size());
+        TESSERA_LAUNCH(global_avgpool_forward<T>, y.size(), x.as<T>(), x.shape.h * x.shape.w, x.shape.c, y.as<T>(),
+                       y.size());
     });
 }
 void Backend::global_avgpool_backward(Context& ctx, const Tensor& dy, const Tensor& dx) {
     detail::OpTimer timer(ctx, "avgpool backward");
     detail::with_element_type(dx.dtype, [&](auto t) {
         using T = decltype(t);
-        TESSERA_LAUNCH(global_avgpool_backward<T>, dx.size(), dy.as<T>(), dx.shape.h * dx.shape.w, dx.shape.c, dx.as<T>(), dx.size());
+        TESSERA_LAUNCH(global_avgpool_backward<T>, dx.size(), dy.as<T>(), dx.shape.h * dx.shape.w, dx.shape.c,
+                       dx.as<T>(), dx.size());
     });
 }
 
@@ -860,29 +912,34 @@ void Backend::linear_forward(Context& ctx, const Tensor& x, const float* w, cons
     const void* weights = detail::converted(ctx, w, std::size_t(out) * in, x.dtype);
     TESSERA_LAUNCH(broadcast_rows, y.size(), b, out, y.data, y.size());
     // y^T (out x n) += W (out x in) x^T: column-major W is (in x out), so op = T.
-    detail::gemm(ctx, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, weights, in, x.data, in, x.dtype, 1.f, y.data, out, DType::f32);
+    detail::gemm(ctx, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, weights, in, x.data, in, x.dtype, 1.f, y.data, out,
+                 DType::f32);
     ctx.arena.release(mark);
 }
-void Backend::linear_backward(Context& ctx, const Tensor& x, const float* w, const Tensor& dy, int out, float* dw, float* db,
-                              const Tensor& dx) {
+void Backend::linear_backward(Context& ctx, const Tensor& x, const float* w, const Tensor& dy, int out, float* dw,
+                              float* db, const Tensor& dx) {
     detail::OpTimer timer(ctx, "linear backward");
     TESSERA_CHECK(dy.dtype == DType::f32, "linear backward: the logits' gradient is fp32");
     const int n = x.shape.n, in = int(x.size() / n);
     const auto mark = ctx.arena.mark();
     const void* dy_compute = detail::converted(ctx, dy.data, dy.size(), x.dtype);
     // dW (out x in, row-major) += dy^T x: column-major (in x out) = x^T (in x n) dy (n x out).
-    detail::gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, x.data, in, dy_compute, out, x.dtype, 1.f, dw, in, DType::f32);
-    kernels::sum_rows<<<(out + kernels::threads - 1) / kernels::threads, kernels::threads, 0, ctx.impl->stream>>>(dy.data, n, out, db);
+    detail::gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, x.data, in, dy_compute, out, x.dtype, 1.f, dw, in,
+                 DType::f32);
+    kernels::sum_rows<<<(out + kernels::threads - 1) / kernels::threads, kernels::threads, 0, ctx.impl->stream>>>(
+        dy.data, n, out, db);
     TESSERA_CUDA(cudaGetLastError());
     // dx (n x in) = dy W: column-major (in x n) = column-major W (in x out) times dy^T (out x n).
     if (dx.data) {
         const void* weights = detail::converted(ctx, w, std::size_t(out) * in, x.dtype);
-        detail::gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, weights, in, dy_compute, out, x.dtype, 0.f, dx.data, in, dx.dtype);
+        detail::gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, weights, in, dy_compute, out, x.dtype, 0.f, dx.data, in,
+                     dx.dtype);
     }
     ctx.arena.release(mark);
 }
 
-void Backend::normalize_images(Context& ctx, const std::uint8_t* pixels, const float* mean, const float* inv_std, const Tensor& x) {
+void Backend::normalize_images(Context& ctx, const std::uint8_t* pixels, const float* mean, const float* inv_std,
+                               const Tensor& x) {
     detail::OpTimer timer(ctx, "normalize images");
     auto& impl = *ctx.impl;
     const std::size_t n = x.size();
@@ -905,8 +962,8 @@ void Backend::normalize_images(Context& ctx, const std::uint8_t* pixels, const f
     });
 }
 
-LossResult Backend::softmax_cross_entropy(Context& ctx, const Tensor& logits, const std::int32_t* labels, float label_smoothing,
-                                               float* dlogits) {
+LossResult Backend::softmax_cross_entropy(Context& ctx, const Tensor& logits, const std::int32_t* labels,
+                                          float label_smoothing, float* dlogits) {
     detail::OpTimer timer(ctx, "loss");
     auto& impl = *ctx.impl;
     TESSERA_CHECK(logits.dtype == DType::f32, "the loss takes fp32 logits");
@@ -924,9 +981,10 @@ LossResult Backend::softmax_cross_entropy(Context& ctx, const Tensor& logits, co
     auto* device_labels = reinterpret_cast<std::int32_t*>(ctx.arena.allocate_floats(n));
     auto* device_losses = ctx.arena.allocate_floats(n);
     auto* device_ranks = reinterpret_cast<int*>(ctx.arena.allocate_floats(n));
-    TESSERA_CUDA(cudaMemcpyAsync(device_labels, impl.labels, n * sizeof(std::int32_t), cudaMemcpyHostToDevice, impl.stream));
-    kernels::softmax_cross_entropy<<<n, kernels::threads, 0, impl.stream>>>(logits.data, device_labels, k, label_smoothing, dlogits, n,
-                                                                            device_losses, device_ranks);
+    TESSERA_CUDA(
+        cudaMemcpyAsync(device_labels, impl.labels, n * sizeof(std::int32_t), cudaMemcpyHostToDevice, impl.stream));
+    kernels::softmax_cross_entropy<<<n, kernels::threads, 0, impl.stream>>>(
+        logits.data, device_labels, k, label_smoothing, dlogits, n, device_losses, device_ranks);
     TESSERA_CUDA(cudaGetLastError());
     TESSERA_CUDA(cudaMemcpyAsync(impl.losses, device_losses, n * sizeof(float), cudaMemcpyDeviceToHost, impl.stream));
     TESSERA_CUDA(cudaMemcpyAsync(impl.ranks, device_ranks, n * sizeof(int), cudaMemcpyDeviceToHost, impl.stream));

@@ -31,8 +31,8 @@ struct DeviceMemory {
 
 struct Settings {
     int device = 0;
-    bool tf32 = true;                              // let cuDNN and cuBLAS use TF32 tensor cores for fp32
-    DType compute = DType::f32;                    // activations: fp32, or bf16 / fp16 (mixed precision)
+    bool tf32 = true;                                    // let cuDNN and cuBLAS use TF32 tensor cores for fp32
+    DType compute = DType::f32;                          // activations: fp32, or bf16 / fp16 (mixed precision)
     std::size_t workspace_limit = std::size_t(1) << 30;  // cuDNN workspace, bytes
 };
 
@@ -50,8 +50,8 @@ public:
     BasicArena<DeviceMemory> arena;       // activations and scratch of one step
     BasicTensorPool<DeviceMemory> grads;  // gradients flowing back, each freed once used
     bool training = true;
-    bool input_is_private = false;  // as cpu::Context: a ReLU may overwrite its input
-    const float* network_input = nullptr;  // the first layer skips its dx
+    bool input_is_private = false;                      // as cpu::Context: a ReLU may overwrite its input
+    const float* network_input = nullptr;               // the first layer skips its dx
     parallel::GradientHook* gradient_hook = nullptr;    // as cpu::Context
     parallel::Communicator* batchnorm_group = nullptr;  // as cpu::Context (device collectives: NCCL)
     Settings settings;
@@ -114,8 +114,10 @@ struct Backend {
     static void relu_backward(Context& ctx, const Tensor& y, const Tensor& dy, const Tensor& dx);
     static void add(Context& ctx, const Tensor& a, const Tensor& b, const Tensor& y);
     static void accumulate(Context& ctx, const Tensor& x, const Tensor& y);
-    static void maxpool_forward(Context& ctx, const Tensor& x, const PoolGeometry& g, const Tensor& y, std::int32_t* argmax);
-    static void maxpool_backward(Context& ctx, const Tensor& dy, const std::int32_t* argmax, const PoolGeometry& g, const Tensor& dx);
+    static void maxpool_forward(Context& ctx, const Tensor& x, const PoolGeometry& g, const Tensor& y,
+                                std::int32_t* argmax);
+    static void maxpool_backward(Context& ctx, const Tensor& dy, const std::int32_t* argmax, const PoolGeometry& g,
+                                 const Tensor& dx);
     static void global_avgpool_forward(Context& ctx, const Tensor& x, const Tensor& y);
     static void global_avgpool_backward(Context& ctx, const Tensor& dy, const Tensor& dx);
     static void linear_forward(Context& ctx, const Tensor& x, const float* w, const float* b, int out, const Tensor& y);
@@ -126,7 +128,7 @@ struct Backend {
                                  const Tensor& x);
     /// labels are host memory; the result is read back, so this synchronises once per step.
     static LossResult softmax_cross_entropy(Context& ctx, const Tensor& logits, const std::int32_t* labels,
-                                                 float label_smoothing, float* dlogits);
+                                            float label_smoothing, float* dlogits);
 };
 
 static_assert(tessera::Backend<Backend>, "cuda::Backend lacks a kernel of backend/backend.hpp's checklist");
