@@ -81,6 +81,11 @@ TEST(Sampler, ShardsCoverEverySampleOnceAndDependOnlyOnSeedAndEpoch) {
 // Threads that cannot be created (a container's limits, a huge --threads) stop the program with a
 // message naming the setting, not with std::terminate from a half-built pool.
 TEST(ThreadPool, ThreadsThatCannotStartAreAUserError) {
+#ifdef __SANITIZE_ADDRESS__
+    GTEST_SKIP()
+        << "AddressSanitizer's shadow memory does not fit an address-space limit, and its allocator aborts where "
+           "malloc would fail";
+#endif
     EXPECT_EQ(exit_code_in_child(std::size_t(256) << 20,
                                  [] {
                                      ThreadPool pool(512);  // 8 MiB of stack each, in 256 MiB of room
