@@ -115,9 +115,6 @@ public:
                              progress_.batch / config_.accumulate);
     }
 
-    static fs::path state_file(const fs::path& weights) { return RunFolder::state_file(weights); }
-    static fs::path ema_file(const fs::path& weights) { return RunFolder::ema_file(weights); }
-
     const Progress& progress() const { return progress_; }
     bool interrupted() const { return interrupted_; }
     bool reached_target() const { return reached_target_; }

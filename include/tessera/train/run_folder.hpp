@@ -87,9 +87,7 @@ public:
     /// The weights of the newest whole checkpoint set; a run folder of an older tessera, which has
     /// last.safetensors and no sets, gives that; none: nothing to resume.
     std::optional<fs::path> latest() const {
-        std::ifstream pointer(dir_ / "checkpoints" / "current");
-        std::string name;
-        if (pointer >> name) {
+        if (const std::string name = current_set(); !name.empty()) {
             const fs::path weights = dir_ / "checkpoints" / name / "model.safetensors";
             if (!fs::exists(weights))
                 throw user_error((dir_ / "checkpoints" / "current").string(),
@@ -112,9 +110,8 @@ public:
     /// Points the last.* names at the current set's files, where a save was stopped between its
     /// commit and their update: resume reads the set, and users the names.
     void refresh_names() {
-        std::ifstream pointer(dir_ / "checkpoints" / "current");
-        std::string name;
-        if (!(pointer >> name)) return;
+        const std::string name = current_set();
+        if (name.empty()) return;
         const fs::path folder = dir_ / "checkpoints" / name;
         for (auto [file, link_name] : {std::pair{"model.safetensors", "last.safetensors"},
                                        {"model.state.safetensors", "last.state.safetensors"},
@@ -229,12 +226,18 @@ public:
     static void file_operation() { checkpoint::detail::file_operation(); }
 
 private:
-    std::string next_set_name() const {
+    // The name `checkpoints/current` holds: the newest whole set's folder ("" where there is none).
+    std::string current_set() const {
         std::ifstream pointer(dir_ / "checkpoints" / "current");
-        long long serial = 0;
-        pointer >> serial;
+        std::string name;
+        pointer >> name;
+        return name;
+    }
+
+    // The set after the current one: its serial plus one, six digits.
+    std::string next_set_name() const {
         char name[32];
-        std::snprintf(name, sizeof name, "%06lld", serial + 1);
+        std::snprintf(name, sizeof name, "%06lld", std::atoll(current_set().c_str()) + 1);
         return name;
     }
 
