@@ -156,6 +156,22 @@ Outcome train_on(const recipe::RunSpec& spec, const Args& args, parallel::Commun
     return outcome;
 }
 
+/// The command that continues this run: its recipe and every --set, since the overrides are part of
+/// what the run is and a resume without them would be refused or train another run.
+std::string resume_command(const Args& args) {
+    auto quoted = [](const std::string& word) {
+        if (!word.empty() && word.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                                                    "_-+=.,/:@%") == std::string::npos)
+            return word;
+        std::string out = "'";
+        for (char c : word) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+        return out + "'";
+    };
+    std::string command = quoted(args.positional()[0]);
+    for (const std::string& value : args.values("set")) command += " --set " + quoted(value);
+    return command;
+}
+
 }  // namespace
 
 int train(const std::vector<std::string>& raw) {
@@ -181,7 +197,7 @@ int train(const std::vector<std::string>& raw) {
                     stop_signal ? (stop_signal == SIGINT ? "interrupted (SIGINT)" : "interrupted (SIGTERM)")
                                 : "stopped as asked",
                     end.stopped_at.epoch, (long long)(end.stopped_at.batch / spec.train.accumulate),
-                    (spec.train.run_dir / "last.safetensors").string().c_str(), args.positional()[0].c_str());
+                    (spec.train.run_dir / "last.safetensors").string().c_str(), resume_command(args).c_str());
         return stop_signal ? 128 + int(stop_signal) : 0;
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

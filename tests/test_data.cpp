@@ -237,6 +237,22 @@ struct CountingSource {
     }
 };
 
+// The loader's contract is checked when a source is plugged in: the test source meets it, and one
+// without a way to load a sample, or whose labels are not numbers, does not.
+static_assert(data::SampleSource<CountingSource>);
+struct SourceWithoutLoad {
+    struct Worker {};
+    data::Size2 output(Split) const { return {2, 2}; }
+    std::int32_t label(Split, std::int64_t) const { return 0; }
+    std::string name(Split, std::int64_t) const { return ""; }
+};
+static_assert(!data::SampleSource<SourceWithoutLoad>);
+struct SourceWithTextLabels : SourceWithoutLoad {
+    std::string label(Split, std::int64_t) const { return "cat"; }
+    void load(Worker&, Split, std::int64_t, Rng&, std::uint8_t*) const {}
+};
+static_assert(!data::SampleSource<SourceWithTextLabels>);
+
 // A worker that cannot be started, or a batch whose memory cannot be had, must stop the run with a
 // message: never std::terminate from a thread or from a half-built loader.
 TEST(Loader, ThreadsThatCannotStartAndBatchesThatCannotBeAllocatedStopCleanly) {

@@ -15,6 +15,51 @@ std::unique_ptr<Net> make(const std::string& arch, int classes = 1000, int chann
     return runner::make_cpu_network(arch, classes, channels);
 }
 
+// The layer contracts as concepts: every network of the zoo meets them on both backends' vocabulary,
+// and a layer or spec that misses one member does not, so the error names the member.
+static_assert(LayerSpec<models::ResNet50, 3, cpu::Backend>);
+static_assert(LayerSpec<models::ResNet20, 1, cpu::Backend>);
+namespace contract {
+template <class B>
+struct LayerWithoutBackward {
+    using Context = typename B::Context;
+    static constexpr bool is_composite = false;
+    Shape output_shape(Shape in) const { return in; }
+    Tensor forward(Context&, const Tensor& x) { return x; }
+    void visit(ParamVisitor&) {}
+    void init(Rng&, const InitOptions&) {}
+    Shape describe(Describer&, Shape in) const { return in; }
+};
+template <class B>
+struct WholeLayer : LayerWithoutBackward<B> {
+    Tensor backward(typename B::Context&, const Tensor& dy) { return dy; }
+};
+template <template <class> class L>
+struct SpecOf {
+    template <int In>
+    static constexpr int out_channels = In;
+    template <int In, long Classes>
+    static constexpr long params = 0;
+    template <int In, class B>
+    static L<B> bind(const BindOptions&) {
+        return {};
+    }
+};
+struct SpecWithoutParams {
+    template <int In>
+    static constexpr int out_channels = In;
+    template <int In, class B>
+    static WholeLayer<B> bind(const BindOptions&) {
+        return {};
+    }
+};
+}  // namespace contract
+static_assert(Layer<contract::WholeLayer<cpu::Backend>> &&
+              LayerSpec<contract::SpecOf<contract::WholeLayer>, 3, cpu::Backend>);
+static_assert(!Layer<contract::LayerWithoutBackward<cpu::Backend>>);
+static_assert(!LayerSpec<contract::SpecOf<contract::LayerWithoutBackward>, 3, cpu::Backend>);
+static_assert(!LayerSpec<contract::SpecWithoutParams, 3, cpu::Backend>);
+
 TEST(Models, ParameterCountsEqualTorchvision) {
     const std::pair<const char*, std::size_t> expected[] = {{"resnet18", 11'689'512},
                                                             {"resnet34", 21'797'672},

@@ -9,13 +9,11 @@
 // A sample that cannot be read is reported once with its path, counted, and replaced by another
 // sample chosen the same deterministic way; the run goes on.
 //
-// A Source provides:
-//   struct Worker;                                   per-thread state (a decoder, scratch buffers)
-//   Size2 output(Split) const;                       the size of every sample of that split
-//   std::int32_t label(Split, std::int64_t) const;
-//   std::string name(Split, std::int64_t) const;     a path, for messages
-//   void load(Worker&, Split, std::int64_t index, Rng&, std::uint8_t* rgb) const;   throws DecodeError
+// What a source of samples provides is the SampleSource concept below.
 #include <atomic>
+#include <concepts>
+#include <cstdint>
+#include <string>
 #include <condition_variable>
 #include <cstdio>
 #include <functional>
@@ -38,7 +36,24 @@ namespace tessera::data {
 /// How many unreadable samples in a row the loader replaces before it gives up on the dataset.
 inline constexpr int max_replacements_in_a_row = 64;
 
-template <class Source>
+/// A source of samples, shared by every worker thread (so its members are const) and read through
+/// per-thread state of its own:
+///   Worker                           per-thread state (a decoder, scratch buffers), made per thread
+///   output(split)                    the size of every sample of that split
+///   label(split, index)              the sample's class
+///   name(split, index)               a path, for messages
+///   load(worker, split, index, rng, rgb)   decodes and augments into `rgb`; throws DecodeError
+template <class S>
+concept SampleSource = std::default_initializable<typename S::Worker> &&
+    requires(const S& source, typename S::Worker& worker, plugin::Split split, std::int64_t index, Rng& rng,
+             std::uint8_t* rgb) {
+    { source.output(split) } -> std::same_as<Size2>;
+    { source.label(split, index) } -> std::convertible_to<std::int32_t>;
+    { source.name(split, index) } -> std::convertible_to<std::string>;
+    source.load(worker, split, index, rng, rgb);
+};
+
+template <SampleSource Source>
 class Loader {
 public:
     using Split = plugin::Split;

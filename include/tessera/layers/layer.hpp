@@ -7,7 +7,7 @@
 // classes templated on the backend only; channel counts reach them as constructor arguments, so
 // every ResNet depth shares the same few layer types and the same kernels.
 //
-// Every layer has:
+// Every layer has (checked by the Layer concept below; a spec by LayerSpec):
 //   Shape  output_shape(Shape in) const
 //   Tensor forward(Context&, const Tensor& x)      // (N, H, W, C) in, (N, H', W', C') out
 //   Tensor backward(Context&, const Tensor& dy)    // returns dx, from ctx.grads (or dy itself when the
@@ -139,14 +139,44 @@ struct InitOptions {
     bool zero_init_residual = false;  // gamma = 0 in each block's last BatchNorm (Goyal et al. 2017)
 };
 
-/// Opens a name segment (Named) or, for an unnamed leaf in a Seq, its position; composites add none.
-template <class Layer>
-concept Composite = Layer::is_composite;
+/// The contract of a bound layer, as listed at the top of this file. A layer that misses a member is
+/// named in one error where its spec is bound, not deep inside the composite that calls it.
+template <class L>
+concept Layer = requires(L& layer, const L& bound, typename L::Context& ctx, const Tensor& t, Shape in,
+                         ParamVisitor& params, Rng& rng, const InitOptions& init, Describer& rows) {
+    { L::is_composite } -> std::convertible_to<bool>;
+    { bound.output_shape(in) } -> std::same_as<Shape>;
+    { layer.forward(ctx, t) } -> std::same_as<Tensor>;
+    { layer.backward(ctx, t) } -> std::same_as<Tensor>;
+    layer.visit(params);
+    layer.init(rng, init);
+    { bound.describe(rows, in) } -> std::same_as<Shape>;
+};
 
-template <class Layer, class Visit>
-void visit_child(NameScope& scope, Layer& layer, Visit&& visit) {
+/// The contract of a spec, for In input channels on backend B: its channel count and parameter count
+/// are compile-time constants, and bind<In, B>() makes a Layer that runs on B's context.
+template <class Spec, int In, class B>
+concept LayerSpec = requires(const BindOptions& options) {
+    { Spec::template out_channels<In> } -> std::convertible_to<int>;
+    { Spec::template params<In, 1000> } -> std::convertible_to<long>;
+    { Spec::template bind<In, B>(options) } -> Layer;
+}
+&&std::same_as<typename decltype(Spec::template bind<In, B>(BindOptions{}))::Context, typename B::Context>;
+
+/// Binds a composite's child. The constraint names a child that misses the spec contract, and the
+/// requirement it misses, at the line that composes it.
+template <class Spec, int In, class B>
+requires LayerSpec<Spec, In, B>
+auto bind_child(const BindOptions& options) { return Spec::template bind<In, B>(options); }
+
+/// Opens a name segment (Named) or, for an unnamed leaf in a Seq, its position; composites add none.
+template <class L>
+concept Composite = L::is_composite;
+
+template <class Child, class Visit>
+void visit_child(NameScope& scope, Child& layer, Visit&& visit) {
     const int index = scope.take_index();
-    if constexpr (Composite<std::remove_cvref_t<Layer>>) {
+    if constexpr (Composite<std::remove_cvref_t<Child>>) {
         visit(layer);
     } else {
         scope.push(std::to_string(index));

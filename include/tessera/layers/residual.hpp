@@ -11,7 +11,7 @@
 
 namespace tessera::layers {
 
-template <class B, class BranchLayer, class ShortcutLayer>
+template <class B, Layer BranchLayer, Layer ShortcutLayer>
 class ResidualLayer {
 public:
     using Context = typename B::Context;
@@ -83,8 +83,8 @@ struct Residual {
         static_assert(Branch::template out_channels<In> == Shortcut::template out_channels<In>,
                       "Residual<Branch, Shortcut>: the branch and the shortcut must give the same number of channels, "
                       "or their sum is undefined; use Projection<Out, Stride> as the shortcut");
-        auto branch = Branch::template bind<In, B>(o);
-        auto shortcut = Shortcut::template bind<In, B>(o);
+        auto branch = bind_child<Branch, In, B>(o);
+        auto shortcut = bind_child<Shortcut, In, B>(o);
         return ResidualLayer<B, decltype(branch), decltype(shortcut)>(std::move(branch), std::move(shortcut));
     }
 };
@@ -101,7 +101,7 @@ struct Projection {
     static constexpr long params = Resolved<In>::template params<In, Classes>;
     template <int In, class B>
     static auto bind(const BindOptions& o) {
-        return Resolved<In>::template bind<In, B>(o);
+        return bind_child<Resolved<In>, In, B>(o);
     }
 };
 

@@ -17,14 +17,14 @@ namespace tessera::layers {
 
 /// One child's backward inside a composite: returns its dx and gives back g, the gradient it was
 /// handed, unless g is the composite's own dy (its caller's) or the child passed g through.
-template <class Context, class Layer>
-Tensor backward_step(Context& ctx, Layer& layer, const Tensor& g, const Tensor& dy) {
+template <class Context, Layer Child>
+Tensor backward_step(Context& ctx, Child& layer, const Tensor& g, const Tensor& dy) {
     Tensor dx = layer.backward(ctx, g);
     if (g.data != dy.data && dx.data != g.data) ctx.grads.release(g);
     return dx;
 }
 
-template <class B, class... Layers>
+template <class B, Layer... Layers>
 class SeqLayer {
 public:
     using Context = typename B::Context;
@@ -100,8 +100,7 @@ struct Chain<In, Spec, Rest...> {
     static constexpr long params = Spec::template params<In, Classes> + Chain<next, Rest...>::template params<Classes>;
     template <class B>
     static auto bind(const BindOptions& o) {
-        return std::tuple_cat(std::make_tuple(Spec::template bind<In, B>(o)),
-                              Chain<next, Rest...>::template bind<B>(o));
+        return std::tuple_cat(std::make_tuple(bind_child<Spec, In, B>(o)), Chain<next, Rest...>::template bind<B>(o));
     }
 };
 }  // namespace detail
@@ -125,7 +124,7 @@ struct Seq {
 
 // ---- Named ---------------------------------------------------------------------------------------
 
-template <class B, class Inner>
+template <class B, Layer Inner>
 class NamedLayer {
 public:
     using Context = typename B::Context;
@@ -164,14 +163,14 @@ struct Named {
 
     template <int In, class B>
     static auto bind(const BindOptions& o) {
-        auto inner = Spec::template bind<In, B>(o);
+        auto inner = bind_child<Spec, In, B>(o);
         return NamedLayer<B, decltype(inner)>(Name.str(), std::move(inner));
     }
 };
 
 // ---- Repeat --------------------------------------------------------------------------------------
 
-template <class B, class Block>
+template <class B, Layer Block>
 class RepeatLayer {
 public:
     using Context = typename B::Context;
@@ -236,11 +235,11 @@ struct Repeat {
         static_assert(
             N == 0 || Block::template out_channels<In> == In,
             "Repeat<N, Block>: a repeated block must keep its channel count (its output feeds its next copy)");
-        using Layer = decltype(Block::template bind<In, B>(o));
-        std::vector<Layer> blocks;
+        using BlockLayer = decltype(bind_child<Block, In, B>(o));
+        std::vector<BlockLayer> blocks;
         blocks.reserve(N);
-        for (int i = 0; i < N; ++i) blocks.push_back(Block::template bind<In, B>(o));
-        return RepeatLayer<B, Layer>(std::move(blocks), First);
+        for (int i = 0; i < N; ++i) blocks.push_back(bind_child<Block, In, B>(o));
+        return RepeatLayer<B, BlockLayer>(std::move(blocks), First);
     }
 };
 

@@ -173,14 +173,15 @@ private:
 
 /// The Network for a spec, bound for In input channels on backend B.
 template <class Spec, int In, LayerBackend B>
+requires layers::LayerSpec<Spec, In, B>
 class Model final : public Network<B> {
 public:
     using Context = typename B::Context;
-    using Layer = decltype(Spec::template bind<In, B>(layers::BindOptions{}));
+    using Layer = decltype(layers::bind_child<Spec, In, B>(layers::BindOptions{}));
 
     Model(std::string arch, int num_classes)
         : Network<B>(std::move(arch), In, num_classes),
-          net_(Spec::template bind<In, B>(layers::BindOptions{num_classes})) {
+          net_(layers::bind_child<Spec, In, B>(layers::BindOptions{num_classes})) {
         this->params_.bind(net_);
         this->place(net_);
     }
