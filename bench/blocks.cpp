@@ -221,6 +221,67 @@ void stage_shapes(benchmark::internal::Benchmark* b) {
         ->Unit(benchmark::kMillisecond);
 }
 
+// ---- the CPU's convolution candidates, one direction at a time ----------------------------------
+// oneDNN and im2col + OpenBLAS on the ResNet family's shapes: how cpu::conv_backward's choice of
+// kernels for the filter gradient was made (filter_gradient_by_gemm), and how to remake it on
+// another CPU.
+//   args = batch, size, in, out, kernel, stride; the name says the direction and the kernels.
+enum class ConvPass { forward, data, filter };
+
+template <ConvPass Pass, bool Gemm>
+void CpuConvCandidate(benchmark::State& state) {
+    cpu::Context ctx(2);
+    const ConvShape c(state);
+    const std::size_t weights = std::size_t(c.g.out_channels) * c.g.patch();
+    const Tensor x = ctx.arena.tensor(c.in), dx = ctx.arena.tensor(c.in), y = ctx.arena.tensor(c.out),
+                 dy = ctx.arena.tensor(c.out);
+    float* w = ctx.arena.allocate_floats(weights);
+    float* dw = ctx.arena.allocate_floats(weights);
+    for (const Tensor& t : {x, dx, y, dy}) std::fill(t.data, t.data + t.size(), 0.5f);
+    std::fill(w, w + weights, 0.01f);
+    std::fill(dw, dw + weights, 0.f);
+    const Tensor no_dx{nullptr, c.in};
+    run_flops<cpu::Backend>(state, ctx, c.flops, [&] {
+        if constexpr (Pass == ConvPass::forward) {
+            if (Gemm)
+                cpu::gemm_conv_forward(ctx, x, w, c.g, y);
+            else
+                cpu::conv_forward(ctx, x, w, c.g, y);
+        } else if constexpr (Pass == ConvPass::data) {
+            if (Gemm) {  // the GEMM path computes the filter gradient too: this counts both
+                cpu::gemm_conv_backward(ctx, x, w, c.g, dy, dw, dx);
+            } else {
+                ctx.onednn.at(c.g, c.in).backward_data(ctx.onednn.stream(), dy.data, w, dx.data);
+            }
+        } else {
+            if (Gemm)
+                cpu::gemm_conv_backward(ctx, x, w, c.g, dy, dw, no_dx);
+            else
+                ctx.onednn.at(c.g, c.in).backward_weights(ctx.onednn.stream(), x.data, dy.data, dw);
+        }
+    });
+}
+
+// ResNet-20's convolutions at the quick start's batch of 128, and ResNet50's at 32.
+void family_shapes(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"n", "hw", "in", "out", "k", "s"})
+        ->Args({128, 28, 1, 16, 3, 1})
+        ->Args({128, 28, 16, 16, 3, 1})
+        ->Args({128, 28, 16, 32, 3, 2})
+        ->Args({128, 14, 32, 32, 3, 1})
+        ->Args({128, 14, 32, 64, 3, 2})
+        ->Args({128, 7, 64, 64, 3, 1})
+        ->Args({32, 224, 3, 64, 7, 2})
+        ->Args({32, 56, 64, 64, 1, 1})
+        ->Args({32, 56, 64, 64, 3, 1})
+        ->Args({32, 56, 256, 128, 1, 1})
+        ->Args({32, 28, 128, 128, 3, 1})
+        ->Args({32, 14, 256, 256, 3, 1})
+        ->Args({32, 7, 512, 512, 3, 1})
+        ->Args({32, 7, 512, 2048, 1, 1})
+        ->Unit(benchmark::kMillisecond);
+}
+
 // ---- BatchNorm: args = batch, size, channels ------------------------------------------------------
 
 template <class B, DType Precision = DType::f32>
@@ -294,6 +355,12 @@ void ResNet50TrainingStep(benchmark::State& state) {
     state.counters["img/s"] = benchmark::Counter(batch, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+BENCHMARK_TEMPLATE(CpuConvCandidate, ConvPass::forward, false)->Name("CpuConv/forward/onednn")->Apply(family_shapes);
+BENCHMARK_TEMPLATE(CpuConvCandidate, ConvPass::forward, true)->Name("CpuConv/forward/gemm")->Apply(family_shapes);
+BENCHMARK_TEMPLATE(CpuConvCandidate, ConvPass::data, false)->Name("CpuConv/data/onednn")->Apply(family_shapes);
+BENCHMARK_TEMPLATE(CpuConvCandidate, ConvPass::data, true)->Name("CpuConv/data+filter/gemm")->Apply(family_shapes);
+BENCHMARK_TEMPLATE(CpuConvCandidate, ConvPass::filter, false)->Name("CpuConv/filter/onednn")->Apply(family_shapes);
+BENCHMARK_TEMPLATE(CpuConvCandidate, ConvPass::filter, true)->Name("CpuConv/filter/gemm")->Apply(family_shapes);
 BENCHMARK_TEMPLATE(ConvForward, cpu::Backend)->Apply(stage_shapes);
 BENCHMARK_TEMPLATE(ConvBackward, cpu::Backend)->Apply(stage_shapes);
 BENCHMARK_TEMPLATE(BatchNormForwardTraining, cpu::Backend)

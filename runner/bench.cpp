@@ -8,6 +8,7 @@
 #include <string>
 
 #include "runner.hpp"
+#include "tessera/core/json.hpp"
 #include "tessera/plugin/registry.hpp"
 #include "tessera/recipe/recipe.hpp"
 #include "tessera/recipe/run_spec.hpp"
@@ -134,7 +135,7 @@ int bench_allreduce(const Args& args) {
 }
 
 int bench(const std::vector<std::string>& raw) {
-    Args args(raw, {"json", "allreduce"},
+    Args args(raw, {"json", "allreduce", "inference"},
               {"arch", "batch", "image-size", "device", "precision", "threads", "steps", "warmup", "num-classes",
                "data", "batches", "floats"},
               {"set"});
@@ -178,6 +179,9 @@ int bench(const std::vector<std::string>& raw) {
             config.loss_scale = {train::LossScaler::dynamic_start, true};  // as training in fp16 does
         train::Step<B> step(*ctx, *net, *sgd, data->info(), config);
         data->start_epoch(plugin::Split::train, train::epoch_plan(1, plugin::Split::train, batch, 0, nullptr));
+        // --inference: the forward pass alone in eval mode, as `runner predict`, `eval` and a server run it.
+        const bool inference = args.flag("inference");
+        const train::Normalization normalization(data->info());
 
         double timed = 0;
         std::size_t peak = 0;  // on a GPU: the most device memory in use after any step
@@ -185,7 +189,13 @@ int bench(const std::vector<std::string>& raw) {
         for (int s = 0; s < warmup + steps; ++s) {
             data->next(images);
             const auto t0 = std::chrono::steady_clock::now();
-            step.run(images, {0.01, std::nullopt});
+            if (inference) {
+                ctx->training = false;
+                ctx->arena.reset();
+                net->forward(*ctx, normalization.input<B>(*ctx, images));
+            } else {
+                step.run(images, {0.01, std::nullopt});
+            }
             if constexpr (B::has_device_memory) {
                 ctx->synchronize();
                 peak = std::max(peak, ctx->device_bytes_in_use());
@@ -205,16 +215,18 @@ int bench(const std::vector<std::string>& raw) {
         if (args.flag("json")) {
             std::printf(
                 "{\"arch\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", \"batch\": %d, \"image_size\": %d, "
-                "\"threads\": %d, \"steps\": %d, \"step_s\": %.4f, \"train_img_per_s\": %.3f, \"peak_mem_bytes\": %zu, "
-                "\"allocated_bytes\": %zu, \"arena_bytes\": %zu}\n",
-                arch.c_str(), B::name, precision.c_str(), batch, image, threads, steps, timed / steps, img_per_s, peak,
-                allocated, ctx->arena.capacity_bytes());
+                "\"threads\": %d, \"steps\": %d, \"step_s\": %.4f, \"%s\": %.3f, \"peak_mem_bytes\": %zu, "
+                "\"allocated_bytes\": %zu, \"arena_bytes\": %zu, \"kernels\": %s}\n",
+                arch.c_str(), B::name, precision.c_str(), batch, image, threads, steps, timed / steps,
+                inference ? "infer_img_per_s" : "train_img_per_s", img_per_s, peak, allocated,
+                ctx->arena.capacity_bytes(), json::quote(B::kernels(*ctx)).c_str());
         } else {
             std::printf(
-                "%s, batch %d, %dx%d, %s %s, %d threads: %.3f s/step, %.2f img/s, peak memory %.2f GiB (%.2f GiB "
-                "allocated)\n",
-                arch.c_str(), batch, image, image, B::name, precision.c_str(), threads, timed / steps, img_per_s,
-                peak / double(1u << 30), allocated / double(1u << 30));
+                "%s%s, batch %d, %dx%d, %s %s (%s), %d threads: %.3f s/step, %.2f img/s, peak memory %.2f GiB (%.2f "
+                "GiB allocated)\n",
+                arch.c_str(), inference ? " inference" : "", batch, image, image, B::name, precision.c_str(),
+                B::kernels(*ctx).c_str(), threads, timed / steps, img_per_s, peak / double(1u << 30),
+                allocated / double(1u << 30));
         }
         return 0;
     });

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "runner.hpp"
-#include "tessera/backend/cpu/select_gemm_kernels.hpp"
+#include "tessera/backend/cpu/select_cpu_kernels.hpp"
 #include "tessera/core/error.hpp"
 
 namespace {
@@ -21,7 +21,7 @@ constexpr const char* usage =
        runner info ARCH [--num-classes N] [--image-size S] [--in-channels C]
        runner plugins
        runner bench --arch A --batch B --image-size S [--device cpu|cuda] [--precision fp32|tf32|bf16|fp16]
-                    [--threads T] [--steps K] [--warmup W] [--json]
+                    [--inference] [--threads T] [--steps K] [--warmup W] [--json]
        runner bench --data RECIPE [--threads T] [--batches K] [--warmup W] [--set …] [--json]
        mpirun -np N runner bench --allreduce [--device cpu|cuda] [--floats F] [--steps K] [--json]
        runner prepare SRC DEST [--max-side 512] [--quality 90] [--shard-size MiB] [--threads T]
@@ -34,7 +34,7 @@ given (the message says what to change), 1 an internal error.
 }  // namespace
 
 int main(int argc, char** argv) {
-    tessera::cpu::select_gemm_kernels(argv);
+    tessera::cpu::select_cpu_kernels(argv);
     std::vector<std::string> args(argv + 1, argv + argc);
     if (args.empty() || args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
         std::fputs(usage, args.empty() ? stderr : stdout);

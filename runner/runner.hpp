@@ -10,7 +10,7 @@
 
 #include "tessera/backend/cpu/backend.hpp"
 #ifdef TESSERA_WITH_CUDA
-#include "tessera/backend/cuda/backend.hpp"
+#include "cuda_networks.hpp"  // make_cuda_network, built once in cuda_networks.cu
 #endif
 #include "tessera/core/error.hpp"
 #include "tessera/parallel/communicator.hpp"
@@ -38,11 +38,6 @@ private:
 /// Built once, in networks.cpp: every architecture, bound to the CPU backend.
 std::unique_ptr<models::Network<cpu::Backend>> make_cpu_network(const std::string& arch, int num_classes,
                                                                 int in_channels);
-#ifdef TESSERA_WITH_CUDA
-/// Built once, in cuda_networks.cu, with the CUDA backend's definitions.
-std::unique_ptr<models::Network<cuda::Backend>> make_cuda_network(const std::string& arch, int num_classes,
-                                                                  int in_channels);
-#endif
 
 /// The network for `device` ("cpu" or "cuda"), or a user error saying what this build offers.
 template <class B>
@@ -61,9 +56,16 @@ template <class B>
 std::unique_ptr<typename B::Context> make_context(int threads, const std::string& precision, const std::string& where,
                                                   [[maybe_unused]] int device = 0) {  // unused in a build without CUDA
     if constexpr (std::is_same_v<B, cpu::Backend>) {
+        if (precision == "bf16" && !cpu::has_bf16_instructions())
+            throw user_error(where,
+                             "\"bf16\" on the CPU needs AVX512-BF16 or AMX-BF16, and this CPU has neither (oneDNN "
+                             "finds " +
+                                 cpu::onednn_isa() + ")",
+                             "use precision = \"fp32\" on this CPU; bf16 runs on device = \"cuda\"");
         if (precision != "fp32")
-            throw user_error(where, "\"" + precision + "\": the CPU backend computes in fp32",
-                             "use precision = \"fp32\" on the CPU; tf32, bf16 and fp16 are for device = \"cuda\"");
+            throw user_error(
+                where, "\"" + precision + "\": the CPU backend computes in fp32 (bf16 on the CPU is not built yet)",
+                "use precision = \"fp32\" on the CPU; tf32, bf16 and fp16 are for device = \"cuda\"");
         return std::make_unique<cpu::Context>(threads);
     }
 #ifdef TESSERA_WITH_CUDA

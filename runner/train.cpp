@@ -141,6 +141,8 @@ Outcome train_on(const recipe::RunSpec& spec, const Args& args, parallel::Commun
         std::int64_t(about.first_epoch - 1) * about.steps_per_epoch + trainer.progress().batch / config.accumulate;
     about.recipe = recipe::to_toml(spec.recipe.effective);
     about.has_ema = config.ema_decay > 0;
+    about.device = B::name;
+    about.kernels = B::kernels(*ctx);
     if (root)
         for (auto& l : loggers) l->on_run_begin(about);
     std::signal(SIGINT, request_stop);

@@ -9,7 +9,7 @@
 
 #include "helpers.hpp"
 #include "runner.hpp"
-#include "tessera/backend/cpu/select_gemm_kernels.hpp"
+#include "tessera/backend/cpu/select_cpu_kernels.hpp"
 #include "tessera/train/checkpoint.hpp"
 
 namespace tessera::test {
@@ -64,7 +64,7 @@ int exit_code_in_child(std::size_t headroom, const std::function<int()>& body) {
 }  // namespace tessera::test
 
 int main(int argc, char** argv) {
-    tessera::cpu::select_gemm_kernels(argv);
+    tessera::cpu::select_cpu_kernels(argv);
     tessera::test::binary_dir() = std::filesystem::absolute(argv[0]).parent_path();
     ::testing::InitGoogleTest(&argc, argv);
     return RUN_ALL_TESTS();

@@ -165,6 +165,57 @@ TEST(Gradients, SoftmaxCrossEntropyWithLabelSmoothing) {
     }
 }
 
+// The CPU's convolutions run on oneDNN or on im2col + GEMM, by shape and direction (cpu/conv.hpp);
+// the finite differences above check small shapes. Here every direction of oneDNN's kernels against
+// the GEMM formulation on ResNet's shapes (3x3 and 1x1, strides 1 and 2, the 7x7 stem, channels from
+// 1 to 256), within 1e-5 of each result's largest value: the two only sum in another order.
+TEST(Conv, OneDnnAgreesWithTheGemmFormulation) {
+    struct Case {
+        int n, size, in, out, kernel, stride;
+    };
+    for (const Case c : {Case{4, 28, 1, 16, 3, 1}, Case{4, 28, 16, 16, 3, 1}, Case{4, 28, 16, 32, 3, 2},
+                         Case{2, 14, 64, 64, 3, 1}, Case{2, 14, 64, 256, 1, 1}, Case{2, 14, 256, 64, 1, 1},
+                         Case{2, 14, 128, 256, 1, 2}, Case{1, 32, 3, 64, 7, 2}}) {
+        const ConvGeometry g{c.in, c.out, c.kernel, c.stride, c.kernel / 2};
+        const Shape xs{c.n, c.size, c.size, c.in};
+        const Shape ys = g.output_shape(xs);
+        Rng rng(11);
+        std::vector<float> x(xs.size()), w(std::size_t(c.out) * g.patch()), dy(ys.size());
+        fill_normal(x.data(), x.size(), rng);
+        fill_normal(w.data(), w.size(), rng, 0.1);
+        fill_normal(dy.data(), dy.size(), rng);
+        std::vector<float> y[2], dx[2], dw[2];
+        for (int path = 0; path < 2; ++path) {
+            cpu::Context ctx(2);
+            y[path].assign(ys.size(), 0.f);
+            dx[path].assign(xs.size(), 0.f);
+            dw[path].assign(w.size(), 0.5f);  // the filter gradient accumulates onto what is there
+            const Tensor X{x.data(), xs}, Y{y[path].data(), ys}, DY{dy.data(), ys}, DX{dx[path].data(), xs};
+            if (path == 0) {
+                cpu::OneDnnConv& conv = ctx.onednn.at(g, xs);
+                conv.forward(ctx.onednn.stream(), x.data(), w.data(), Y.data);
+                conv.backward_data(ctx.onednn.stream(), dy.data(), w.data(), DX.data);
+                conv.backward_weights(ctx.onednn.stream(), x.data(), dy.data(), dw[path].data());
+            } else {
+                cpu::gemm_conv_forward(ctx, X, w.data(), g, Y);
+                cpu::gemm_conv_backward(ctx, X, w.data(), g, DY, dw[path].data(), DX);
+            }
+        }
+        auto expect_close = [&](const std::vector<float>& ours, const std::vector<float>& gemm, const char* what) {
+            double largest = 0, worst = 0;
+            for (std::size_t i = 0; i < gemm.size(); ++i) {
+                largest = std::max(largest, double(std::abs(gemm[i])));
+                worst = std::max(worst, double(std::abs(ours[i] - gemm[i])));
+            }
+            EXPECT_LE(worst, 1e-5 * largest) << what << " of " << c.in << "->" << c.out << " k" << c.kernel << " s"
+                                             << c.stride << " at " << c.size << "x" << c.size;
+        };
+        expect_close(y[0], y[1], "forward");
+        expect_close(dx[0], dx[1], "data gradient");
+        expect_close(dw[0], dw[1], "filter gradient");
+    }
+}
+
 // A layer's result may not depend on where its parameters sit in memory: a run would then follow the
 // heap's layout (a longer run name moved it) instead of its recipe. One forward and backward of a
 // whole small ResNet with the parameter, gradient and statistics buffers placed at each of the

@@ -84,6 +84,8 @@ TEST(Resume, TheRunNameDoesNotChangeTheWeights) {
     for (const std::string& name : {std::string("a"), long_name}) {
         const RunResult r = run_runner("r.toml --threads 2 --stop-after-steps 3 --set run.name=" + name, dir.path());
         ASSERT_EQ(r.exit_code, 0) << r.output;
+        // The first line names the device and the kernels that run.
+        EXPECT_NE(r.output.find("batch 32, cpu (onednn "), std::string::npos) << r.output;
     }
     EXPECT_TRUE(checkpoint_values(dir / "runs" / "a" / "last.safetensors", "resnet20", 10) ==
                 checkpoint_values(dir / "runs" / long_name / "last.safetensors", "resnet20", 10))

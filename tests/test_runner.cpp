@@ -135,9 +135,20 @@ TEST(Bench, TimesTrainingStepsAndReportsWhatItAllocated) {
     EXPECT_GT(o.at("arena_bytes").number(), 0);
     EXPECT_GE(o.at("peak_mem_bytes").number(), o.at("arena_bytes").number());
     // Mistakes: exit 2 with what to change.
+    EXPECT_EQ(o.at("kernels").string(), cpu::Backend::kernels(*std::make_unique<cpu::Context>(1)));
+    EXPECT_NE(o.at("kernels").string().find("onednn "), std::string::npos);
+    // Inference: the forward pass alone, reported under its own name.
+    const RunResult infer = run_runner("bench --arch resnet20 --batch 8 --image-size 32 --steps 2 --inference --json");
+    ASSERT_EQ(infer.exit_code, 0) << infer.output;
+    EXPECT_GT(last_json(infer.output).object().at("infer_img_per_s").number(), 0) << infer.output;
+    // Mistakes: exit 2 with what to change. bf16 on a CPU without bf16 instructions names them.
     const RunResult bf16 = run_runner("bench --arch resnet20 --precision bf16 --steps 1");
     EXPECT_EQ(bf16.exit_code, 2) << bf16.output;
-    EXPECT_NE(bf16.output.find("fp32"), std::string::npos) << bf16.output;
+    EXPECT_NE(bf16.output.find("use precision = \"fp32\""), std::string::npos) << bf16.output;
+    if (!cpu::has_bf16_instructions()) {
+        EXPECT_NE(bf16.output.find("needs AVX512-BF16 or AMX-BF16, and this CPU has neither"), std::string::npos)
+            << bf16.output;
+    }
     const RunResult alone = run_runner("bench --allreduce");
     EXPECT_EQ(alone.exit_code, 2) << alone.output;
     EXPECT_NE(alone.output.find("mpirun -np 2"), std::string::npos) << alone.output;

@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 
-#include "tessera/backend/cpu/select_gemm_kernels.hpp"
+#include "tessera/backend/cpu/select_cpu_kernels.hpp"
 #include "tessera/backend/cpu/backend.hpp"
 #include "tessera/models/network.hpp"
 #include "tessera/models/resnet.hpp"
@@ -26,7 +26,7 @@ using WideResNet = Seq<Named<"conv1", Conv<32, 3>>, Named<"bn1", BatchNorm<>>, R
 static_assert(param_count<WideResNet, 3, 10> < 1'000'000, "a small network for a CPU");
 
 int main(int argc, char** argv) {
-    cpu::select_gemm_kernels(argv);
+    cpu::select_cpu_kernels(argv);
     const int epochs = argc > 1 ? std::atoi(argv[1]) : 2;
     try {
         const recipe::RunSpec spec = recipe::open_run("recipe.toml", {"train.epochs=" + std::to_string(epochs)});

@@ -30,9 +30,9 @@ public:
     }
 
     void on_run_begin(const RunInfo& r) override {
-        std::printf("run %s: %s, %lld parameters, %d epochs of %lld steps, batch %d -> %s\n", r.name.c_str(),
+        std::printf("run %s: %s, %lld parameters, %d epochs of %lld steps, batch %d, %s (%s) -> %s\n", r.name.c_str(),
                     r.arch.c_str(), (long long)r.parameters, r.epochs, (long long)r.steps_per_epoch, r.batch_size,
-                    r.run_dir.c_str());
+                    r.device.c_str(), r.kernels.c_str(), r.run_dir.c_str());
         epochs_ = r.epochs;
         std::fflush(stdout);
     }

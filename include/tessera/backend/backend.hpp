@@ -5,6 +5,7 @@
 // readable error naming it, rather than deep inside a layer. cpu::Backend and cuda::Backend each
 // static_assert that they are one.
 #include <concepts>
+#include <string>
 #include <cstddef>
 #include <cstdint>
 
@@ -59,12 +60,14 @@ concept LayerKernels = requires(typename B::Context& ctx, const Tensor& x, const
 };
 
 /// Input and loss: a batch's uint8 pixels (host memory) normalised into the backend's memory, and
-/// softmax cross-entropy with its gradient, counting hits (labels in host memory).
+/// softmax cross-entropy with its gradient, counting hits (labels in host memory). And the name of
+/// the kernels it runs, for the first line of a run and `runner bench --json`.
 template <class B>
 concept DataKernels = requires(typename B::Context& ctx, const std::uint8_t* pixels, const float* mean, const Tensor& x,
                                const std::int32_t* labels, float* dlogits) {
     B::normalize_images(ctx, pixels, mean, mean, x);
     { B::softmax_cross_entropy(ctx, x, labels, 0.f, dlogits) } -> std::same_as<LossResult>;
+    { B::kernels(ctx) } -> std::convertible_to<std::string>;
 };
 
 /// What layers and networks compute with (models::Network, the weights' average).

@@ -26,7 +26,7 @@
 
 namespace tessera::plugin {
 
-inline constexpr int abi_version = 5;
+inline constexpr int abi_version = 6;
 
 // ---- options -------------------------------------------------------------------------------------
 
@@ -227,6 +227,7 @@ struct RunInfo {
     std::int64_t first_step = 0;  // optimizer steps already taken when this process started
     std::string recipe;           // the effective recipe, TOML
     bool has_ema = false;         // epochs report the EMA's validation too
+    std::string device, kernels;  // "cpu", "onednn avx2, openblas Haswell"
 };
 
 struct StepStats {

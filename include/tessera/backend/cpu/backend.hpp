@@ -1,6 +1,10 @@
 #pragma once
 // tessera::cpu::Backend: the tag type layers take as their Backend parameter. It names the context
 // type and the kernels; a second backend (CUDA) provides the same names over device memory.
+#include <dnnl_debug.h>
+
+#include <string>
+
 #include "tessera/backend/backend.hpp"
 #include "tessera/backend/cpu/batchnorm.hpp"
 #include "tessera/backend/cpu/context.hpp"
@@ -12,6 +16,19 @@
 
 namespace tessera::cpu {
 
+/// The instruction set oneDNN runs its kernels with, chosen from cpuid: "avx2", "avx512_core_amx".
+inline std::string onednn_isa() {
+    std::string isa = dnnl_cpu_isa2str(dnnl_get_effective_cpu_isa());  // "cpu_isa_avx2"
+    if (isa.rfind("cpu_isa_", 0) == 0) isa.erase(0, 8);
+    return isa;
+}
+
+/// Whether the CPU multiplies bf16 in hardware (AVX512-BF16, which every AMX-BF16 CPU also has).
+inline bool has_bf16_instructions() {
+    const unsigned isa = unsigned(dnnl_get_effective_cpu_isa());
+    return (isa & unsigned(dnnl_cpu_isa_avx512_core_bf16)) == unsigned(dnnl_cpu_isa_avx512_core_bf16);
+}
+
 struct Backend {
     using Context = cpu::Context;
     static constexpr const char* name = "cpu";
@@ -19,6 +36,9 @@ struct Backend {
     struct DeviceParams {};                           // never made
 
     static void* stream(Context&) { return nullptr; }
+    /// The kernels this process runs, as oneDNN and OpenBLAS chose them from cpuid when it started:
+    /// "onednn avx2, openblas Haswell".
+    static std::string kernels(Context&) { return "onednn " + onednn_isa() + ", openblas " + openblas_get_corename(); }
     static void fill_zero(Context&, float* data, std::size_t count) { std::fill(data, data + count, 0.f); }
     static void add_scalar(Context&, float* data, float value) { *data += value; }
     /// Flat vectors of n floats: y = a x + b y (y unread when b is 0); y *= a; the sum of squares.

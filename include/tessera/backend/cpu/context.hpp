@@ -1,6 +1,9 @@
 #pragma once
-// The CPU backend's per-run state: the worker threads and the step's arena.
+// The CPU backend's per-run state: the worker threads, the step's arena and oneDNN's primitives.
+#include <omp.h>
+
 #include "tessera/backend/cpu/gemm.hpp"
+#include "tessera/backend/cpu/onednn_conv.hpp"
 #include "tessera/core/arena.hpp"
 #include "tessera/core/thread_pool.hpp"
 #include "tessera/parallel/communicator.hpp"
@@ -8,13 +11,17 @@
 namespace tessera::cpu {
 
 struct Context {
-    explicit Context(int threads = ThreadPool::default_threads()) : pool(threads) { set_gemm_threads(threads); }
+    explicit Context(int threads = ThreadPool::default_threads()) : pool(threads) {
+        set_gemm_threads(threads);
+        omp_set_num_threads(threads);  // oneDNN's threads (Debian's oneDNN runs on OpenMP)
+    }
 
     static constexpr DType activations = DType::f32;  // the CPU computes in fp32
 
     ThreadPool pool;
     Arena arena;       // activations and scratch of one step
     TensorPool grads;  // gradients flowing back, each freed once the layer below has used it
+    OneDnnConvs onednn;
     bool training = true;
     // Set by Seq and Repeat for the child they call: its input is a tensor no one else holds, so a
     // ReLU may overwrite it (see layers/activation.hpp).

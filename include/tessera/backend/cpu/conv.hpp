@@ -1,5 +1,6 @@
 #pragma once
-// Convolution on the CPU as GEMM. Activations NHWC, filters OHWI, so with K = kh*kw*Cin:
+// Convolution on the CPU: oneDNN's kernels (onednn_conv.hpp), and im2col + OpenBLAS GEMM where that
+// measured faster. Activations NHWC, filters OHWI. The GEMM formulation, with K = kh*kw*Cin:
 //   forward          Y (M, Cout) = cols(X) (M, K) * W^T (K, Cout)       M = N*Ho*Wo
 //   backward filter  dW (Cout, K) += dY^T (Cout, M) * cols(X) (M, K)
 //   backward data    dcols (M, K) = dY (M, Cout) * W (Cout, K),  dX = col2im(dcols)
@@ -9,6 +10,7 @@
 
 #include "tessera/backend/ops.hpp"
 #include "tessera/backend/cpu/context.hpp"
+#include "tessera/backend/cpu/onednn_conv.hpp"
 #include "tessera/core/tensor.hpp"
 
 namespace tessera::cpu {
@@ -94,8 +96,8 @@ void for_each_slice(Context& ctx, const ConvGeometry& g, Shape y, Slice slice) {
 
 }  // namespace detail
 
-/// y (N, Ho, Wo, Cout) = conv(x (N, H, W, Cin), w (Cout, kh, kw, Cin)).
-inline void conv_forward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& y) {
+/// y (N, Ho, Wo, Cout) = conv(x (N, H, W, Cin), w (Cout, kh, kw, Cin)), as im2col + GEMM.
+inline void gemm_conv_forward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& y) {
     const std::size_t patch = g.patch(), image_rows = std::size_t(y.shape.h) * y.shape.w;
     auto scratch = ctx.arena.mark();
     detail::for_each_slice(ctx, g, y.shape, [&](std::size_t, std::size_t n0, std::size_t n1, float* cols) {
@@ -111,9 +113,9 @@ inline void conv_forward(Context& ctx, const Tensor& x, const float* w, const Co
     ctx.arena.release(scratch);
 }
 
-/// dw += dY^T cols(x); dx = col2im(dY w) unless dx.data is null (the network's input).
-inline void conv_backward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& dy,
-                          float* dw, const Tensor& dx) {
+/// dw += dY^T cols(x); dx = col2im(dY w) unless dx.data is null (the network's input); as GEMMs.
+inline void gemm_conv_backward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& dy,
+                               float* dw, const Tensor& dx) {
     const std::size_t patch = g.patch(), image_rows = std::size_t(dy.shape.h) * dy.shape.w;
     const std::size_t weights = std::size_t(g.out_channels) * patch;
     const std::size_t threads = std::min<std::size_t>(ctx.pool.size(), std::size_t(dy.shape.n));
@@ -143,6 +145,36 @@ inline void conv_backward(Context& ctx, const Tensor& x, const float* w, const C
     for (std::size_t t = 0; t < threads; ++t)
         for (std::size_t i = 0; i < weights; ++i) dw[i] += partial_dw[t * weights + i];
     ctx.arena.release(scratch);
+}
+
+// Which kernels run each direction, by measurement: `tessera_bench --benchmark_filter=CpuConv` times
+// both candidates on the ResNet family's shapes (README, "CPU convolutions"; 2 threads, AVX2):
+//  - forward: oneDNN, except 3x3 convolutions of 32 channels or more, where the GEMM's long K keeps
+//    OpenBLAS at its peak (64->64 at 7x7, batch 128: 3.4 against 5.1 ms); oneDNN wins the narrow
+//    layers (16->16 at 28x28: 4.5 against 8.5 ms), every 1x1 and the 7x7 stem (55 against 186 ms);
+//  - data gradient: oneDNN, which needs no col2im (16->16: 2.8 against about 8 ms);
+//  - filter gradient: oneDNN up to a patch (kh*kw*Cin) of 256, the GEMM above (32->32 3x3: 3.8
+//    against 4.5 ms; 16->16: 6.3 against 3.4 ms the other way).
+inline bool forward_by_gemm(const ConvGeometry& g) { return g.kernel == 3 && g.in_channels >= 32; }
+inline bool filter_gradient_by_gemm(const ConvGeometry& g) { return g.patch() >= 256; }
+
+/// y = conv(x, w).
+inline void conv_forward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& y) {
+    if (forward_by_gemm(g))
+        gemm_conv_forward(ctx, x, w, g, y);
+    else
+        ctx.onednn.at(g, x.shape).forward(ctx.onednn.stream(), x.data, w, y.data);
+}
+
+/// dw += the filter gradient; dx = the data gradient unless dx.data is null (the network's input).
+inline void conv_backward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& dy,
+                          float* dw, const Tensor& dx) {
+    OneDnnConv& conv = ctx.onednn.at(g, x.shape);
+    if (dx.data) conv.backward_data(ctx.onednn.stream(), dy.data, w, dx.data);
+    if (filter_gradient_by_gemm(g))
+        gemm_conv_backward(ctx, x, w, g, dy, dw, Tensor{nullptr, dx.shape, dx.dtype});
+    else
+        conv.backward_weights(ctx.onednn.stream(), x.data, dy.data, dw);
 }
 
 }  // namespace tessera::cpu

@@ -619,6 +619,14 @@ inline void same_type(const Tensor& a, const Tensor& b, const char* op) {
 
 void* Backend::stream(Context& ctx) { return ctx.impl->stream; }
 
+std::string Backend::kernels(Context&) {
+    int device = 0;
+    cudaDeviceProp properties{};
+    if (cudaGetDevice(&device) != cudaSuccess || cudaGetDeviceProperties(&properties, device) != cudaSuccess)
+        return "cudnn " + std::to_string(cudnnGetVersion()) + ", cublas";
+    return "cudnn " + std::to_string(cudnnGetVersion()) + ", cublas on " + properties.name;
+}
+
 void Backend::fill_zero(Context& ctx, float* data, std::size_t count) {
     detail::OpTimer timer(ctx, "fill zero");
     TESSERA_CUDA(cudaMemsetAsync(data, 0, count * sizeof(float), ctx.impl->stream));

@@ -95,6 +95,8 @@ struct Backend {
     using DeviceParams = cuda::DeviceParams;
 
     static void* stream(Context& ctx);
+    /// The kernels this process runs: "cudnn 9.x, cublas on <the device's name>".
+    static std::string kernels(Context& ctx);
     static void fill_zero(Context& ctx, float* data, std::size_t count);
     static void add_scalar(Context& ctx, float* data, float value);
     /// Flat device vectors of n floats: y = a x + b y (y unread when b is 0); y *= a; the sum of
