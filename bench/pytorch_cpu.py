@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """PyTorch's side of bench/cpu_vs_pytorch: the same work as tessera's, on the same CPU.
 
   quickstart  ResNet-20 (projection shortcuts, as tessera's resnet20) on Fashion-MNIST: 2 epochs,

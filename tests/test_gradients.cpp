@@ -119,6 +119,7 @@ TEST(Gradients, Conv1x1Stride2) { check_gradients<Conv<3, 1, 2>, 4>({2, 5, 5, 4}
 TEST(Gradients, Conv7x7Stride2) { check_gradients<Conv<4, 7, 2>, 3>({1, 9, 9, 3}, true); }
 TEST(Gradients, BatchNormTraining) { check_gradients<BatchNorm<>, 5>({3, 4, 3, 5}, true); }
 TEST(Gradients, BatchNormEval) { check_gradients<BatchNorm<>, 5>({3, 4, 3, 5}, false); }
+TEST(Gradients, BatchNormThenReLUFused) { check_gradients<Seq<BatchNorm<>, ReLU>, 5>({3, 4, 3, 5}, true); }
 TEST(Gradients, ReLU) { check_gradients<ReLU, 4>({2, 3, 3, 4}, true); }
 TEST(Gradients, MaxPool) { check_gradients<MaxPool<3, 2>, 3>({2, 7, 7, 3}, true); }
 TEST(Gradients, GlobalAvgPool) { check_gradients<GlobalAvgPool, 6>({3, 4, 5, 6}, true); }
@@ -213,6 +214,46 @@ TEST(Conv, OneDnnAgreesWithTheGemmFormulation) {
         expect_close(y[0], y[1], "forward");
         expect_close(dx[0], dx[1], "data gradient");
         expect_close(dw[0], dw[1], "filter gradient");
+    }
+}
+
+// A BatchNorm followed by a ReLU binds as one layer whose kernels do both in the same passes; an
+// Identity between them keeps them apart. Both must give the same output, input gradient, parameter
+// gradients and running statistics, to the bit, in training and in evaluation.
+static_assert(
+    std::is_same_v<decltype(Seq<BatchNorm<>, ReLU>::bind<4, cpu::Backend>({}).get<1>()), FusedReLULayer<cpu::Backend>&>,
+    "Seq<BatchNorm, ReLU> binds the ReLU into the BatchNorm");
+TEST(Fusion, BatchNormReLUEqualsTheTwoLayers) {
+    for (const bool training : {true, false}) {
+        Bound<Seq<BatchNorm<>, ReLU>, 6> fused;
+        Bound<Seq<BatchNorm<>, Identity, ReLU>, 6> apart;
+        Rng rng(9);
+        fused.layer.init(rng, {});
+        apart.layer.init(rng, {});
+        for (auto* store : {&fused.store, &apart.store}) {
+            Rng same(4);
+            fill_normal(store->values.data(), store->values.size(), same, 0.8);
+            for (std::size_t i = 0; i < store->buffers.size(); ++i) store->buffers[i] = float(0.5 + 0.1 * (i % 7));
+        }
+        const Shape in{4, 5, 3, 6};
+        std::vector<float> x(in.size()), dy(in.size());
+        fill_normal(x.data(), x.size(), rng);
+        fill_normal(dy.data(), dy.size(), rng);
+        cpu::Context a(2), b(2);
+        a.training = b.training = training;
+        const Tensor ya = fused.layer.forward(a, Tensor{x.data(), in}),
+                     yb = apart.layer.forward(b, Tensor{x.data(), in});
+        const Tensor dxa = fused.layer.backward(a, Tensor{dy.data(), in}),
+                     dxb = apart.layer.backward(b, Tensor{dy.data(), in});
+        auto same = [](const float* p, const float* q, std::size_t n) {
+            return std::memcmp(p, q, n * sizeof(float)) == 0;
+        };
+        EXPECT_TRUE(same(ya.data, yb.data, ya.size())) << "forward, training " << training;
+        EXPECT_TRUE(same(dxa.data, dxb.data, dxa.size())) << "input gradient, training " << training;
+        EXPECT_TRUE(same(fused.store.grads.data(), apart.store.grads.data(), fused.store.grads.size()))
+            << "gamma and beta gradients, training " << training;
+        EXPECT_TRUE(same(fused.store.buffers.data(), apart.store.buffers.data(), fused.store.buffers.size()))
+            << "running statistics, training " << training;
     }
 }
 

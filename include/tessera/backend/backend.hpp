@@ -78,6 +78,16 @@ concept LayerBackend = BackendContext<typename B::Context> && VectorKernels<B> &
     typename B::DeviceParams;  // the device copy of a network's buffers (never made without device memory)
 };
 
+/// Optional: BatchNorm followed by ReLU in the same passes over the tensor, y = max(BN(x), 0), and
+/// backward with the ReLU's mask (taken from y) folded in. A BatchNorm whose spec is followed by a
+/// ReLU uses these where the backend has them, and the two kernels one after the other elsewhere.
+template <class B>
+concept FusedBatchNormReLU = requires(typename B::Context& ctx, const Tensor& x, const BatchNormParams& bn,
+                                      BatchNormSaved saved, float* dw) {
+    B::batchnorm_relu_forward(ctx, x, bn, saved, x);
+    B::batchnorm_relu_backward(ctx, x, x, x, bn, saved, dw, dw, x);
+};
+
 /// What training and evaluation compute with (train::Step, Trainer, evaluate): a layer backend
 /// that also takes a batch in and computes its loss.
 template <class B>

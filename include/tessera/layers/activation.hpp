@@ -47,4 +47,35 @@ struct ReLU {
     }
 };
 
+/// A ReLU the layer before it has taken in (a BatchNorm bound as BatchNorm<P, true>): it passes
+/// its input and gradient through, and still describes itself as the ReLU it is, so `runner info`
+/// and every name stay as the architecture is written.
+template <class B>
+class FusedReLULayer {
+public:
+    using Context = typename B::Context;
+    static constexpr bool is_composite = false;
+
+    Shape output_shape(Shape in) const { return in; }
+    Tensor forward(Context&, const Tensor& x) { return x; }
+    Tensor backward(Context&, const Tensor& dy) { return dy; }
+    void visit(ParamVisitor&) {}
+    void init(Rng&, const InitOptions&) {}
+    Shape describe(Describer& d, Shape in) const {
+        d.row("ReLU", in, 0);
+        return in;
+    }
+};
+
+struct FusedReLU {
+    template <int In>
+    static constexpr int out_channels = In;
+    template <int In, long Classes>
+    static constexpr long params = 0;
+    template <int In, class B>
+    static FusedReLULayer<B> bind(const BindOptions&) {
+        return {};
+    }
+};
+
 }  // namespace tessera::layers

@@ -3,6 +3,11 @@
 // 0.1, as torch.nn.BatchNorm2d), running statistics in evaluation. BatchNorm<BlockOutput> marks a
 // residual block's last BN, whose gamma starts at zero when zero_init_residual is asked for, so that
 // each block starts as the identity.
+//
+// A BatchNorm followed by a ReLU in a Seq binds as one layer, BatchNorm<Position, true> (see
+// sequential.hpp): y = max(BN(x), 0) in the same passes over the tensor, and backward with the
+// ReLU's mask folded in, on backends that have the fused kernels (FusedBatchNormReLU).
+#include "tessera/backend/backend.hpp"
 #include "tessera/backend/ops.hpp"
 #include "tessera/layers/layer.hpp"
 
@@ -18,7 +23,8 @@ public:
     static constexpr bool is_composite = false;
     static constexpr float eps = 1e-5f, momentum = 0.1f;
 
-    BatchNormLayer(int channels, BatchNormPosition position) : channels_(channels), position_(position) {}
+    BatchNormLayer(int channels, BatchNormPosition position, bool then_relu = false)
+        : channels_(channels), position_(position), then_relu_(then_relu) {}
 
     Shape output_shape(Shape in) const { return in; }
 
@@ -30,13 +36,30 @@ public:
             saved_ = {ctx.arena.allocate_floats(channels_), ctx.arena.allocate_floats(channels_)};
             B::add_scalar(ctx, num_batches_tracked_, 1.f);
         }
-        B::batchnorm_forward(ctx, x, params(), saved_, y);
+        if (!then_relu_) {
+            B::batchnorm_forward(ctx, x, params(), saved_, y);
+        } else if constexpr (FusedBatchNormReLU<B>) {
+            B::batchnorm_relu_forward(ctx, x, params(), saved_, y);
+        } else {
+            B::batchnorm_forward(ctx, x, params(), saved_, y);
+            B::relu_forward(ctx, y, y);
+        }
+        y_ = y;  // read by backward for the ReLU's mask; the layers after only read it
         return y;
     }
 
     Tensor backward(Context& ctx, const Tensor& dy) {
         Tensor dx = ctx.grads.acquire(x_.shape, x_.dtype);
-        B::batchnorm_backward(ctx, x_, dy, params(), saved_, gamma_grad_, beta_grad_, dx);
+        if (!then_relu_) {
+            B::batchnorm_backward(ctx, x_, dy, params(), saved_, gamma_grad_, beta_grad_, dx);
+        } else if constexpr (FusedBatchNormReLU<B>) {
+            B::batchnorm_relu_backward(ctx, x_, y_, dy, params(), saved_, gamma_grad_, beta_grad_, dx);
+        } else {
+            Tensor masked = ctx.grads.acquire(dy.shape, dy.dtype);
+            B::relu_backward(ctx, y_, dy, masked);
+            B::batchnorm_backward(ctx, x_, masked, params(), saved_, gamma_grad_, beta_grad_, dx);
+            ctx.grads.release(masked);
+        }
         gradients_ready(ctx, gamma_grad_, std::size_t(channels_));
         gradients_ready(ctx, beta_grad_, std::size_t(channels_));
         return dx;
@@ -69,13 +92,14 @@ private:
 
     int channels_;
     BatchNormPosition position_;
+    bool then_relu_;
     float *gamma_ = nullptr, *beta_ = nullptr, *gamma_grad_ = nullptr, *beta_grad_ = nullptr;
     float *running_mean_ = nullptr, *running_var_ = nullptr, *num_batches_tracked_ = nullptr;
     BatchNormSaved saved_{nullptr, nullptr};
-    Tensor x_;
+    Tensor x_, y_;
 };
 
-template <BatchNormPosition Position = BatchNormPosition::inner>
+template <BatchNormPosition Position = BatchNormPosition::inner, bool ThenReLU = false>
 struct BatchNorm {
     template <int In>
     static constexpr int out_channels = In;
@@ -84,8 +108,10 @@ struct BatchNorm {
 
     template <int In, class B>
     static BatchNormLayer<B> bind(const BindOptions&) {
-        return BatchNormLayer<B>(In, Position);
+        return BatchNormLayer<B>(In, Position, ThenReLU);
     }
+    /// What a Seq binds in its place when a ReLU follows (see FusesNextReLU).
+    using with_relu = BatchNorm<Position, true>;
 };
 
 }  // namespace tessera::layers

@@ -163,6 +163,13 @@ concept LayerSpec = requires(const BindOptions& options) {
 }
 &&std::same_as<typename decltype(Spec::template bind<In, B>(BindOptions{}))::Context, typename B::Context>;
 
+/// A spec that can run the ReLU that follows it in the same passes: `with_relu` names the spec that
+/// does both (BatchNorm<P, true> for BatchNorm<P>). Seq binds it in place of the pair.
+template <class Spec>
+concept FusesNextReLU = requires {
+    typename Spec::with_relu;
+};
+
 /// Binds a composite's child. The constraint names a child that misses the spec contract, and the
 /// requirement it misses, at the line that composes it.
 template <class Spec, int In, class B>

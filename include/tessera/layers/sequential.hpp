@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "tessera/layers/activation.hpp"
 #include "tessera/layers/layer.hpp"
 
 namespace tessera::layers {
@@ -92,6 +93,10 @@ struct Chain {
         return {};
     }
 };
+// A spec that can take in the ReLU after it (BatchNorm) is bound as `Spec::with_relu`, and the ReLU
+// as FusedReLU: the architecture stays as written, and the pair runs in the same passes.
+template <int In, FusesNextReLU Spec, class... Rest>
+struct Chain<In, Spec, ReLU, Rest...> : Chain<In, typename Spec::with_relu, FusedReLU, Rest...> {};
 template <int In, class Spec, class... Rest>
 struct Chain<In, Spec, Rest...> {
     static constexpr int next = Spec::template out_channels<In>;
@@ -155,7 +160,19 @@ private:
 };
 
 template <FixedString Name, class Spec>
-struct Named {
+struct Named;
+
+namespace detail {
+template <FixedString Name, class Spec>
+struct NamedFusion {};
+template <FixedString Name, FusesNextReLU Spec>
+struct NamedFusion<Name, Spec> {
+    using with_relu = Named<Name, typename Spec::with_relu>;
+};
+}  // namespace detail
+
+template <FixedString Name, class Spec>
+struct Named : detail::NamedFusion<Name, Spec> {
     template <int In>
     static constexpr int out_channels = Spec::template out_channels<In>;
     template <int In, long Classes>

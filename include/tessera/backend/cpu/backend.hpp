@@ -57,11 +57,21 @@ struct Backend {
     }
     static void batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormParams& p, BatchNormSaved saved,
                                   const Tensor& y) {
-        cpu::batchnorm_forward(ctx, x, p, saved, ctx.training, y);
+        cpu::batchnorm_forward(ctx, x, p, saved, ctx.training, false, y);
     }
     static void batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& dy, const BatchNormParams& p,
                                    BatchNormSaved saved, float* dgamma, float* dbeta, const Tensor& dx) {
-        cpu::batchnorm_backward(ctx, x, dy, p, saved, ctx.training, dgamma, dbeta, dx);
+        cpu::batchnorm_backward(ctx, x, Tensor{}, dy, p, saved, ctx.training, dgamma, dbeta, dx);
+    }
+    /// BatchNorm then ReLU in the same passes (backend.hpp's FusedBatchNormReLU).
+    static void batchnorm_relu_forward(Context& ctx, const Tensor& x, const BatchNormParams& p, BatchNormSaved saved,
+                                       const Tensor& y) {
+        cpu::batchnorm_forward(ctx, x, p, saved, ctx.training, true, y);
+    }
+    static void batchnorm_relu_backward(Context& ctx, const Tensor& x, const Tensor& y, const Tensor& dy,
+                                        const BatchNormParams& p, BatchNormSaved saved, float* dgamma, float* dbeta,
+                                        const Tensor& dx) {
+        cpu::batchnorm_backward(ctx, x, y, dy, p, saved, ctx.training, dgamma, dbeta, dx);
     }
     static void relu_forward(Context& ctx, const Tensor& x, const Tensor& y) { cpu::relu_forward(ctx, x, y); }
     static void relu_backward(Context& ctx, const Tensor& y, const Tensor& dy, const Tensor& dx) {
@@ -101,5 +111,6 @@ struct Backend {
 };
 
 static_assert(tessera::Backend<Backend>, "cpu::Backend lacks a kernel of backend/backend.hpp's checklist");
+static_assert(tessera::FusedBatchNormReLU<Backend>, "cpu::Backend runs BatchNorm and ReLU in the same passes");
 
 }  // namespace tessera::cpu

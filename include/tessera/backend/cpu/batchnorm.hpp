@@ -1,62 +1,69 @@
 #pragma once
-// Batch normalisation over the (N*H*W, C) view of an NHWC tensor.
+// Batch normalisation over the (N*H*W, C) view of an NHWC tensor, optionally followed by a ReLU
+// in the same passes.
 //   training:  y = gamma * (x - mean_B) / sqrt(var_B + eps) + beta, batch statistics, and
 //              running = (1 - momentum) * running + momentum * stat (unbiased variance, as PyTorch)
 //   eval:      the same with the running statistics
 //   backward (training), with xhat = (x - mean) * inv_std and P = N*H*W:
 //              dbeta = sum(dy), dgamma = sum(dy * xhat)
 //              dx = gamma * inv_std / P * (P * dy - dbeta - xhat * dgamma)
+//   with the ReLU: y = max(BN(x), 0), and backward first masks dy where y is 0.
 // x̂ is recomputed from x in backward rather than stored: one tensor less per BN layer.
+//
+// Passes over the tensor, which is what the time goes to: forward reads x twice (the statistics,
+// then y = x * scale + shift, ReLU included) and writes y once; backward reads x and dy twice (the
+// two sums in one pass, then dx) and, fused, y twice for the mask. The statistics are one pass:
+// float sums of (x - K) and (x - K)^2 with K the batch's first pixel (the shifted-data algorithm),
+// which keeps the variance from cancelling in float as sum(x^2) - sum(x)^2 / P would when the mean
+// is large against the spread.
+//
 // Synchronised (ctx.batchnorm_group set, as torch.nn.SyncBatchNorm): the sums over rows, and the
 // row count P, are taken over every rank's batch; dgamma and dbeta stay this rank's sums, which the
 // gradient all-reduce then averages like every other gradient.
-#include <Eigen/Core>
-
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
-#include "tessera/backend/ops.hpp"
 #include "tessera/backend/cpu/context.hpp"
+#include "tessera/backend/ops.hpp"
 #include "tessera/core/tensor.hpp"
 
 namespace tessera::cpu {
-
-using RowArray = Eigen::Map<Eigen::ArrayXf>;
-using ConstRowArray = Eigen::Map<const Eigen::ArrayXf>;
 
 using tessera::BatchNormParams;
 using tessera::BatchNormSaved;
 
 namespace detail {
-// Sums f(row) (a C-vector) over all rows, in double, one partial sum per thread.
-template <class RowTerm>
-Eigen::ArrayXd sum_rows(Context& ctx, std::size_t rows, int channels, RowTerm term) {
-    std::vector<Eigen::ArrayXd> partial(ctx.pool.size(), Eigen::ArrayXd::Zero(channels));
-    ctx.pool.parallel_for(ctx.pool.size(), [&](std::size_t t0, std::size_t t1) {
+
+/// Sums, per channel, two quantities of each row over all rows: add(row, first, second) adds a
+/// row's terms into two float vectors of C, which are flushed into double every 256 rows (exact
+/// enough, and fast). One partial sum per thread, added in thread order: deterministic. Returns
+/// the 2C sums, first then second.
+template <class AddRow>
+std::vector<double> sum_rows(Context& ctx, std::size_t rows, int channels, AddRow add) {
+    const std::size_t c = std::size_t(channels), threads = ctx.pool.size();
+    std::vector<double> partial(threads * 2 * c, 0.0);
+    ctx.pool.parallel_for(threads, [&](std::size_t t0, std::size_t t1) {
+        std::vector<float> acc(2 * c);
         for (std::size_t t = t0; t < t1; ++t) {
-            const std::size_t begin = rows * t / ctx.pool.size(), end = rows * (t + 1) / ctx.pool.size();
-            Eigen::ArrayXf acc = Eigen::ArrayXf::Zero(channels);
-            std::size_t since_flush = 0;
-            for (std::size_t r = begin; r < end; ++r) {
-                acc += term(r);
-                // Flush float partials into double every 256 rows: exact enough, and fast.
-                if (++since_flush == 256) {
-                    partial[t] += acc.cast<double>();
-                    acc.setZero();
-                    since_flush = 0;
-                }
+            double* out = partial.data() + t * 2 * c;
+            const std::size_t begin = rows * t / threads, end = rows * (t + 1) / threads;
+            for (std::size_t block = begin; block < end; block += 256) {
+                std::fill(acc.begin(), acc.end(), 0.f);
+                for (std::size_t r = block; r < std::min(end, block + 256); ++r) add(r, acc.data(), acc.data() + c);
+                for (std::size_t i = 0; i < 2 * c; ++i) out[i] += acc[i];
             }
-            partial[t] += acc.cast<double>();
         }
     });
-    Eigen::ArrayXd total = Eigen::ArrayXd::Zero(channels);
-    for (auto& p : partial) total += p;
+    std::vector<double> total(2 * c, 0.0);
+    for (std::size_t t = 0; t < threads; ++t)
+        for (std::size_t i = 0; i < 2 * c; ++i) total[i] += partial[t * 2 * c + i];
     return total;
 }
 
 // Sums over the group's ranks, in place (nothing without a group).
-inline void sum_over_group(parallel::Communicator* group, Eigen::ArrayXd& sums) {
-    if (group) group->all_reduce_sum(sums.data(), std::size_t(sums.size()));
+inline void sum_over_group(parallel::Communicator* group, std::vector<double>& sums) {
+    if (group) group->all_reduce_sum(sums.data(), sums.size());
 }
 
 // The rows of the batch across the group.
@@ -65,88 +72,145 @@ inline double group_rows(parallel::Communicator* group, std::size_t rows) {
     if (group) group->all_reduce_sum(&total, 1);
     return total;
 }
-}  // namespace detail
 
-/// y = BN(x), both (N, H, W, C). In training, fills `saved` and updates the running statistics.
-inline void batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormParams& p, BatchNormSaved saved,
-                              bool training, const Tensor& y) {
-    const int c = x.shape.c;
-    const std::size_t rows = x.shape.pixels();
-    Eigen::ArrayXf mean(c), inv_std(c);
-    if (training) {
-        auto row = [&](std::size_t r) { return ConstRowArray(x.row(r), c); };
-        const double total_rows = detail::group_rows(ctx.batchnorm_group, rows);
-        Eigen::ArrayXd sum = detail::sum_rows(ctx, rows, c, row);
-        detail::sum_over_group(ctx.batchnorm_group, sum);
-        const Eigen::ArrayXd mean_d = sum / total_rows;
-        Eigen::ArrayXf mean_f = mean_d.cast<float>();
-        Eigen::ArrayXd squares =
-            detail::sum_rows(ctx, rows, c, [&](std::size_t r) { return (row(r) - mean_f).square().eval(); });
-        detail::sum_over_group(ctx.batchnorm_group, squares);
-        const Eigen::ArrayXd var_d = squares / total_rows;
-        mean = mean_f;
-        inv_std = (var_d + p.eps).rsqrt().cast<float>();
-        const double unbiased = total_rows > 1 ? total_rows / (total_rows - 1) : 1.0;
-        RowArray running_mean(p.running_mean, c), running_var(p.running_var, c);
-        running_mean = (1 - p.momentum) * running_mean + p.momentum * mean_d.cast<float>();
-        running_var = (1 - p.momentum) * running_var + p.momentum * (var_d * unbiased).cast<float>();
-        RowArray(saved.mean, c) = mean;
-        RowArray(saved.inv_std, c) = inv_std;
-    } else {
-        mean = ConstRowArray(p.running_mean, c);
-        inv_std = (ConstRowArray(p.running_var, c) + p.eps).rsqrt();
-    }
-    const Eigen::ArrayXf scale = ConstRowArray(p.gamma, c) * inv_std;
-    const Eigen::ArrayXf shift = ConstRowArray(p.beta, c) - mean * scale;
+/// y = x * scale + shift per channel, then max(y, 0) when `relu`.
+inline void apply(Context& ctx, const Tensor& x, const std::vector<float>& scale_v, const std::vector<float>& shift_v,
+                  bool relu, const Tensor& y) {
+    const std::size_t c = std::size_t(x.shape.c);
+    const float* __restrict scale = scale_v.data();
+    const float* __restrict shift = shift_v.data();
+    const float* __restrict in = x.data;
+    float* __restrict out = y.data;
     ctx.pool.parallel_for(
-        rows,
-        [&](std::size_t begin, std::size_t end) {
-            for (std::size_t r = begin; r < end; ++r)
-                RowArray(y.row(r), c) = ConstRowArray(x.row(r), c) * scale + shift;
+        x.shape.pixels(),
+        [=](std::size_t begin, std::size_t end) {
+            for (std::size_t r = begin; r < end; ++r) {
+                const float* __restrict xr = in + r * c;
+                float* __restrict yr = out + r * c;
+                if (relu)
+                    for (std::size_t j = 0; j < c; ++j) yr[j] = std::max(xr[j] * scale[j] + shift[j], 0.f);
+                else
+                    for (std::size_t j = 0; j < c; ++j) yr[j] = xr[j] * scale[j] + shift[j];
+            }
         },
         256);
 }
 
-/// dx from dy (N, H, W, C); dgamma and dbeta are accumulated (+=).
-inline void batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& dy, const BatchNormParams& p,
-                               BatchNormSaved saved, bool training, float* dgamma, float* dbeta, const Tensor& dx) {
-    const int c = x.shape.c;
-    const std::size_t rows = x.shape.pixels();
-    Eigen::ArrayXf mean(c), inv_std(c);
+}  // namespace detail
+
+/// y = BN(x) (then ReLU when `relu`), both (N, H, W, C). In training, fills `saved` and updates the
+/// running statistics.
+inline void batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormParams& p, BatchNormSaved saved,
+                              bool training, bool relu, const Tensor& y) {
+    const std::size_t c = std::size_t(x.shape.c), rows = x.shape.pixels();
+    std::vector<float> mean(c), inv_std(c);
     if (training) {
-        mean = ConstRowArray(saved.mean, c);
-        inv_std = ConstRowArray(saved.inv_std, c);
+        const std::vector<float> k(x.data, x.data + c);  // the shift K: the batch's first pixel
+        const float* __restrict shift = k.data();
+        const float* __restrict in = x.data;
+        std::vector<double> sums = detail::sum_rows(ctx, rows, int(c), [=](std::size_t r, float* s, float* s2) {
+            const float* __restrict xr = in + r * c;
+            for (std::size_t j = 0; j < c; ++j) {
+                const float d = xr[j] - shift[j];
+                s[j] += d;
+                s2[j] += d * d;
+            }
+        });
+        // The shifted sums as sums of x and x^2, in double, where the cancellation of the variance
+        // costs nothing that matters; each rank's shift is its own, and these add up across ranks.
+        for (std::size_t j = 0; j < c; ++j) {
+            const double kj = k[j], s1 = sums[j], s2 = sums[c + j];
+            sums[j] = s1 + double(rows) * kj;
+            sums[c + j] = s2 + 2 * kj * s1 + double(rows) * kj * kj;
+        }
+        detail::sum_over_group(ctx.batchnorm_group, sums);
+        const double total_rows = detail::group_rows(ctx.batchnorm_group, rows);
+        const double unbiased = total_rows > 1 ? total_rows / (total_rows - 1) : 1.0;
+        for (std::size_t j = 0; j < c; ++j) {
+            const double m = sums[j] / total_rows;
+            const double var = std::max(0.0, sums[c + j] / total_rows - m * m);  // biased
+            mean[j] = float(m);
+            inv_std[j] = float(1.0 / std::sqrt(var + p.eps));
+            p.running_mean[j] = (1 - p.momentum) * p.running_mean[j] + p.momentum * float(m);
+            p.running_var[j] = (1 - p.momentum) * p.running_var[j] + p.momentum * float(var * unbiased);
+            saved.mean[j] = mean[j];
+            saved.inv_std[j] = inv_std[j];
+        }
     } else {
-        mean = ConstRowArray(p.running_mean, c);
-        inv_std = (ConstRowArray(p.running_var, c) + p.eps).rsqrt();
+        for (std::size_t j = 0; j < c; ++j) {
+            mean[j] = p.running_mean[j];
+            inv_std[j] = 1.f / std::sqrt(p.running_var[j] + p.eps);
+        }
     }
-    auto grad = [&](std::size_t r) { return ConstRowArray(dy.row(r), c); };
-    auto xhat = [&](std::size_t r) { return (ConstRowArray(x.row(r), c) - mean) * inv_std; };
-    Eigen::ArrayXd sums(2 * c);  // sum(dy), then sum(dy * xhat)
-    sums.head(c) = detail::sum_rows(ctx, rows, c, grad);
-    sums.tail(c) = detail::sum_rows(ctx, rows, c, [&](std::size_t r) { return (grad(r) * xhat(r)).eval(); });
-    RowArray(dbeta, c) += sums.head(c).cast<float>();
-    RowArray(dgamma, c) += sums.tail(c).cast<float>();
+    std::vector<float> scale(c), shift(c);
+    for (std::size_t j = 0; j < c; ++j) {
+        scale[j] = p.gamma[j] * inv_std[j];
+        shift[j] = p.beta[j] - mean[j] * scale[j];
+    }
+    detail::apply(ctx, x, scale, shift, relu, y);
+}
+
+/// dx from dy (N, H, W, C); dgamma and dbeta are accumulated (+=). With `y` (the forward's output
+/// after its ReLU) set, dy is first masked where y is 0: the ReLU's backward, folded in.
+inline void batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& y, const Tensor& dy,
+                               const BatchNormParams& p, BatchNormSaved saved, bool training, float* dgamma,
+                               float* dbeta, const Tensor& dx) {
+    const std::size_t c = std::size_t(x.shape.c), rows = x.shape.pixels();
+    std::vector<float> mean(c), inv_std(c);
+    for (std::size_t j = 0; j < c; ++j) {
+        mean[j] = training ? saved.mean[j] : p.running_mean[j];
+        inv_std[j] = training ? saved.inv_std[j] : 1.f / std::sqrt(p.running_var[j] + p.eps);
+    }
+    const float* __restrict m = mean.data();
+    const float* __restrict is = inv_std.data();
+    const float* __restrict in = x.data;
+    const float* __restrict out = y.data;  // null: no ReLU to fold in
+    const float* __restrict grad = dy.data;
+    // sum(dy), then sum(dy * xhat), dy masked by the ReLU.
+    std::vector<double> sums = detail::sum_rows(ctx, rows, int(c), [=](std::size_t r, float* s, float* s2) {
+        const float* __restrict xr = in + r * c;
+        const float* __restrict gr = grad + r * c;
+        const float* __restrict yr = out ? out + r * c : nullptr;
+        for (std::size_t j = 0; j < c; ++j) {
+            const float g = yr ? (yr[j] > 0.f ? gr[j] : 0.f) : gr[j];
+            s[j] += g;
+            s2[j] += g * ((xr[j] - m[j]) * is[j]);
+        }
+    });
+    for (std::size_t j = 0; j < c; ++j) {
+        dbeta[j] += float(sums[j]);
+        dgamma[j] += float(sums[c + j]);
+    }
     if (!dx.data) return;
-    const Eigen::ArrayXf scale = ConstRowArray(p.gamma, c) * inv_std;
-    if (!training) {
-        ctx.pool.parallel_for(
-            rows,
-            [&](std::size_t begin, std::size_t end) {
-                for (std::size_t r = begin; r < end; ++r) RowArray(dx.row(r), c) = grad(r) * scale;
-            },
-            256);
-        return;
+    std::vector<float> scale(c), mean_dy(c, 0.f), mean_dy_xhat(c, 0.f);
+    for (std::size_t j = 0; j < c; ++j) scale[j] = p.gamma[j] * inv_std[j];
+    if (training) {
+        detail::sum_over_group(ctx.batchnorm_group, sums);
+        const double total_rows = detail::group_rows(ctx.batchnorm_group, rows);
+        for (std::size_t j = 0; j < c; ++j) {
+            mean_dy[j] = float(sums[j] / total_rows);
+            mean_dy_xhat[j] = float(sums[c + j] / total_rows);
+        }
     }
-    detail::sum_over_group(ctx.batchnorm_group, sums);
-    const double total_rows = detail::group_rows(ctx.batchnorm_group, rows);
-    const Eigen::ArrayXf mean_dy = (sums.head(c) / total_rows).cast<float>();
-    const Eigen::ArrayXf mean_dy_xhat = (sums.tail(c) / total_rows).cast<float>();
+    // Eval mode: the statistics are constants, and dx = scale * dy (the means stay 0).
+    const float* __restrict sc = scale.data();
+    const float* __restrict mdy = mean_dy.data();
+    const float* __restrict mdyx = mean_dy_xhat.data();
+    float* __restrict result = dx.data;
     ctx.pool.parallel_for(
         rows,
-        [&](std::size_t begin, std::size_t end) {
-            for (std::size_t r = begin; r < end; ++r)
-                RowArray(dx.row(r), c) = scale * (grad(r) - mean_dy - xhat(r) * mean_dy_xhat);
+        [=](std::size_t begin, std::size_t end) {
+            for (std::size_t r = begin; r < end; ++r) {
+                const float* __restrict xr = in + r * c;
+                const float* __restrict gr = grad + r * c;
+                const float* __restrict yr = out ? out + r * c : nullptr;
+                float* __restrict dxr = result + r * c;
+                for (std::size_t j = 0; j < c; ++j) {
+                    const float g = yr ? (yr[j] > 0.f ? gr[j] : 0.f) : gr[j];
+                    const float xhat = (xr[j] - m[j]) * is[j];
+                    dxr[j] = sc[j] * (g - mdy[j] - xhat * mdyx[j]);
+                }
+            }
         },
         256);
 }

@@ -26,9 +26,9 @@ public:
 
     OneDnnConv(const dnnl::engine& engine, const ConvGeometry& g, Shape x) : engine_(engine) {
         const Shape y = g.output_shape(x);
-        const dnnl::memory::dims src{dim(x.n), dim(x.c), dim(x.h), dim(x.w)}, dst{dim(y.n), dim(y.c), dim(y.h), dim(y.w)},
-            weights{g.out_channels, g.in_channels, g.kernel, g.kernel}, strides{g.stride, g.stride},
-            padding{g.pad, g.pad};
+        const dnnl::memory::dims src{dim(x.n), dim(x.c), dim(x.h), dim(x.w)},
+            dst{dim(y.n), dim(y.c), dim(y.h), dim(y.w)}, weights{g.out_channels, g.in_channels, g.kernel, g.kernel},
+            strides{g.stride, g.stride}, padding{g.pad, g.pad};
         src_ = {src, dt::f32, tag::nhwc};
         dst_ = {dst, dt::f32, tag::nhwc};
         user_weights_ = {weights, dt::f32, tag::ohwi};
@@ -60,11 +60,11 @@ public:
         dnnl::post_ops sum;
         sum.append_sum(1.f);
         accumulate.set_post_ops(sum);
-        add_gradient_ = dnnl::reorder(dnnl::reorder::primitive_desc(engine, weights_gradient_.get_desc(), engine,
-                                                                     user_weights_, accumulate));
-        const std::size_t scratch = std::max({forward.scratchpad_desc().get_size(),
-                                              backward_data.scratchpad_desc().get_size(),
-                                              backward_weights.scratchpad_desc().get_size()});
+        add_gradient_ = dnnl::reorder(
+            dnnl::reorder::primitive_desc(engine, weights_gradient_.get_desc(), engine, user_weights_, accumulate));
+        const std::size_t scratch =
+            std::max({forward.scratchpad_desc().get_size(), backward_data.scratchpad_desc().get_size(),
+                      backward_weights.scratchpad_desc().get_size()});
         scratchpad_ = dnnl::memory({{dnnl::memory::dim(scratch)}, dt::u8, tag::x}, engine);
     }
 
@@ -152,8 +152,7 @@ public:
 private:
     dnnl::engine engine_{dnnl::engine::kind::cpu, 0};
     dnnl::stream stream_{engine_};
-    std::map<std::tuple<int, int, int, int, int, int, int, int>, std::unique_ptr<OneDnnConv>>
-        convs_;
+    std::map<std::tuple<int, int, int, int, int, int, int, int>, std::unique_ptr<OneDnnConv>> convs_;
 };
 
 }  // namespace tessera::cpu
