@@ -2,7 +2,7 @@
 // torch-lr-finder): the rate grows exponentially from --start to --end over --iters steps of the
 // recipe's training, the loss is smoothed (exponential moving average, bias-corrected), the test
 // stops once the smoothed loss exceeds 5 times its best, and the suggestion is the rate where the
-// smoothed loss falls fastest. Writes lr_find.csv and lr_find.svg to the run folder; the model's
+// smoothed loss falls fastest before its lowest point. Writes lr_find.csv and lr_find.svg to the run folder; the model's
 // weights are neither saved nor changed on disk.
 #include <algorithm>
 #include <cmath>
@@ -27,13 +27,19 @@ struct Point {
 };
 
 /// Index of the steepest descent of the smoothed loss against log(lr), leaving out the first 10
-/// and last 5 points as torch-lr-finder does (fewer when the test was short).
+/// and last 5 points as torch-lr-finder does (fewer when the test was short), and every point past
+/// the smoothed loss's lowest: beyond it training is diverging, and a descent there is the model
+/// recovering from a blow-up, not a rate it trains at (on the quick start, a recovery at 2.1 once
+/// tied the true descent at 0.13 to two digits, so the build's rounding chose between them).
 std::size_t steepest(const std::vector<Point>& p) {
     const std::size_t skip_start = std::min<std::size_t>(10, p.size() / 4),
                       skip_end = std::min<std::size_t>(5, p.size() / 4);
-    std::size_t best = skip_start;
+    const auto lowest =
+        std::min_element(p.begin(), p.end(), [](const Point& a, const Point& b) { return a.smoothed < b.smoothed; });
+    const std::size_t last = std::min(std::size_t(lowest - p.begin()), p.size() - 1 - skip_end);
+    std::size_t best = std::min(skip_start, last);
     double slope_min = INFINITY;
-    for (std::size_t i = skip_start + 1; i + skip_end < p.size(); ++i) {
+    for (std::size_t i = skip_start + 1; i <= last; ++i) {
         const double slope = (p[i].smoothed - p[i - 1].smoothed) / (std::log(p[i].lr) - std::log(p[i - 1].lr));
         if (slope < slope_min) slope_min = slope, best = i;
     }
