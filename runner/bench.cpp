@@ -182,6 +182,7 @@ int bench(const std::vector<std::string>& raw) {
         // --inference: the forward pass alone in eval mode, as `runner predict`, `eval` and a server run it.
         const bool inference = args.flag("inference");
         const train::Normalization normalization(data->info());
+        if (inference) ctx->training = false;
 
         double timed = 0;
         std::size_t peak = 0;  // on a GPU: the most device memory in use after any step
@@ -190,7 +191,6 @@ int bench(const std::vector<std::string>& raw) {
             data->next(images);
             const auto t0 = std::chrono::steady_clock::now();
             if (inference) {
-                ctx->training = false;
                 ctx->arena.reset();
                 net->forward(*ctx, normalization.input<B>(*ctx, images));
             } else {

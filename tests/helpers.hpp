@@ -3,7 +3,9 @@
 // runner binary, temporary folders.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <fstream>
 #include <iterator>
 #include <cstdio>
@@ -87,6 +89,16 @@ inline std::string read_file(const fs::path& file) {
 int exit_code_in_child(std::size_t headroom, const std::function<int()>& body);
 
 std::vector<float> checkpoint_values(const fs::path& file, const std::string& arch = "resnet20", int classes = 4);
+
+/// max |a - b| over max |b|: how far apart two tensors are, relative to their scale.
+inline double distance(const std::vector<float>& a, const std::vector<float>& b) {
+    double worst = 0, scale = 1e-30;
+    for (std::size_t i = 0; i < b.size(); ++i) {
+        worst = std::max(worst, double(std::abs(a[i] - b[i])));
+        scale = std::max(scale, double(std::abs(b[i])));
+    }
+    return worst / scale;
+}
 
 inline void fill_normal(float* data, std::size_t n, Rng& rng, double scale = 1.0) {
     for (std::size_t i = 0; i < n; ++i) data[i] = float(rng.normal() * scale);

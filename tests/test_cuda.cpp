@@ -91,16 +91,6 @@ std::vector<float> to_host(const Tensor& t) {
     return host;
 }
 
-// max |a - b| over max |b|: how far apart two tensors are, relative to their scale.
-double distance(const std::vector<float>& a, const std::vector<float>& b) {
-    double worst = 0, scale = 1e-30;
-    for (std::size_t i = 0; i < b.size(); ++i) {
-        worst = std::max(worst, double(std::abs(a[i] - b[i])));
-        scale = std::max(scale, double(std::abs(b[i])));
-    }
-    return worst / scale;
-}
-
 // One layer on both backends from the same weights and inputs: output, input gradient, parameter
 // gradients and running statistics. `dtype`: the GPU's activations (bf16 and fp16 compute with fp32
 // weights, as in training).

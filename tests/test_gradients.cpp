@@ -207,13 +207,8 @@ TEST(Conv, OneDnnAgreesWithTheGemmFormulation) {
             }
         }
         auto expect_close = [&](const std::vector<float>& ours, const std::vector<float>& gemm, const char* what) {
-            double largest = 0, worst = 0;
-            for (std::size_t i = 0; i < gemm.size(); ++i) {
-                largest = std::max(largest, double(std::abs(gemm[i])));
-                worst = std::max(worst, double(std::abs(ours[i] - gemm[i])));
-            }
-            EXPECT_LE(worst, 1e-5 * largest) << what << " of " << c.in << "->" << c.out << " k" << c.kernel << " s"
-                                             << c.stride << " at " << c.size << "x" << c.size;
+            EXPECT_LE(distance(ours, gemm), 1e-5) << what << " of " << c.in << "->" << c.out << " k" << c.kernel << " s"
+                                                  << c.stride << " at " << c.size << "x" << c.size;
         };
         expect_close(y[0], y[1], "forward");
         expect_close(dx[0], dx[1], "data gradient");
