@@ -18,6 +18,8 @@ constexpr const char* usage =
        runner predict --checkpoint PATH [--arch A] [--labels FILE|imagenet] [--topk 5] [--image-size 224]
                       [--resize 256] [--json] IMAGE...
        runner lr-find RECIPE [--start 1e-7] [--end 10] [--iters 100] [--set …] [--json]
+       runner parity RECIPE [--steps 50] [--every 10] [--check-steps 50] [--loss-tol 1e-4] [--weight-tol 1e-3]
+                     [--eval] [--out DIR] [--keep] [--threads T] [--set …] [--json]
        runner info ARCH [--num-classes N] [--image-size S] [--in-channels C]
        runner plugins
        runner bench --arch A --batch B --image-size S [--device cpu|cuda] [--precision fp32|tf32|bf16|fp16]
@@ -28,7 +30,7 @@ constexpr const char* usage =
        runner prepare-val VAL_DIR LABELS [--synsets FILE] [--dry-run]
 
 Recipes: see recipes/quickstart.toml and the README. Exit codes: 0 done, 2 a mistake in what was
-given (the message says what to change), 1 an internal error.
+given (the message says what to change), 1 an internal error, 3 runner parity's two sides parted.
 )";
 
 }  // namespace
@@ -51,6 +53,7 @@ int main(int argc, char** argv) {
         if (verb == "eval") return tessera::runner::eval(rest);
         if (verb == "predict") return tessera::runner::predict(rest);
         if (verb == "lr-find") return tessera::runner::lr_find(rest);
+        if (verb == "parity") return tessera::runner::parity(rest);
         if (verb == "prepare-val") return tessera::runner::prepare_val(rest);
         if (verb.size() > 5 && verb.substr(verb.size() - 5) == ".toml") return tessera::runner::train(args);
         std::fprintf(stderr, "error: unknown command '%s'\n\n%s", verb.c_str(), usage);

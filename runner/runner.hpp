@@ -105,6 +105,7 @@ int prepare(const std::vector<std::string>& args);
 int eval(const std::vector<std::string>& args);
 int predict(const std::vector<std::string>& args);
 int lr_find(const std::vector<std::string>& args);
+int parity(const std::vector<std::string>& args);
 int prepare_val(const std::vector<std::string>& args);
 
 /// Threads from --threads, else TESSERA_NUM_THREADS, else every core.

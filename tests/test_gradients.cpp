@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "../runner/runner.hpp"
 #include "helpers.hpp"
 #include "tessera/backend/cpu/loss.hpp"
 #include "tessera/models/resnet.hpp"
@@ -296,6 +297,49 @@ TEST(Determinism, ResultsIgnoreWhereTheParameterBuffersSit) {
             << "running statistics differ with the buffers " << offset << " floats further on";
     }
     b.store.point(b.layer, b.store.host());
+}
+
+}  // namespace
+}  // namespace tessera::test
+
+namespace tessera::test {
+namespace {
+
+// A step's gradients are a function of the weights and the batch alone: nothing the step before
+// left behind may enter them. The gradients of one batch after a step on another (an SGD update in
+// between) must equal, to the bit, those of the same batch and weights in a fresh network.
+TEST(Determinism, AStepsGradientsDoNotDependOnTheStepBefore) {
+    const Shape in{16, 16, 16, 3};
+    auto net = runner::make_cpu_network("resnet20", 10, 3), fresh = runner::make_cpu_network("resnet20", 10, 3);
+    net->init(3, {});
+    Rng rng(5);
+    std::vector<float> before(in.size()), x(in.size());
+    for (auto* v : {&before, &x}) fill_normal(v->data(), v->size(), rng);
+    std::vector<std::int32_t> labels(16);
+    for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = std::int32_t(i % 10);
+    auto gradients = [&](models::Network<cpu::Backend>& n, cpu::Context& ctx, std::vector<float>& input) {
+        ctx.arena.reset();
+        ctx.grads.reset();
+        ctx.training = true;
+        n.zero_grad(ctx);
+        const Tensor logits = n.forward(ctx, Tensor{input.data(), in});
+        const Tensor dlogits = ctx.arena.tensor(logits.shape);
+        cpu::softmax_cross_entropy(logits, labels.data(), 0.f, dlogits.data);
+        n.backward(ctx, dlogits);
+        return n.params().grads;
+    };
+    cpu::Context used(2), clean(2);
+    const std::vector<float> g = gradients(*net, used, before);
+    for (std::size_t i = 0; i < g.size(); ++i) net->params().values[i] -= 0.05f * g[i];
+    fresh->params().values = net->params().values;
+    fresh->params().buffers = net->params().buffers;
+    const std::vector<float> again = gradients(*net, used, x), reference = gradients(*fresh, clean, x);
+    std::size_t first = 0;
+    while (first < again.size() && again[first] == reference[first]) ++first;
+    std::string where = "none";
+    for (auto& e : net->params().params)
+        if (first >= e.offset && first < e.offset + e.size) where = e.name;
+    EXPECT_EQ(first, again.size()) << "the gradients differ after a step on another batch, first in " << where;
 }
 
 }  // namespace

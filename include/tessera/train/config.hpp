@@ -30,6 +30,9 @@ struct StepConfig {
     // Called with each step's gradients (averaged over the ranks) before they are checked and used:
     // for fault injection in tests, and for debugging. On a GPU they are device memory.
     std::function<void(std::int64_t step, float* grads, std::size_t count)> on_gradients;
+    // Called with each batch as the network is about to see it, after mixup or cutmix, and how it
+    // was mixed: `runner parity` records what tessera trained on, for PyTorch to train on the same.
+    std::function<void(const plugin::Batch& batch, const Mixing& mixing)> on_batch;
 };
 
 struct TrainConfig : StepConfig {

@@ -155,6 +155,7 @@ private:
         ctx_.grads.reset();
         ctx_.training = true;
         const Mixing mixing = mix ? mix_batch(batch, config_.mix, mixing_rng) : Mixing{};
+        if (config_.on_batch) config_.on_batch(batch, mixing);
         const Tensor logits = net_.forward(ctx_, normalization_.input<B>(ctx_, batch));
         const Tensor dlogits = ctx_.arena.tensor(logits.shape);
         // Each batch's share of the step's loss, times the loss scale (fp16).
