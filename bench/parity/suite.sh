@@ -4,7 +4,7 @@
 #   - the quick start's first 50 steps against PyTorch in fp32 and in fp64 (the run without rounding);
 #   - each shipped ImageNet recipe's optimizer and schedule, 200 steps on synthetic 32 px data
 #     (batch 32; the epochs shortened so that the 200 steps cover the whole schedule).
-#   bench/parity/suite.sh [BUILD_DIR] [OUT_DIR]     (about 40 minutes on two cores)
+#   bench/parity/suite.sh [BUILD_DIR] [OUT_DIR]     (about an hour on two cores)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
@@ -19,16 +19,16 @@ run() {  # name, then runner parity's arguments
 run quickstart_50 recipes/quickstart.toml --steps 50
 for seed in 1 2 3; do
   run quickstart_epoch_seed$seed recipes/quickstart.toml --set train.epochs=1 --set run.seed=$seed --steps 468 \
-    --every 26 --eval --no-fp64
+    --every 26 --eval
 done
 synthetic='data={plugin="synthetic", image_size=32, batch_size=32, num_classes=100, train_size=160, val_size=64}'
 cpu=(--set train.device=cpu --set model.precision=fp32)
 # 160 images of batch 32: 5 steps an epoch. 40 epochs = 200 steps; the warm-ups keep their epochs.
 run resnet50_imagenet recipes/resnet50_imagenet.toml --set "$synthetic" "${cpu[@]}" --set train.epochs=40 \
-  --steps 200 --every 50 --no-fp64
+  --steps 200 --every 50
 run resnet50_imagenet_tuned recipes/resnet50_imagenet_tuned.toml --set "$synthetic" "${cpu[@]}" --set train.epochs=40 \
-  --steps 200 --every 50 --no-fp64
+  --steps 200 --every 50
 run resnet50_imagenet_lars recipes/resnet50_imagenet_lars.toml --set "$synthetic" "${cpu[@]}" --set train.epochs=40 \
-  --set scheduler.decay_epochs=40 --steps 200 --every 50 --no-fp64
+  --set scheduler.decay_epochs=40 --steps 200 --every 50
 echo "== summary"
 for f in "$out"/*/parity.json; do echo "$(basename "$(dirname "$f")"): $(cat "$f")"; done

@@ -228,9 +228,9 @@ def main():
     os.makedirs(out, exist_ok=True)
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
-    if spec["precision"] == "fp32" and device.type == "cuda":  # tessera's fp32 on a GPU is true fp32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    if device.type == "cuda":  # tessera's fp32 on a GPU is true fp32; its tf32, TF32 convolutions and matmuls
+        torch.backends.cuda.matmul.allow_tf32 = spec["precision"] == "tf32"
+        torch.backends.cudnn.allow_tf32 = spec["precision"] == "tf32"
     bf16 = spec["precision"] == "bf16" and not fp64
 
     n, h, w, c = spec["batch_size"], spec["height"], spec["width"], spec["channels"]
