@@ -19,7 +19,7 @@ constexpr const char* usage =
                       [--resize 256] [--json] IMAGE...
        runner lr-find RECIPE [--start 1e-7] [--end 10] [--iters 100] [--set …] [--json]
        runner parity RECIPE [--steps 50] [--every 10] [--check-steps 50] [--loss-tol 1e-4] [--weight-tol 1e-3]
-                     [--eval] [--no-fp64] [--out DIR] [--keep] [--threads T] [--set …] [--json]
+                     [--mean-tol 0.02] [--eval] [--no-fp64] [--out DIR] [--keep] [--threads T] [--set …] [--json]
        runner info ARCH [--num-classes N] [--image-size S] [--in-channels C]
        runner plugins
        runner bench --arch A --batch B --image-size S [--device cpu|cuda] [--precision fp32|tf32|bf16|fp16]
