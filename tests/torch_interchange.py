@@ -15,44 +15,15 @@ length, JSON header, tensors sorted by dtype alignment then name, as save_file d
 safetensors package is not in Debian 12.
 """
 import json
-import struct
+import os
 import sys
 
 import torch
 import torchvision
 
-DTYPES = {torch.float32: "F32", torch.int64: "I64"}
-TORCH = {"F32": torch.float32, "I64": torch.int64}
-
-
-def save_file(tensors, path):
-    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
-    header, offset, blobs = {}, 0, []
-    for name in order:
-        t = tensors[name].contiguous()
-        data = t.numpy().tobytes()
-        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
-
-
-def load_file(path):
-    with open(path, "rb") as f:
-        blob = f.read()
-    (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8 : 8 + n])
-    data = blob[8 + n :]
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        out[name] = torch.frombuffer(bytearray(data[begin:end]), dtype=TORCH[info["dtype"]]).reshape(info["shape"])
-    return out
+# safetensors by the format's definition: runner parity's PyTorch side has the reader and writer.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "parity"))
+from torch_side import load_file, save_file  # noqa: E402
 
 
 def main():
