@@ -303,10 +303,10 @@ void write_report(const fs::path& dir, const recipe::RunSpec& spec, const Side& 
     svg << report::svg_chart("step; training loss, " + spec.arch() + ", " + spec.recipe.file.filename().string(),
                              {loss_series(ours, "tessera", "#1f77b4"), loss_series(theirs, torch, "#d62728")})
         << "\n";
-    std::vector<report::Series> weights{{"tessera vs " + torch, "#1f77b4", {}, {}}};
+    std::vector<report::Series> weights{{"tessera vs PyTorch", "#1f77b4", {}, {}}};
     if (!truth.empty()) {
-        weights.push_back({"tessera vs PyTorch fp64", "#2ca02c", {}, {}});
-        weights.push_back({torch + " vs PyTorch fp64", "#d62728", {}, {}});
+        weights.push_back({"tessera vs fp64", "#2ca02c", {}, {}});
+        weights.push_back({"PyTorch vs fp64", "#d62728", {}, {}});
     }
     for (auto& s : snapshots) {
         const double y[3] = {s.ours.weights, s.ours_exact.weights, s.theirs_exact.weights};
