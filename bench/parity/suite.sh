@@ -24,11 +24,13 @@ done
 synthetic='data={plugin="synthetic", image_size=32, batch_size=32, num_classes=100, train_size=160, val_size=64}'
 cpu=(--set train.device=cpu --set model.precision=fp32)
 # 160 images of batch 32: 5 steps an epoch. 40 epochs = 200 steps; the warm-ups keep their epochs.
+# The rates scaled to the batch of 32 by the linear rule (the tuned recipe does so itself, scale_lr):
+# at the rates of batches of 256 and 3,264 the runs blow up, and then compare nothing.
 run resnet50_imagenet recipes/resnet50_imagenet.toml --set "$synthetic" "${cpu[@]}" --set train.epochs=40 \
-  --steps 200 --every 50
+  --set scheduler.max_lr=0.021875 --steps 200 --every 50
 run resnet50_imagenet_tuned recipes/resnet50_imagenet_tuned.toml --set "$synthetic" "${cpu[@]}" --set train.epochs=40 \
   --steps 200 --every 50
 run resnet50_imagenet_lars recipes/resnet50_imagenet_lars.toml --set "$synthetic" "${cpu[@]}" --set train.epochs=40 \
-  --set scheduler.decay_epochs=40 --steps 200 --every 50
+  --set scheduler.decay_epochs=40 --set scheduler.lr=0.098 --steps 200 --every 50
 echo "== summary"
 for f in "$out"/*/parity.json; do echo "$(basename "$(dirname "$f")"): $(cat "$f")"; done

@@ -11,6 +11,7 @@
 #include <exception>
 #include <filesystem>
 #include <memory>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -107,9 +108,13 @@ public:
         int failed = failure ? 1 : 0;
         if (distributed()) config_.comm->broadcast(&failed, sizeof failed, 0);
         if (failure) std::rethrow_exception(failure);
-        if (failed)
+        if (failed) {
+            // The launcher ends the whole job when the first rank exits with an error: give rank 0
+            // the time to print the message that says why, which is the one the user needs.
+            std::this_thread::sleep_for(std::chrono::seconds(2));
             throw user_error("rank " + std::to_string(config_.comm->rank()),
                              "rank 0 could not resume; its message says why");
+        }
         share_progress();
         step_.set_steps_done(std::int64_t(progress_.epoch - 1) * steps_per_epoch() +
                              progress_.batch / config_.accumulate);
