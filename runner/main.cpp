@@ -16,7 +16,10 @@ constexpr const char* usage =
        runner train RECIPE [--set …]... [--threads T] [--fresh | --resume PATH] [--stop-after-steps N]
        runner eval RECIPE --checkpoint PATH [--set …] [--threads T] [--json]
        runner predict --checkpoint PATH [--arch A] [--labels FILE|imagenet] [--topk 5] [--image-size 224]
-                      [--resize 256] [--json] IMAGE...
+                      [--resize 256] [--device cpu|cuda] [--json] IMAGE...
+       runner serve --checkpoint PATH [--host 127.0.0.1] [--port 8080] [--device cpu|cuda] [--labels FILE|imagenet]
+                    [--max-batch 32] [--max-wait-ms 5] [--max-queue 256] [--max-bytes 20971520]
+                    [--max-pixels 40000000] [--idle-timeout-s 10] [--threads T] [--io-threads 2]
        runner lr-find RECIPE [--start 1e-7] [--end 10] [--iters 100] [--set …] [--json]
        runner parity RECIPE [--steps 50] [--every 10] [--check-steps 50] [--loss-tol 1e-4] [--weight-tol 1e-3]
                      [--mean-tol 0.02] [--eval] [--no-fp64] [--out DIR] [--keep] [--threads T] [--set …] [--json]
@@ -52,6 +55,7 @@ int main(int argc, char** argv) {
         if (verb == "prepare") return tessera::runner::prepare(rest);
         if (verb == "eval") return tessera::runner::eval(rest);
         if (verb == "predict") return tessera::runner::predict(rest);
+        if (verb == "serve") return tessera::runner::serve(rest);
         if (verb == "lr-find") return tessera::runner::lr_find(rest);
         if (verb == "parity") return tessera::runner::parity(rest);
         if (verb == "prepare-val") return tessera::runner::prepare_val(rest);

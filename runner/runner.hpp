@@ -104,6 +104,7 @@ int bench(const std::vector<std::string>& args);
 int prepare(const std::vector<std::string>& args);
 int eval(const std::vector<std::string>& args);
 int predict(const std::vector<std::string>& args);
+int serve(const std::vector<std::string>& args);
 int lr_find(const std::vector<std::string>& args);
 int parity(const std::vector<std::string>& args);
 int prepare_val(const std::vector<std::string>& args);

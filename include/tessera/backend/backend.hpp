@@ -60,12 +60,14 @@ concept LayerKernels = requires(typename B::Context& ctx, const Tensor& x, const
 };
 
 /// Input and loss: a batch's uint8 pixels (host memory) normalised into the backend's memory, and
-/// softmax cross-entropy with its gradient, counting hits (labels in host memory). And the name of
-/// the kernels it runs, for the first line of a run and `runner bench --json`.
+/// softmax cross-entropy with its gradient, counting hits (labels in host memory). The logits back
+/// in host memory as float (what predict and serve read). And the name of the kernels it runs, for
+/// the first line of a run and `runner bench --json`.
 template <class B>
 concept DataKernels = requires(typename B::Context& ctx, const std::uint8_t* pixels, const float* mean, const Tensor& x,
                                const std::int32_t* labels, float* dlogits) {
     B::normalize_images(ctx, pixels, mean, mean, x);
+    B::copy_to_host(ctx, x, dlogits);
     { B::softmax_cross_entropy(ctx, x, labels, 0.f, dlogits) } -> std::same_as<LossResult>;
     { B::kernels(ctx) } -> std::convertible_to<std::string>;
 };

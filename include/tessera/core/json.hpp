@@ -31,6 +31,8 @@ struct Value {
     const Array& array() const { return *std::get<std::shared_ptr<Array>>(v); }
     const std::string& string() const { return std::get<std::string>(v); }
     double number() const { return std::get<double>(v); }
+    /// An object's member (std::out_of_range when absent).
+    const Value& at(const std::string& key) const { return object().at(key); }
 };
 
 class Parser {

@@ -104,6 +104,10 @@ struct ImageHeader {
 struct DecodeError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
+/// An image whose header claims more pixels than the limits below (the server answers 413).
+struct ImageTooLarge : DecodeError {
+    using DecodeError::DecodeError;
+};
 
 /// The most an image may claim, checked before anything is allocated: 30000 pixels a side, 2^28 in all
 /// (ImageNet's largest is 7056x4488).
@@ -171,7 +175,7 @@ public:
         }
         if (h.width <= 0 || h.height <= 0 || h.width > max_image_side || h.height > max_image_side ||
             std::int64_t(h.width) * h.height > max_image_pixels)
-            throw DecodeError("implausible size " + std::to_string(h.width) + "x" + std::to_string(h.height) +
+            throw ImageTooLarge("implausible size " + std::to_string(h.width) + "x" + std::to_string(h.height) +
                               " (at most " + std::to_string(max_image_side) + " pixels a side)");
         return h;
     }

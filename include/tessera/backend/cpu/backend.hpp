@@ -3,6 +3,7 @@
 // type and the kernels; a second backend (CUDA) provides the same names over device memory.
 #include <dnnl_debug.h>
 
+#include <algorithm>
 #include <string>
 
 #include "tessera/backend/backend.hpp"
@@ -104,6 +105,7 @@ struct Backend {
                                  const Tensor& x) {
         cpu::normalize_images(ctx, pixels, mean, inv_std, x);
     }
+    static void copy_to_host(Context&, const Tensor& x, float* host) { std::copy_n(x.data, x.size(), host); }
     static LossResult softmax_cross_entropy(Context&, const Tensor& logits, const std::int32_t* labels,
                                             float label_smoothing, float* dlogits) {
         return cpu::softmax_cross_entropy(logits, labels, label_smoothing, dlogits);

@@ -946,6 +946,24 @@ void Backend::linear_backward(Context& ctx, const Tensor& x, const float* w, con
     ctx.arena.release(mark);
 }
 
+void Backend::copy_to_host(Context& ctx, const Tensor& x, float* host) {
+    const std::size_t n = x.size();
+    if (x.dtype == DType::f32) {
+        TESSERA_CUDA(cudaMemcpyAsync(host, x.data, n * sizeof(float), cudaMemcpyDeviceToHost, ctx.impl->stream));
+        TESSERA_CUDA(cudaStreamSynchronize(ctx.impl->stream));
+        return;
+    }
+    std::vector<std::uint16_t> raw(n);  // bf16 or fp16 bits
+    TESSERA_CUDA(cudaMemcpyAsync(raw.data(), x.data, n * 2, cudaMemcpyDeviceToHost, ctx.impl->stream));
+    TESSERA_CUDA(cudaStreamSynchronize(ctx.impl->stream));
+    for (std::size_t i = 0; i < n; ++i) {
+        if (x.dtype == DType::bf16)
+            host[i] = __bfloat162float(__nv_bfloat16_raw{raw[i]});
+        else
+            host[i] = __half2float(__half_raw{raw[i]});
+    }
+}
+
 void Backend::normalize_images(Context& ctx, const std::uint8_t* pixels, const float* mean, const float* inv_std,
                                const Tensor& x) {
     detail::OpTimer timer(ctx, "normalize images");

@@ -129,6 +129,8 @@ struct Backend {
     static void normalize_images(Context& ctx, const std::uint8_t* pixels, const float* mean, const float* inv_std,
                                  const Tensor& x);
     /// labels are host memory; the result is read back, so this synchronises once per step.
+    /// Waits for the stream; bf16 and fp16 tensors come back widened to float.
+    static void copy_to_host(Context& ctx, const Tensor& x, float* host);
     static LossResult softmax_cross_entropy(Context& ctx, const Tensor& logits, const std::int32_t* labels,
                                             float label_smoothing, float* dlogits);
 };
