@@ -89,8 +89,7 @@ template <class B>
 class DeviceClassifier final : public Classifier {
 public:
     DeviceClassifier(const ModelCard& card, int threads)
-        : card_(card),
-          ctx_(make_context<B>(threads, "fp32", "--device")),
+        : card_(card), ctx_(make_context<B>(threads, "fp32", "--device")),
           net_(make_network<B>(card.arch, card.classes, card.channels)) {
         checkpoint::load(net_->params(), card.checkpoint);
         net_->upload();
@@ -130,7 +129,8 @@ private:
 std::string ModelCard::json() const {
     std::string names = "[";
     for (int c = 0; c < classes; ++c) names += (c ? ", " : "") + json::quote(label(c));
-    return "{\"arch\": " + json::quote(arch) + ", \"checkpoint\": " + json::quote(fs::path(checkpoint).filename().string()) +
+    return "{\"arch\": " + json::quote(arch) +
+           ", \"checkpoint\": " + json::quote(fs::path(checkpoint).filename().string()) +
            ", \"classes\": " + std::to_string(classes) + ", \"input\": {\"height\": " + std::to_string(crop) +
            ", \"width\": " + std::to_string(crop) + ", \"channels\": " + std::to_string(channels) +
            ", \"resize\": " + std::to_string(resize) + "}, \"mean\": " + json_numbers(mean) +
@@ -193,8 +193,10 @@ ModelCard read_model_card(const Args& args) {
 }
 
 Preprocessor::Preprocessor(const ModelCard& card)
-    : card_(card),
-      config_{.image_size = card.crop, .val_resize = card.resize, .val_crop = card.crop, .fast_decode = false},
+    : card_(card), config_{.image_size = card.crop,
+                           .val_resize = card.resize,
+                           .val_crop = card.crop,
+                           .fast_decode = false},
       rgb_(std::size_t(card.crop) * card.crop * 3) {}
 
 void Preprocessor::operator()(std::span<const std::uint8_t> bytes, std::uint8_t* out) {
@@ -217,7 +219,8 @@ std::vector<int> top_classes(std::span<const double> probs, int k) {
     std::iota(order.begin(), order.end(), 0);
     k = std::min(k, int(probs.size()));
     std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int a, int b) {
-        return probs[std::size_t(a)] > probs[std::size_t(b)] || (probs[std::size_t(a)] == probs[std::size_t(b)] && a < b);
+        return probs[std::size_t(a)] > probs[std::size_t(b)] ||
+               (probs[std::size_t(a)] == probs[std::size_t(b)] && a < b);
     });
     order.resize(std::size_t(k));
     return order;

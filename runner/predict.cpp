@@ -16,8 +16,9 @@ int predict(const std::vector<std::string>& raw) {
             "e.g. runner predict --checkpoint runs/r/best.safetensors --labels LOC_synset_mapping.txt photo.jpg");
     const ModelCard card = read_model_card(args);
     const int topk = args.integer("topk", 5);
-    const auto classifier = Classifier::open(card, args.value("device").value_or("cpu"),
-                                             args.value("threads") ? thread_count(args) : ThreadPool::default_threads());
+    const auto classifier =
+        Classifier::open(card, args.value("device").value_or("cpu"),
+                         args.value("threads") ? thread_count(args) : ThreadPool::default_threads());
     Preprocessor preprocess(card);
     std::vector<std::uint8_t> bytes, pixels(card.input_bytes());
     std::string out = "[";

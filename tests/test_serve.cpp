@@ -58,7 +58,8 @@ TEST(ServeRequest, AnImageBodyIsOneUpload) {
 TEST(ServeRequest, MultipartGivesEachFileFieldAndSkipsTextFields) {
     const std::string body =
         "preamble\r\n--b0undary\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n"
-        "--b0undary\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n"
+        "--b0undary\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: "
+        "image/png\r\n\r\n"
         "PNG\r\nBYTES\r\n--b0undary\r\ncontent-disposition: form-data; name=\"b\"; filename=\"b b.jpg\"\r\n\r\nJPEG"
         "\r\n--b0undary--\r\n";
     const auto u = read_uploads("multipart/form-data; boundary=\"b0undary\"", body);
@@ -73,17 +74,20 @@ TEST(ServeRequest, WhatIsNotAnImageRequestIsRefusedWithItsStatus) {
     EXPECT_EQ(refusal("text/plain", "hello"), 415);
     EXPECT_EQ(refusal("", "hello"), 415);
     EXPECT_EQ(refusal("image/png", ""), 400);
-    EXPECT_EQ(refusal("multipart/form-data", "--x\r\n"), 400);                 // no boundary
-    EXPECT_EQ(refusal("multipart/form-data; boundary=x", "no parts"), 400);     // no boundary line
-    EXPECT_EQ(refusal("multipart/form-data; boundary=x", "--x\r\nContent-Disposition: form-data; "
-                                                          "name=\"f\"; filename=\"a\"\r\n\r\ntruncated"),
+    EXPECT_EQ(refusal("multipart/form-data", "--x\r\n"), 400);               // no boundary
+    EXPECT_EQ(refusal("multipart/form-data; boundary=x", "no parts"), 400);  // no boundary line
+    EXPECT_EQ(refusal("multipart/form-data; boundary=x",
+                      "--x\r\nContent-Disposition: form-data; "
+                      "name=\"f\"; filename=\"a\"\r\n\r\ntruncated"),
               400);
-    EXPECT_EQ(refusal("multipart/form-data; boundary=x", "--x\r\nContent-Disposition: form-data; name=\"t\"\r\n\r\n"
-                                                          "text\r\n--x--"),
+    EXPECT_EQ(refusal("multipart/form-data; boundary=x",
+                      "--x\r\nContent-Disposition: form-data; name=\"t\"\r\n\r\n"
+                      "text\r\n--x--"),
               400);  // a form without a file
-    EXPECT_EQ(refusal("multipart/form-data; boundary=x", "--x\r\nContent-Disposition: form-data; name=\"f\"; "
-                                                          "filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\n"
-                                                          "text\r\n--x--"),
+    EXPECT_EQ(refusal("multipart/form-data; boundary=x",
+                      "--x\r\nContent-Disposition: form-data; name=\"f\"; "
+                      "filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\n"
+                      "text\r\n--x--"),
               415);
 }
 
@@ -125,8 +129,7 @@ Reply request(int port, http::verb verb, const std::string& target, const std::s
         reply.status = int(parser.get().result_int());
         reply.body = parser.get().body();
         for (auto& field : parser.get()) reply.headers[std::string(field.name_string())] = std::string(field.value());
-    } catch (const std::exception&) {
-    }
+    } catch (const std::exception&) {}
     return reply;
 }
 Reply get(int port, const std::string& target) { return request(port, http::verb::get, target); }
@@ -310,10 +313,11 @@ TEST_F(Serve, AnswersAsPredictDoesForEachImageOfABatch) {
     EXPECT_NE(metrics.find("tessera_http_requests_total{code=\"200\"} 8"), std::string::npos) << metrics;
 
     // A multipart form with two files answers both, in order; the model card and health answer.
-    const std::string form = "--Zz\r\nContent-Disposition: form-data; name=\"a\"; filename=\"one.png\"\r\n"
-                             "Content-Type: image/png\r\n\r\n" + bytes_of(files[0]) +
-                             "\r\n--Zz\r\nContent-Disposition: form-data; name=\"b\"; filename=\"two.jpg\"\r\n\r\n" +
-                             bytes_of(files[1]) + "\r\n--Zz--\r\n";
+    const std::string form =
+        "--Zz\r\nContent-Disposition: form-data; name=\"a\"; filename=\"one.png\"\r\n"
+        "Content-Type: image/png\r\n\r\n" +
+        bytes_of(files[0]) + "\r\n--Zz\r\nContent-Disposition: form-data; name=\"b\"; filename=\"two.jpg\"\r\n\r\n" +
+        bytes_of(files[1]) + "\r\n--Zz--\r\n";
     const Reply both = post(server.port(), form, "multipart/form-data; boundary=Zz", "/v1/predict?topk=4");
     ASSERT_EQ(both.status, 200) << both.body;
     const json::Value two = json::parse(both.body, "multipart answer");
@@ -371,10 +375,12 @@ TEST_F(Serve, RefusesBadInputWithItsStatusAndKeepsServingWithoutGrowing) {
         for (int i; (i = next++) < 10000;) {
             const Case& c = cases[std::size_t(i) % cases.size()];
             const Reply r = c.send(server.port());
-            bool ok = r.status == c.status && r.body.find(c.status == 200 ? "\"top\"" : "\"error\"") != std::string::npos;
+            bool ok =
+                r.status == c.status && r.body.find(c.status == 200 ? "\"top\"" : "\"error\"") != std::string::npos;
             if (ok && c.status == 200) {
                 const json::Value got = json::parse(r.body, "answer").array()[0];
-                ok = got.at("top").array()[0].at("class").number() == expected.at("top").array()[0].at("class").number() &&
+                ok = got.at("top").array()[0].at("class").number() ==
+                         expected.at("top").array()[0].at("class").number() &&
                      std::abs(got.at("top").array()[0].at("prob").number() -
                               expected.at("top").array()[0].at("prob").number()) <= 1e-6;
             }
@@ -391,11 +397,13 @@ TEST_F(Serve, RefusesBadInputWithItsStatusAndKeepsServingWithoutGrowing) {
     const long rss_10000 = server.rss_kb();
     EXPECT_EQ(wrong.load(), 0) << "first: " << first_wrong;
     ASSERT_GT(rss_1000, 0);
-    EXPECT_LE(rss_10000, rss_1000 * 11 / 10) << "kB after 1,000 requests: " << rss_1000 << ", after 10,000: " << rss_10000;
+    EXPECT_LE(rss_10000, rss_1000 * 11 / 10)
+        << "kB after 1,000 requests: " << rss_1000 << ", after 10,000: " << rss_10000;
     const std::string metrics = get(server.port(), "/metrics").body;
     for (const char* code : {"200", "400", "404", "405", "413", "415"})
         EXPECT_NE(metrics.find("tessera_http_requests_total{code=\"" + std::string(code) + "\"}"), std::string::npos)
-            << code << "\n" << metrics;
+            << code << "\n"
+            << metrics;
 }
 
 TEST_F(Serve, AFullQueueAnswers503AndIdleClientsHoldNothing) {
@@ -412,7 +420,7 @@ TEST_F(Serve, AFullQueueAnswers503AndIdleClientsHoldNothing) {
     waiting.join();
     EXPECT_EQ(first.status, 200) << first.body;
     EXPECT_EQ(busy.status, 503) << busy.body;
-    EXPECT_EQ(busy.headers["Retry-After"], "1");
+    EXPECT_EQ(busy.headers.at("Retry-After"), "1");
 
     // 200 clients connect and send nothing: a real request still gets through at once, and the
     // server closes the silent connections after the idle timeout.
@@ -483,7 +491,7 @@ TEST_F(ServePage, ClassifiesAnUploadInChromium) {
     Server server(model_args() + "--threads 1");
     ASSERT_GT(server.port(), 0) << server.log();
     const fs::path shot = fs::path(std::getenv("TESSERA_SERVE_SCREENSHOT") ? std::getenv("TESSERA_SERVE_SCREENSHOT")
-                                                                            : (dir() / "page.png").string());
+                                                                           : (dir() / "page.png").string());
     const RunResult r = run_shell("/usr/bin/python3 '" + (source_root() / "tests" / "serve_page.py").string() +
                                   "' http://127.0.0.1:" + std::to_string(server.port()) + "/ '" + image.string() +
                                   "' '" + shot.string() + "' 2>&1");

@@ -34,11 +34,7 @@ public:
 
     Batcher(runner::Classifier& classifier, const runner::ModelCard& card, int max_batch,
             std::chrono::microseconds max_wait, Metrics& metrics)
-        : classifier_(classifier),
-          card_(card),
-          max_batch_(max_batch),
-          max_wait_(max_wait),
-          metrics_(metrics),
+        : classifier_(classifier), card_(card), max_batch_(max_batch), max_wait_(max_wait), metrics_(metrics),
           thread_([this] { run(); }) {}
     ~Batcher() { stop(); }
     Batcher(const Batcher&) = delete;
@@ -74,12 +70,14 @@ private:
                 const auto deadline = queue_.front().queued + max_wait_;
                 wake_.wait_until(lock, deadline, [&] { return stopping_ || int(queue_.size()) >= max_batch_; });
                 const std::size_t n = std::min(queue_.size(), std::size_t(max_batch_));
-                batch.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.begin() + long(n)));
+                batch.assign(std::make_move_iterator(queue_.begin()),
+                             std::make_move_iterator(queue_.begin() + long(n)));
                 queue_.erase(queue_.begin(), queue_.begin() + long(n));
             }
             const std::size_t bytes = card_.input_bytes();
             pixels.resize(batch.size() * bytes);
-            for (std::size_t i = 0; i < batch.size(); ++i) std::memcpy(pixels.data() + i * bytes, batch[i].pixels.data(), bytes);
+            for (std::size_t i = 0; i < batch.size(); ++i)
+                std::memcpy(pixels.data() + i * bytes, batch[i].pixels.data(), bytes);
             try {
                 const std::vector<double> p = classifier_.probabilities(pixels.data(), int(batch.size()));
                 metrics_.batch(int(batch.size()));

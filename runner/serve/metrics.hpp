@@ -77,16 +77,19 @@ public:
 
     std::string text() {
         std::lock_guard lock(mutex_);
-        std::string out = "# HELP tessera_http_requests_total HTTP requests answered, by status code.\n"
-                          "# TYPE tessera_http_requests_total counter\n";
+        std::string out =
+            "# HELP tessera_http_requests_total HTTP requests answered, by status code.\n"
+            "# TYPE tessera_http_requests_total counter\n";
         for (auto& [code, n] : requests_)
             out += "tessera_http_requests_total{code=\"" + std::to_string(code) + "\"} " + std::to_string(n) + "\n";
-        out += "# HELP tessera_request_duration_seconds Time from a request's last byte to its answer.\n"
-               "# TYPE tessera_request_duration_seconds histogram\n" +
-               latency_.text("tessera_request_duration_seconds");
-        out += "# HELP tessera_batch_size Images per forward pass of the network.\n"
-               "# TYPE tessera_batch_size histogram\n" +
-               batch_size_.text("tessera_batch_size");
+        out +=
+            "# HELP tessera_request_duration_seconds Time from a request's last byte to its answer.\n"
+            "# TYPE tessera_request_duration_seconds histogram\n" +
+            latency_.text("tessera_request_duration_seconds");
+        out +=
+            "# HELP tessera_batch_size Images per forward pass of the network.\n"
+            "# TYPE tessera_batch_size histogram\n" +
+            batch_size_.text("tessera_batch_size");
         const auto now = Clock::now();
         while (!recent_.empty() && now - recent_.front().first > window) recent_.pop_front();
         long long recent_images = 0;
@@ -95,12 +98,18 @@ public:
                                      std::chrono::duration<double>(now - started_).count());
         char rate[64];
         std::snprintf(rate, sizeof rate, "%.3f", span > 0 ? double(recent_images) / span : 0.0);
-        out += "# HELP tessera_images_total Images classified.\n# TYPE tessera_images_total counter\n"
-               "tessera_images_total " + std::to_string(images_) + "\n";
-        out += "# HELP tessera_images_per_second Images classified per second over the last 10 s.\n"
-               "# TYPE tessera_images_per_second gauge\ntessera_images_per_second " + std::string(rate) + "\n";
-        out += "# HELP tessera_queue_depth Requests accepted and not yet answered.\n"
-               "# TYPE tessera_queue_depth gauge\ntessera_queue_depth " + std::to_string(queue_depth_) + "\n";
+        out +=
+            "# HELP tessera_images_total Images classified.\n# TYPE tessera_images_total counter\n"
+            "tessera_images_total " +
+            std::to_string(images_) + "\n";
+        out +=
+            "# HELP tessera_images_per_second Images classified per second over the last 10 s.\n"
+            "# TYPE tessera_images_per_second gauge\ntessera_images_per_second " +
+            std::string(rate) + "\n";
+        out +=
+            "# HELP tessera_queue_depth Requests accepted and not yet answered.\n"
+            "# TYPE tessera_queue_depth gauge\ntessera_queue_depth " +
+            std::to_string(queue_depth_) + "\n";
         return out;
     }
 

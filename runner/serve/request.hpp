@@ -61,9 +61,9 @@ inline std::string parameter(std::string_view value, std::string_view name) {
 
 /// The image types the decoder reads (data/image.hpp), by their registered names.
 inline bool is_image_type(const std::string& type) {
-    for (const char* t : {"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/gif", "image/bmp",
-                          "image/x-ms-bmp", "image/x-portable-anymap", "image/x-portable-pixmap",
-                          "image/x-portable-graymap", "application/octet-stream"})
+    for (const char* t :
+         {"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/gif", "image/bmp", "image/x-ms-bmp",
+          "image/x-portable-anymap", "image/x-portable-pixmap", "image/x-portable-graymap", "application/octet-stream"})
         if (type == t) return true;
     return false;
 }
@@ -105,8 +105,10 @@ inline std::vector<Upload> multipart_files(std::string_view body, const std::str
         }
         if (has_filename) {
             if (!type.empty() && !is_image_type(type))
-                throw HttpError(415, "the file \"" + filename + "\" is " + type + ", not an image (JPEG, PNG, GIF, BMP, PNM)");
-            files.push_back({filename.empty() ? "upload" : filename, body.substr(headers_end + 4, end - headers_end - 4)});
+                throw HttpError(
+                    415, "the file \"" + filename + "\" is " + type + ", not an image (JPEG, PNG, GIF, BMP, PNM)");
+            files.push_back(
+                {filename.empty() ? "upload" : filename, body.substr(headers_end + 4, end - headers_end - 4)});
         }
         at = end + 2;
     }

@@ -62,14 +62,9 @@ class Service {
 public:
     using Reply = std::function<void(Response)>;
 
-    Service(asio::io_context& io, const runner::ModelCard& card, runner::Classifier& classifier,
-            const Options& options)
-        : io_(io),
-          card_(card),
-          options_(options),
-          decoders_(std::size_t(options.decode_threads)),
-          batcher_(classifier, card, options.max_batch, options.max_wait, metrics_),
-          model_json_(card.json() + "\n") {}
+    Service(asio::io_context& io, const runner::ModelCard& card, runner::Classifier& classifier, const Options& options)
+        : io_(io), card_(card), options_(options), decoders_(std::size_t(options.decode_threads)),
+          batcher_(classifier, card, options.max_batch, options.max_wait, metrics_), model_json_(card.json() + "\n") {}
 
     ~Service() {
         decoders_.join();
@@ -90,8 +85,7 @@ public:
         const std::string path(target_path(view(req->target())));
         const bool get = req->method() == http::verb::get || req->method() == http::verb::head;
         auto only = [&](const char* allowed) {
-            Response r = error_response(version, keep_alive, 405,
-                                        "use " + std::string(allowed) + " " + path);
+            Response r = error_response(version, keep_alive, 405, "use " + std::string(allowed) + " " + path);
             r.set(http::field::allow, allowed);
             answer(std::move(r));
         };
@@ -114,8 +108,9 @@ public:
         }
         if (path != "/v1/predict")
             return answer(error_response(version, keep_alive, 404,
-                                         "no such path: " + path + " (see GET / for the page, POST /v1/predict, "
-                                                                   "GET /v1/model, /healthz and /metrics)"));
+                                         "no such path: " + path +
+                                             " (see GET / for the page, POST /v1/predict, "
+                                             "GET /v1/model, /healthz and /metrics)"));
         if (req->method() != http::verb::post) return only("POST");
         predict(std::move(req), std::move(answer));
     }
@@ -193,7 +188,8 @@ private:
             return finish(p, i, 400, "\"" + upload.name + "\" is damaged: " + e.what());
         }
         job.done = [this, p, i](std::span<const double> probs) {
-            p->results[std::size_t(i)] = runner::prediction_json(card_, p->uploads[std::size_t(i)].name, probs, p->topk);
+            p->results[std::size_t(i)] =
+                runner::prediction_json(card_, p->uploads[std::size_t(i)].name, probs, p->topk);
             finish(p, i, 200, {});
         };
         job.failed = [this, p, i](const std::string& why) { finish(p, i, 500, "the network failed: " + why); };
@@ -274,7 +270,8 @@ private:
             return reject(413, "the body is " + std::to_string(*parser_->content_length()) + " bytes, more than the " +
                                    std::to_string(options_.max_bytes) + " this server takes (--max-bytes)");
         if (beast::iequals(parser_->get()[http::field::expect], "100-continue")) {
-            auto go = std::make_shared<http::response<http::empty_body>>(http::status::continue_, parser_->get().version());
+            auto go =
+                std::make_shared<http::response<http::empty_body>>(http::status::continue_, parser_->get().version());
             return http::async_write(stream_, *go, [self = shared_from_this(), go](beast::error_code e, std::size_t) {
                 if (e) return self->close();
                 self->read_body();
@@ -379,7 +376,8 @@ public:
 
 private:
     void accept() {
-        acceptor_.async_accept(asio::make_strand(io_), beast::bind_front_handler(&Listener::on_accept, shared_from_this()));
+        acceptor_.async_accept(asio::make_strand(io_),
+                               beast::bind_front_handler(&Listener::on_accept, shared_from_this()));
     }
 
     void on_accept(beast::error_code ec, tcp::socket socket) {
@@ -415,7 +413,8 @@ int serve_forever(const runner::ModelCard& card, runner::Classifier& classifier,
         throw user_error("--host " + options.host, "is not an IP address",
                          "give one, e.g. --host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every interface)");
     Service service(io, card, classifier, options);
-    auto listener = std::make_shared<Listener>(io, tcp::endpoint(address, std::uint16_t(options.port)), service, options);
+    auto listener =
+        std::make_shared<Listener>(io, tcp::endpoint(address, std::uint16_t(options.port)), service, options);
     listener->start();
     asio::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](beast::error_code e, int signal) {
@@ -425,9 +424,10 @@ int serve_forever(const runner::ModelCard& card, runner::Classifier& classifier,
         std::fflush(stdout);
         listener->stop();
     });
-    std::printf("serving %s (%d classes, %dx%d) on http://%s:%d/ with %s; batches of up to %d, waiting at most %.1f ms\n",
-                card.arch.c_str(), card.classes, card.crop, card.crop, options.host.c_str(), listener->port(),
-                classifier.device().c_str(), options.max_batch, double(options.max_wait.count()) / 1000);
+    std::printf(
+        "serving %s (%d classes, %dx%d) on http://%s:%d/ with %s; batches of up to %d, waiting at most %.1f ms\n",
+        card.arch.c_str(), card.classes, card.crop, card.crop, options.host.c_str(), listener->port(),
+        classifier.device().c_str(), options.max_batch, double(options.max_wait.count()) / 1000);
     std::fflush(stdout);
     std::vector<std::thread> threads;
     for (int i = 1; i < options.io_threads; ++i) threads.emplace_back([&] { io.run(); });

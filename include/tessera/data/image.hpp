@@ -176,7 +176,7 @@ public:
         if (h.width <= 0 || h.height <= 0 || h.width > max_image_side || h.height > max_image_side ||
             std::int64_t(h.width) * h.height > max_image_pixels)
             throw ImageTooLarge("implausible size " + std::to_string(h.width) + "x" + std::to_string(h.height) +
-                              " (at most " + std::to_string(max_image_side) + " pixels a side)");
+                                " (at most " + std::to_string(max_image_side) + " pixels a side)");
         return h;
     }
 
