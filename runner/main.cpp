@@ -18,7 +18,7 @@ constexpr const char* usage =
        runner predict --checkpoint PATH [--arch A] [--labels FILE|imagenet] [--topk 5] [--image-size 224]
                       [--resize 256] [--device cpu|cuda] [--json] IMAGE...
        runner serve --checkpoint PATH [--host 127.0.0.1] [--port 8080] [--device cpu|cuda] [--labels FILE|imagenet]
-                    [--max-batch 32] [--max-wait-ms 5] [--max-queue 256] [--max-bytes 20971520]
+                    [--max-batch 32] [--max-wait-ms 0] [--max-queue 256] [--max-bytes 20971520]
                     [--max-pixels 40000000] [--idle-timeout-s 10] [--threads T] [--io-threads 2]
        runner lr-find RECIPE [--start 1e-7] [--end 10] [--iters 100] [--set …] [--json]
        runner parity RECIPE [--steps 50] [--every 10] [--check-steps 50] [--loss-tol 1e-4] [--weight-tol 1e-3]

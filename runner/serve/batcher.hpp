@@ -1,8 +1,11 @@
 #pragma once
 // Dynamic batching: images that arrive together run through the network as one batch. The first
 // image waiting opens a batch; it closes when max_batch images wait or when the first has waited
-// max_wait, whichever is first (the rule of Triton's and TorchServe's dynamic batchers). One
-// thread runs the network, so the network's own threads have the cores while it does.
+// max_wait, whichever is first (the rule of Triton's and TorchServe's dynamic batchers). The
+// default max_wait is 0: a batch is whatever waits when the network is free, so a lone request
+// never waits for company, and under load the requests that arrive while one batch runs form the
+// next (measured in bench/serve_load.sh: with 5 ms, one client got 2.6x fewer answers per second
+// and 64 clients none more). One thread runs the network, so its own threads have the cores.
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -79,8 +82,9 @@ private:
             for (std::size_t i = 0; i < batch.size(); ++i)
                 std::memcpy(pixels.data() + i * bytes, batch[i].pixels.data(), bytes);
             try {
+                const auto start = Clock::now();
                 const std::vector<double> p = classifier_.probabilities(pixels.data(), int(batch.size()));
-                metrics_.batch(int(batch.size()));
+                metrics_.batch(int(batch.size()), std::chrono::duration<double>(Clock::now() - start).count());
                 const std::size_t classes = std::size_t(card_.classes);
                 for (std::size_t i = 0; i < batch.size(); ++i) batch[i].done({p.data() + i * classes, classes});
             } catch (const std::exception& e) {

@@ -1,6 +1,6 @@
 #pragma once
 // The server's counters in Prometheus's text exposition format (version 0.0.4): requests by status
-// code, a latency histogram, the batch-size histogram, images served and their rate over the last
+// code, a latency histogram, the batch-size and forward-pass histograms, images served and their rate over the last
 // ten seconds, and the requests waiting. Thread-safe: the I/O threads and the batcher record.
 #include <algorithm>
 #include <chrono>
@@ -58,9 +58,11 @@ public:
         ++requests_[status];
         latency_.add(seconds);
     }
-    void batch(int images) {
+    /// A forward pass of `images` that took `seconds` (the network alone, without decoding).
+    void batch(int images, double seconds) {
         std::lock_guard lock(mutex_);
         batch_size_.add(images);
+        forward_.add(seconds);
         images_ += unsigned(images);
         const auto now = Clock::now();
         recent_.push_back({now, images});
@@ -90,6 +92,10 @@ public:
             "# HELP tessera_batch_size Images per forward pass of the network.\n"
             "# TYPE tessera_batch_size histogram\n" +
             batch_size_.text("tessera_batch_size");
+        out +=
+            "# HELP tessera_forward_duration_seconds Time of one forward pass of the network, a whole batch.\n"
+            "# TYPE tessera_forward_duration_seconds histogram\n" +
+            forward_.text("tessera_forward_duration_seconds");
         const auto now = Clock::now();
         while (!recent_.empty() && now - recent_.front().first > window) recent_.pop_front();
         long long recent_images = 0;
@@ -119,6 +125,7 @@ private:
     std::map<int, unsigned long long> requests_;
     Histogram latency_{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}};
     Histogram batch_size_{{1, 2, 4, 8, 16, 32, 64, 128, 256}};
+    Histogram forward_{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}};
     unsigned long long images_ = 0;
     std::deque<std::pair<Clock::time_point, int>> recent_;
     int queue_depth_ = 0;

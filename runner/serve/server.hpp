@@ -17,15 +17,15 @@ namespace tessera::serve {
 
 struct Options {
     std::string host = "127.0.0.1";
-    int port = 8080;                           // 0: any free port (the first line says which)
-    std::size_t max_bytes = 20u << 20;         // a larger body: 413
-    std::int64_t max_pixels = 40'000'000;      // an image whose header claims more: 413
-    int max_queue = 256;                       // more images accepted and not yet answered: 503
-    int max_batch = 32;                        // images per forward pass, at most
-    std::chrono::microseconds max_wait{5000};  // the longest the first image of a batch waits for more
-    std::chrono::seconds idle_timeout{10};     // a request's headers and body must arrive within it
-    int decode_threads = 2;                    // images decoded in parallel
-    int io_threads = 2;                        // threads running the connections
+    int port = 8080;                        // 0: any free port (the first line says which)
+    std::size_t max_bytes = 20u << 20;      // a larger body: 413
+    std::int64_t max_pixels = 40'000'000;   // an image whose header claims more: 413
+    int max_queue = 256;                    // more images accepted and not yet answered: 503
+    int max_batch = 32;                     // images per forward pass, at most
+    std::chrono::microseconds max_wait{0};  // the longest the first image of a batch waits for more (0: none)
+    std::chrono::seconds idle_timeout{10};  // a request's headers and body must arrive within it
+    int decode_threads = 2;                 // images decoded in parallel
+    int io_threads = 2;                     // threads running the connections
 };
 
 /// Serves `classifier` until SIGTERM or SIGINT: then it stops accepting, answers the requests in

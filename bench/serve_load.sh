@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# runner serve under load, beside the PyTorch web demo (bench/serve_torch.py: FastAPI, uvicorn,
+# torchvision) on the same checkpoint, image and CPU threads, one after the other in one run.
+#   bench/serve_load.sh CHECKPOINT IMAGE [--arch A] [--build DIR] [--threads T] [--seconds S]
+#                       [--connections "1 8 64"] [--max-batch B] [--max-wait-ms W] [--no-torch]
+# wrk (scripts/deps test) posts IMAGE as the body of POST /v1/predict on each of C connections, for
+# S seconds, after a 3-second warm-up. For each server and each C: requests per second, latency
+# p50/p99, non-2xx answers and socket errors; for runner serve also the mean batch it ran (from
+# /metrics). Below them, the network alone (runner bench --inference) at batch 1 and at the largest
+# mean batch seen: what the server would reach with nothing but the network to run.
+# wrk takes one core of its own; on a small machine it competes with both servers alike.
+# Logs go to $OUT (default: a folder under /tmp); the table goes to standard output.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+(($# >= 2)) || { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+checkpoint=$(realpath "$1") image=$(realpath "$2")
+shift 2
+build=build arch="" threads=$(nproc) seconds=30 connections="1 8 64" max_batch=32 max_wait="" torch=1
+while (($#)); do
+  case "$1" in
+    --arch) arch=$2; shift 2 ;;
+    --build) build=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --seconds) seconds=$2; shift 2 ;;
+    --connections) connections=$2; shift 2 ;;
+    --max-batch) max_batch=$2; shift 2 ;;
+    --max-wait-ms) max_wait=$2; shift 2 ;;
+    --no-torch) torch=0; shift ;;
+    *) echo "bench/serve_load.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+runner="$build/runner/runner"
+[[ -x $runner ]] || { echo "bench/serve_load.sh: no $runner; build first (meson setup $build && ninja -C $build)" >&2; exit 2; }
+command -v wrk >/dev/null || { echo "bench/serve_load.sh: wrk is missing (scripts/deps test installs it)" >&2; exit 2; }
+export TESSERA_PLUGIN_PATH="$build/plugins"
+out=${OUT:-$(mktemp -d /tmp/tessera-serve-load.XXXXXX)}
+mkdir -p "$out"
+case "${image,,}" in *.png) type=image/png ;; *.jpg | *.jpeg) type=image/jpeg ;; *) type=application/octet-stream ;; esac
+
+# wrk's script: the image as every request's body; at the end, one JSON line of the figures.
+cat >"$out/post.lua" <<EOF
+local f = assert(io.open("$image", "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "$type"
+done = function(summary, latency, requests)
+  local s = summary.duration / 1e6
+  io.write(string.format('{"rps": %.2f, "p50_ms": %.1f, "p99_ms": %.1f, "requests": %d, "non2xx": %d, "socket_errors": %d}\n',
+    summary.requests / s, latency:percentile(50) / 1e3, latency:percentile(99) / 1e3, summary.requests,
+    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+EOF
+
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+wait_for() {  # URL: until it answers, for up to 120 s
+  for _ in $(seq 1200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
+  echo "bench/serve_load.sh: nothing answered at $1; see the logs in $out" >&2; exit 1
+}
+field() { /usr/bin/python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+metric() {  # PORT NAME: a Prometheus sample's value
+  curl -s "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'
+}
+load() {  # NAME PORT C: a warm-up, then S seconds of load; appends a row to the table
+  local name=$1 port=$2 c=$3 line batches0=0 images0=0 batch="-"
+  wrk -t1 -c"$c" -d3s --timeout 30s -s "$out/post.lua" "http://127.0.0.1:$port/v1/predict" >/dev/null
+  if [[ $name == tessera ]]; then
+    batches0=$(metric "$port" tessera_batch_size_count) images0=$(metric "$port" tessera_batch_size_sum)
+  fi
+  wrk -t1 -c"$c" -d"${seconds}s" --timeout 30s --latency -s "$out/post.lua" "http://127.0.0.1:$port/v1/predict" \
+    >"$out/wrk_${name}_c$c.log"
+  line=$(tail -1 "$out/wrk_${name}_c$c.log")
+  if [[ $name == tessera ]]; then
+    batch=$(/usr/bin/python3 -c "import sys; a, b = map(float, sys.argv[1:]); print(f'{a / b:.1f}' if b else '-')" \
+      "$(($(metric "$port" tessera_batch_size_sum) - images0))" "$(($(metric "$port" tessera_batch_size_count) - batches0))")
+    mean_batches+=("$batch")
+  fi
+  rps[$name$c]=$(field "$line" rps)
+  printf '| %s | %s | %s | %s ms | %s ms | %s | %s |\n' "$name" "$c" "$(field "$line" rps)" "$(field "$line" p50_ms)" \
+    "$(field "$line" p99_ms)" "$batch" "$(($(field "$line" non2xx) + $(field "$line" socket_errors)))"
+}
+
+echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores here, $threads threads for each server"
+echo "model: $(basename "$checkpoint")${arch:+ ($arch)}, image: $(basename "$image") ($(stat -c %s "$image") bytes), logs in $out"
+declare -A rps
+mean_batches=()
+printf '\n| server | connections | requests/s | p50 | p99 | mean batch | errors |\n|---|---|---|---|---|---|---|\n'
+
+"$runner" serve --checkpoint "$checkpoint" ${arch:+--arch "$arch"} --port 0 --threads "$threads" \
+  --max-batch "$max_batch" ${max_wait:+--max-wait-ms "$max_wait"} --max-queue 4096 >"$out/tessera_serve.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 600); do grep -q 'http://' "$out/tessera_serve.log" && break; sleep 0.1; done
+port=$(grep -o 'http://[0-9.]*:[0-9]*/' "$out/tessera_serve.log" | head -1 | sed 's/.*:\([0-9]*\)\//\1/')
+[[ -n $port ]] || { cat "$out/tessera_serve.log" >&2; exit 1; }
+wait_for "http://127.0.0.1:$port/healthz"
+card=$(curl -s "http://127.0.0.1:$port/v1/model")
+for c in $connections; do load tessera "$port" "$c"; done
+kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
+
+if ((torch)); then
+  python=$(scripts/venv)
+  torch_port=$((20000 + RANDOM % 20000))
+  "$python" bench/serve_torch.py "$checkpoint" ${arch:+--arch "$arch"} --port "$torch_port" --threads "$threads" \
+    >"$out/torch_serve.log" 2>&1 &
+  pids+=($!)
+  wait_for "http://127.0.0.1:$torch_port/healthz"
+  for c in $connections; do load pytorch "$torch_port" "$c"; done
+  printf '\n| connections | runner serve / PyTorch demo, requests/s |\n|---|---|\n'
+  for c in $connections; do
+    printf '| %s | %s |\n' "$c" "$(/usr/bin/python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}x')" \
+      "${rps[tessera$c]}" "${rps[pytorch$c]}")"
+  done
+fi
+
+# The network alone, at batch 1 and at the largest mean batch the server ran (3-channel input: runner
+# bench has no channel option; the stem's share of a grey model's work is small).
+read -r net_arch size classes < <(/usr/bin/python3 -c "import json,sys; d = json.loads(sys.argv[1]); \
+print(d['arch'], d['input']['height'], d['classes'])" "$card")
+largest=$(printf '%s\n' "${mean_batches[@]}" | sort -g | tail -1 | awk '{ b = int($1 + 0.5); print b < 1 ? 1 : b }')
+printf '\n| the network alone (runner bench --inference, %s px) | images/s |\n|---|---|\n' "$size"
+for b in $(printf '%s\n' 1 "$largest" | sort -un); do
+  "$runner" bench --arch "$net_arch" --batch "$b" --image-size "$size" --num-classes "$classes" --inference \
+    --threads "$threads" --steps $((b == 1 ? 100 : 20)) --json >"$out/bench_b$b.json" 2>"$out/bench_b$b.log"
+  printf '| batch %s | %s |\n' "$b" "$(field "$(tail -1 "$out/bench_b$b.json")" infer_img_per_s)"
+done
