@@ -397,6 +397,7 @@ TEST_F(Serve, RefusesBadInputWithItsStatusAndKeepsServingWithoutGrowing) {
     const long rss_10000 = server.rss_kb();
     EXPECT_EQ(wrong.load(), 0) << "first: " << first_wrong;
     ASSERT_GT(rss_1000, 0);
+    std::printf("resident memory after 1,000 requests: %ld kB, after 10,000: %ld kB\n", rss_1000, rss_10000);
 #ifndef __SANITIZE_ADDRESS__  // AddressSanitizer holds freed memory in quarantine; LeakSanitizer checks leaks there
     EXPECT_LE(rss_10000, rss_1000 * 11 / 10)
         << "kB after 1,000 requests: " << rss_1000 << ", after 10,000: " << rss_10000;
