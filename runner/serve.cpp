@@ -22,7 +22,8 @@ int serve(const std::vector<std::string>& raw) {
     o.port = args.integer("port", o.port, 0);
     if (o.port > 65535) throw user_error("--port", "must be a port number from 0 to 65535");
     o.max_batch = args.integer("max-batch", o.max_batch);
-    o.max_wait = std::chrono::milliseconds(args.integer("max-wait-ms", 0, 0));
+    o.max_wait = std::chrono::milliseconds(
+        args.integer("max-wait-ms", int(std::chrono::duration_cast<std::chrono::milliseconds>(o.max_wait).count()), 0));
     o.max_queue = args.integer("max-queue", o.max_queue);
     o.max_bytes = std::size_t(args.integer("max-bytes", int(o.max_bytes)));
     o.max_pixels = args.integer("max-pixels", int(o.max_pixels));

@@ -200,8 +200,6 @@ private:
     std::string log_;
 };
 
-std::string bytes_of(const fs::path& file) { return read_file(file); }
-
 /// A test image: a gradient with a shade, as PNG (RGB or grey) or JPEG.
 void write_image(const fs::path& path, int width, int height, int shade, bool grey = false) {
     const int channels = grey ? 1 : 3;
@@ -294,7 +292,7 @@ TEST_F(Serve, AnswersAsPredictDoesForEachImageOfABatch) {
     std::vector<std::thread> clients;
     for (std::size_t i = 0; i < files.size(); ++i)
         clients.emplace_back([&, i] {
-            replies[i] = post(server.port(), bytes_of(files[i]),
+            replies[i] = post(server.port(), read_file(files[i]),
                               files[i].extension() == ".png" ? "image/png" : "image/jpeg", "/v1/predict?topk=4");
         });
     for (auto& c : clients) c.join();
@@ -316,8 +314,8 @@ TEST_F(Serve, AnswersAsPredictDoesForEachImageOfABatch) {
     const std::string form =
         "--Zz\r\nContent-Disposition: form-data; name=\"a\"; filename=\"one.png\"\r\n"
         "Content-Type: image/png\r\n\r\n" +
-        bytes_of(files[0]) + "\r\n--Zz\r\nContent-Disposition: form-data; name=\"b\"; filename=\"two.jpg\"\r\n\r\n" +
-        bytes_of(files[1]) + "\r\n--Zz--\r\n";
+        read_file(files[0]) + "\r\n--Zz\r\nContent-Disposition: form-data; name=\"b\"; filename=\"two.jpg\"\r\n\r\n" +
+        read_file(files[1]) + "\r\n--Zz--\r\n";
     const Reply both = post(server.port(), form, "multipart/form-data; boundary=Zz", "/v1/predict?topk=4");
     ASSERT_EQ(both.status, 200) << both.body;
     const json::Value two = json::parse(both.body, "multipart answer");
@@ -345,7 +343,7 @@ TEST_F(Serve, RefusesBadInputWithItsStatusAndKeepsServingWithoutGrowing) {
     const fs::path good = dir() / "good.png", huge = dir() / "huge.png", big_body = dir() / "big.jpg";
     write_image(good, 30, 20, 7);
     write_image(huge, 3000, 2000, 1, /*grey=*/true);  // 6 Mpixel, over --max-pixels, a small file
-    const std::string good_bytes = bytes_of(good), huge_bytes = bytes_of(huge);
+    const std::string good_bytes = read_file(good), huge_bytes = read_file(huge);
     const std::string truncated = good_bytes.substr(0, good_bytes.size() * 2 / 3);
     const std::string oversized(300 * 1024, 'x');  // over --max-bytes
     const json::Value expected = predict_json({good}, 3).array()[0];
@@ -412,7 +410,7 @@ TEST_F(Serve, RefusesBadInputWithItsStatusAndKeepsServingWithoutGrowing) {
 TEST_F(Serve, AFullQueueAnswers503AndIdleClientsHoldNothing) {
     const fs::path good = dir() / "q.png";
     write_image(good, 20, 20, 3);
-    const std::string bytes = bytes_of(good);
+    const std::string bytes = read_file(good);
     // One image may wait, for 1.5 s: a second one meanwhile is told to come back later.
     Server server(model_args() + "--threads 1 --max-queue 1 --max-batch 2 --max-wait-ms 1500 --idle-timeout-s 1");
     ASSERT_GT(server.port(), 0) << server.log();
@@ -454,7 +452,7 @@ TEST_F(Serve, SigtermFinishesTheRequestInFlightThenExitsZero) {
     Server server(model_args() + "--threads 1 --max-batch 4 --max-wait-ms 1500");
     ASSERT_GT(server.port(), 0) << server.log();
     Reply answer;
-    std::thread client([&] { answer = post(server.port(), bytes_of(good), "image/png"); });
+    std::thread client([&] { answer = post(server.port(), read_file(good), "image/png"); });
     std::this_thread::sleep_for(std::chrono::milliseconds(400));  // the request waits in the batcher
     std::string rest;
     const int code = server.terminate(rest);
