@@ -1,9 +1,12 @@
 // runner eval RECIPE --checkpoint PATH: loss, top-1 and top-5 of a checkpoint on the recipe's
-// validation data (each image once, across the ranks when started by mpirun).
+// validation data (each image once, across the ranks when started by mpirun). An int8 model that
+// runner quantize wrote (.onnx) is evaluated through tessera's fake-quant forward on the CPU
+// (graph_runner.hpp): tessera has no int8 kernels of its own.
 #include <cstdio>
 
 #include "runner.hpp"
 #include "tessera/core/json.hpp"
+#include "tessera/models/graph_runner.hpp"
 #include "tessera/recipe/run_spec.hpp"
 #include "tessera/train/checkpoint.hpp"
 #include "tessera/train/evaluate.hpp"
@@ -20,10 +23,18 @@ int eval(const std::vector<std::string>& raw) {
     const plugin::DatasetInfo& info = spec.info;
     const int threads = args.value("threads") ? thread_count(args) : ThreadPool::default_threads();
     train::Evaluation result;
-    on_device(spec.device(), spec.where("train", "device"), [&]<class B>() {
+    const std::string path = *args.value("checkpoint");
+    const bool int8 = path.size() > 5 && path.substr(path.size() - 5) == ".onnx";
+    if (int8) {
+        const auto model = open_int8_model(path, spec.arch(), spec.num_classes, info.channels);
+        auto ctx = make_context<cpu::Backend>(threads, "fp32", spec.where("model", "precision"));
+        // Every value stays in the arena until the batch ends: batches of at most 64 images.
+        result = train::evaluate_with<cpu::Backend>(
+            *ctx, [&](cpu::Context& c, const Tensor& x) { return model->forward(c, x); }, *spec.data,
+            std::min(spec.train.batch_size, 64), world.get());
+    } else on_device(spec.device(), spec.where("train", "device"), [&]<class B>() {
         auto ctx = make_context<B>(threads, spec.precision(), spec.where("model", "precision"), world->local_rank());
         auto net = make_network<B>(spec.arch(), spec.num_classes, info.channels);
-        const std::string path = *args.value("checkpoint");
         const auto meta = checkpoint::read_metadata(path);
         if (meta.count("arch") && meta.at("arch") != net->arch())
             throw user_error(
@@ -44,12 +55,14 @@ int eval(const std::vector<std::string>& raw) {
     });
     if (!world->is_root()) return 0;
     if (args.flag("json"))
-        std::printf("{\"checkpoint\": %s, \"images\": %lld, \"loss\": %.6f, \"top1\": %.6f, \"top5\": %.6f}\n",
-                    json::quote(*args.value("checkpoint")).c_str(), (long long)info.val_size, result.loss, result.top1,
-                    result.top5);
+        std::printf(
+            "{\"checkpoint\": %s, \"images\": %lld, \"loss\": %.6f, \"top1\": %.6f, \"top5\": %.6f, \"forward\": %s}\n",
+            json::quote(path).c_str(), (long long)info.val_size, result.loss, result.top1, result.top5,
+            int8 ? "\"int8 fake-quant\"" : "\"network\"");
     else
-        std::printf("eval: %lld images, loss %.4f, top-1 %.2f%%, top-5 %.2f%%\n", (long long)info.val_size, result.loss,
-                    100 * result.top1, 100 * result.top5);
+        std::printf("eval%s: %lld images, loss %.4f, top-1 %.2f%%, top-5 %.2f%%\n",
+                    int8 ? " (int8 QDQ, through tessera's fake-quant forward on the CPU)" : "", (long long)info.val_size,
+                    result.loss, 100 * result.top1, 100 * result.top5);
     return 0;
 }
 

@@ -14,12 +14,16 @@ namespace {
 constexpr const char* usage =
     R"(usage: runner RECIPE [--set section.key=value]... [--threads T]     (mpirun -np N runner …: N ranks)
        runner train RECIPE [--set …]... [--threads T] [--fresh | --resume PATH] [--stop-after-steps N]
-       runner eval RECIPE --checkpoint PATH [--set …] [--threads T] [--json]
+       runner eval RECIPE --checkpoint PATH|INT8.onnx [--set …] [--threads T] [--json]
        runner predict --checkpoint PATH [--arch A] [--labels FILE|imagenet] [--topk 5] [--image-size 224]
                       [--resize 256] [--device cpu|cuda] [--json] IMAGE...
        runner serve --checkpoint PATH [--host 127.0.0.1] [--port 8080] [--device cpu|cuda] [--labels FILE|imagenet]
                     [--max-batch 32] [--max-wait-ms 0] [--max-queue 256] [--max-bytes 20971520]
                     [--max-pixels 40000000] [--idle-timeout-s 10] [--threads T] [--io-threads 2]
+       runner export --checkpoint PATH --onnx OUT.onnx [--opset 17] [--batch 1 | --dynamic-batch] [--fold-bn]
+                     [--with-preprocessing] [--nhwc] [--image-size S] [--arch A] [--labels FILE|imagenet]
+       runner quantize --checkpoint PATH --recipe RECIPE --out OUT.onnx [--calibration 512]
+                       [--method minmax|percentile] [--percentile 99.99] [--opset 17] [--batch 1 | --dynamic-batch]
        runner lr-find RECIPE [--start 1e-7] [--end 10] [--iters 100] [--set …] [--json]
        runner parity RECIPE [--steps 50] [--every 10] [--check-steps 50] [--loss-tol 1e-4] [--weight-tol 1e-3]
                      [--mean-tol 0.02] [--eval] [--no-fp64] [--out DIR] [--keep] [--threads T] [--set …] [--json]
@@ -56,6 +60,8 @@ int main(int argc, char** argv) {
         if (verb == "eval") return tessera::runner::eval(rest);
         if (verb == "predict") return tessera::runner::predict(rest);
         if (verb == "serve") return tessera::runner::serve(rest);
+        if (verb == "export") return tessera::runner::export_onnx(rest);
+        if (verb == "quantize") return tessera::runner::quantize(rest);
         if (verb == "lr-find") return tessera::runner::lr_find(rest);
         if (verb == "parity") return tessera::runner::parity(rest);
         if (verb == "prepare-val") return tessera::runner::prepare_val(rest);

@@ -3,7 +3,7 @@
 // input is private (the output of the layer before it in a Seq, which no one else keeps: BatchNorm
 // and the residual sum keep their inputs, not their outputs), it works in place, as torchvision's
 // ReLU(inplace=True): a third of ResNet's activation memory.
-#include "tessera/layers/layer.hpp"
+#include "tessera/layers/graph.hpp"
 
 namespace tessera::layers {
 
@@ -31,6 +31,7 @@ public:
         d.row("ReLU", in, 0);
         return in;
     }
+    int trace(Tracer& t, int x) const { return t.relu(x); }
 
 private:
     Tensor y_;
@@ -65,6 +66,7 @@ public:
         d.row("ReLU", in, 0);
         return in;
     }
+    int trace(Tracer& t, int x) const { return t.relu(x); }
 };
 
 struct FusedReLU {

@@ -9,7 +9,7 @@
 // ReLU's mask folded in, on backends that have the fused kernels (FusedBatchNormReLU).
 #include "tessera/backend/backend.hpp"
 #include "tessera/backend/ops.hpp"
-#include "tessera/layers/layer.hpp"
+#include "tessera/layers/graph.hpp"
 
 namespace tessera::layers {
 
@@ -86,6 +86,8 @@ public:
         d.row("BatchNorm " + std::to_string(channels_), in, 2 * std::int64_t(channels_));
         return in;
     }
+    /// The BatchNorm alone: a ReLU run in the same pass traces itself (FusedReLU).
+    int trace(Tracer& t, int x) const { return t.batchnorm(x, channels_, eps); }
 
 private:
     BatchNormParams params() const { return {gamma_, beta_, running_mean_, running_var_, eps, momentum}; }

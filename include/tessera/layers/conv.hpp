@@ -4,7 +4,7 @@
 #include <cmath>
 
 #include "tessera/backend/ops.hpp"
-#include "tessera/layers/layer.hpp"
+#include "tessera/layers/graph.hpp"
 
 namespace tessera::layers {
 
@@ -53,6 +53,7 @@ public:
               out, std::int64_t(g_.out_channels) * g_.patch());
         return out;
     }
+    int trace(Tracer& t, int x) const { return t.conv(x, g_); }
 
 private:
     ConvGeometry g_;

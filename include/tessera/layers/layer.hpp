@@ -16,6 +16,7 @@
 //   void   visit(ParamVisitor&)                    // parameters and buffers, with torchvision names
 //   void   init(Rng&, const InitOptions&)
 //   Shape  describe(Describer&, Shape in) const    // a row per leaf for `runner info`
+//   int    trace(Tracer&, int x) const             // its operations in the inference graph (graph.hpp)
 #include <concepts>
 #include <type_traits>
 #include <cstdint>
@@ -130,6 +131,8 @@ private:
     std::vector<Row> rows_;
 };
 
+class Tracer;  // graph.hpp: the inference graph, recorded by name
+
 /// Run-time choices made when a spec is bound to a backend.
 struct BindOptions {
     int num_classes = 1000;  // for Linear<classes_from_recipe>
@@ -143,7 +146,8 @@ struct InitOptions {
 /// named in one error where its spec is bound, not deep inside the composite that calls it.
 template <class L>
 concept Layer = requires(L& layer, const L& bound, typename L::Context& ctx, const Tensor& t, Shape in,
-                         ParamVisitor& params, Rng& rng, const InitOptions& init, Describer& rows) {
+                         ParamVisitor& params, Rng& rng, const InitOptions& init, Describer& rows,
+                         Tracer& graph) {
     { L::is_composite } -> std::convertible_to<bool>;
     { bound.output_shape(in) } -> std::same_as<Shape>;
     { layer.forward(ctx, t) } -> std::same_as<Tensor>;
@@ -151,6 +155,7 @@ concept Layer = requires(L& layer, const L& bound, typename L::Context& ctx, con
     layer.visit(params);
     layer.init(rng, init);
     { bound.describe(rows, in) } -> std::same_as<Shape>;
+    { bound.trace(graph, 0) } -> std::same_as<int>;
 };
 
 /// The contract of a spec, for In input channels on backend B: its channel count and parameter count

@@ -7,7 +7,7 @@
 // which count it checks.
 #include <cmath>
 
-#include "tessera/layers/layer.hpp"
+#include "tessera/layers/graph.hpp"
 
 namespace tessera::layers {
 
@@ -57,6 +57,7 @@ public:
               std::int64_t(out_) * in_ + out_);
         return output_shape(in);
     }
+    int trace(Tracer& t, int x) const { return t.linear(x, in_, out_); }
 
     int out_features() const { return out_; }
 

@@ -3,7 +3,7 @@
 #include <cstdint>
 
 #include "tessera/backend/ops.hpp"
-#include "tessera/layers/layer.hpp"
+#include "tessera/layers/graph.hpp"
 
 namespace tessera::layers {
 
@@ -40,6 +40,7 @@ public:
             out, 0);
         return out;
     }
+    int trace(Tracer& t, int x) const { return t.max_pool(x, g_); }
 
 private:
     PoolGeometry g_;
@@ -87,6 +88,7 @@ public:
         d.row("GlobalAvgPool", output_shape(in), 0);
         return output_shape(in);
     }
+    int trace(Tracer& t, int x) const { return t.global_avg_pool(x); }
 
 private:
     Shape input_shape_;

@@ -65,6 +65,10 @@ public:
         d.row("Add", out, 0);
         return out;
     }
+    int trace(Tracer& t, int x) const {
+        const int a = branch_.trace(t, x);
+        return t.add(a, shortcut_.trace(t, x));
+    }
 
 private:
     BranchLayer branch_;

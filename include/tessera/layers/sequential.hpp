@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "tessera/layers/activation.hpp"
-#include "tessera/layers/layer.hpp"
+#include "tessera/layers/graph.hpp"
 
 namespace tessera::layers {
 
@@ -62,6 +62,11 @@ public:
         std::apply([&](const auto&... l) { (visit_child(d, l, [&](const auto& c) { in = c.describe(d, in); }), ...); },
                    layers_);
         return in;
+    }
+    int trace(Tracer& t, int x) const {
+        std::apply([&](const auto&... l) { (visit_child(t, l, [&](const auto& c) { x = c.trace(t, x); }), ...); },
+                   layers_);
+        return x;
     }
 
     template <std::size_t I>
@@ -152,6 +157,12 @@ public:
         d.pop();
         return out;
     }
+    int trace(Tracer& t, int x) const {
+        t.push(name_);
+        x = inner_.trace(t, x);
+        t.pop();
+        return x;
+    }
     Inner& inner() { return inner_; }
 
 private:
@@ -231,6 +242,14 @@ public:
         }
         return in;
     }
+    int trace(Tracer& t, int x) const {
+        for (std::size_t i = 0; i < blocks_.size(); ++i) {
+            t.push(std::to_string(first_ + int(i)));
+            x = blocks_[i].trace(t, x);
+            t.pop();
+        }
+        return x;
+    }
 
 private:
     std::vector<Block> blocks_;
@@ -274,6 +293,7 @@ public:
     void visit(ParamVisitor&) {}
     void init(Rng&, const InitOptions&) {}
     Shape describe(Describer&, Shape in) const { return in; }
+    int trace(Tracer&, int x) const { return x; }
 };
 
 struct Identity {

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "tessera/backend/backend.hpp"
-#include "tessera/layers/layer.hpp"
+#include "tessera/layers/graph.hpp"
 
 namespace tessera::models {
 
@@ -141,6 +141,8 @@ public:
     virtual void backward(Context& ctx, const Tensor& dlogits) = 0;
     virtual Shape output_shape(Shape in) const = 0;
     virtual std::vector<layers::Describer::Row> describe(Shape in) const = 0;
+    /// The inference graph (layers/graph.hpp): what `runner export` writes and quantization calibrates.
+    virtual std::vector<layers::GraphNode> graph() const = 0;
     virtual void init(std::uint64_t seed, const layers::InitOptions& o) = 0;
 
     const std::string& arch() const { return arch_; }
@@ -201,6 +203,11 @@ public:
         layers::Describer d;
         net_.describe(d, in);
         return d.rows();
+    }
+    std::vector<layers::GraphNode> graph() const override {
+        layers::Tracer t;
+        net_.trace(t, layers::Tracer::input);
+        return t.nodes();
     }
     /// Initialises on the host copy, then uploads.
     void init(std::uint64_t seed, const layers::InitOptions& o) override {

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "tessera/core/error.hpp"
+#include "tessera/core/layout.hpp"
 #include "tessera/core/strings.hpp"
 #include "tessera/core/json.hpp"
 #include "tessera/models/network.hpp"
@@ -42,23 +43,9 @@ inline std::size_t elements(const std::vector<std::int64_t>& dims) {
     return n;
 }
 
-// OIHW (file) <-> OHWI (memory) for conv weights; other tensors are stored as they are.
-inline void oihw_to_ohwi(const float* in, float* out, const std::vector<std::int64_t>& d) {
-    const std::size_t o = d[0], i = d[1], h = d[2], w = d[3];
-    for (std::size_t a = 0; a < o; ++a)
-        for (std::size_t b = 0; b < i; ++b)
-            for (std::size_t y = 0; y < h; ++y)
-                for (std::size_t x = 0; x < w; ++x)
-                    out[((a * h + y) * w + x) * i + b] = in[((a * i + b) * h + y) * w + x];
-}
-inline void ohwi_to_oihw(const float* in, float* out, const std::vector<std::int64_t>& d) {
-    const std::size_t o = d[0], i = d[1], h = d[2], w = d[3];
-    for (std::size_t a = 0; a < o; ++a)
-        for (std::size_t b = 0; b < i; ++b)
-            for (std::size_t y = 0; y < h; ++y)
-                for (std::size_t x = 0; x < w; ++x)
-                    out[((a * i + b) * h + y) * w + x] = in[((a * h + y) * w + x) * i + b];
-}
+// OIHW (file) <-> OHWI (memory) for conv weights (core/layout.hpp); other tensors are stored as they are.
+using tessera::ohwi_to_oihw;
+using tessera::oihw_to_ohwi;
 
 inline std::string dims_str(const std::vector<std::int64_t>& dims) { return number_list(dims); }
 

@@ -3,6 +3,8 @@
 // split, in eval mode (BatchNorm's running statistics), each image counted once across the ranks.
 // It needs a network and data alone: no optimizer, no trainer. `runner eval`, the trainer's
 // validation and library users call the same function.
+#include <concepts>
+
 #include "tessera/parallel/communicator.hpp"
 #include "tessera/models/network.hpp"
 #include "tessera/plugin/api.hpp"
@@ -23,12 +25,14 @@ inline void reduce(Meter& m, parallel::Communicator* comm) {
     m = {sums[0], std::int64_t(sums[1]), std::int64_t(sums[2]), std::int64_t(sums[3])};
 }
 
-/// The network's figures on `data`'s validation split, this rank's shard of it in batches of
-/// `batch_size`, summed over the ranks of `comm` (null: this process alone). Every rank must hold
-/// the same weights and statistics.
-template <Backend B>
-Evaluation evaluate(typename B::Context& ctx, models::Network<B>& net, plugin::DataSource& data, int batch_size,
-                    parallel::Communicator* comm = nullptr) {
+/// The figures of `forward` (normalised images in, logits out) on `data`'s validation split, this
+/// rank's shard of it in batches of `batch_size`, summed over the ranks of `comm` (null: this
+/// process alone). A network's forward below; tessera's int8 fake-quant forward (runner eval of a
+/// quantized model) is the other.
+template <Backend B, class Forward>
+requires std::invocable<Forward&, typename B::Context&, const Tensor&>
+Evaluation evaluate_with(typename B::Context& ctx, Forward&& forward, plugin::DataSource& data, int batch_size,
+                         parallel::Communicator* comm = nullptr) {
     const Normalization normalization(data.info());
     plugin::Batch batch;
     Meter meter;
@@ -37,13 +41,22 @@ Evaluation evaluate(typename B::Context& ctx, models::Network<B>& net, plugin::D
     ctx.training = false;
     while (data.next(batch)) {
         ctx.arena.reset();
-        const Tensor logits = net.forward(ctx, normalization.input<B>(ctx, batch));
+        const Tensor logits = forward(ctx, normalization.input<B>(ctx, batch));
         const auto loss = B::softmax_cross_entropy(ctx, logits, batch.labels.data(), 0.f, nullptr);
         meter.add(loss.loss, loss.top1, loss.top5, batch.count);
     }
     ctx.training = was_training;
     reduce(meter, comm);
     return {meter.loss(), meter.top1_rate(), meter.top5_rate()};
+}
+
+/// The network's figures on `data`'s validation split (evaluate_with). Every rank must hold the
+/// same weights and statistics.
+template <Backend B>
+Evaluation evaluate(typename B::Context& ctx, models::Network<B>& net, plugin::DataSource& data, int batch_size,
+                    parallel::Communicator* comm = nullptr) {
+    return evaluate_with<B>(
+        ctx, [&](typename B::Context& c, const Tensor& x) { return net.forward(c, x); }, data, batch_size, comm);
 }
 
 }  // namespace tessera::train

@@ -1,0 +1,245 @@
+// runner export and runner quantize against a real runtime: ONNX Runtime (PyPI's, in the project's
+// .venv from scripts/venv) runs what tessera wrote, and its logits must be tessera's own.
+#include <cmath>
+#include <fstream>
+
+#include "helpers.hpp"
+#include "onnx_model.hpp"
+#include "runner.hpp"
+#include "tessera/models/graph_runner.hpp"
+#include "tessera/recipe/run_spec.hpp"
+#include "tessera/train/checkpoint.hpp"
+#include "tessera/train/input.hpp"
+
+namespace tessera::test {
+namespace {
+
+fs::path venv_python() { return source_root() / ".venv" / "bin" / "python"; }
+
+/// Why ONNX Runtime cannot run here, or empty.
+std::string onnx_runtime_missing() {
+    if (!runner::onnx_model::available()) return "this runner was built without ONNX (apt install libonnx-dev)";
+    if (!fs::exists(venv_python())) return "no .venv: scripts/venv installs ONNX Runtime (scripts/test runs it)";
+    if (std::system(("'" + venv_python().string() + "' -c 'import onnxruntime, onnx' >/dev/null 2>&1").c_str()) != 0)
+        return ".venv has no onnxruntime or onnx: run scripts/venv (python3-onnx comes from scripts/deps test)";
+    return {};
+}
+
+#define SKIP_WITHOUT_ONNX_RUNTIME()                                  \
+    if (const std::string why = onnx_runtime_missing(); !why.empty()) \
+    GTEST_SKIP() << why
+
+template <class T>
+void write_raw(const fs::path& file, const std::vector<T>& v) {
+    std::ofstream(file, std::ios::binary).write(reinterpret_cast<const char*>(v.data()), std::streamsize(v.size() * sizeof(T)));
+}
+
+/// ONNX Runtime's logits for `input` (raw, dtype "float32" or "uint8", shape n,a,b,c), and what it
+/// printed (metadata, the operators it ran).
+template <class T>
+std::vector<float> run_onnx_runtime(const fs::path& model, const std::vector<T>& input, const std::string& shape,
+                                    int outputs, std::string* report = nullptr) {
+    const fs::path in = model.string() + ".in", out = model.string() + ".out";
+    write_raw(in, input);
+    const auto r = run_shell("'" + venv_python().string() + "' '" + (source_root() / "tests" / "onnx_run.py").string() +
+                             "' '" + model.string() + "' '" + in.string() + "' " +
+                             (std::is_same_v<T, float> ? "float32 " : "uint8 ") + shape + " '" + out.string() + "'");
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    if (report) *report = r.output;
+    std::vector<float> y(static_cast<std::size_t>(outputs));
+    std::ifstream(out, std::ios::binary).read(reinterpret_cast<char*>(y.data()), std::streamsize(y.size() * 4));
+    return y;
+}
+
+/// max |a - b| over max(1, max |b|).
+double relative_difference(const std::vector<float>& a, const std::vector<float>& b) {
+    double worst = 0, scale = 1;
+    for (std::size_t i = 0; i < b.size(); ++i) {
+        worst = std::max(worst, double(std::abs(a[i] - b[i])));
+        scale = std::max(scale, double(std::abs(b[i])));
+    }
+    return worst / scale;
+}
+
+std::vector<float> nhwc_to_nchw(const std::vector<float>& x, int n, int h, int w, int c) {
+    std::vector<float> y(x.size());
+    for (int i = 0; i < n; ++i)
+        for (int p = 0; p < h * w; ++p)
+            for (int k = 0; k < c; ++k)
+                y[(std::size_t(i) * c + k) * h * w + p] = x[(std::size_t(i) * h * w + p) * c + k];
+    return y;
+}
+
+/// A checkpoint's network, its own forward in evaluation mode: logits of uint8 NHWC pixels,
+/// normalised as the model card says, and the normalised input itself.
+struct Reference {
+    std::unique_ptr<models::Network<cpu::Backend>> net;
+    std::unique_ptr<cpu::Context> context = std::make_unique<cpu::Context>(2);
+    runner::ModelCard card;
+
+    std::vector<float> logits(const std::vector<std::uint8_t>& pixels, int n, std::vector<float>* normalised) {
+        cpu::Context& ctx = *context;
+        ctx.arena.reset();
+        ctx.training = false;
+        const Tensor x = ctx.arena.tensor({n, card.crop, card.crop, card.channels});
+        std::vector<float> inv_std;
+        for (float s : card.std) inv_std.push_back(1 / s);
+        cpu::Backend::normalize_images(ctx, pixels.data(), card.mean.data(), inv_std.data(), x);
+        if (normalised) normalised->assign(x.data, x.data + x.size());
+        const Tensor y = net->forward(ctx, x);
+        return {y.data, y.data + y.size()};
+    }
+};
+
+Reference reference(const fs::path& checkpoint, const std::string& arch) {
+    Reference r;
+    runner::Args args({"--checkpoint", checkpoint.string(), "--arch", arch}, {}, {"checkpoint", "arch"});
+    r.card = runner::read_model_card(args);
+    r.net = runner::make_cpu_network(r.card.arch, r.card.classes, r.card.channels);
+    checkpoint::load(r.net->params(), checkpoint);
+    return r;
+}
+
+std::vector<std::uint8_t> random_pixels(std::size_t n, std::uint64_t seed) {
+    Rng rng(seed);
+    std::vector<std::uint8_t> p(n);
+    for (auto& v : p) v = std::uint8_t(rng.uniform(0, 256));
+    return p;
+}
+
+/// Every combination the issue names: batch 1 (fixed) and 7 (dynamic), with and without --fold-bn
+/// and --with-preprocessing; ONNX Runtime's logits within 1e-4 of tessera's own forward.
+void expect_exports_match(const fs::path& checkpoint, const std::string& arch, const TempDir& dir) {
+    Reference ref = reference(checkpoint, arch);
+    const int s = ref.card.crop, c = ref.card.channels, classes = ref.card.classes;
+    for (int batch : {1, 7})
+        for (bool fold : {false, true})
+            for (bool preprocessing : {false, true}) {
+                const std::string what = arch + " batch " + std::to_string(batch) + (fold ? " --fold-bn" : "") +
+                                         (preprocessing ? " --with-preprocessing" : "");
+                const fs::path model = dir / (arch + "_" + std::to_string(batch) + "_" + std::to_string(int(fold)) + std::to_string(int(preprocessing)) + ".onnx");
+                const auto r = run_runner("export --checkpoint '" + checkpoint.string() + "' --arch " + arch +
+                                          " --onnx '" + model.string() + "'" +
+                                          (batch == 1 ? " --batch 1" : " --dynamic-batch") + (fold ? " --fold-bn" : "") +
+                                          (preprocessing ? " --with-preprocessing" : ""));
+                ASSERT_EQ(r.exit_code, 0) << what << "\n" << r.output;
+                const auto pixels = random_pixels(std::size_t(batch) * s * s * c, 7 + batch);
+                std::vector<float> normalised;
+                const std::vector<float> expected = ref.logits(pixels, batch, &normalised);
+                std::string report;
+                const std::string shape = std::to_string(batch) + "," +
+                                          (preprocessing ? std::to_string(s) + "," + std::to_string(s) + "," + std::to_string(c)
+                                                         : std::to_string(c) + "," + std::to_string(s) + "," + std::to_string(s));
+                const std::vector<float> got =
+                    preprocessing ? run_onnx_runtime(model, pixels, shape, batch * classes, &report)
+                                  : run_onnx_runtime(model, nhwc_to_nchw(normalised, batch, s, s, c), shape,
+                                                     batch * classes, &report);
+                const double diff = relative_difference(got, expected);
+                EXPECT_LT(diff, 1e-4) << what << "\n" << report;
+                std::printf("  %-50s max |ONNX Runtime - tessera| / max(1, max |logit|) = %.2e\n", what.c_str(), diff);
+                EXPECT_NE(report.find("\"arch\": \"" + arch + "\""), std::string::npos) << report;
+                fs::remove(model);
+            }
+}
+
+/// A ResNet-20 checkpoint with every BatchNorm's statistics and affine parameters made non-trivial,
+/// and the metadata tessera's training writes.
+fs::path resnet20_checkpoint(const TempDir& dir) {
+    auto net = runner::make_cpu_network("resnet20", 10, 1);
+    net->init(3, {});
+    Rng rng(5);
+    auto& store = net->params();
+    for (auto& e : store.params)
+        if (e.role == layers::Role::bn_weight || e.role == layers::Role::bn_bias)
+            for (std::size_t i = 0; i < e.size; ++i)
+                store.values[e.offset + i] = float(e.role == layers::Role::bn_weight ? rng.uniform(0.5, 1.5)
+                                                                                    : rng.uniform(-0.2, 0.2));
+    for (auto& e : store.buffer_entries)
+        for (std::size_t i = 0; i < e.size; ++i) {
+            if (e.role == layers::Role::running_mean) store.buffers[e.offset + i] = float(rng.uniform(-0.3, 0.3));
+            if (e.role == layers::Role::running_var) store.buffers[e.offset + i] = float(rng.uniform(0.5, 2.0));
+        }
+    const fs::path file = dir / "resnet20.safetensors";
+    checkpoint::save(store, file,
+                     {{"arch", "resnet20"}, {"input_height", "28"}, {"mean", "0.286"}, {"std", "0.353"}});
+    return file;
+}
+
+TEST(Export, ResNet20MatchesOnnxRuntime) {
+    SKIP_WITHOUT_ONNX_RUNTIME();
+    TempDir dir;
+    expect_exports_match(resnet20_checkpoint(dir), "resnet20", dir);
+}
+
+// torchvision's resnet50 (random weights, BatchNorm statistics made non-trivial; written by PyTorch).
+TEST(Export, ResNet50WithTorchvisionWeightsMatchesOnnxRuntime) {
+    SKIP_WITHOUT_ONNX_RUNTIME();
+    if (std::system("/usr/bin/python3 -c 'import torch, torchvision' >/dev/null 2>&1") != 0)
+        GTEST_SKIP() << "PyTorch is not installed (apt install python3-torch python3-torchvision)";
+    TempDir dir;
+    ASSERT_EQ(std::system(("/usr/bin/python3 '" + (source_root() / "tests" / "torch_interchange.py").string() +
+                           "' export resnet50 '" + dir.path().string() + "' >/dev/null")
+                              .c_str()),
+              0);
+    expect_exports_match(dir / "weights.safetensors", "resnet50", dir);
+}
+
+// PyPI's numpy 2 over Debian's breaks Debian's torch ("Numpy is not available"): ONNX Runtime stays
+// in .venv, and torch still converts tensors to numpy, in the system Python and in .venv.
+TEST(Export, DebianTorchStillSeesNumpy) {
+    if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0)
+        GTEST_SKIP() << "PyTorch is not installed (apt install python3-torch)";
+    const std::string check = " -c 'import numpy, torch; assert torch.zeros(3).numpy().shape == (3,); "
+                              "torch.from_numpy(numpy.ones(2))' 2>&1";
+    auto r = run_shell("/usr/bin/python3" + check);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    if (fs::exists(venv_python())) {
+        r = run_shell("'" + venv_python().string() + "'" + check);
+        EXPECT_EQ(r.exit_code, 0) << r.output;
+    }
+}
+
+TEST(Export, BadInputExitsTwoWithAMessage) {
+    if (!runner::onnx_model::available()) GTEST_SKIP() << "this runner was built without ONNX";
+    TempDir dir;
+    const fs::path good = resnet20_checkpoint(dir);
+    // A checkpoint without metadata: torchvision's weights as PyTorch saves them.
+    auto net = runner::make_cpu_network("resnet20", 10, 1);
+    net->init(1, {});
+    checkpoint::save(net->params(), dir / "bare.safetensors");
+    struct Case {
+        std::string args, says;
+    };
+    const std::vector<Case> cases = {
+        {"export --checkpoint '" + (dir / "bare.safetensors").string() + "' --onnx x.onnx", "add --arch"},
+        {"export --checkpoint '" + good.string() + "' --onnx x.onnx --opset 9", "--opset 11 or later"},
+        {"export --checkpoint '" + good.string() + "' --onnx x.onnx --opset 40", "newer than"},
+        {"export --checkpoint '" + good.string() + "' --onnx x.onnx --arch resnet99", "unknown architecture"},
+        {"export --checkpoint '" + good.string() + "' --onnx x.onnx --arch resnet18", "another architecture"},
+        {"export --checkpoint '" + good.string() + "' --onnx x.onnx --batch 2 --dynamic-batch", "exclude"},
+        {"quantize --checkpoint '" + good.string() + "' --recipe x.toml --out q.onnx --opset 11", "--opset 13"},
+        {"quantize --checkpoint '" + good.string() + "' --recipe x.toml --out q.onnx --method kl", "minmax or percentile"},
+        {"eval '" + (source_root() / "recipes" / "quickstart.toml").string() + "' --checkpoint '" +
+             (dir / "x.onnx").string() + "'",
+         "cannot be read"},
+    };
+    for (const Case& c : cases) {
+        const auto r = run_runner(c.args, dir.path());
+        EXPECT_EQ(r.exit_code, 2) << c.args << "\n" << r.output;
+        EXPECT_NE(r.output.find(c.says), std::string::npos) << c.args << "\n" << r.output;
+    }
+    // A calibration folder with no images.
+    fs::create_directories(dir / "empty" / "train" / "a");
+    fs::create_directories(dir / "empty" / "val" / "a");
+    std::ofstream(dir / "r.toml") << "[model]\narch = \"resnet20\"\nnum_classes = 10\n[data]\nplugin = \"imagefolder\"\n"
+                                     "train = \"" << (dir / "empty" / "train").string() << "\"\nval = \""
+                                  << (dir / "empty" / "val").string()
+                                  << "\"\nimage_size = 28\n[optimizer]\nplugin = \"sgd\"\n[scheduler]\nplugin = \"constant\"\n";
+    const auto r = run_runner("quantize --checkpoint '" + good.string() + "' --recipe r.toml --out q.onnx", dir.path());
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("no images"), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(dir / "q.onnx"));
+}
+
+}  // namespace
+}  // namespace tessera::test
