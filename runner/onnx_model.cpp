@@ -211,8 +211,11 @@ Summary write(const models::InferenceGraph& graph, const ModelCard& card, const 
 
     std::vector<std::string> names = value_names(nodes);
     names[0] = x;
-    // int8: each quantized value's readers read its DequantizeLinear's output.
-    std::vector<std::string> read_as = names;
+    // int8: a quantized value has one QuantizeLinear, and each of its readers a DequantizeLinear of
+    // its own. ONNX Runtime fuses DequantizeLinear -> Conv -> QuantizeLinear into an int8 QLinearConv
+    // only where the DequantizeLinear has no other reader (its QDQ node units), as its own
+    // quantization tool writes them; TensorRT takes either form.
+    std::vector<int> dequantized(names.size(), -1);  // -1: left in float
     auto qdq = [&](int v) {
         if (!q || q->scales[std::size_t(v)] <= 0) return;
         const std::string& name = names[std::size_t(v)];
@@ -220,9 +223,16 @@ Summary write(const models::InferenceGraph& graph, const ModelCard& card, const 
         const std::int8_t zero = 0;
         b.raw(name + ".zero_point", onnx::TensorProto::INT8, {}, &zero, 1);
         b.node("QuantizeLinear", {name, name + ".scale", name + ".zero_point"}, name + ":q", name + ".quantize");
-        b.node("DequantizeLinear", {name + ":q", name + ".scale", name + ".zero_point"}, name + ":dq",
-               name + ".dequantize");
-        read_as[std::size_t(v)] = name + ":dq";
+        dequantized[std::size_t(v)] = 0;
+    };
+    auto read = [&](int v) {
+        const std::string& name = names[std::size_t(v)];
+        int& readers = dequantized[std::size_t(v)];
+        if (readers < 0) return name;
+        const std::string suffix = ++readers > 1 ? "_" + std::to_string(readers) : "";
+        b.node("DequantizeLinear", {name + ":q", name + ".scale", name + ".zero_point"}, name + ":dq" + suffix,
+               name + ".dequantize" + suffix);
+        return name + ":dq" + suffix;
     };
     // Weights: float, or int8 per output channel behind a DequantizeLinear (axis 0).
     auto weight = [&](const std::string& name) {
@@ -251,7 +261,7 @@ Summary write(const models::InferenceGraph& graph, const ModelCard& card, const 
         const GraphNode& n = nodes[i];
         const std::string& out = names[i + 1];
         std::vector<std::string> in;
-        for (int v : n.inputs) in.push_back(read_as[std::size_t(v)]);
+        for (int v : n.inputs) in.push_back(read(v));
         switch (n.op) {
             case Op::conv: {
                 in.push_back(weight(n.name + ".weight"));

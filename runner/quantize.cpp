@@ -131,11 +131,12 @@ int quantize(const std::vector<std::string>& raw) {
                              std::to_string(card.channels),
                          "calibrate with the recipe that trained the checkpoint");
 
-    models::GraphRunner runner(models::fold_batchnorm(load_inference_graph(card)));
+    const models::InferenceGraph graph = models::fold_batchnorm(load_inference_graph(card));
+    models::GraphRunner runner(graph);
     const int threads = args.value("threads") ? thread_count(args) : ThreadPool::default_threads();
     auto ctx = make_context<cpu::Backend>(threads, "fp32", "runner quantize");
     ctx->training = false;
-    Calibrator calibrator(runner.graph().nodes.size() + 1);
+    Calibrator calibrator(runner.values());
     // The same images in each pass: the data's order and augmentation are functions of the plan.
     const train::Normalization normalization(spec.info);
     auto pass = [&](const models::GraphRunner::Observer& observe) {
@@ -161,7 +162,7 @@ int quantize(const std::vector<std::string>& raw) {
                                      method == "minmax" ? "minmax" : "percentile " + shortest_decimal(percentile),
                                      images};
     const std::string out = *args.value("out");
-    const auto summary = onnx_model::write(runner.graph(), card, options, &q, out);
+    const auto summary = onnx_model::write(graph, card, options, &q, out);
     std::printf("%s: %s in int8 QDQ (opset %d), calibrated by %s on %d %s images; %zu nodes, %.1f MB; ONNX's "
                 "checker passed\n",
                 out.c_str(), card.arch.c_str(), options.opset, q.method.c_str(), images, split_name.c_str(),

@@ -3,8 +3,9 @@
   onnx_run.py MODEL INPUT DTYPE N,D1,D2,D3 OUTPUT
       onnx.checker.check_model(MODEL, full_check=True); reads INPUT (raw float32 or uint8, in the
       given shape), runs MODEL on ONNX Runtime's CPU provider with every graph optimisation, and
-      writes its first output as raw float32 to OUTPUT. Prints the model's metadata and the
-      operators ONNX Runtime ran (from its optimised graph) as one JSON line.
+      writes its first output as raw float32 to OUTPUT. Prints the model's metadata, the operators
+      ONNX Runtime ran (from its optimised graph) and, for an int8 model, how many convolutions
+      have the form TensorRT's explicit quantization asks for, as one JSON line.
 
 Run with the project's .venv (scripts/venv), where onnxruntime comes from PyPI and onnx from
 Debian's python3-onnx.
@@ -16,7 +17,28 @@ import tempfile
 
 import numpy
 import onnx
+import onnx.numpy_helper
 import onnxruntime
+
+
+def tensorrt_form(model):
+    """Convolutions (and the Gemm) whose data input and weight both come from a DequantizeLinear, the
+    weight's per output channel (axis 0), every zero point 0: [in that form, all]."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    good = total = 0
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "Gemm"):
+            continue
+        total += 1
+        x, w = producer.get(n.input[0]), producer.get(n.input[1])
+        if not (x and w and x.op_type == "DequantizeLinear" and w.op_type == "DequantizeLinear"):
+            continue
+        axis = {a.name: a.i for a in w.attribute}.get("axis", 1)
+        zeros = all(not init[d.input[2]].any() for d in (x, w))
+        per_channel = init[w.input[1]].shape == (init[w.input[0]].shape[0],) and axis == 0
+        good += zeros and per_channel and init[w.input[0]].dtype == numpy.int8 and init[x.input[2]].dtype == numpy.int8
+    return [good, total]
 
 
 def main():
@@ -32,8 +54,9 @@ def main():
         (y,) = session.run(None, {session.get_inputs()[0].name: x})
         ran = sorted({n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node})
     y.astype(numpy.float32).tofile(output_path)
-    meta = {p.key: p.value for p in onnx.load(model_path).metadata_props}
-    print(json.dumps({"metadata": meta, "ops": ran, "output_shape": list(y.shape)}))
+    model = onnx.load(model_path)
+    meta = {p.key: p.value for p in model.metadata_props}
+    print(json.dumps({"metadata": meta, "ops": ran, "output_shape": list(y.shape), "tensorrt_form": tensorrt_form(model)}))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ public:
     /// Sees value v (0: the input) once computed, before it is quantized.
     using Observer = std::function<void(int value, const Tensor& t)>;
 
+    /// Holds its own copy of the graph, its conv weights in the kernels' layout.
     explicit GraphRunner(InferenceGraph graph) : graph_(std::move(graph)) {
         for (auto& [name, dims] : graph_.dims)  // conv weights to the kernels' layout (OHWI)
             if (dims.size() == 4) {
@@ -38,7 +39,8 @@ public:
             }
     }
 
-    const InferenceGraph& graph() const { return graph_; }
+    /// How many values the graph has (the input, then one per node): the length of a scale vector.
+    std::size_t values() const { return graph_.nodes.size() + 1; }
 
     /// Fake-quantized activations from here on: one scale per value (0: left in float).
     void quantize_activations(std::vector<float> scales) {
