@@ -10,10 +10,10 @@
 namespace tessera::runner {
 
 /// The checkpoint's network on the CPU, with its weights, traced: what export and quantize start from.
-models::InferenceGraph load_inference_graph(const ModelCard& card) {
+deploy::InferenceGraph load_inference_graph(const ModelCard& card) {
     auto net = make_cpu_network(card.arch, card.classes, card.channels);
     checkpoint::load(net->params(), card.checkpoint);
-    return models::inference_graph(*net);
+    return deploy::inference_graph(*net);
 }
 
 /// --opset, --batch / --dynamic-batch, --with-preprocessing and --nhwc.
@@ -37,8 +37,8 @@ int export_onnx(const std::vector<std::string>& raw) {
     onnx_model::require();
     const ModelCard card = read_model_card(args);
     const onnx_model::Options options = onnx_options(args);
-    models::InferenceGraph graph = load_inference_graph(card);
-    if (args.flag("fold-bn")) graph = models::fold_batchnorm(graph);
+    deploy::InferenceGraph graph = load_inference_graph(card);
+    if (args.flag("fold-bn")) graph = deploy::fold_batchnorm(graph);
     const std::string out = *args.value("onnx");
     const auto summary = onnx_model::write(graph, card, options, nullptr, out);
     const std::string batch = options.batch ? "a fixed " + std::to_string(options.batch) + "-image" : "a dynamic";

@@ -23,7 +23,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "tessera/models/int8.hpp"
+#include "tessera/export/int8.hpp"
 #endif
 
 namespace tessera::runner::onnx_model {
@@ -51,7 +51,7 @@ bool available() { return false; }
 void require() {
     throw user_error("runner", "was built without ONNX", "install libonnx-dev and libprotobuf-dev, then rebuild");
 }
-Summary write(const models::InferenceGraph&, const ModelCard&, const Options&, const Quantization*,
+Summary write(const deploy::InferenceGraph&, const ModelCard&, const Options&, const Quantization*,
               const std::string&) {
     require();
     return {};
@@ -166,7 +166,7 @@ void check_opset(const Options& o, bool quantized) {
 
 }  // namespace
 
-Summary write(const models::InferenceGraph& graph, const ModelCard& card, const Options& o, const Quantization* q,
+Summary write(const deploy::InferenceGraph& graph, const ModelCard& card, const Options& o, const Quantization* q,
               const std::string& path) {
     check_opset(o, q != nullptr);
     const auto& nodes = graph.nodes;
@@ -242,8 +242,8 @@ Summary write(const models::InferenceGraph& graph, const ModelCard& card, const 
             b.floats(name, dims, w);
             return name;
         }
-        const std::vector<float> scales = models::int8::weight_scales(w, std::size_t(dims[0]));
-        b.raw(name + ".int8", onnx::TensorProto::INT8, dims, models::int8::quantize_weights(w, scales));
+        const std::vector<float> scales = deploy::int8::weight_scales(w, std::size_t(dims[0]));
+        b.raw(name + ".int8", onnx::TensorProto::INT8, dims, deploy::int8::quantize_weights(w, scales));
         b.floats(name + ".scale", {dims[0]}, scales);
         b.raw(name + ".zero_point", onnx::TensorProto::INT8, {dims[0]}, std::vector<std::int8_t>(scales.size(), 0));
         Builder::integer(b.node("DequantizeLinear", {name + ".int8", name + ".scale", name + ".zero_point"}, name,

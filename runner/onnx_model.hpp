@@ -9,7 +9,7 @@
 #include "classifier.hpp"
 #include <map>
 
-#include "tessera/models/inference_graph.hpp"
+#include "tessera/export/inference_graph.hpp"
 
 namespace tessera::runner::onnx_model {
 
@@ -49,7 +49,7 @@ void require();
 
 /// Writes the model to `path` after ONNX's checker has passed it. User errors name the option to
 /// change (an opset this graph cannot be written in, a batch below 1).
-Summary write(const models::InferenceGraph& graph, const ModelCard& card, const Options& options,
+Summary write(const deploy::InferenceGraph& graph, const ModelCard& card, const Options& options,
               const Quantization* quantization, const std::string& path);
 
 /// What runner quantize wrote, read back for `runner eval`: its metadata, its activation scales by

@@ -12,13 +12,13 @@
 
 #include "onnx_model.hpp"
 #include "runner.hpp"
-#include "tessera/models/graph_runner.hpp"
+#include "tessera/export/graph_runner.hpp"
 #include "tessera/recipe/run_spec.hpp"
 #include "tessera/train/input.hpp"
 
 namespace tessera::runner {
 
-models::InferenceGraph load_inference_graph(const ModelCard& card);  // export.cpp
+deploy::InferenceGraph load_inference_graph(const ModelCard& card);  // export.cpp
 onnx_model::Options onnx_options(const Args& args);                  // export.cpp
 
 namespace {
@@ -45,7 +45,7 @@ public:
     std::vector<float> scales(double percentile) const {
         std::vector<float> s(amax_.size());
         for (std::size_t v = 0; v + 1 < amax_.size(); ++v)
-            s[v] = models::int8::scale_for(percentile > 0 ? clip(v, percentile) : amax_[v]);
+            s[v] = deploy::int8::scale_for(percentile > 0 ? clip(v, percentile) : amax_[v]);
         return s;
     }
 
@@ -66,14 +66,14 @@ private:
 
 }  // namespace
 
-std::unique_ptr<models::GraphRunner> open_int8_model(const std::string& path, const std::string& arch, int classes,
+std::unique_ptr<deploy::GraphRunner> open_int8_model(const std::string& path, const std::string& arch, int classes,
                                                      int channels) {
     onnx_model::QdqModel model = onnx_model::read_qdq(path);
     if (model.metadata.at("arch") != arch)
         throw user_error(path, "holds a " + model.metadata.at("arch") + ", but the recipe builds a " + arch,
                          "evaluate it with the recipe that trained it");
     // The graph that runner quantize wrote: the architecture traced and folded, its tensors the model's.
-    models::InferenceGraph graph = models::fold_batchnorm(models::inference_graph(*make_cpu_network(arch, classes, channels)));
+    deploy::InferenceGraph graph = deploy::fold_batchnorm(deploy::inference_graph(*make_cpu_network(arch, classes, channels)));
     for (auto& [name, values] : graph.tensors) {
         auto it = model.tensors.find(name);
         if (it == model.tensors.end() || it->second.size() != values.size())
@@ -87,7 +87,7 @@ std::unique_ptr<models::GraphRunner> open_int8_model(const std::string& path, co
         for (const std::string& name : v ? std::vector<std::string>{names[v]}
                                          : std::vector<std::string>{"input", "input:nchw", "preprocess:normalised"})
             if (model.scales.count(name)) scales[v] = model.scales.at(name);
-    auto runner = std::make_unique<models::GraphRunner>(std::move(graph));
+    auto runner = std::make_unique<deploy::GraphRunner>(std::move(graph));
     runner->quantize_activations(std::move(scales));  // the weights are already the int8 model's
     return runner;
 }
@@ -131,15 +131,15 @@ int quantize(const std::vector<std::string>& raw) {
                              std::to_string(card.channels),
                          "calibrate with the recipe that trained the checkpoint");
 
-    const models::InferenceGraph graph = models::fold_batchnorm(load_inference_graph(card));
-    models::GraphRunner runner(graph);
+    const deploy::InferenceGraph graph = deploy::fold_batchnorm(load_inference_graph(card));
+    deploy::GraphRunner runner(graph);
     const int threads = args.value("threads") ? thread_count(args) : ThreadPool::default_threads();
     auto ctx = make_context<cpu::Backend>(threads, "fp32", "runner quantize");
     ctx->training = false;
     Calibrator calibrator(runner.values());
     // The same images in each pass: the data's order and augmentation are functions of the plan.
     const train::Normalization normalization(spec.info);
-    auto pass = [&](const models::GraphRunner::Observer& observe) {
+    auto pass = [&](const deploy::GraphRunner::Observer& observe) {
         plugin::DataSource& data = *spec.data;
         data.start_epoch(split, train::epoch_plan(0, split, std::min(32, wanted), spec.train.seed, nullptr));
         plugin::Batch batch;

@@ -6,7 +6,7 @@
 #include "helpers.hpp"
 #include "onnx_model.hpp"
 #include "runner.hpp"
-#include "tessera/models/graph_runner.hpp"
+#include "tessera/export/graph_runner.hpp"
 #include "tessera/recipe/run_spec.hpp"
 #include "tessera/train/checkpoint.hpp"
 #include "tessera/train/input.hpp"

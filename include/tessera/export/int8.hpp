@@ -13,7 +13,7 @@
 #include <span>
 #include <vector>
 
-namespace tessera::models::int8 {
+namespace tessera::deploy::int8 {
 
 /// A scale that is never zero: a channel or tensor of zeros quantizes to zeros with scale 1.
 inline float scale_for(double amax, double levels = 127) { return amax > 0 ? float(amax / levels) : 1.f; }
@@ -54,4 +54,4 @@ inline void fake_quantize_weights(std::span<float> w, std::size_t rows) {
     for (std::size_t i = 0; i < w.size(); ++i) w[i] = fake_quantize(w[i], scales[i / per_row], -127);
 }
 
-}  // namespace tessera::models::int8
+}  // namespace tessera::deploy::int8

@@ -20,7 +20,7 @@
 #include "tessera/layers/graph.hpp"
 #include "tessera/models/network.hpp"
 
-namespace tessera::models {
+namespace tessera::deploy {
 
 struct InferenceGraph {
     std::vector<layers::GraphNode> nodes;  // as traced; a conv with a bias has "<name>.bias" in tensors
@@ -47,8 +47,8 @@ template <class Net>
 InferenceGraph inference_graph(const Net& net) {
     InferenceGraph g;
     g.nodes = net.graph();
-    const ParamStore& store = net.params();
-    auto copy = [&](const std::vector<ParamEntry>& entries, const std::vector<float>& memory) {
+    const models::ParamStore& store = net.params();
+    auto copy = [&](const std::vector<models::ParamEntry>& entries, const std::vector<float>& memory) {
         for (auto& e : entries) {
             if (e.role == layers::Role::num_batches_tracked) continue;
             std::vector<float> v(memory.begin() + std::ptrdiff_t(e.offset),
@@ -107,4 +107,4 @@ inline InferenceGraph fold_batchnorm(const InferenceGraph& g) {
     return out;
 }
 
-}  // namespace tessera::models
+}  // namespace tessera::deploy

@@ -15,10 +15,10 @@
 
 #include "tessera/backend/cpu/backend.hpp"
 #include "tessera/core/layout.hpp"
-#include "tessera/models/inference_graph.hpp"
-#include "tessera/models/int8.hpp"
+#include "tessera/export/inference_graph.hpp"
+#include "tessera/export/int8.hpp"
 
-namespace tessera::models {
+namespace tessera::deploy {
 
 class GraphRunner {
 public:
@@ -139,4 +139,4 @@ private:
     std::vector<float> scales_;
 };
 
-}  // namespace tessera::models
+}  // namespace tessera::deploy
