@@ -32,27 +32,29 @@ int eval(const std::vector<std::string>& raw) {
         result = train::evaluate_with<cpu::Backend>(
             *ctx, [&](cpu::Context& c, const Tensor& x) { return model->forward(c, x); }, *spec.data,
             std::min(spec.train.batch_size, 64), world.get());
-    } else on_device(spec.device(), spec.where("train", "device"), [&]<class B>() {
-        auto ctx = make_context<B>(threads, spec.precision(), spec.where("model", "precision"), world->local_rank());
-        auto net = make_network<B>(spec.arch(), spec.num_classes, info.channels);
-        const auto meta = checkpoint::read_metadata(path);
-        if (meta.count("arch") && meta.at("arch") != net->arch())
-            throw user_error(
-                path, "holds a " + meta.at("arch") + ", but the recipe builds a " + net->arch(),
-                "evaluate it with the recipe that trained it, or set model.arch = \"" + meta.at("arch") + "\"");
-        const auto shapes = checkpoint::read_shapes(path);
-        if (shapes.count("fc.weight") && !shapes.at("fc.weight").empty() &&
-            shapes.at("fc.weight")[0] != spec.num_classes)
-            throw user_error(
-                path,
-                "holds a model of " + std::to_string(shapes.at("fc.weight")[0]) + " classes, but the recipe's has " +
-                    std::to_string(spec.num_classes),
-                "set model.num_classes = 0 to take the data's, or evaluate it on the data it was trained on");
-        checkpoint::load(net->params(), path);
-        net->upload();
-        result = train::evaluate<B>(*ctx, *net, *spec.data, spec.train.batch_size, world.get());
-        return 0;
-    });
+    } else
+        on_device(spec.device(), spec.where("train", "device"), [&]<class B>() {
+            auto ctx =
+                make_context<B>(threads, spec.precision(), spec.where("model", "precision"), world->local_rank());
+            auto net = make_network<B>(spec.arch(), spec.num_classes, info.channels);
+            const auto meta = checkpoint::read_metadata(path);
+            if (meta.count("arch") && meta.at("arch") != net->arch())
+                throw user_error(
+                    path, "holds a " + meta.at("arch") + ", but the recipe builds a " + net->arch(),
+                    "evaluate it with the recipe that trained it, or set model.arch = \"" + meta.at("arch") + "\"");
+            const auto shapes = checkpoint::read_shapes(path);
+            if (shapes.count("fc.weight") && !shapes.at("fc.weight").empty() &&
+                shapes.at("fc.weight")[0] != spec.num_classes)
+                throw user_error(
+                    path,
+                    "holds a model of " + std::to_string(shapes.at("fc.weight")[0]) +
+                        " classes, but the recipe's has " + std::to_string(spec.num_classes),
+                    "set model.num_classes = 0 to take the data's, or evaluate it on the data it was trained on");
+            checkpoint::load(net->params(), path);
+            net->upload();
+            result = train::evaluate<B>(*ctx, *net, *spec.data, spec.train.batch_size, world.get());
+            return 0;
+        });
     if (!world->is_root()) return 0;
     if (args.flag("json"))
         std::printf(
@@ -61,8 +63,8 @@ int eval(const std::vector<std::string>& raw) {
             int8 ? "\"int8 fake-quant\"" : "\"network\"");
     else
         std::printf("eval%s: %lld images, loss %.4f, top-1 %.2f%%, top-5 %.2f%%\n",
-                    int8 ? " (int8 QDQ, through tessera's fake-quant forward on the CPU)" : "", (long long)info.val_size,
-                    result.loss, 100 * result.top1, 100 * result.top5);
+                    int8 ? " (int8 QDQ, through tessera's fake-quant forward on the CPU)" : "",
+                    (long long)info.val_size, result.loss, 100 * result.top1, 100 * result.top5);
     return 0;
 }
 

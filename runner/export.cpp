@@ -44,8 +44,8 @@ int export_onnx(const std::vector<std::string>& raw) {
     const std::string batch = options.batch ? "a fixed " + std::to_string(options.batch) + "-image" : "a dynamic";
     std::printf("%s: %s, opset %d, %s batch, %s input, %zu nodes, %.1f MB; ONNX's checker passed\n", out.c_str(),
                 card.arch.c_str(), options.opset, batch.c_str(),
-                options.with_preprocessing ? "uint8 NHWC" : (options.nhwc ? "float NHWC" : "float NCHW"),
-                summary.nodes, double(summary.bytes) / 1e6);
+                options.with_preprocessing ? "uint8 NHWC" : (options.nhwc ? "float NHWC" : "float NCHW"), summary.nodes,
+                double(summary.bytes) / 1e6);
     return 0;
 }
 

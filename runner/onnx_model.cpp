@@ -19,6 +19,7 @@
 #include <onnx/defs/schema.h>
 #include <onnx/onnx_pb.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -152,15 +153,17 @@ void tensor_value(onnx::ValueInfoProto& v, const std::string& name, int type, in
 void check_opset(const Options& o, bool quantized) {
     const int newest = onnx::OpSchemaRegistry::DomainToVersionRange::Instance().Map().at(onnx::ONNX_DOMAIN).second;
     if (o.opset > newest)
-        throw user_error("--opset", std::to_string(o.opset) + " is newer than this build's ONNX knows (" +
-                                        std::to_string(newest) + ")",
-                         "use --opset " + std::to_string(newest) + " or older");
+        throw user_error(
+            "--opset",
+            std::to_string(o.opset) + " is newer than this build's ONNX knows (" + std::to_string(newest) + ")",
+            "use --opset " + std::to_string(newest) + " or older");
     const int least = quantized ? min_qdq_opset : min_opset;
     if (o.opset < least)
         throw user_error("--opset", std::to_string(o.opset) + " is older than this graph needs",
-                         quantized ? "int8 QDQ needs opset 13 or later (QuantizeLinear's per-channel axis): use --opset 13"
-                                   : "use --opset 11 or later (Conv, MaxPool and BatchNormalization as ONNX Runtime "
-                                     "and TensorRT take them)");
+                         quantized
+                             ? "int8 QDQ needs opset 13 or later (QuantizeLinear's per-channel axis): use --opset 13"
+                             : "use --opset 11 or later (Conv, MaxPool and BatchNormalization as ONNX Runtime "
+                               "and TensorRT take them)");
     if (o.batch < 0) throw user_error("--batch", "must be at least 1 (or use --dynamic-batch)");
 }
 
@@ -353,31 +356,50 @@ QdqModel read_qdq(const std::string& path) {
     if (!model.ParseFromIstream(&file)) throw user_error(path, "is not an ONNX model");
     QdqModel out;
     for (auto& e : model.metadata_props()) out.metadata[e.key()] = e.value();
-    if (!out.metadata.count("quantization") || !out.metadata.count("arch"))
-        throw user_error(path, "is not an int8 model written by runner quantize",
-                         "evaluate a checkpoint, or the output of runner quantize");
+    auto refuse = [&](const std::string& what) {
+        return user_error(path, "is not an int8 model written by runner quantize (" + what + ")",
+                          "evaluate a checkpoint, or the output of runner quantize");
+    };
+    if (!out.metadata.count("quantization") || !out.metadata.count("arch")) throw refuse("no quantization metadata");
     std::map<std::string, const onnx::TensorProto*> init;
     for (auto& t : model.graph().initializer()) init[t.name()] = &t;
+    auto tensor = [&](const onnx::NodeProto& n, int input, int type) -> const onnx::TensorProto& {
+        if (n.input_size() <= input || !init.count(n.input(input))) throw refuse(n.name() + " reads no initializer");
+        const onnx::TensorProto& t = *init.at(n.input(input));
+        if (t.data_type() != type || !t.has_raw_data()) throw refuse(t.name() + " is not stored as written");
+        return t;
+    };
     auto floats = [&](const onnx::TensorProto& t) {
-        TESSERA_CHECK(t.data_type() == onnx::TensorProto::FLOAT && t.has_raw_data(), path + ": " + t.name());
         std::vector<float> v(t.raw_data().size() / sizeof(float));
+        if (v.empty()) throw refuse(t.name() + " is empty");
         std::memcpy(v.data(), t.raw_data().data(), v.size() * sizeof(float));
         return v;
     };
     for (auto& n : model.graph().node()) {
-        if (n.op_type() == "QuantizeLinear") out.scales[n.input(0)] = floats(*init.at(n.input(1)))[0];
-        if (n.op_type() == "DequantizeLinear" && init.count(n.input(0))) {  // a weight: int8 x per-channel scale
-            const onnx::TensorProto& w = *init.at(n.input(0));
-            const std::vector<float> scales = floats(*init.at(n.input(1)));
-            std::vector<float> v(w.raw_data().size());
+        if (n.op_type() == "QuantizeLinear" && n.input_size() > 0) {
+            const float scale = floats(tensor(n, 1, onnx::TensorProto::FLOAT))[0];
+            if (!(scale > 0 && std::isfinite(scale))) throw refuse(n.name() + "'s scale is not a positive number");
+            out.scales[n.input(0)] = scale;
+        }
+        if (n.op_type() == "DequantizeLinear" && n.input_size() > 0 && init.count(n.input(0)) && n.output_size() > 0) {
+            // A weight: int8 values times their output channel's scale.
+            const std::string& q = tensor(n, 0, onnx::TensorProto::INT8).raw_data();
+            const std::vector<float> scales = floats(tensor(n, 1, onnx::TensorProto::FLOAT));
+            if (q.empty() || q.size() % scales.size() != 0)
+                throw refuse(n.name() + ": scales do not divide the weight");
+            std::vector<float> v(q.size());
             const std::size_t per_row = v.size() / scales.size();
             for (std::size_t i = 0; i < v.size(); ++i)
-                v[i] = float(static_cast<std::int8_t>(w.raw_data()[i])) * scales[i / per_row];
+                v[i] = float(static_cast<std::int8_t>(q[i])) * scales[i / per_row];
             out.tensors[n.output(0)] = std::move(v);
         }
     }
     for (auto& t : model.graph().initializer())
-        if (t.name().ends_with(".bias")) out.tensors[t.name()] = floats(t);
+        if (t.name().ends_with(".bias")) {
+            if (t.data_type() != onnx::TensorProto::FLOAT || !t.has_raw_data())
+                throw refuse(t.name() + " is not float");
+            out.tensors[t.name()] = floats(t);
+        }
     return out;
 }
 

@@ -73,7 +73,8 @@ std::unique_ptr<deploy::GraphRunner> open_int8_model(const std::string& path, co
         throw user_error(path, "holds a " + model.metadata.at("arch") + ", but the recipe builds a " + arch,
                          "evaluate it with the recipe that trained it");
     // The graph that runner quantize wrote: the architecture traced and folded, its tensors the model's.
-    deploy::InferenceGraph graph = deploy::fold_batchnorm(deploy::inference_graph(*make_cpu_network(arch, classes, channels)));
+    deploy::InferenceGraph graph =
+        deploy::fold_batchnorm(deploy::inference_graph(*make_cpu_network(arch, classes, channels)));
     for (auto& [name, values] : graph.tensors) {
         auto it = model.tensors.find(name);
         if (it == model.tensors.end() || it->second.size() != values.size())
@@ -163,10 +164,11 @@ int quantize(const std::vector<std::string>& raw) {
                                      images};
     const std::string out = *args.value("out");
     const auto summary = onnx_model::write(graph, card, options, &q, out);
-    std::printf("%s: %s in int8 QDQ (opset %d), calibrated by %s on %d %s images; %zu nodes, %.1f MB; ONNX's "
-                "checker passed\n",
-                out.c_str(), card.arch.c_str(), options.opset, q.method.c_str(), images, split_name.c_str(),
-                summary.nodes, double(summary.bytes) / 1e6);
+    std::printf(
+        "%s: %s in int8 QDQ (opset %d), calibrated by %s on %d %s images; %zu nodes, %.1f MB; ONNX's "
+        "checker passed\n",
+        out.c_str(), card.arch.c_str(), options.opset, q.method.c_str(), images, split_name.c_str(), summary.nodes,
+        double(summary.bytes) / 1e6);
     std::printf("its accuracy through tessera's fake-quant forward: runner eval %s --checkpoint %s\n",
                 args.value("recipe")->c_str(), out.c_str());
     return 0;

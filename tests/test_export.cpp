@@ -25,13 +25,13 @@ std::string onnx_runtime_missing() {
     return {};
 }
 
-#define SKIP_WITHOUT_ONNX_RUNTIME()                                  \
-    if (const std::string why = onnx_runtime_missing(); !why.empty()) \
-    GTEST_SKIP() << why
+#define SKIP_WITHOUT_ONNX_RUNTIME() \
+    if (const std::string why = onnx_runtime_missing(); !why.empty()) GTEST_SKIP() << why
 
 template <class T>
 void write_raw(const fs::path& file, const std::vector<T>& v) {
-    std::ofstream(file, std::ios::binary).write(reinterpret_cast<const char*>(v.data()), std::streamsize(v.size() * sizeof(T)));
+    std::ofstream(file, std::ios::binary)
+        .write(reinterpret_cast<const char*>(v.data()), std::streamsize(v.size() * sizeof(T)));
 }
 
 /// ONNX Runtime's logits for `input` (raw, dtype "float32" or "uint8", shape n,a,b,c), and what it
@@ -117,23 +117,25 @@ void expect_exports_match(const fs::path& checkpoint, const std::string& arch, c
             for (bool preprocessing : {false, true}) {
                 const std::string what = arch + " batch " + std::to_string(batch) + (fold ? " --fold-bn" : "") +
                                          (preprocessing ? " --with-preprocessing" : "");
-                const fs::path model = dir / (arch + "_" + std::to_string(batch) + "_" + std::to_string(int(fold)) + std::to_string(int(preprocessing)) + ".onnx");
-                const auto r = run_runner("export --checkpoint '" + checkpoint.string() + "' --arch " + arch +
-                                          " --onnx '" + model.string() + "'" +
-                                          (batch == 1 ? " --batch 1" : " --dynamic-batch") + (fold ? " --fold-bn" : "") +
-                                          (preprocessing ? " --with-preprocessing" : ""));
+                const fs::path model = dir / (arch + "_" + std::to_string(batch) + "_" + std::to_string(int(fold)) +
+                                              std::to_string(int(preprocessing)) + ".onnx");
+                const auto r =
+                    run_runner("export --checkpoint '" + checkpoint.string() + "' --arch " + arch + " --onnx '" +
+                               model.string() + "'" + (batch == 1 ? " --batch 1" : " --dynamic-batch") +
+                               (fold ? " --fold-bn" : "") + (preprocessing ? " --with-preprocessing" : ""));
                 ASSERT_EQ(r.exit_code, 0) << what << "\n" << r.output;
                 const auto pixels = random_pixels(std::size_t(batch) * s * s * c, 7 + batch);
                 std::vector<float> normalised;
                 const std::vector<float> expected = ref.logits(pixels, batch, &normalised);
                 std::string report;
-                const std::string shape = std::to_string(batch) + "," +
-                                          (preprocessing ? std::to_string(s) + "," + std::to_string(s) + "," + std::to_string(c)
-                                                         : std::to_string(c) + "," + std::to_string(s) + "," + std::to_string(s));
-                const std::vector<float> got =
-                    preprocessing ? run_onnx_runtime(model, pixels, shape, batch * classes, &report)
-                                  : run_onnx_runtime(model, nhwc_to_nchw(normalised, batch, s, s, c), shape,
-                                                     batch * classes, &report);
+                const std::string shape =
+                    std::to_string(batch) + "," +
+                    (preprocessing ? std::to_string(s) + "," + std::to_string(s) + "," + std::to_string(c)
+                                   : std::to_string(c) + "," + std::to_string(s) + "," + std::to_string(s));
+                const std::vector<float> got = preprocessing
+                                                   ? run_onnx_runtime(model, pixels, shape, batch * classes, &report)
+                                                   : run_onnx_runtime(model, nhwc_to_nchw(normalised, batch, s, s, c),
+                                                                      shape, batch * classes, &report);
                 const double diff = relative_difference(got, expected);
                 EXPECT_LT(diff, 1e-4) << what << "\n" << report;
                 std::printf("  %-50s max |ONNX Runtime - tessera| / max(1, max |logit|) = %.2e\n", what.c_str(), diff);
@@ -152,17 +154,64 @@ fs::path resnet20_checkpoint(const TempDir& dir) {
     for (auto& e : store.params)
         if (e.role == layers::Role::bn_weight || e.role == layers::Role::bn_bias)
             for (std::size_t i = 0; i < e.size; ++i)
-                store.values[e.offset + i] = float(e.role == layers::Role::bn_weight ? rng.uniform(0.5, 1.5)
-                                                                                    : rng.uniform(-0.2, 0.2));
+                store.values[e.offset + i] =
+                    float(e.role == layers::Role::bn_weight ? rng.uniform(0.5, 1.5) : rng.uniform(-0.2, 0.2));
     for (auto& e : store.buffer_entries)
         for (std::size_t i = 0; i < e.size; ++i) {
             if (e.role == layers::Role::running_mean) store.buffers[e.offset + i] = float(rng.uniform(-0.3, 0.3));
             if (e.role == layers::Role::running_var) store.buffers[e.offset + i] = float(rng.uniform(0.5, 2.0));
         }
     const fs::path file = dir / "resnet20.safetensors";
-    checkpoint::save(store, file,
-                     {{"arch", "resnet20"}, {"input_height", "28"}, {"mean", "0.286"}, {"std", "0.353"}});
+    checkpoint::save(store, file, {{"arch", "resnet20"}, {"input_height", "28"}, {"mean", "0.286"}, {"std", "0.353"}});
     return file;
+}
+
+// Without ONNX Runtime (the unit shard, and the sanitizers): the traced graph run value by value is
+// the network's own forward, before and after folding, for ResNet-20 and ResNet50; the ops and names
+// are torchvision's; int8's rounding is QuantizeLinear's.
+TEST(Deploy, TracedGraphComputesTheNetworksForward) {
+    TempDir dir;
+    for (const char* arch : {"resnet20", "resnet50"}) {
+        const bool small = std::string(arch) == "resnet20";
+        const int c = small ? 1 : 3, s = small ? 28 : 64, classes = small ? 10 : 1000;
+        Reference ref = small ? reference(resnet20_checkpoint(dir), arch) : Reference{};
+        if (!small) {
+            ref.net = runner::make_cpu_network(arch, classes, c);
+            ref.net->init(9, {});
+            Rng rng(2);
+            for (auto& e : ref.net->params().buffer_entries)  // statistics that make folding matter
+                for (std::size_t i = 0; i < e.size; ++i)
+                    if (e.role == layers::Role::running_var)
+                        ref.net->params().buffers[e.offset + i] = float(rng.uniform(0.5, 2.0));
+            ref.card.crop = s;
+            ref.card.channels = c;
+            ref.card.mean = {0.5f, 0.5f, 0.5f};
+            ref.card.std = {0.25f, 0.25f, 0.25f};
+        }
+        const auto pixels = random_pixels(std::size_t(3) * s * s * c, 4);
+        std::vector<float> normalised;
+        const std::vector<float> expected = ref.logits(pixels, 3, &normalised);
+        const deploy::InferenceGraph graph = deploy::inference_graph(*ref.net);
+        EXPECT_EQ(graph.nodes.front().op, layers::GraphNode::Op::conv);
+        EXPECT_EQ(graph.nodes.front().name, "conv1");
+        EXPECT_EQ(graph.nodes.back().name, "fc");
+        for (bool fold : {false, true}) {
+            deploy::GraphRunner run(fold ? deploy::fold_batchnorm(graph) : graph);
+            cpu::Context ctx(2);
+            ctx.training = false;
+            const Tensor y = run.forward(ctx, Tensor{normalised.data(), {3, s, s, c}});
+            const double diff = relative_difference({y.data, y.data + y.size()}, expected);
+            EXPECT_LT(diff, 1e-5) << arch << (fold ? " folded" : "");
+        }
+        const std::size_t batchnorms = std::size_t(std::count_if(
+            graph.nodes.begin(), graph.nodes.end(), [](auto& n) { return n.op == layers::GraphNode::Op::batchnorm; }));
+        EXPECT_EQ(deploy::fold_batchnorm(graph).nodes.size(), graph.nodes.size() - batchnorms) << arch;
+    }
+    EXPECT_EQ(deploy::int8::quantize(2.5f, 1.f), 2);  // ties to even, as QuantizeLinear
+    EXPECT_EQ(deploy::int8::quantize(-3.5f, 1.f), -4);
+    EXPECT_EQ(deploy::int8::quantize(1000.f, 1.f), 127);
+    EXPECT_EQ(deploy::int8::quantize(-1000.f, 1.f), -128);
+    EXPECT_EQ(deploy::int8::quantize(-1000.f, 1.f, -127), -127);  // weights: symmetric range
 }
 
 TEST(Export, ResNet20MatchesOnnxRuntime) {
@@ -189,8 +238,9 @@ TEST(Export, ResNet50WithTorchvisionWeightsMatchesOnnxRuntime) {
 TEST(Export, DebianTorchStillSeesNumpy) {
     if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0)
         GTEST_SKIP() << "PyTorch is not installed (apt install python3-torch)";
-    const std::string check = " -c 'import numpy, torch; assert torch.zeros(3).numpy().shape == (3,); "
-                              "torch.from_numpy(numpy.ones(2))' 2>&1";
+    const std::string check =
+        " -c 'import numpy, torch; assert torch.zeros(3).numpy().shape == (3,); "
+        "torch.from_numpy(numpy.ones(2))' 2>&1";
     auto r = run_shell("/usr/bin/python3" + check);
     EXPECT_EQ(r.exit_code, 0) << r.output;
     if (fs::exists(venv_python())) {
@@ -218,7 +268,8 @@ TEST(Export, BadInputExitsTwoWithAMessage) {
         {"export --checkpoint '" + good.string() + "' --onnx x.onnx --arch resnet18", "another architecture"},
         {"export --checkpoint '" + good.string() + "' --onnx x.onnx --batch 2 --dynamic-batch", "exclude"},
         {"quantize --checkpoint '" + good.string() + "' --recipe x.toml --out q.onnx --opset 11", "--opset 13"},
-        {"quantize --checkpoint '" + good.string() + "' --recipe x.toml --out q.onnx --method kl", "minmax or percentile"},
+        {"quantize --checkpoint '" + good.string() + "' --recipe x.toml --out q.onnx --method kl",
+         "minmax or percentile"},
         {"eval '" + (source_root() / "recipes" / "quickstart.toml").string() + "' --checkpoint '" +
              (dir / "x.onnx").string() + "'",
          "cannot be read"},
@@ -231,10 +282,11 @@ TEST(Export, BadInputExitsTwoWithAMessage) {
     // A calibration folder with no images.
     fs::create_directories(dir / "empty" / "train" / "a");
     fs::create_directories(dir / "empty" / "val" / "a");
-    std::ofstream(dir / "r.toml") << "[model]\narch = \"resnet20\"\nnum_classes = 10\n[data]\nplugin = \"imagefolder\"\n"
-                                     "train = \"" << (dir / "empty" / "train").string() << "\"\nval = \""
-                                  << (dir / "empty" / "val").string()
-                                  << "\"\nimage_size = 28\n[optimizer]\nplugin = \"sgd\"\n[scheduler]\nplugin = \"constant\"\n";
+    std::ofstream(dir / "r.toml")
+        << "[model]\narch = \"resnet20\"\nnum_classes = 10\n[data]\nplugin = \"imagefolder\"\n"
+           "train = \""
+        << (dir / "empty" / "train").string() << "\"\nval = \"" << (dir / "empty" / "val").string()
+        << "\"\nimage_size = 28\n[optimizer]\nplugin = \"sgd\"\n[scheduler]\nplugin = \"constant\"\n";
     const auto r = run_runner("quantize --checkpoint '" + good.string() + "' --recipe r.toml --out q.onnx", dir.path());
     EXPECT_EQ(r.exit_code, 2) << r.output;
     EXPECT_NE(r.output.find("no images"), std::string::npos) << r.output;
@@ -259,9 +311,10 @@ TEST(Quantize, QuickStartInt8MatchesFp32AndOnnxRuntime) {
     TempDir dir;
     const std::string recipe = "'" + (source_root() / "recipes" / "quickstart.toml").string() + "'";
     const std::string data = " --set data.limit_val=2000 --threads 2";
-    auto r = run_runner("train " + recipe + " --set run.out_dir=runs --set data.limit_train=12800 --set train.epochs=1" +
-                            " --set run.name=q" + data,
-                        dir.path());
+    auto r =
+        run_runner("train " + recipe + " --set run.out_dir=runs --set data.limit_train=12800 --set train.epochs=1" +
+                       " --set run.name=q" + data,
+                   dir.path());
     ASSERT_EQ(r.exit_code, 0) << r.output;
     const fs::path checkpoint = dir / "runs" / "q" / "last.safetensors";
     r = run_runner("quantize --checkpoint '" + checkpoint.string() + "' --recipe " + recipe +
@@ -269,7 +322,8 @@ TEST(Quantize, QuickStartInt8MatchesFp32AndOnnxRuntime) {
                    dir.path());
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("on 256 train images"), std::string::npos) << r.output;
-    const auto fp32 = run_runner("eval " + recipe + " --checkpoint '" + checkpoint.string() + "' --json" + data, dir.path());
+    const auto fp32 =
+        run_runner("eval " + recipe + " --checkpoint '" + checkpoint.string() + "' --json" + data, dir.path());
     const auto int8 = run_runner("eval " + recipe + " --checkpoint q.onnx --json" + data, dir.path());
     ASSERT_EQ(fp32.exit_code, 0) << fp32.output;
     ASSERT_EQ(int8.exit_code, 0) << int8.output;
@@ -293,8 +347,9 @@ TEST(Quantize, QuickStartInt8MatchesFp32AndOnnxRuntime) {
     const Tensor y = model->forward(ctx, x);
     const std::vector<float> tessera(y.data, y.data + y.size());
     std::string report;
-    const std::vector<float> ort = run_onnx_runtime(dir / "q.onnx", nhwc_to_nchw(normalised, batch.count, 28, 28, 1),
-                                                    std::to_string(batch.count) + ",1,28,28", batch.count * 10, &report);
+    const std::vector<float> ort =
+        run_onnx_runtime(dir / "q.onnx", nhwc_to_nchw(normalised, batch.count, 28, 28, 1),
+                         std::to_string(batch.count) + ",1,28,28", batch.count * 10, &report);
     int agree = 0;
     for (int i = 0; i < batch.count; ++i) {
         auto row = [&](const std::vector<float>& v) { return v.begin() + std::ptrdiff_t(i) * 10; };

@@ -81,10 +81,9 @@ private:
             }
             case Op::batchnorm: {
                 Tensor y = ctx.arena.tensor(x.shape, DType::f32);
-                B::batchnorm_forward(ctx, x,
-                                     {param(".weight"), param(".bias"), param(".running_mean"),
-                                      param(".running_var"), n.eps},
-                                     {nullptr, nullptr}, y);
+                B::batchnorm_forward(
+                    ctx, x, {param(".weight"), param(".bias"), param(".running_mean"), param(".running_var"), n.eps},
+                    {nullptr, nullptr}, y);
                 return y;
             }
             case Op::relu: {

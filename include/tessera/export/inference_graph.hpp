@@ -88,7 +88,8 @@ inline InferenceGraph fold_batchnorm(const InferenceGraph& g) {
             std::vector<float> bias(channels);
             for (std::size_t c = 0; c < channels; ++c) {
                 const double k = double(gamma[c]) / std::sqrt(double(var[c]) + double(n.eps));
-                for (std::size_t j = 0; j < per_channel; ++j) w[c * per_channel + j] = float(k * w[c * per_channel + j]);
+                for (std::size_t j = 0; j < per_channel; ++j)
+                    w[c * per_channel + j] = float(k * w[c * per_channel + j]);
                 bias[c] = float(double(beta[c]) - k * double(mean[c]));
             }
             out.tensors[conv + ".bias"] = std::move(bias);

@@ -24,7 +24,9 @@ inline std::int8_t quantize(float x, float scale, int lowest = -128) {
     return std::int8_t(std::clamp(q, float(lowest), 127.f));
 }
 
-inline float fake_quantize(float x, float scale, int lowest = -128) { return float(quantize(x, scale, lowest)) * scale; }
+inline float fake_quantize(float x, float scale, int lowest = -128) {
+    return float(quantize(x, scale, lowest)) * scale;
+}
 
 /// Per-output-channel weights: `rows` channels of `per_row` values each (OIHW or OHWI alike: the
 /// output channel is the outermost dimension). Returns one scale per channel.

@@ -19,8 +19,8 @@ struct GraphNode {
     enum class Op { conv, batchnorm, relu, add, max_pool, global_avg_pool, linear };
     Op op;
     std::vector<int> inputs;  // values: 0 is the network's input, node i's output is value i + 1
-    std::string name;  // where it was traced: its parameters' prefix ("layer1.0.downsample.0"), or the
-                       // enclosing block's name for a node without parameters (an add: "layer1.0")
+    std::string name;         // where it was traced: its parameters' prefix ("layer1.0.downsample.0"), or the
+                              // enclosing block's name for a node without parameters (an add: "layer1.0")
     ConvGeometry conv{};      // conv
     PoolGeometry pool{};      // max_pool
     float eps = 0;            // batchnorm

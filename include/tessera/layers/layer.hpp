@@ -146,8 +146,7 @@ struct InitOptions {
 /// named in one error where its spec is bound, not deep inside the composite that calls it.
 template <class L>
 concept Layer = requires(L& layer, const L& bound, typename L::Context& ctx, const Tensor& t, Shape in,
-                         ParamVisitor& params, Rng& rng, const InitOptions& init, Describer& rows,
-                         Tracer& graph) {
+                         ParamVisitor& params, Rng& rng, const InitOptions& init, Describer& rows, Tracer& graph) {
     { L::is_composite } -> std::convertible_to<bool>;
     { bound.output_shape(in) } -> std::same_as<Shape>;
     { layer.forward(ctx, t) } -> std::same_as<Tensor>;

@@ -30,9 +30,9 @@ inline void reduce(Meter& m, parallel::Communicator* comm) {
 /// process alone). A network's forward below; tessera's int8 fake-quant forward (runner eval of a
 /// quantized model) is the other.
 template <Backend B, class Forward>
-requires std::invocable<Forward&, typename B::Context&, const Tensor&>
-Evaluation evaluate_with(typename B::Context& ctx, Forward&& forward, plugin::DataSource& data, int batch_size,
-                         parallel::Communicator* comm = nullptr) {
+requires std::invocable<Forward&, typename B::Context&, const Tensor&> Evaluation
+evaluate_with(typename B::Context& ctx, Forward&& forward, plugin::DataSource& data, int batch_size,
+              parallel::Communicator* comm = nullptr) {
     const Normalization normalization(data.info());
     plugin::Batch batch;
     Meter meter;
