@@ -25,9 +25,9 @@ struct Options {
 };
 
 /// int8 QDQ: one activation scale per graph value (index: the value, 0 the input; 0 = left in
-/// float). Every quantized value gets a QuantizeLinear/DequantizeLinear pair that all its readers
-/// share, so each convolution's input has one, as TensorRT's explicit quantization asks; weights
-/// are int8 per output channel, symmetric. BatchNorms are folded first.
+/// float). Each reader of a quantized value gets a QuantizeLinear/DequantizeLinear pair of its
+/// own, so each convolution's input has one, as TensorRT's explicit quantization asks; weights are
+/// int8 per output channel, symmetric. BatchNorms are folded first.
 struct Quantization {
     std::vector<float> scales;
     std::string method;  // recorded in the metadata: "minmax", "percentile 99.99"
