@@ -6,7 +6,7 @@
 
 #include "runner.hpp"
 #include "tessera/core/json.hpp"
-#include "tessera/export/graph_runner.hpp"
+#include "deploy.hpp"
 #include "tessera/recipe/run_spec.hpp"
 #include "tessera/train/checkpoint.hpp"
 #include "tessera/train/evaluate.hpp"
@@ -24,7 +24,7 @@ int eval(const std::vector<std::string>& raw) {
     const int threads = args.value("threads") ? thread_count(args) : ThreadPool::default_threads();
     train::Evaluation result;
     const std::string path = *args.value("checkpoint");
-    const bool int8 = path.size() > 5 && path.substr(path.size() - 5) == ".onnx";
+    const bool int8 = path.ends_with(".onnx");
     if (int8) {
         const auto model = open_int8_model(path, spec.arch(), spec.num_classes, info.channels);
         auto ctx = make_context<cpu::Backend>(threads, "fp32", spec.where("model", "precision"));

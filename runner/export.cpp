@@ -2,21 +2,17 @@
 // ONNX Runtime, TensorRT or OpenVINO (onnx_model.hpp).
 #include <cstdio>
 
-#include "classifier.hpp"
-#include "onnx_model.hpp"
-#include "runner.hpp"
+#include "deploy.hpp"
 #include "tessera/train/checkpoint.hpp"
 
 namespace tessera::runner {
 
-/// The checkpoint's network on the CPU, with its weights, traced: what export and quantize start from.
 deploy::InferenceGraph load_inference_graph(const ModelCard& card) {
     auto net = make_cpu_network(card.arch, card.classes, card.channels);
     checkpoint::load(net->params(), card.checkpoint);
     return deploy::inference_graph(*net);
 }
 
-/// --opset, --batch / --dynamic-batch, --with-preprocessing and --nhwc.
 onnx_model::Options onnx_options(const Args& args) {
     onnx_model::Options o;
     o.opset = args.integer("opset", 17);

@@ -52,6 +52,7 @@ bool available() { return false; }
 void require() {
     throw user_error("runner", "was built without ONNX", "install libonnx-dev and libprotobuf-dev, then rebuild");
 }
+void check(const Options&, bool) { require(); }
 Summary write(const deploy::InferenceGraph&, const ModelCard&, const Options&, const Quantization*,
               const std::string&) {
     require();
@@ -150,7 +151,9 @@ void tensor_value(onnx::ValueInfoProto& v, const std::string& name, int type, in
     for (auto d : rest) shape->add_dim()->set_dim_value(d);
 }
 
-void check_opset(const Options& o, bool quantized) {
+}  // namespace
+
+void check(const Options& o, bool quantized) {
     const int newest = onnx::OpSchemaRegistry::DomainToVersionRange::Instance().Map().at(onnx::ONNX_DOMAIN).second;
     if (o.opset > newest)
         throw user_error(
@@ -167,11 +170,9 @@ void check_opset(const Options& o, bool quantized) {
     if (o.batch < 0) throw user_error("--batch", "must be at least 1 (or use --dynamic-batch)");
 }
 
-}  // namespace
-
 Summary write(const deploy::InferenceGraph& graph, const ModelCard& card, const Options& o, const Quantization* q,
               const std::string& path) {
-    check_opset(o, q != nullptr);
+    check(o, q != nullptr);
     const auto& nodes = graph.nodes;
     TESSERA_CHECK(!nodes.empty() && nodes.back().op == Op::linear, "the traced graph must end with its classifier");
     TESSERA_CHECK(!q || q->scales.size() == nodes.size() + 1, "one activation scale per value");

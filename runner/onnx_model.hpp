@@ -47,6 +47,10 @@ std::vector<std::string> value_names(const std::vector<layers::GraphNode>& nodes
 bool available();
 void require();
 
+/// The options' user errors: an opset this build's ONNX does not know, or older than the graph
+/// needs (min_opset; min_qdq_opset when quantized), a batch below 1.
+void check(const Options& options, bool quantized);
+
 /// Writes the model to `path` after ONNX's checker has passed it. User errors name the option to
 /// change (an opset this graph cannot be written in, a batch below 1).
 Summary write(const deploy::InferenceGraph& graph, const ModelCard& card, const Options& options,

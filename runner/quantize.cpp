@@ -10,16 +10,11 @@
 #include <cmath>
 #include <cstdio>
 
-#include "onnx_model.hpp"
-#include "runner.hpp"
-#include "tessera/export/graph_runner.hpp"
+#include "deploy.hpp"
 #include "tessera/recipe/run_spec.hpp"
 #include "tessera/train/input.hpp"
 
 namespace tessera::runner {
-
-deploy::InferenceGraph load_inference_graph(const ModelCard& card);  // export.cpp
-onnx_model::Options onnx_options(const Args& args);                  // export.cpp
 
 namespace {
 
@@ -105,9 +100,7 @@ int quantize(const std::vector<std::string>& raw) {
     onnx_model::require();
     const ModelCard card = read_model_card(args);
     const onnx_model::Options options = onnx_options(args);
-    if (options.opset < onnx_model::min_qdq_opset)
-        throw user_error("--opset", std::to_string(options.opset) + " is older than an int8 QDQ model needs",
-                         "use --opset 13 or later (QuantizeLinear's per-channel axis)");
+    onnx_model::check(options, true);  // before calibrating, not after
     const std::string method = args.value("method").value_or("percentile");
     if (method != "minmax" && method != "percentile")
         throw user_error("--method", "\"" + method + "\" is not a calibration method", "use minmax or percentile");

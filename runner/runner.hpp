@@ -16,10 +16,6 @@
 #include "tessera/parallel/communicator.hpp"
 #include "tessera/models/network.hpp"
 
-namespace tessera::deploy {
-class GraphRunner;  // graph_runner.hpp
-}
-
 namespace tessera::runner {
 
 /// Command-line arguments: positionals, --flags and --key value (or --key=value).
@@ -110,9 +106,6 @@ int eval(const std::vector<std::string>& args);
 int predict(const std::vector<std::string>& args);
 int serve(const std::vector<std::string>& args);
 int export_onnx(const std::vector<std::string>& args);
-/// What runner quantize wrote (an int8 QDQ ONNX model) as tessera's fake-quant forward (quantize.cpp).
-std::unique_ptr<deploy::GraphRunner> open_int8_model(const std::string& path, const std::string& arch, int classes,
-                                                     int channels);
 int quantize(const std::vector<std::string>& args);
 int lr_find(const std::vector<std::string>& args);
 int parity(const std::vector<std::string>& args);

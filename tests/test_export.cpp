@@ -4,9 +4,7 @@
 #include <fstream>
 
 #include "helpers.hpp"
-#include "onnx_model.hpp"
-#include "runner.hpp"
-#include "tessera/export/graph_runner.hpp"
+#include "deploy.hpp"
 #include "tessera/recipe/run_spec.hpp"
 #include "tessera/train/checkpoint.hpp"
 #include "tessera/train/input.hpp"

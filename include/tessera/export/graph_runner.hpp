@@ -44,15 +44,8 @@ public:
 
     /// Fake-quantized activations from here on: one scale per value (0: left in float).
     void quantize_activations(std::vector<float> scales) {
-        TESSERA_CHECK(scales.size() == graph_.nodes.size() + 1, "GraphRunner: one activation scale per value");
+        TESSERA_CHECK(scales.size() == values(), "GraphRunner: one activation scale per value");
         scales_ = std::move(scales);
-    }
-    /// Convolution and classifier weights as int8 per output channel computes them (int8.hpp).
-    void quantize_weights() {
-        for (auto& n : graph_.nodes)
-            if (n.op == Op::conv || n.op == Op::linear)
-                int8::fake_quantize_weights(graph_.tensors.at(n.name + ".weight"),
-                                            std::size_t(graph_.dims.at(n.name + ".weight")[0]));
     }
 
     /// Logits (N, 1, 1, classes) of normalised images x (N, H, W, C). The arena holds every value

@@ -1,6 +1,6 @@
 #pragma once
 // int8 post-training quantization's arithmetic, shared by the ONNX writer (which stores int8
-// weights and scales) and tessera's fake-quant forward (which evaluates what they will compute).
+// weights and scales) and tessera's fake-quant forward (which evaluates what they compute).
 //
 // Symmetric, zero point 0, as TensorRT's explicit quantization requires (TensorRT developer guide,
 // "Working with Quantized Types"): q = saturate(round_half_even(x / scale)) in [-127, 127] for
@@ -47,13 +47,6 @@ inline std::vector<std::int8_t> quantize_weights(std::span<const float> w, std::
     std::vector<std::int8_t> q(w.size());
     for (std::size_t i = 0; i < w.size(); ++i) q[i] = quantize(w[i], scales[i / per_row], -127);
     return q;
-}
-
-/// The weights as the int8 model computes with them: w' = q * scale, in place.
-inline void fake_quantize_weights(std::span<float> w, std::size_t rows) {
-    const std::vector<float> scales = weight_scales(w, rows);
-    const std::size_t per_row = w.size() / rows;
-    for (std::size_t i = 0; i < w.size(); ++i) w[i] = fake_quantize(w[i], scales[i / per_row], -127);
 }
 
 }  // namespace tessera::deploy::int8
