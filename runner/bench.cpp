@@ -9,6 +9,7 @@
 
 #include "runner.hpp"
 #include "tessera/core/json.hpp"
+#include "tessera/export/cpu_inference.hpp"
 #include "tessera/plugin/registry.hpp"
 #include "tessera/recipe/recipe.hpp"
 #include "tessera/recipe/run_spec.hpp"
@@ -135,7 +136,7 @@ int bench_allreduce(const Args& args) {
 }
 
 int bench(const std::vector<std::string>& raw) {
-    Args args(raw, {"json", "allreduce", "inference"},
+    Args args(raw, {"json", "allreduce", "inference", "layers"},
               {"arch", "batch", "image-size", "device", "precision", "threads", "steps", "warmup", "num-classes",
                "data", "batches", "floats"},
               {"set"});
@@ -179,10 +180,16 @@ int bench(const std::vector<std::string>& raw) {
             config.loss_scale = {train::LossScaler::dynamic_start, true};  // as training in fp16 does
         train::Step<B> step(*ctx, *net, *sgd, data->info(), config);
         data->start_epoch(plugin::Split::train, train::epoch_plan(1, plugin::Split::train, batch, 0, nullptr));
-        // --inference: the forward pass alone in eval mode, as `runner predict`, `eval` and a server run it.
-        const bool inference = args.flag("inference");
+        // --inference: the forward pass alone in eval mode, as `runner predict`, `eval` and a server run
+        // it (compiled on the CPU); with --layers, the network's own layers instead, for comparison.
+        const bool inference = args.flag("inference"), layers = args.flag("layers");
+        if (layers && !inference) throw user_error("--layers", "times the layers' inference forward", "add --inference");
         const train::Normalization normalization(data->info());
         if (inference) ctx->training = false;
+        std::optional<deploy::InferenceForward<B>> forward;
+        if (inference && !layers) forward.emplace(*net);
+        const std::string kernels =
+            B::kernels(*ctx) + (forward && forward->compiled() ? ", compiled inference" : "");
 
         double timed = 0;
         std::size_t peak = 0;  // on a GPU: the most device memory in use after any step
@@ -192,7 +199,11 @@ int bench(const std::vector<std::string>& raw) {
             const auto t0 = std::chrono::steady_clock::now();
             if (inference) {
                 ctx->arena.reset();
-                net->forward(*ctx, normalization.input<B>(*ctx, images));
+                const Tensor x = normalization.input<B>(*ctx, images);
+                if (forward)
+                    (*forward)(*ctx, x);
+                else
+                    net->forward(*ctx, x);
             } else {
                 step.run(images, {0.01, std::nullopt});
             }
@@ -219,13 +230,13 @@ int bench(const std::vector<std::string>& raw) {
                 "\"allocated_bytes\": %zu, \"arena_bytes\": %zu, \"kernels\": %s}\n",
                 arch.c_str(), B::name, precision.c_str(), batch, image, threads, steps, timed / steps,
                 inference ? "infer_img_per_s" : "train_img_per_s", img_per_s, peak, allocated,
-                ctx->arena.capacity_bytes(), json::quote(B::kernels(*ctx)).c_str());
+                ctx->arena.capacity_bytes(), json::quote(kernels).c_str());
         } else {
             std::printf(
                 "%s%s, batch %d, %dx%d, %s %s (%s), %d threads: %.3f s/step, %.2f img/s, peak memory %.2f GiB (%.2f "
                 "GiB allocated)\n",
                 arch.c_str(), inference ? " inference" : "", batch, image, image, B::name, precision.c_str(),
-                B::kernels(*ctx).c_str(), threads, timed / steps, img_per_s, peak / double(1u << 30),
+                kernels.c_str(), threads, timed / steps, img_per_s, peak / double(1u << 30),
                 allocated / double(1u << 30));
         }
         return 0;

@@ -17,6 +17,7 @@
 #include "runner.hpp"
 #include "tessera/config.hpp"
 #include "tessera/core/json.hpp"
+#include "tessera/export/cpu_inference.hpp"
 #include "tessera/train/checkpoint.hpp"
 
 namespace tessera::runner {
@@ -93,6 +94,7 @@ public:
           net_(make_network<B>(card.arch, card.classes, card.channels)) {
         checkpoint::load(net_->params(), card.checkpoint);
         net_->upload();
+        forward_.emplace(*net_);
         ctx_->training = false;
         for (float s : card.std) inv_std_.push_back(1 / s);
     }
@@ -101,7 +103,7 @@ public:
         ctx_->arena.reset();
         const Tensor x = ctx_->arena.tensor({count, card_.crop, card_.crop, card_.channels}, ctx_->activations);
         B::normalize_images(*ctx_, pixels, card_.mean.data(), inv_std_.data(), x);
-        const Tensor logits = net_->forward(*ctx_, x);
+        const Tensor logits = (*forward_)(*ctx_, x);
         std::vector<float> host(logits.size());
         B::copy_to_host(*ctx_, logits, host.data());
         std::vector<double> p(host.begin(), host.end());
@@ -121,6 +123,7 @@ private:
     const ModelCard& card_;
     std::unique_ptr<typename B::Context> ctx_;
     std::unique_ptr<models::Network<B>> net_;
+    std::optional<deploy::InferenceForward<B>> forward_;  // made once the weights are loaded
     std::vector<float> inv_std_;
 };
 

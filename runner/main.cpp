@@ -31,7 +31,7 @@ constexpr const char* usage =
        runner info ARCH [--num-classes N] [--image-size S] [--in-channels C]
        runner plugins
        runner bench --arch A --batch B --image-size S [--device cpu|cuda] [--precision fp32|tf32|bf16|fp16]
-                    [--inference] [--threads T] [--steps K] [--warmup W] [--json]
+                    [--inference [--layers]] [--threads T] [--steps K] [--warmup W] [--json]
        runner bench --data RECIPE [--threads T] [--batches K] [--warmup W] [--set …] [--json]
        mpirun -np N runner bench --allreduce [--device cpu|cuda] [--floats F] [--steps K] [--json]
        runner prepare SRC DEST [--max-side 512] [--quality 90] [--shard-size MiB] [--threads T]

@@ -5,6 +5,7 @@
 
 #include "helpers.hpp"
 #include "deploy.hpp"
+#include "tessera/export/cpu_inference.hpp"
 #include "tessera/recipe/run_spec.hpp"
 #include "tessera/train/checkpoint.hpp"
 #include "tessera/train/input.hpp"
@@ -166,7 +167,7 @@ fs::path resnet20_checkpoint(const TempDir& dir) {
 
 // Without ONNX Runtime (the unit shard, and the sanitizers): the traced graph run value by value is
 // the network's own forward, before and after folding, for ResNet-20 and ResNet50; the ops and names
-// are torchvision's; int8's rounding is QuantizeLinear's.
+// are torchvision's; the compiled CPU forward (CpuInference) is the same; int8's rounding is QuantizeLinear's.
 TEST(Deploy, TracedGraphComputesTheNetworksForward) {
     TempDir dir;
     for (const char* arch : {"resnet20", "resnet50"}) {
@@ -201,6 +202,20 @@ TEST(Deploy, TracedGraphComputesTheNetworksForward) {
             const double diff = relative_difference({y.data, y.data + y.size()}, expected);
             EXPECT_LT(diff, 1e-5) << arch << (fold ? " folded" : "");
         }
+        // Compiled for the CPU (folded, fused, oneDNN's layouts): one plan per batch size, the
+        // buffers shared between them, and a plan run again gives the same logits.
+        ASSERT_FALSE(deploy::CpuInference::unsupported(graph)) << arch;
+        deploy::CpuInference compiled(graph);
+        cpu::Context ctx(2);
+        ctx.training = false;
+        const std::size_t classes_per_image = expected.size() / 3;
+        for (int n : {3, 1, 2, 3}) {
+            const Tensor y = compiled.forward(ctx, Tensor{normalised.data(), {n, s, s, c}});
+            ASSERT_EQ(y.size(), std::size_t(n) * classes_per_image);
+            const std::vector<float> head(expected.begin(), expected.begin() + std::ptrdiff_t(y.size()));
+            EXPECT_LT(relative_difference({y.data, y.data + y.size()}, head), 1e-5) << arch << " compiled, batch " << n;
+        }
+        EXPECT_FALSE(compiled.kernels().empty());
         const std::size_t batchnorms = std::size_t(std::count_if(
             graph.nodes.begin(), graph.nodes.end(), [](auto& n) { return n.op == layers::GraphNode::Op::batchnorm; }));
         EXPECT_EQ(deploy::fold_batchnorm(graph).nodes.size(), graph.nodes.size() - batchnorms) << arch;

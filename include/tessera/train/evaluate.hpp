@@ -5,8 +5,9 @@
 // validation and library users call the same function.
 #include <concepts>
 
-#include "tessera/parallel/communicator.hpp"
+#include "tessera/export/cpu_inference.hpp"
 #include "tessera/models/network.hpp"
+#include "tessera/parallel/communicator.hpp"
 #include "tessera/plugin/api.hpp"
 #include "tessera/train/input.hpp"
 #include "tessera/train/metrics.hpp"
@@ -50,13 +51,14 @@ evaluate_with(typename B::Context& ctx, Forward&& forward, plugin::DataSource& d
     return {meter.loss(), meter.top1_rate(), meter.top5_rate()};
 }
 
-/// The network's figures on `data`'s validation split (evaluate_with). Every rank must hold the
-/// same weights and statistics.
+/// The network's figures on `data`'s validation split (evaluate_with), through its inference forward
+/// (compiled on the CPU: deploy::InferenceForward). Every rank must hold the same weights and
+/// statistics.
 template <Backend B>
 Evaluation evaluate(typename B::Context& ctx, models::Network<B>& net, plugin::DataSource& data, int batch_size,
                     parallel::Communicator* comm = nullptr) {
-    return evaluate_with<B>(
-        ctx, [&](typename B::Context& c, const Tensor& x) { return net.forward(c, x); }, data, batch_size, comm);
+    deploy::InferenceForward<B> forward(net);
+    return evaluate_with<B>(ctx, forward, data, batch_size, comm);
 }
 
 }  // namespace tessera::train
