@@ -171,7 +171,8 @@ int bench(const std::vector<std::string>& raw) {
     auto constant = registry.create<plugin::Scheduler>(*find("scheduler", "constant"), plugin::Options({{"lr", 0.01}}));
 
     return on_device(device, "--device " + device, [&]<class B>() {
-        auto ctx = make_context<B>(threads, precision, "--precision " + precision);
+        auto ctx = make_context<B>(threads, precision, "--precision " + precision, 0,
+                                   args.flag("inference") ? Work::inference : Work::training);
         auto net = make_network<B>(arch, classes, 3);
         net->init(0, {});
         train::StepConfig config;
@@ -187,7 +188,7 @@ int bench(const std::vector<std::string>& raw) {
         const train::Normalization normalization(data->info());
         if (inference) ctx->training = false;
         std::optional<deploy::InferenceForward<B>> forward;
-        if (inference && !layers) forward.emplace(*net);
+        if (inference && !layers) forward.emplace(*net, ctx->activations);
         const std::string kernels =
             B::kernels(*ctx) + (forward && forward->compiled() ? ", compiled inference" : "");
 
@@ -223,6 +224,7 @@ int bench(const std::vector<std::string>& raw) {
                                 sizeof(float) * (2 * store.values.size() + store.buffers.size());
         for (const auto& [name, values] : sgd->state()) allocated += sizeof(float) * values.size();
         if constexpr (B::has_device_memory) allocated += ctx->settings.workspace_limit;
+        if (forward) allocated += forward->bytes();
         if (args.flag("json")) {
             std::printf(
                 "{\"arch\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", \"batch\": %d, \"image_size\": %d, "

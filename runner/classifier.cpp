@@ -89,12 +89,12 @@ std::string json_numbers(const std::vector<float>& v) {
 template <class B>
 class DeviceClassifier final : public Classifier {
 public:
-    DeviceClassifier(const ModelCard& card, int threads)
-        : card_(card), ctx_(make_context<B>(threads, "fp32", "--device")),
+    DeviceClassifier(const ModelCard& card, int threads, const std::string& precision)
+        : card_(card), ctx_(make_context<B>(threads, precision, "--precision", 0, Work::inference)),
           net_(make_network<B>(card.arch, card.classes, card.channels)) {
         checkpoint::load(net_->params(), card.checkpoint);
         net_->upload();
-        forward_.emplace(*net_);
+        forward_.emplace(*net_, ctx_->activations);
         ctx_->training = false;
         for (float s : card.std) inv_std_.push_back(1 / s);
     }
@@ -208,10 +208,11 @@ void Preprocessor::operator()(std::span<const std::uint8_t> bytes, std::uint8_t*
     to_grayscale(rgb_.data(), rgb_.size() / 3, out);
 }
 
-std::unique_ptr<Classifier> Classifier::open(const ModelCard& card, const std::string& device, int threads) {
+std::unique_ptr<Classifier> Classifier::open(const ModelCard& card, const std::string& device, int threads,
+                                             const std::string& precision) {
     std::unique_ptr<Classifier> classifier;
     on_device(device, "--device", [&]<class B>() {
-        classifier = std::make_unique<DeviceClassifier<B>>(card, threads);
+        classifier = std::make_unique<DeviceClassifier<B>>(card, threads, precision);
         return 0;
     });
     return classifier;

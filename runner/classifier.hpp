@@ -62,8 +62,10 @@ public:
     /// "cpu (onednn avx2, openblas Zen)" or the card's name.
     virtual std::string device() = 0;
 
-    /// `device` is "cpu" or "cuda"; user errors for what this build lacks.
-    static std::unique_ptr<Classifier> open(const ModelCard& card, const std::string& device, int threads);
+    /// `device` is "cpu" or "cuda", `precision` "fp32" or "bf16" (or the CUDA backend's others); user
+    /// errors for what this build or CPU lacks.
+    static std::unique_ptr<Classifier> open(const ModelCard& card, const std::string& device, int threads,
+                                            const std::string& precision = "fp32");
 };
 
 /// The `k` most probable classes, most probable first (ties: the lower class first).

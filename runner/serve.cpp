@@ -12,7 +12,7 @@ namespace tessera::runner {
 int serve(const std::vector<std::string>& raw) {
     Args args(raw, {},
               {"checkpoint", "arch", "labels", "image-size", "resize", "host", "port", "device", "threads", "max-batch",
-               "max-wait-ms", "max-queue", "max-bytes", "max-pixels", "idle-timeout-s", "io-threads"});
+               "max-wait-ms", "max-queue", "max-bytes", "max-pixels", "idle-timeout-s", "io-threads", "precision"});
     if (!args.value("checkpoint") || !args.positional().empty())
         throw user_error("runner serve", "expected --checkpoint PATH (and no other arguments)",
                          "e.g. runner serve --checkpoint runs/quickstart/best.safetensors --port 8080");
@@ -31,7 +31,8 @@ int serve(const std::vector<std::string>& raw) {
     o.io_threads = args.integer("io-threads", o.io_threads);
     const int threads = args.value("threads") ? thread_count(args) : ThreadPool::default_threads();
     o.decode_threads = threads;
-    const auto classifier = Classifier::open(card, args.value("device").value_or("cpu"), threads);
+    const auto classifier =
+        Classifier::open(card, args.value("device").value_or("cpu"), threads, args.value("precision").value_or("fp32"));
     return serve::serve_forever(card, *classifier, o);
 }
 

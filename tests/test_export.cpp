@@ -227,6 +227,34 @@ TEST(Deploy, TracedGraphComputesTheNetworksForward) {
     EXPECT_EQ(deploy::int8::quantize(-1000.f, 1.f, -127), -127);  // weights: symmetric range
 }
 
+// bf16 (activations and filters; fp32 accumulation, biases and logits): within 2e-2 of the logits'
+// largest value, the bound every bf16 kernel is held to, on ResNet50 with non-trivial statistics.
+TEST(Deploy, CompiledBf16IsFp32WithinBf16Rounding) {
+    if (!cpu::has_bf16_instructions())
+        GTEST_SKIP() << "this CPU has no AVX512-BF16 or AMX (oneDNN finds " << cpu::onednn_isa()
+                     << "), so tessera refuses bf16 on it";
+    auto net = runner::make_cpu_network("resnet50", 1000, 3);
+    net->init(9, {});
+    Rng rng(2);
+    for (auto& e : net->params().buffer_entries)
+        for (std::size_t i = 0; i < e.size; ++i)
+            if (e.role == layers::Role::running_var) net->params().buffers[e.offset + i] = float(rng.uniform(0.5, 2.0));
+    const int n = 2, s = 64;
+    std::vector<float> x(std::size_t(n) * s * s * 3);
+    for (float& v : x) v = float(rng.uniform(-2, 2));
+    const deploy::InferenceGraph graph = deploy::inference_graph(*net);
+    deploy::CpuInference fp32(graph), bf16(graph, DType::bf16);
+    cpu::Context ctx(2);
+    ctx.training = false;
+    const Tensor a = fp32.forward(ctx, Tensor{x.data(), {n, s, s, 3}});
+    const Tensor b = bf16.forward(ctx, Tensor{x.data(), {n, s, s, 3}});
+    const std::vector<float> reference(a.data, a.data + a.size()), half(b.data, b.data + b.size());
+    const double diff = distance(half, reference);  // max |a - b| over max |b|
+    EXPECT_LT(diff, 2e-2);
+    EXPECT_GT(diff, 0) << "the bf16 forward computed in fp32";
+    std::printf("[ bf16    ] ResNet50 logits, compiled bf16 against fp32: %.2e of the largest\n", diff);
+}
+
 TEST(Export, ResNet20MatchesOnnxRuntime) {
     SKIP_WITHOUT_ONNX_RUNTIME();
     TempDir dir;

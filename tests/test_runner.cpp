@@ -137,18 +137,32 @@ TEST(Bench, TimesTrainingStepsAndReportsWhatItAllocated) {
     // Mistakes: exit 2 with what to change.
     EXPECT_EQ(o.at("kernels").string(), cpu::Backend::kernels(*std::make_unique<cpu::Context>(1)));
     EXPECT_NE(o.at("kernels").string().find("onednn "), std::string::npos);
-    // Inference: the forward pass alone, reported under its own name.
-    const RunResult infer = run_runner("bench --arch resnet20 --batch 8 --image-size 32 --steps 2 --inference --json");
+    // Inference: the forward pass alone, reported under its own name, compiled unless --layers.
+    const std::string infer_args = "bench --arch resnet20 --batch 8 --image-size 32 --steps 2 --inference --json";
+    const RunResult infer = run_runner(infer_args);
     ASSERT_EQ(infer.exit_code, 0) << infer.output;
     EXPECT_GT(last_json(infer.output).object().at("infer_img_per_s").number(), 0) << infer.output;
-    // Mistakes: exit 2 with what to change. bf16 on a CPU without bf16 instructions names them.
+    EXPECT_NE(last_json(infer.output).object().at("kernels").string().find("compiled inference"), std::string::npos);
+    const RunResult layers = run_runner(infer_args + " --layers");
+    ASSERT_EQ(layers.exit_code, 0) << layers.output;
+    EXPECT_EQ(last_json(layers.output).object().at("kernels").string().find("compiled"), std::string::npos);
+    // bf16 inference where the CPU has the instructions; elsewhere exit 2, naming them.
+    const RunResult bf16_infer = run_runner(infer_args + " --precision bf16");
+    if (cpu::has_bf16_instructions()) {
+        EXPECT_EQ(bf16_infer.exit_code, 0) << bf16_infer.output;
+        EXPECT_EQ(last_json(bf16_infer.output).object().at("precision").string(), "bf16");
+    } else {
+        EXPECT_EQ(bf16_infer.exit_code, 2) << bf16_infer.output;
+        EXPECT_NE(bf16_infer.output.find("needs AVX512-BF16 or AMX-BF16, and this CPU has neither"),
+                  std::string::npos)
+            << bf16_infer.output;
+    }
+    // Mistakes: exit 2 with what to change. bf16 training on the CPU is refused, saying what works.
     const RunResult bf16 = run_runner("bench --arch resnet20 --precision bf16 --steps 1");
     EXPECT_EQ(bf16.exit_code, 2) << bf16.output;
-    EXPECT_NE(bf16.output.find("use precision = \"fp32\""), std::string::npos) << bf16.output;
-    if (!cpu::has_bf16_instructions()) {
-        EXPECT_NE(bf16.output.find("needs AVX512-BF16 or AMX-BF16, and this CPU has neither"), std::string::npos)
-            << bf16.output;
-    }
+    EXPECT_NE(bf16.output.find("precision = \"fp32\""), std::string::npos) << bf16.output;
+    const RunResult layers_alone = run_runner("bench --arch resnet20 --layers --steps 1");
+    EXPECT_EQ(layers_alone.exit_code, 2) << layers_alone.output;
     const RunResult alone = run_runner("bench --allreduce");
     EXPECT_EQ(alone.exit_code, 2) << alone.output;
     EXPECT_NE(alone.output.find("mpirun -np 2"), std::string::npos) << alone.output;

@@ -57,23 +57,23 @@ public:
         return std::nullopt;
     }
 
-    /// Compiles `graph` (its BatchNorms are folded here); check unsupported() first.
-    explicit CpuInference(const InferenceGraph& graph) : graph_(fold_batchnorm(graph)) {
+    /// Compiles `graph` (its BatchNorms are folded here) to compute in `precision`: fp32, or bf16
+    /// (bf16 activations and filters, fp32 accumulation, biases and logits, as PyTorch's CPU autocast)
+    /// on CPUs with bf16 instructions. Check unsupported() first.
+    explicit CpuInference(const InferenceGraph& graph, DType precision = DType::f32)
+        : graph_(fold_batchnorm(graph)), compute_(precision == DType::bf16 ? dt::bf16 : dt::f32) {
         if (auto why = unsupported(graph_)) throw internal_error("CpuInference", *why);
+        TESSERA_CHECK(precision == DType::f32 || precision == DType::bf16, "CpuInference computes in fp32 or bf16");
+        TESSERA_CHECK(precision == DType::f32 || cpu::has_bf16_instructions(),
+                      "CpuInference: bf16 needs AVX512-BF16 or AMX, and this CPU has neither");
         fuse();
     }
 
-    /// The network of `net` (host values) at its current weights and statistics.
-    template <class Net>
-    static CpuInference of(const Net& net) {
-        return CpuInference(inference_graph(net));
-    }
-
-    /// Logits (N, 1, 1, classes) of normalised images x (N, H, W, C), in ctx's arena.
+    /// Logits (N, 1, 1, classes) of normalised images x (N, H, W, C, fp32 or bf16), in ctx's arena.
     Tensor forward(cpu::Context& ctx, const Tensor& x) {
-        TESSERA_CHECK(x.dtype == DType::f32, "CpuInference takes fp32 images");
+        TESSERA_CHECK(x.dtype == DType::f32 || x.dtype == DType::bf16, "CpuInference takes fp32 or bf16 images");
         omp_set_num_threads(int(ctx.pool.size()));  // oneDNN's threads, on whichever thread calls
-        Plan& plan = plan_for(x.shape);
+        Plan& plan = plan_for(x);
         Tensor logits = ctx.arena.tensor({x.shape.n, 1, 1, plan.classes}, DType::f32);
         plan.input.set_data_handle(x.data);
         plan.output.set_data_handle(logits.data);
@@ -81,6 +81,15 @@ public:
         for (auto& step : plan.steps) step.primitive.execute(stream_, step.args);
         stream_.wait();
         return logits;
+    }
+
+    /// The memory it holds: activation buffers, scratchpad and reordered weights.
+    std::size_t bytes() const {
+        std::size_t total = 0;
+        for (std::size_t size : sizes_) total += size;
+        for (auto& [name, copies] : parameters_)
+            for (auto& [desc, memory] : copies) total += desc.get_size();
+        return total;
     }
 
     /// oneDNN's names for the convolution kernels of the plans made so far ("brg:avx512_core", …).
@@ -167,8 +176,9 @@ private:
     public:
         Planner(CpuInference& self, Plan& plan) : self_(self), plan_(plan) {}
 
-        void build(Shape x) {
-            const dnnl::memory::desc input({x.n, x.c, x.h, x.w}, dt::f32, tag::nhwc);
+        void build(const Tensor& x) {
+            const dnnl::memory::desc input({x.shape.n, x.shape.c, x.shape.h, x.shape.w},
+                                           x.dtype == DType::bf16 ? dt::bf16 : dt::f32, tag::nhwc);
             plan_.input = dnnl::memory(input, self_.engine_, nullptr);
             values_[0] = plan_.input;
             // How many fused steps read each value, so that its buffer is released after the last.
@@ -218,8 +228,9 @@ private:
             const dims dst{in[0], g.out_channels, g.out_size(int(in[2])), g.out_size(int(in[3]))};
             const dims weights{g.out_channels, g.in_channels, g.kernel, g.kernel};
             const bool has_bias = self_.graph_.has(n.name + ".bias");
-            const dnnl::memory::desc src_any(in, dt::f32, tag::any), dst_any(dst, dt::f32, tag::any),
-                weights_any(weights, dt::f32, tag::any), bias({g.out_channels}, dt::f32, tag::x);
+            const dt compute = self_.compute_;
+            const dnnl::memory::desc src_any(in, compute, tag::any), dst_any(dst, compute, tag::any),
+                weights_any(weights, compute, tag::any), bias({g.out_channels}, dt::f32, tag::x);
             const dims strides{g.stride, g.stride}, pad{g.pad, g.pad};
             using cf = dnnl::convolution_forward;
             const auto desc = has_bias ? cf::desc(dnnl::prop_kind::forward_inference,
@@ -266,7 +277,7 @@ private:
         void pool(const Fused& f, const dnnl::memory& x, const dims& dst, const dims& kernel, const dims& strides,
                   const dims& pad, dnnl::algorithm kind) {
             const dnnl::pooling_forward::primitive_desc pd(
-                {dnnl::prop_kind::forward_inference, kind, x.get_desc(), {dst, dt::f32, tag::any}, strides, kernel,
+                {dnnl::prop_kind::forward_inference, kind, x.get_desc(), {dst, self_.compute_, tag::any}, strides, kernel,
                  pad, pad},
                 scratch_attr(), self_.engine_);
             Step s{dnnl::pooling_forward(pd), {{DNNL_ARG_SRC, x}}};
@@ -284,7 +295,7 @@ private:
                 dst({in[0], n.out_features}, dt::f32, tag::nc);
             using ip = dnnl::inner_product_forward;
             const ip::primitive_desc pd({dnnl::prop_kind::forward_inference, x.get_desc(),
-                                         {weights, dt::f32, tag::any}, bias, dst},
+                                         {weights, self_.compute_, tag::any}, bias, dst},
                                         scratch_attr(), self_.engine_);
             Step s{ip(pd), {{DNNL_ARG_SRC, in_layout(x, pd.src_desc())}}};
             s.args[DNNL_ARG_WEIGHTS] =
@@ -361,8 +372,8 @@ private:
         std::vector<int> temporaries_;
     };
 
-    Plan& plan_for(Shape x) {
-        auto& plan = plans_[{x.n, x.h, x.w, x.c}];
+    Plan& plan_for(const Tensor& x) {
+        auto& plan = plans_[{x.shape.n, x.shape.h, x.shape.w, x.shape.c, int(x.dtype)}];
         if (!plan) {
             plan = std::make_unique<Plan>();
             Planner(*this, *plan).build(x);
@@ -403,7 +414,8 @@ private:
     std::vector<Fused> work_;
     dnnl::engine engine_{dnnl::engine::kind::cpu, 0};
     dnnl::stream stream_{engine_};
-    std::map<std::tuple<int, int, int, int>, std::unique_ptr<Plan>> plans_;
+    dt compute_;
+    std::map<std::tuple<int, int, int, int, int>, std::unique_ptr<Plan>> plans_;
     std::map<std::string, std::vector<std::pair<dnnl::memory::desc, dnnl::memory>>> parameters_;
     std::vector<std::unique_ptr<char, Free>> buffers_;
     std::vector<std::size_t> sizes_;
@@ -416,10 +428,15 @@ private:
 template <class B>
 class InferenceForward {
 public:
-    explicit InferenceForward(models::Network<B>& net) : net_(net) {
+    /// On the CPU, `precision` is the compiled forward's (the context's activations); elsewhere the
+    /// network computes in its context's precision.
+    InferenceForward(models::Network<B>& net, DType precision) : net_(net) {
         if constexpr (std::is_same_v<B, cpu::Backend>) {
             InferenceGraph graph = inference_graph(net);
-            if (!CpuInference::unsupported(graph)) compiled_.emplace(graph);
+            const auto why = CpuInference::unsupported(graph);
+            if (!why) compiled_.emplace(graph, precision);
+            TESSERA_CHECK(!why || precision == DType::f32,
+                          net.arch() + " runs in bf16 on the CPU only compiled, and " + why.value_or(""));
         }
     }
 
@@ -430,6 +447,8 @@ public:
     }
     /// Whether the compiled forward runs (else the network's layers).
     bool compiled() const { return compiled_.has_value(); }
+    /// The compiled forward's own memory (0 for the layers', which use the context's arena).
+    std::size_t bytes() const { return compiled_ ? compiled_->bytes() : 0; }
 
 private:
     models::Network<B>& net_;

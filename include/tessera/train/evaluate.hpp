@@ -57,7 +57,7 @@ evaluate_with(typename B::Context& ctx, Forward&& forward, plugin::DataSource& d
 template <Backend B>
 Evaluation evaluate(typename B::Context& ctx, models::Network<B>& net, plugin::DataSource& data, int batch_size,
                     parallel::Communicator* comm = nullptr) {
-    deploy::InferenceForward<B> forward(net);
+    deploy::InferenceForward<B> forward(net, ctx.activations);
     return evaluate_with<B>(ctx, forward, data, batch_size, comm);
 }
 

@@ -11,12 +11,15 @@
 namespace tessera::cpu {
 
 struct Context {
-    explicit Context(int threads = ThreadPool::default_threads()) : pool(threads) {
+    explicit Context(int threads = ThreadPool::default_threads(), DType activations_ = DType::f32)
+        : activations(activations_), pool(threads) {
         set_gemm_threads(threads);
         omp_set_num_threads(threads);  // oneDNN's threads (Debian's oneDNN runs on OpenMP)
     }
 
-    static constexpr DType activations = DType::f32;  // the CPU computes in fp32
+    // The layers train in fp32; bf16 is for the compiled inference forward (export/cpu_inference.hpp),
+    // on CPUs with bf16 instructions (runner's make_context checks).
+    DType activations = DType::f32;
 
     ThreadPool pool;
     Arena arena;       // activations and scratch of one step

@@ -2,8 +2,10 @@
 // Element-wise kernels: ReLU and the residual sum.
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "tessera/backend/cpu/context.hpp"
+#include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 
 namespace tessera::cpu {
@@ -116,16 +118,33 @@ inline double sum_squares(const float* x, std::size_t n) {
 
 namespace tessera::cpu {
 
-/// x (N, H, W, C) = (pixels / 255 - mean[c]) / std[c], from uint8 NHWC.
+/// float -> bfloat16 bits, rounded to nearest even (as oneDNN's and PyTorch's conversions); NaN stays NaN.
+inline std::uint16_t to_bf16(float f) {
+    std::uint32_t bits;
+    std::memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return std::uint16_t((bits >> 16) | 0x40u);
+    return std::uint16_t((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+/// x (N, H, W, C) = (pixels / 255 - mean[c]) / std[c], from uint8 NHWC, in x's type (fp32, or bf16 for the compiled
+/// inference forward).
 inline void normalize_images(Context& ctx, const std::uint8_t* pixels, const float* mean, const float* inv_std,
                              const Tensor& x) {
     const int c = x.shape.c;
+    const bool bf16 = x.dtype == DType::bf16;
+    TESSERA_CHECK(bf16 || x.dtype == DType::f32, "normalize_images: the CPU writes fp32 or bf16 images");
+    auto* halves = reinterpret_cast<std::uint16_t*>(x.data);
     ctx.pool.parallel_for(
         x.shape.pixels(),
         [&](std::size_t begin, std::size_t end) {
             for (std::size_t p = begin; p < end; ++p)
-                for (int ch = 0; ch < c; ++ch)
-                    x.data[p * c + ch] = (pixels[p * c + ch] * (1.f / 255.f) - mean[ch]) * inv_std[ch];
+                for (int ch = 0; ch < c; ++ch) {
+                    const float v = (pixels[p * c + ch] * (1.f / 255.f) - mean[ch]) * inv_std[ch];
+                    if (bf16)
+                        halves[p * c + ch] = to_bf16(v);
+                    else
+                        x.data[p * c + ch] = v;
+                }
         },
         1024);
 }
