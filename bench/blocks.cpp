@@ -222,9 +222,9 @@ void stage_shapes(benchmark::internal::Benchmark* b) {
 }
 
 // ---- the CPU's convolution candidates, one direction at a time ----------------------------------
-// oneDNN and im2col + OpenBLAS on the ResNet family's shapes: how cpu::conv_backward's choice of
-// kernels for the filter gradient was made (filter_gradient_by_gemm), and how to remake it on
-// another CPU.
+// oneDNN and im2col + OpenBLAS on the ResNet family's shapes, each called directly: how the CPU's
+// choice of kernels was made (forward_by_gemm, filter_gradient_by_gemm in backend/cpu/conv.hpp), and
+// how to remake it on another CPU.
 //   args = batch, size, in, out, kernel, stride; the name says the direction and the kernels.
 enum class ConvPass { forward, data, filter };
 
@@ -243,10 +243,10 @@ void CpuConvCandidate(benchmark::State& state) {
     const Tensor no_dx{nullptr, c.in};
     run_flops<cpu::Backend>(state, ctx, c.flops, [&] {
         if constexpr (Pass == ConvPass::forward) {
-            if (Gemm)
+            if (Gemm)  // each candidate directly, never through the rule that chooses between them
                 cpu::gemm_conv_forward(ctx, x, w, c.g, y);
             else
-                cpu::conv_forward(ctx, x, w, c.g, y);
+                ctx.onednn.at(c.g, c.in).forward(ctx.onednn.stream(), x.data, w, y.data);
         } else if constexpr (Pass == ConvPass::data) {
             if (Gemm) {  // the GEMM path computes the filter gradient too: this counts both
                 cpu::gemm_conv_backward(ctx, x, w, c.g, dy, dw, dx);

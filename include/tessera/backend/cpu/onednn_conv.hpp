@@ -19,6 +19,12 @@
 
 namespace tessera::cpu {
 
+/// Whether oneDNN runs AVX-512 kernels here (avx512_core or above, from cpuid).
+inline bool onednn_has_avx512() {
+    const unsigned isa = unsigned(dnnl_get_effective_cpu_isa()), avx512 = unsigned(dnnl_cpu_isa_avx512_core);
+    return (isa & avx512) == avx512;
+}
+
 class OneDnnConv {
 public:
     using tag = dnnl::memory::format_tag;
