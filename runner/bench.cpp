@@ -228,7 +228,7 @@ int bench(const std::vector<std::string>& raw) {
         if (args.flag("json")) {
             std::printf(
                 "{\"arch\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", \"batch\": %d, \"image_size\": %d, "
-                "\"threads\": %d, \"steps\": %d, \"step_s\": %.4f, \"%s\": %.3f, \"peak_mem_bytes\": %zu, "
+                "\"threads\": %d, \"steps\": %d, \"step_s\": %.6f, \"%s\": %.3f, \"peak_mem_bytes\": %zu, "
                 "\"allocated_bytes\": %zu, \"arena_bytes\": %zu, \"kernels\": %s}\n",
                 arch.c_str(), B::name, precision.c_str(), batch, image, threads, steps, timed / steps,
                 inference ? "infer_img_per_s" : "train_img_per_s", img_per_s, peak, allocated,

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "tessera/backend/cpu/context.hpp"
+#include "tessera/backend/cpu/dispatch.hpp"
 #include "tessera/backend/ops.hpp"
 #include "tessera/core/tensor.hpp"
 
@@ -35,10 +36,89 @@ using tessera::BatchNormSaved;
 
 namespace detail {
 
-/// Sums, per channel, two quantities of each row over all rows: add(row, first, second) adds a
-/// row's terms into two float vectors of C, which are flushed into double every 256 rows (exact
-/// enough, and fast). One partial sum per thread, added in thread order: deterministic. Returns
-/// the 2C sums, first then second.
+// The loops over rows, each compiled for AVX-512, AVX2 and the baseline (dispatch.hpp). Rows are
+// pixels of C channels; each loop runs across the channels, which vectorises, in row order.
+
+/// s += x - k and s2 += (x - k)^2 per channel over rows [r0, r1).
+TESSERA_CPU_CLONES inline void shifted_sums(const float* __restrict x, const float* __restrict k, std::size_t c,
+                                            std::size_t r0, std::size_t r1, float* __restrict s,
+                                            float* __restrict s2) {
+    for (std::size_t r = r0; r < r1; ++r) {
+        const float* __restrict xr = x + r * c;
+        for (std::size_t j = 0; j < c; ++j) {
+            const float d = xr[j] - k[j];
+            s[j] += d;
+            s2[j] += d * d;
+        }
+    }
+}
+
+/// y = x * scale + shift per channel over rows [r0, r1), then max(y, 0) when `relu`.
+TESSERA_CPU_CLONES inline void scale_shift_rows(const float* __restrict x, const float* __restrict scale,
+                                                const float* __restrict shift, bool relu, std::size_t c,
+                                                std::size_t r0, std::size_t r1, float* __restrict y) {
+    for (std::size_t r = r0; r < r1; ++r) {
+        const float* __restrict xr = x + r * c;
+        float* __restrict yr = y + r * c;
+        if (relu)
+            for (std::size_t j = 0; j < c; ++j) yr[j] = std::max(xr[j] * scale[j] + shift[j], 0.f);
+        else
+            for (std::size_t j = 0; j < c; ++j) yr[j] = xr[j] * scale[j] + shift[j];
+    }
+}
+
+/// s += g and s2 += g * xhat per channel over rows [r0, r1), with g = dy masked where y is 0 when y
+/// is given (the ReLU's backward), and xhat = (x - mean) * inv_std.
+TESSERA_CPU_CLONES inline void gradient_sums(const float* __restrict x, const float* __restrict y,
+                                             const float* __restrict dy, const float* __restrict mean,
+                                             const float* __restrict inv_std, std::size_t c, std::size_t r0,
+                                             std::size_t r1, float* __restrict s, float* __restrict s2) {
+    for (std::size_t r = r0; r < r1; ++r) {
+        const float* __restrict xr = x + r * c;
+        const float* __restrict gr = dy + r * c;
+        if (y) {
+            const float* __restrict yr = y + r * c;
+            for (std::size_t j = 0; j < c; ++j) {
+                const float g = yr[j] > 0.f ? gr[j] : 0.f;
+                s[j] += g;
+                s2[j] += g * ((xr[j] - mean[j]) * inv_std[j]);
+            }
+        } else {
+            for (std::size_t j = 0; j < c; ++j) {
+                s[j] += gr[j];
+                s2[j] += gr[j] * ((xr[j] - mean[j]) * inv_std[j]);
+            }
+        }
+    }
+}
+
+/// dx = scale * (g - mean_dy - xhat * mean_dy_xhat) over rows [r0, r1), g and xhat as above.
+TESSERA_CPU_CLONES inline void gradient_rows(const float* __restrict x, const float* __restrict y,
+                                             const float* __restrict dy, const float* __restrict mean,
+                                             const float* __restrict inv_std, const float* __restrict scale,
+                                             const float* __restrict mean_dy, const float* __restrict mean_dy_xhat,
+                                             std::size_t c, std::size_t r0, std::size_t r1, float* __restrict dx) {
+    for (std::size_t r = r0; r < r1; ++r) {
+        const float* __restrict xr = x + r * c;
+        const float* __restrict gr = dy + r * c;
+        float* __restrict dxr = dx + r * c;
+        if (y) {
+            const float* __restrict yr = y + r * c;
+            for (std::size_t j = 0; j < c; ++j) {
+                const float g = yr[j] > 0.f ? gr[j] : 0.f;
+                dxr[j] = scale[j] * (g - mean_dy[j] - (xr[j] - mean[j]) * inv_std[j] * mean_dy_xhat[j]);
+            }
+        } else {
+            for (std::size_t j = 0; j < c; ++j)
+                dxr[j] = scale[j] * (gr[j] - mean_dy[j] - (xr[j] - mean[j]) * inv_std[j] * mean_dy_xhat[j]);
+        }
+    }
+}
+
+/// Sums, per channel, two quantities of each row over all rows: add(r0, r1, first, second) adds
+/// the terms of rows [r0, r1) into two float vectors of C, which are flushed into double every 256
+/// rows (exact enough, and fast). One partial sum per thread, added in thread order:
+/// deterministic. Returns the 2C sums, first then second.
 template <class AddRow>
 std::vector<double> sum_rows(Context& ctx, std::size_t rows, int channels, AddRow add) {
     const std::size_t c = std::size_t(channels), threads = ctx.pool.size();
@@ -50,7 +130,7 @@ std::vector<double> sum_rows(Context& ctx, std::size_t rows, int channels, AddRo
             const std::size_t begin = rows * t / threads, end = rows * (t + 1) / threads;
             for (std::size_t block = begin; block < end; block += 256) {
                 std::fill(acc.begin(), acc.end(), 0.f);
-                for (std::size_t r = block; r < std::min(end, block + 256); ++r) add(r, acc.data(), acc.data() + c);
+                add(block, std::min(end, block + 256), acc.data(), acc.data() + c);
                 for (std::size_t i = 0; i < 2 * c; ++i) out[i] += acc[i];
             }
         }
@@ -77,22 +157,11 @@ inline double group_rows(parallel::Communicator* group, std::size_t rows) {
 inline void apply(Context& ctx, const Tensor& x, const std::vector<float>& scale_v, const std::vector<float>& shift_v,
                   bool relu, const Tensor& y) {
     const std::size_t c = std::size_t(x.shape.c);
-    const float* __restrict scale = scale_v.data();
-    const float* __restrict shift = shift_v.data();
-    const float* __restrict in = x.data;
-    float* __restrict out = y.data;
+    const float *scale = scale_v.data(), *shift = shift_v.data(), *in = x.data;
+    float* out = y.data;
     ctx.pool.parallel_for(
         x.shape.pixels(),
-        [=](std::size_t begin, std::size_t end) {
-            for (std::size_t r = begin; r < end; ++r) {
-                const float* __restrict xr = in + r * c;
-                float* __restrict yr = out + r * c;
-                if (relu)
-                    for (std::size_t j = 0; j < c; ++j) yr[j] = std::max(xr[j] * scale[j] + shift[j], 0.f);
-                else
-                    for (std::size_t j = 0; j < c; ++j) yr[j] = xr[j] * scale[j] + shift[j];
-            }
-        },
+        [=](std::size_t begin, std::size_t end) { scale_shift_rows(in, scale, shift, relu, c, begin, end, out); },
         256);
 }
 
@@ -106,16 +175,11 @@ inline void batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormPara
     std::vector<float> mean(c), inv_std(c);
     if (training) {
         const std::vector<float> k(x.data, x.data + c);  // the shift K: the batch's first pixel
-        const float* __restrict shift = k.data();
-        const float* __restrict in = x.data;
-        std::vector<double> sums = detail::sum_rows(ctx, rows, int(c), [=](std::size_t r, float* s, float* s2) {
-            const float* __restrict xr = in + r * c;
-            for (std::size_t j = 0; j < c; ++j) {
-                const float d = xr[j] - shift[j];
-                s[j] += d;
-                s2[j] += d * d;
-            }
-        });
+        const float *shift = k.data(), *in = x.data;
+        std::vector<double> sums =
+            detail::sum_rows(ctx, rows, int(c), [=](std::size_t r0, std::size_t r1, float* s, float* s2) {
+                detail::shifted_sums(in, shift, c, r0, r1, s, s2);
+            });
         // The shifted sums as sums of x and x^2, in double, where the cancellation of the variance
         // costs nothing that matters; each rank's shift is its own, and these add up across ranks.
         for (std::size_t j = 0; j < c; ++j) {
@@ -161,22 +225,13 @@ inline void batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& y, c
         mean[j] = training ? saved.mean[j] : p.running_mean[j];
         inv_std[j] = training ? saved.inv_std[j] : 1.f / std::sqrt(p.running_var[j] + p.eps);
     }
-    const float* __restrict m = mean.data();
-    const float* __restrict is = inv_std.data();
-    const float* __restrict in = x.data;
-    const float* __restrict out = y.data;  // null: no ReLU to fold in
-    const float* __restrict grad = dy.data;
+    const float *m = mean.data(), *is = inv_std.data(), *in = x.data, *grad = dy.data;
+    const float* out = y.data;  // null: no ReLU to fold in
     // sum(dy), then sum(dy * xhat), dy masked by the ReLU.
-    std::vector<double> sums = detail::sum_rows(ctx, rows, int(c), [=](std::size_t r, float* s, float* s2) {
-        const float* __restrict xr = in + r * c;
-        const float* __restrict gr = grad + r * c;
-        const float* __restrict yr = out ? out + r * c : nullptr;
-        for (std::size_t j = 0; j < c; ++j) {
-            const float g = yr ? (yr[j] > 0.f ? gr[j] : 0.f) : gr[j];
-            s[j] += g;
-            s2[j] += g * ((xr[j] - m[j]) * is[j]);
-        }
-    });
+    std::vector<double> sums =
+        detail::sum_rows(ctx, rows, int(c), [=](std::size_t r0, std::size_t r1, float* s, float* s2) {
+            detail::gradient_sums(in, out, grad, m, is, c, r0, r1, s, s2);
+        });
     for (std::size_t j = 0; j < c; ++j) {
         dbeta[j] += float(sums[j]);
         dgamma[j] += float(sums[c + j]);
@@ -193,24 +248,12 @@ inline void batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& y, c
         }
     }
     // Eval mode: the statistics are constants, and dx = scale * dy (the means stay 0).
-    const float* __restrict sc = scale.data();
-    const float* __restrict mdy = mean_dy.data();
-    const float* __restrict mdyx = mean_dy_xhat.data();
-    float* __restrict result = dx.data;
+    const float *sc = scale.data(), *mdy = mean_dy.data(), *mdyx = mean_dy_xhat.data();
+    float* result = dx.data;
     ctx.pool.parallel_for(
         rows,
         [=](std::size_t begin, std::size_t end) {
-            for (std::size_t r = begin; r < end; ++r) {
-                const float* __restrict xr = in + r * c;
-                const float* __restrict gr = grad + r * c;
-                const float* __restrict yr = out ? out + r * c : nullptr;
-                float* __restrict dxr = result + r * c;
-                for (std::size_t j = 0; j < c; ++j) {
-                    const float g = yr ? (yr[j] > 0.f ? gr[j] : 0.f) : gr[j];
-                    const float xhat = (xr[j] - m[j]) * is[j];
-                    dxr[j] = sc[j] * (g - mdy[j] - xhat * mdyx[j]);
-                }
-            }
+            detail::gradient_rows(in, out, grad, m, is, sc, mdy, mdyx, c, begin, end, result);
         },
         256);
 }

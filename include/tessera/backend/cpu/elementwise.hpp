@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "tessera/backend/cpu/context.hpp"
+#include "tessera/backend/cpu/dispatch.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/tensor.hpp"
 
@@ -12,70 +13,84 @@ namespace tessera::cpu {
 
 constexpr std::size_t elementwise_grain = 1 << 14;
 
-// The loops below read through local __restrict pointers: through a Tensor captured by reference,
-// the compiler must assume each store may change the Tensor itself, and neither hoists the loads
-// nor vectorises.
+// The loops over [begin, end), each compiled for AVX-512, AVX2 and the baseline (dispatch.hpp), read
+// through __restrict pointers: through a Tensor, the compiler must assume each store may change the
+// Tensor itself, and neither hoists the loads nor vectorises.
+namespace detail {
+TESSERA_CPU_CLONES inline void relu_range(const float* __restrict x, float* __restrict y, std::size_t begin,
+                                          std::size_t end) {
+    for (std::size_t i = begin; i < end; ++i) y[i] = std::max(x[i], 0.f);
+}
+TESSERA_CPU_CLONES inline void relu_in_place_range(float* __restrict y, std::size_t begin, std::size_t end) {
+    for (std::size_t i = begin; i < end; ++i) y[i] = std::max(y[i], 0.f);
+}
+TESSERA_CPU_CLONES inline void relu_backward_range(const float* __restrict y, const float* __restrict dy,
+                                                   float* __restrict dx, std::size_t begin, std::size_t end) {
+    for (std::size_t i = begin; i < end; ++i) {
+        const float g = dy[i];  // loaded either way, so the select vectorises
+        dx[i] = y[i] > 0.f ? g : 0.f;
+    }
+}
+TESSERA_CPU_CLONES inline void add_range(const float* __restrict a, const float* __restrict b, float* __restrict y,
+                                         std::size_t begin, std::size_t end) {
+    for (std::size_t i = begin; i < end; ++i) y[i] = a[i] + b[i];
+}
+TESSERA_CPU_CLONES inline void accumulate_range(const float* __restrict x, float* __restrict y, std::size_t begin,
+                                                std::size_t end) {
+    for (std::size_t i = begin; i < end; ++i) y[i] += x[i];
+}
+TESSERA_CPU_CLONES inline void axpby_range(float a, const float* __restrict x, float b, float* __restrict y,
+                                           std::size_t begin, std::size_t end) {
+    if (b == 0.f)
+        for (std::size_t i = begin; i < end; ++i) y[i] = a * x[i];
+    else
+        for (std::size_t i = begin; i < end; ++i) y[i] = a * x[i] + b * y[i];
+}
+TESSERA_CPU_CLONES inline void scale_range(float* __restrict y, float a, std::size_t begin, std::size_t end) {
+    for (std::size_t i = begin; i < end; ++i) y[i] *= a;
+}
+}  // namespace detail
 
 /// y = max(x, 0); x and y may be the same tensor.
 inline void relu_forward(Context& ctx, const Tensor& x, const Tensor& y) {
-    if (x.data == y.data) {
-        float* __restrict data = y.data;
-        ctx.pool.parallel_for(
-            y.size(),
-            [=](std::size_t begin, std::size_t end) {
-                for (std::size_t i = begin; i < end; ++i) data[i] = std::max(data[i], 0.f);
-            },
-            elementwise_grain);
-        return;
-    }
-    const float* __restrict in = x.data;
-    float* __restrict out = y.data;
+    const float* in = x.data;
+    float* out = y.data;
     ctx.pool.parallel_for(
-        x.size(),
+        y.size(),
         [=](std::size_t begin, std::size_t end) {
-            for (std::size_t i = begin; i < end; ++i) out[i] = std::max(in[i], 0.f);
+            if (in == out)
+                detail::relu_in_place_range(out, begin, end);
+            else
+                detail::relu_range(in, out, begin, end);
         },
         elementwise_grain);
 }
 
 /// dx = dy where the output was positive, else 0.
 inline void relu_backward(Context& ctx, const Tensor& y, const Tensor& dy, const Tensor& dx) {
-    const float* __restrict out = y.data;
-    const float* __restrict grad = dy.data;
-    float* __restrict result = dx.data;
+    const float *out = y.data, *grad = dy.data;
+    float* result = dx.data;
     ctx.pool.parallel_for(
         y.size(),
-        [=](std::size_t begin, std::size_t end) {
-            for (std::size_t i = begin; i < end; ++i) {
-                const float g = grad[i];  // loaded either way, so the select vectorises
-                result[i] = out[i] > 0.f ? g : 0.f;
-            }
-        },
+        [=](std::size_t begin, std::size_t end) { detail::relu_backward_range(out, grad, result, begin, end); },
         elementwise_grain);
 }
 
 /// y = a + b.
 inline void add(Context& ctx, const Tensor& a, const Tensor& b, const Tensor& y) {
-    const float* __restrict left = a.data;
-    const float* __restrict right = b.data;
-    float* __restrict out = y.data;
+    const float *left = a.data, *right = b.data;
+    float* out = y.data;
     ctx.pool.parallel_for(
-        y.size(),
-        [=](std::size_t begin, std::size_t end) {
-            for (std::size_t i = begin; i < end; ++i) out[i] = left[i] + right[i];
-        },
+        y.size(), [=](std::size_t begin, std::size_t end) { detail::add_range(left, right, out, begin, end); },
         elementwise_grain);
 }
 
 /// y += x.
 inline void accumulate(Context& ctx, const Tensor& x, const Tensor& y) {
-    const float* __restrict in = x.data;
-    float* __restrict out = y.data;
+    const float* in = x.data;
+    float* out = y.data;
     ctx.pool.parallel_for(
-        y.size(),
-        [=](std::size_t begin, std::size_t end) {
-            for (std::size_t i = begin; i < end; ++i) out[i] += in[i];
-        },
+        y.size(), [=](std::size_t begin, std::size_t end) { detail::accumulate_range(in, out, begin, end); },
         elementwise_grain);
 }
 
@@ -83,28 +98,15 @@ inline void accumulate(Context& ctx, const Tensor& x, const Tensor& y) {
 
 /// y = a * x + b * y over n floats; y is not read when b is 0 (it may hold anything).
 inline void axpby(Context& ctx, float a, const float* x, float b, float* y, std::size_t n) {
-    const float* __restrict in = x;
-    float* __restrict out = y;
     ctx.pool.parallel_for(
-        n,
-        [=](std::size_t begin, std::size_t end) {
-            if (b == 0.f)
-                for (std::size_t i = begin; i < end; ++i) out[i] = a * in[i];
-            else
-                for (std::size_t i = begin; i < end; ++i) out[i] = a * in[i] + b * out[i];
-        },
+        n, [=](std::size_t begin, std::size_t end) { detail::axpby_range(a, x, b, y, begin, end); },
         elementwise_grain);
 }
 
 /// y *= a over n floats.
 inline void scale(Context& ctx, float* y, std::size_t n, float a) {
-    float* __restrict out = y;
     ctx.pool.parallel_for(
-        n,
-        [=](std::size_t begin, std::size_t end) {
-            for (std::size_t i = begin; i < end; ++i) out[i] *= a;
-        },
-        elementwise_grain);
+        n, [=](std::size_t begin, std::size_t end) { detail::scale_range(y, a, begin, end); }, elementwise_grain);
 }
 
 /// The sum of x[i]^2, accumulated in double, in the same order for any number of threads.
