@@ -149,26 +149,26 @@ inline void gemm_conv_backward(Context& ctx, const Tensor& x, const float* w, co
 
 // Which kernels run each direction, by measurement (`tessera_bench --benchmark_filter=CpuConv` times
 // both candidates on the ResNet family's shapes; README, "CPU convolutions"; 2 threads):
-//  - on CPUs with AVX-512, oneDNN everywhere: its avx512_core kernels beat im2col + OpenBLAS by 2-4x
-//    on every forward pass (64->64 3x3 at 7x7, batch 128: 1.2 against 2.6 ms; the 7x7 stem: 18
-//    against 95 ms), and on every filter gradient but ResNet50's 64->64 1x1 (7.8 against 6.5 ms);
-//  - on AVX2 alone, where the GEMM's long K keeps OpenBLAS at its peak:
-//    - forward: oneDNN, except 3x3 convolutions of 32 input channels or more (64->64 at 7x7, batch
-//      128: 3.4 against 5.1 ms) and 1x1 of 256 or more (256->128 at 56x56, batch 32: 43.7 against
-//      47.0 ms); oneDNN wins the narrow layers (16->16 at 28x28: 4.5 against 8.5 ms), the 1x1 of 64
-//      and the 7x7 stem (43 against 120);
-//    - data gradient: oneDNN, which needs no col2im (16->16: 2.8 against about 8 ms);
-//    - filter gradient: oneDNN up to a patch (kh*kw*Cin) of 256, the GEMM from there (32->32 3x3: 3.8
-//      against 4.5 ms; 512->2048 1x1: 19 against 38 ms; 16->16: 6.3 against 3.4 ms the other way).
+//  - forward: on CPUs with AVX-512, oneDNN always: its avx512_core kernels beat im2col + OpenBLAS
+//    2-4x on every shape (64->64 3x3 at 7x7, batch 128: 1.2 against 2.6 ms; the 7x7 stem: 18
+//    against 95 ms). On AVX2 alone, where the GEMM's long K keeps OpenBLAS at its peak, the GEMM for
+//    3x3 convolutions of 32 input channels or more (64->64 at 7x7, batch 128: 3.4 against 5.1 ms)
+//    and 1x1 of 256 or more (256->128 at 56x56, batch 32: 43.7 against 47.0 ms); oneDNN for the
+//    narrow layers (16->16 at 28x28: 4.5 against 8.5 ms), the 1x1 of 64 and the 7x7 stem;
+//  - data gradient: oneDNN, which needs no col2im (16->16: 2.8 against about 8 ms on AVX2);
+//  - filter gradient: oneDNN up to a patch (kh*kw*Cin) of 256, the GEMM from there (on AVX2, 32->32
+//    3x3: 3.8 against 4.5 ms; 512->2048 1x1: 19 against 38 ms; 16->16: 6.3 against 3.4 ms the other
+//    way). On AVX-512 oneDNN's wide filter gradients are faster (ResNet-20's step 11%, ResNet50's
+//    20%) but sum the batch less exactly: over 20 steps of SGD with OneCycle they put tessera's loss
+//    2.9x as far from an fp64 run as PyTorch's fp32 run is (1.3e-2 against 4.4e-3; the weights 1.8x,
+//    9.5e-4 against 5.4e-4), past the parity check's twice
+//    (Parity.EachShippedOptimizerAndScheduleTrainsAsPyTorchDoes), so the GEMM keeps them everywhere.
 // The CPU is read from cpuid (through oneDNN) when the program runs, never from how it was built.
-inline bool gemm_ever_wins() {
-    static const bool avx2_only = !onednn_has_avx512();
-    return avx2_only;
-}
 inline bool forward_by_gemm(const ConvGeometry& g) {
-    return gemm_ever_wins() && ((g.kernel == 3 && g.in_channels >= 32) || (g.kernel == 1 && g.in_channels >= 256));
+    static const bool avx2_only = !onednn_has_avx512();
+    return avx2_only && ((g.kernel == 3 && g.in_channels >= 32) || (g.kernel == 1 && g.in_channels >= 256));
 }
-inline bool filter_gradient_by_gemm(const ConvGeometry& g) { return gemm_ever_wins() && g.patch() >= 256; }
+inline bool filter_gradient_by_gemm(const ConvGeometry& g) { return g.patch() >= 256; }
 
 /// y = conv(x, w).
 inline void conv_forward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& y) {
