@@ -117,7 +117,9 @@ public:
         return p;
     }
 
-    std::string device() override { return B::kernels(*ctx_); }
+    std::string device() override {
+        return B::kernels(*ctx_) + (forward_->compiled() ? ", compiled " + dtype_name(ctx_->activations) + " inference" : "");
+    }
 
 private:
     const ModelCard& card_;

@@ -59,7 +59,7 @@ public:
     virtual ~Classifier() = default;
     /// `count` images of card.input_bytes() each, back to back; count x classes probabilities.
     virtual std::vector<double> probabilities(const std::uint8_t* pixels, int count) = 0;
-    /// "cpu (onednn avx2, openblas Zen)" or the card's name.
+    /// The kernels that run ("onednn avx2, openblas Zen, compiled fp32 inference"), or the card's name.
     virtual std::string device() = 0;
 
     /// `device` is "cpu" or "cuda", `precision` "fp32" or "bf16" (or the CUDA backend's others); user
