@@ -184,13 +184,13 @@ int bench(const std::vector<std::string>& raw) {
         // --inference: the forward pass alone in eval mode, as `runner predict`, `eval` and a server run
         // it (compiled on the CPU); with --layers, the network's own layers instead, for comparison.
         const bool inference = args.flag("inference"), layers = args.flag("layers");
-        if (layers && !inference) throw user_error("--layers", "times the layers' inference forward", "add --inference");
+        if (layers && !inference)
+            throw user_error("--layers", "times the layers' inference forward", "add --inference");
         const train::Normalization normalization(data->info());
         if (inference) ctx->training = false;
         std::optional<deploy::InferenceForward<B>> forward;
         if (inference && !layers) forward.emplace(*net, ctx->activations);
-        const std::string kernels =
-            B::kernels(*ctx) + (forward && forward->compiled() ? ", compiled inference" : "");
+        const std::string kernels = B::kernels(*ctx) + (forward && forward->compiled() ? ", compiled inference" : "");
 
         double timed = 0;
         std::size_t peak = 0;  // on a GPU: the most device memory in use after any step

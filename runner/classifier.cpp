@@ -118,7 +118,8 @@ public:
     }
 
     std::string device() override {
-        return B::kernels(*ctx_) + (forward_->compiled() ? ", compiled " + dtype_name(ctx_->activations) + " inference" : "");
+        return B::kernels(*ctx_) +
+               (forward_->compiled() ? ", compiled " + dtype_name(ctx_->activations) + " inference" : "");
     }
 
 private:

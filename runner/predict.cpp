@@ -9,17 +9,17 @@
 namespace tessera::runner {
 
 int predict(const std::vector<std::string>& raw) {
-    Args args(raw, {"json"}, {"checkpoint", "arch", "labels", "topk", "image-size", "resize", "threads", "device", "precision"});
+    Args args(raw, {"json"},
+              {"checkpoint", "arch", "labels", "topk", "image-size", "resize", "threads", "device", "precision"});
     if (!args.value("checkpoint") || args.positional().empty())
         throw user_error(
             "runner predict", "expected --checkpoint PATH and one or more images",
             "e.g. runner predict --checkpoint runs/r/best.safetensors --labels LOC_synset_mapping.txt photo.jpg");
     const ModelCard card = read_model_card(args);
     const int topk = args.integer("topk", 5);
-    const auto classifier =
-        Classifier::open(card, args.value("device").value_or("cpu"),
-                         args.value("threads") ? thread_count(args) : ThreadPool::default_threads(),
-                         args.value("precision").value_or("fp32"));
+    const auto classifier = Classifier::open(card, args.value("device").value_or("cpu"),
+                                             args.value("threads") ? thread_count(args) : ThreadPool::default_threads(),
+                                             args.value("precision").value_or("fp32"));
     Preprocessor preprocess(card);
     std::vector<std::uint8_t> bytes, pixels(card.input_bytes());
     std::string out = "[";

@@ -68,8 +68,9 @@ std::unique_ptr<typename B::Context> make_context(int threads, const std::string
                                  cpu::onednn_isa() + ")",
                              "use precision = \"fp32\" on this CPU; bf16 runs on device = \"cuda\"");
         if (precision == "bf16" && work == Work::training)
-            throw user_error(where, "\"bf16\" training on the CPU is not built yet (bf16 runs inference here: runner "
-                                    "predict, serve, eval and bench --inference)",
+            throw user_error(where,
+                             "\"bf16\" training on the CPU is not built yet (bf16 runs inference here: runner "
+                             "predict, serve, eval and bench --inference)",
                              "train with precision = \"fp32\" on the CPU, or on device = \"cuda\" in bf16");
         if (precision != "fp32" && precision != "bf16")
             throw user_error(where, "\"" + precision + "\" is not a precision of the CPU backend",

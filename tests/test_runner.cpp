@@ -153,8 +153,7 @@ TEST(Bench, TimesTrainingStepsAndReportsWhatItAllocated) {
         EXPECT_EQ(last_json(bf16_infer.output).object().at("precision").string(), "bf16");
     } else {
         EXPECT_EQ(bf16_infer.exit_code, 2) << bf16_infer.output;
-        EXPECT_NE(bf16_infer.output.find("needs AVX512-BF16 or AMX-BF16, and this CPU has neither"),
-                  std::string::npos)
+        EXPECT_NE(bf16_infer.output.find("needs AVX512-BF16 or AMX-BF16, and this CPU has neither"), std::string::npos)
             << bf16_infer.output;
     }
     // Mistakes: exit 2 with what to change. bf16 training on the CPU is refused, saying what works.

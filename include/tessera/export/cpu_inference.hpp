@@ -109,10 +109,10 @@ private:
     // A node's work after fusion: a convolution may absorb the add that reads it (its other operand
     // `sum` is added in place) and the ReLU after either.
     struct Fused {
-        int node;             // the node that computes (a conv, or any other op run alone)
-        int output;           // the value this work produces: the last node absorbed
-        int sum = -1;         // the value a conv adds its result into, in place (-1: none)
-        bool relu = false;    // the ReLU after it is taken in
+        int node;           // the node that computes (a conv, or any other op run alone)
+        int output;         // the value this work produces: the last node absorbed
+        int sum = -1;       // the value a conv adds its result into, in place (-1: none)
+        bool relu = false;  // the ReLU after it is taken in
     };
 
     void fuse() {
@@ -165,8 +165,8 @@ private:
     };
     struct Plan {
         std::vector<Step> steps;
-        dnnl::memory input, output;                         // the caller's tensors, bound per call
-        std::vector<std::pair<dnnl::memory, int>> bound;    // memories on shared buffers
+        dnnl::memory input, output;                       // the caller's tensors, bound per call
+        std::vector<std::pair<dnnl::memory, int>> bound;  // memories on shared buffers
         std::vector<std::string> kernels;
         int classes = 0;
     };
@@ -200,9 +200,15 @@ private:
             if (f.relu) post.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
             attr.set_post_ops(post);
             switch (n.op) {
-                case Op::conv: conv(f, n, x, attr); break;
-                case Op::relu: eltwise(f, x); break;
-                case Op::add: add(f, n, x, attr); break;
+                case Op::conv:
+                    conv(f, n, x, attr);
+                    break;
+                case Op::relu:
+                    eltwise(f, x);
+                    break;
+                case Op::add:
+                    add(f, n, x, attr);
+                    break;
                 case Op::max_pool: {
                     const auto d = x.get_desc().dims();
                     const dims out{d[0], d[1], n.pool.out_size(int(d[2])), n.pool.out_size(int(d[3]))};
@@ -216,8 +222,11 @@ private:
                          dnnl::algorithm::pooling_avg_exclude_padding);
                     break;
                 }
-                case Op::linear: linear(f, n, x); break;
-                case Op::batchnorm: throw internal_error("CpuInference", "an unfolded BatchNorm");
+                case Op::linear:
+                    linear(f, n, x);
+                    break;
+                case Op::batchnorm:
+                    throw internal_error("CpuInference", "an unfolded BatchNorm");
             }
             finish(f, n);
         }
@@ -233,18 +242,17 @@ private:
                 weights_any(weights, compute, tag::any), bias({g.out_channels}, dt::f32, tag::x);
             const dims strides{g.stride, g.stride}, pad{g.pad, g.pad};
             using cf = dnnl::convolution_forward;
-            const auto desc = has_bias ? cf::desc(dnnl::prop_kind::forward_inference,
-                                                  dnnl::algorithm::convolution_direct, src_any, weights_any, bias,
-                                                  dst_any, strides, pad, pad)
-                                       : cf::desc(dnnl::prop_kind::forward_inference,
-                                                  dnnl::algorithm::convolution_direct, src_any, weights_any, dst_any,
-                                                  strides, pad, pad);
+            const auto desc = has_bias
+                                  ? cf::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                                             src_any, weights_any, bias, dst_any, strides, pad, pad)
+                                  : cf::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                                             src_any, weights_any, dst_any, strides, pad, pad);
             const cf::primitive_desc pd(desc, attr, self_.engine_);
             plan_.kernels.push_back(pd.impl_info_str());
             Step s{cf(pd), {}};
             s.args[DNNL_ARG_SRC] = in_layout(x, pd.src_desc());
-            s.args[DNNL_ARG_WEIGHTS] = self_.parameter(n.name + ".weight", {weights, dt::f32, tag::oihw},
-                                                       pd.weights_desc());
+            s.args[DNNL_ARG_WEIGHTS] =
+                self_.parameter(n.name + ".weight", {weights, dt::f32, tag::oihw}, pd.weights_desc());
             if (has_bias) s.args[DNNL_ARG_BIAS] = self_.parameter(n.name + ".bias", bias, bias);
             // With a sum post-op, the destination holds the shortcut and receives conv + shortcut.
             s.args[DNNL_ARG_DST] = f.sum >= 0 ? take_over(f.sum, pd.dst_desc()) : fresh(pd.dst_desc());
@@ -276,10 +284,15 @@ private:
 
         void pool(const Fused& f, const dnnl::memory& x, const dims& dst, const dims& kernel, const dims& strides,
                   const dims& pad, dnnl::algorithm kind) {
-            const dnnl::pooling_forward::primitive_desc pd(
-                {dnnl::prop_kind::forward_inference, kind, x.get_desc(), {dst, self_.compute_, tag::any}, strides, kernel,
-                 pad, pad},
-                scratch_attr(), self_.engine_);
+            const dnnl::pooling_forward::primitive_desc pd({dnnl::prop_kind::forward_inference,
+                                                            kind,
+                                                            x.get_desc(),
+                                                            {dst, self_.compute_, tag::any},
+                                                            strides,
+                                                            kernel,
+                                                            pad,
+                                                            pad},
+                                                           scratch_attr(), self_.engine_);
             Step s{dnnl::pooling_forward(pd), {{DNNL_ARG_SRC, x}}};
             s.args[DNNL_ARG_DST] = fresh(pd.dst_desc());
             s.args[DNNL_ARG_SCRATCHPAD] = scratchpad(pd.scratchpad_desc());
@@ -294,9 +307,9 @@ private:
             const dnnl::memory::desc bias({n.out_features}, dt::f32, tag::x),
                 dst({in[0], n.out_features}, dt::f32, tag::nc);
             using ip = dnnl::inner_product_forward;
-            const ip::primitive_desc pd({dnnl::prop_kind::forward_inference, x.get_desc(),
-                                         {weights, self_.compute_, tag::any}, bias, dst},
-                                        scratch_attr(), self_.engine_);
+            const ip::primitive_desc pd(
+                {dnnl::prop_kind::forward_inference, x.get_desc(), {weights, self_.compute_, tag::any}, bias, dst},
+                scratch_attr(), self_.engine_);
             Step s{ip(pd), {{DNNL_ARG_SRC, in_layout(x, pd.src_desc())}}};
             s.args[DNNL_ARG_WEIGHTS] =
                 self_.parameter(n.name + ".weight", {weights, dt::f32, tag::oihw}, pd.weights_desc());

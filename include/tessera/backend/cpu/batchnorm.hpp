@@ -41,8 +41,7 @@ namespace detail {
 
 /// s += x - k and s2 += (x - k)^2 per channel over rows [r0, r1).
 TESSERA_CPU_CLONES inline void shifted_sums(const float* __restrict x, const float* __restrict k, std::size_t c,
-                                            std::size_t r0, std::size_t r1, float* __restrict s,
-                                            float* __restrict s2) {
+                                            std::size_t r0, std::size_t r1, float* __restrict s, float* __restrict s2) {
     for (std::size_t r = r0; r < r1; ++r) {
         const float* __restrict xr = x + r * c;
         for (std::size_t j = 0; j < c; ++j) {
@@ -55,8 +54,8 @@ TESSERA_CPU_CLONES inline void shifted_sums(const float* __restrict x, const flo
 
 /// y = x * scale + shift per channel over rows [r0, r1), then max(y, 0) when `relu`.
 TESSERA_CPU_CLONES inline void scale_shift_rows(const float* __restrict x, const float* __restrict scale,
-                                                const float* __restrict shift, bool relu, std::size_t c,
-                                                std::size_t r0, std::size_t r1, float* __restrict y) {
+                                                const float* __restrict shift, bool relu, std::size_t c, std::size_t r0,
+                                                std::size_t r1, float* __restrict y) {
     for (std::size_t r = r0; r < r1; ++r) {
         const float* __restrict xr = x + r * c;
         float* __restrict yr = y + r * c;
@@ -161,8 +160,7 @@ inline void apply(Context& ctx, const Tensor& x, const std::vector<float>& scale
     float* out = y.data;
     ctx.pool.parallel_for(
         x.shape.pixels(),
-        [=](std::size_t begin, std::size_t end) { scale_shift_rows(in, scale, shift, relu, c, begin, end, out); },
-        256);
+        [=](std::size_t begin, std::size_t end) { scale_shift_rows(in, scale, shift, relu, c, begin, end, out); }, 256);
 }
 
 }  // namespace detail

@@ -99,8 +99,7 @@ inline void accumulate(Context& ctx, const Tensor& x, const Tensor& y) {
 /// y = a * x + b * y over n floats; y is not read when b is 0 (it may hold anything).
 inline void axpby(Context& ctx, float a, const float* x, float b, float* y, std::size_t n) {
     ctx.pool.parallel_for(
-        n, [=](std::size_t begin, std::size_t end) { detail::axpby_range(a, x, b, y, begin, end); },
-        elementwise_grain);
+        n, [=](std::size_t begin, std::size_t end) { detail::axpby_range(a, x, b, y, begin, end); }, elementwise_grain);
 }
 
 /// y *= a over n floats.
