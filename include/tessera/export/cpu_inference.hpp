@@ -8,13 +8,13 @@
 //   - each BatchNorm is folded into the convolution before it (fold_batchnorm);
 //   - a ReLU after a convolution, and a residual add with its ReLU, become the convolution's
 //     post-ops (oneDNN's sum and eltwise_relu): a bottleneck is three primitives, not nine passes;
-//   - activations stay in the blocked layout oneDNN's kernels prefer (nChw8c on AVX2, nChw16c on
-//     AVX-512) from the stem to the pooling, where the training path reorders from NHWC at every
-//     convolution; the filters are reordered once, not at every call;
+//   - activations stay in the layouts oneDNN's kernels choose for themselves (blocked nChw8c or
+//     nChw16c, or NHWC for its brgemm kernels) from the stem to the classifier, and the filters are
+//     reordered once, where the training path reorders them at every call;
 //   - the add writes in place into the shortcut's buffer, and buffers are reused once their last
 //     reader has run.
-// PyTorch's eager eval() does none of these (torch.jit.freeze folds BatchNorm; oneDNN's graph fuser
-// does the rest): this is where tessera's CPU inference gains on it (README, "CPU").
+// PyTorch's eager eval() does none of these (TorchScript's freeze folds BatchNorm, and its opt-in
+// oneDNN Graph fuser fuses): this is where tessera's CPU inference gains on it (README, "CPU").
 //
 // One plan per batch size (serving meets many): primitives, with the weights' reorders shared
 // between plans and the activation buffers shared too, since one forward runs at a time.
