@@ -272,7 +272,7 @@ TEST(EarlyStop, StopsOnceTheTargetAccuracyIsReached) {
     std::ofstream(dir / "r.toml")
         << "[run]\nout_dir = 'runs'\nname = 't'\n[model]\narch = 'resnet20'\n"
         << "[data]\nplugin = 'synthetic'\nimage_size = 8\ntrain_size = 512\nval_size = 128\nbatch_size = 32\n"
-        << "[scheduler]\nplugin = 'onecycle'\nmax_lr = 0.1\n[train]\nepochs = 5\ntarget_top1 = 0.45\n"
+        << "[scheduler]\nplugin = 'onecycle'\nmax_lr = 0.1\n[train]\nepochs = 8\ntarget_top1 = 0.45\n"
         << "[[logger]]\nplugin = 'csv'\n";
     const RunResult r = run_runner("r.toml --threads 2", dir.path());
     ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -281,7 +281,9 @@ TEST(EarlyStop, StopsOnceTheTargetAccuracyIsReached) {
     std::vector<std::string> rows;
     for (std::string line; std::getline(csv, line);) rows.push_back(line);
     ASSERT_GE(rows.size(), 2u);
-    EXPECT_LT(rows.size(), 6u) << "every epoch ran";
+    // The header and the epochs that ran: fewer than 8. (This run reaches 0.80 at epoch 4; with 5
+    // epochs its OneCycle reached 0.45 only in the last, which left the stop nothing to cut.)
+    EXPECT_LT(rows.size(), 9u) << "every epoch ran";
     std::stringstream last(rows.back());
     std::vector<std::string> fields;
     for (std::string f; std::getline(last, f, ',');) fields.push_back(f);
