@@ -190,7 +190,7 @@ int bench(const std::vector<std::string>& raw) {
         if (inference) ctx->training = false;
         std::optional<deploy::InferenceForward<B>> forward;
         if (inference && !layers) forward.emplace(*net, ctx->activations);
-        const std::string kernels = B::kernels(*ctx) + (forward && forward->compiled() ? ", compiled inference" : "");
+        const std::string kernels = forward ? forward->kernels(*ctx) : B::kernels(*ctx);
 
         double timed = 0;
         std::size_t peak = 0;  // on a GPU: the most device memory in use after any step

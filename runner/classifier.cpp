@@ -117,10 +117,7 @@ public:
         return p;
     }
 
-    std::string device() override {
-        return B::kernels(*ctx_) +
-               (forward_->compiled() ? ", compiled " + dtype_name(ctx_->activations) + " inference" : "");
-    }
+    std::string device() override { return forward_->kernels(*ctx_); }
 
 private:
     const ModelCard& card_;

@@ -44,7 +44,38 @@ public:
     /// a convolution, or a linear layer on a feature map, has no kernel here. Callers then run the
     /// network's own forward.
     static std::optional<std::string> unsupported(const InferenceGraph& graph) {
-        const InferenceGraph folded = fold_batchnorm(graph);
+        return why_not(fold_batchnorm(graph));
+    }
+
+    /// Compiles `graph` (its BatchNorms are folded here) to compute in `precision`: fp32, or bf16
+    /// (bf16 activations and filters, fp32 accumulation, biases and logits, as PyTorch's CPU autocast)
+    /// on CPUs with bf16 instructions. Check unsupported() first.
+    explicit CpuInference(const InferenceGraph& graph, DType precision = DType::f32)
+        : CpuInference(Folded{fold_batchnorm(graph)}, precision) {}
+
+    /// `graph` compiled, or nothing where unsupported() would say why: the graph is folded once.
+    static std::optional<CpuInference> compile(const InferenceGraph& graph, DType precision) {
+        Folded folded{fold_batchnorm(graph)};
+        if (why_not(folded.graph)) return std::nullopt;
+        return CpuInference(std::move(folded), precision);
+    }
+
+private:
+    struct Folded {
+        InferenceGraph graph;
+    };
+
+    CpuInference(Folded folded, DType precision)
+        : graph_(std::move(folded.graph)), compute_(precision == DType::bf16 ? dt::bf16 : dt::f32) {
+        if (auto why = why_not(graph_)) throw internal_error("CpuInference", *why);
+        TESSERA_CHECK(precision == DType::f32 || precision == DType::bf16, "CpuInference computes in fp32 or bf16");
+        TESSERA_CHECK(precision == DType::f32 || cpu::has_bf16_instructions(),
+                      "CpuInference: bf16 needs AVX512-BF16 or AMX, and this CPU has neither");
+        fuse();
+    }
+
+    // unsupported() of a graph already folded.
+    static std::optional<std::string> why_not(const InferenceGraph& folded) {
         if (folded.nodes.empty() || folded.nodes.back().op != Op::linear)
             return std::string("the graph does not end in a linear layer");
         for (auto& n : folded.nodes) {
@@ -57,18 +88,7 @@ public:
         return std::nullopt;
     }
 
-    /// Compiles `graph` (its BatchNorms are folded here) to compute in `precision`: fp32, or bf16
-    /// (bf16 activations and filters, fp32 accumulation, biases and logits, as PyTorch's CPU autocast)
-    /// on CPUs with bf16 instructions. Check unsupported() first.
-    explicit CpuInference(const InferenceGraph& graph, DType precision = DType::f32)
-        : graph_(fold_batchnorm(graph)), compute_(precision == DType::bf16 ? dt::bf16 : dt::f32) {
-        if (auto why = unsupported(graph_)) throw internal_error("CpuInference", *why);
-        TESSERA_CHECK(precision == DType::f32 || precision == DType::bf16, "CpuInference computes in fp32 or bf16");
-        TESSERA_CHECK(precision == DType::f32 || cpu::has_bf16_instructions(),
-                      "CpuInference: bf16 needs AVX512-BF16 or AMX, and this CPU has neither");
-        fuse();
-    }
-
+public:
     /// Logits (N, 1, 1, classes) of normalised images x (N, H, W, C, fp32 or bf16), in ctx's arena.
     Tensor forward(cpu::Context& ctx, const Tensor& x) {
         TESSERA_CHECK(x.dtype == DType::f32 || x.dtype == DType::bf16, "CpuInference takes fp32 or bf16 images");
@@ -445,11 +465,11 @@ public:
     /// network computes in its context's precision.
     InferenceForward(models::Network<B>& net, DType precision) : net_(net) {
         if constexpr (std::is_same_v<B, cpu::Backend>) {
-            InferenceGraph graph = inference_graph(net);
-            const auto why = CpuInference::unsupported(graph);
-            if (!why) compiled_.emplace(graph, precision);
-            TESSERA_CHECK(!why || precision == DType::f32,
-                          net.arch() + " runs in bf16 on the CPU only compiled, and " + why.value_or(""));
+            const InferenceGraph graph = inference_graph(net);
+            compiled_ = CpuInference::compile(graph, precision);
+            TESSERA_CHECK(compiled_ || precision == DType::f32,  // the message is made only on failure
+                          net.arch() + " runs in bf16 on the CPU only compiled, and " +
+                              CpuInference::unsupported(graph).value_or(""));
         }
     }
 
@@ -460,6 +480,11 @@ public:
     }
     /// Whether the compiled forward runs (else the network's layers).
     bool compiled() const { return compiled_.has_value(); }
+    /// The kernels that run: the backend's, and the compiled forward's precision where it runs.
+    std::string kernels(typename B::Context& ctx) const {
+        if (!compiled_) return B::kernels(ctx);
+        return B::kernels(ctx) + ", compiled inference" + (ctx.activations == DType::bf16 ? " in bf16" : "");
+    }
     /// The compiled forward's own memory (0 for the layers', which use the context's arena).
     std::size_t bytes() const { return compiled_ ? compiled_->bytes() : 0; }
 
