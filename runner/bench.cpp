@@ -171,8 +171,7 @@ int bench(const std::vector<std::string>& raw) {
     auto constant = registry.create<plugin::Scheduler>(*find("scheduler", "constant"), plugin::Options({{"lr", 0.01}}));
 
     return on_device(device, "--device " + device, [&]<class B>() {
-        auto ctx = make_context<B>(threads, precision, "--precision " + precision, 0,
-                                   args.flag("inference") ? Work::inference : Work::training);
+        auto ctx = make_context<B>(threads, precision, "--precision " + precision);
         auto net = make_network<B>(arch, classes, 3);
         net->init(0, {});
         train::StepConfig config;

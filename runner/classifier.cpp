@@ -90,7 +90,7 @@ template <class B>
 class DeviceClassifier final : public Classifier {
 public:
     DeviceClassifier(const ModelCard& card, int threads, const std::string& precision)
-        : card_(card), ctx_(make_context<B>(threads, precision, "--precision", 0, Work::inference)),
+        : card_(card), ctx_(make_context<B>(threads, precision, "--precision")),
           net_(make_network<B>(card.arch, card.classes, card.channels)) {
         checkpoint::load(net_->params(), card.checkpoint);
         net_->upload();

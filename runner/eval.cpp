@@ -34,8 +34,8 @@ int eval(const std::vector<std::string>& raw) {
             std::min(spec.train.batch_size, 64), world.get());
     } else
         on_device(spec.device(), spec.where("train", "device"), [&]<class B>() {
-            auto ctx = make_context<B>(threads, spec.precision(), spec.where("model", "precision"), world->local_rank(),
-                                       Work::inference);
+            auto ctx =
+                make_context<B>(threads, spec.precision(), spec.where("model", "precision"), world->local_rank());
             auto net = make_network<B>(spec.arch(), spec.num_classes, info.channels);
             const auto meta = checkpoint::read_metadata(path);
             if (meta.count("arch") && meta.at("arch") != net->arch())

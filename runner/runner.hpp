@@ -50,16 +50,9 @@ std::unique_ptr<models::Network<B>> make_network(const std::string& arch, int nu
         return make_cpu_network(arch, num_classes, in_channels);
 }
 
-/// What a context is made for: on the CPU, bf16 runs the compiled inference forward
-/// (export/cpu_inference.hpp), and training there is fp32.
-enum class Work { training, inference };
-
-/// The backend's context for `threads` CPU threads and `precision` (on GPU `device`), or a user
-/// error naming what this backend computes in.
 template <class B>
 std::unique_ptr<typename B::Context> make_context(int threads, const std::string& precision, const std::string& where,
-                                                  [[maybe_unused]] int device = 0,  // unused in a build without CUDA
-                                                  [[maybe_unused]] Work work = Work::training) {
+                                                  [[maybe_unused]] int device = 0) {  // unused without CUDA
     if constexpr (std::is_same_v<B, cpu::Backend>) {
         if (precision == "bf16" && !cpu::has_bf16_instructions())
             throw user_error(where,
@@ -67,15 +60,10 @@ std::unique_ptr<typename B::Context> make_context(int threads, const std::string
                              "finds " +
                                  cpu::onednn_isa() + ")",
                              "use precision = \"fp32\" on this CPU; bf16 runs on device = \"cuda\"");
-        if (precision == "bf16" && work == Work::training)
-            throw user_error(where,
-                             "\"bf16\" training on the CPU is not built yet (bf16 runs inference here: runner "
-                             "predict, serve, eval and bench --inference)",
-                             "train with precision = \"fp32\" on the CPU, or on device = \"cuda\" in bf16");
         if (precision != "fp32" && precision != "bf16")
             throw user_error(where, "\"" + precision + "\" is not a precision of the CPU backend",
-                             "use precision = \"fp32\" on the CPU (or \"bf16\" for inference, where the CPU has "
-                             "AVX512-BF16); tf32 and fp16 are for device = \"cuda\"");
+                             "use precision = \"fp32\", or \"bf16\" (mixed precision) where the CPU has "
+                             "AVX512-BF16 or AMX; tf32 and fp16 are for device = \"cuda\"");
         return std::make_unique<cpu::Context>(threads, precision == "bf16" ? DType::bf16 : DType::f32);
     }
 #ifdef TESSERA_WITH_CUDA

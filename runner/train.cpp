@@ -143,6 +143,8 @@ Outcome train_on(const recipe::RunSpec& spec, const Args& args, parallel::Commun
     about.has_ema = config.ema_decay > 0;
     about.device = B::name;
     about.kernels = B::kernels(*ctx);
+    if (spec.precision() != "fp32")
+        about.kernels += ", " + spec.precision() + (spec.precision() == "tf32" ? "" : " mixed precision");
     if (root)
         for (auto& l : loggers) l->on_run_begin(about);
     std::signal(SIGINT, request_stop);

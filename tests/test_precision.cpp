@@ -1,12 +1,14 @@
-// Mixed precision's plumbing, checked without a GPU: whole networks run forward and backward on a
-// backend whose kernels compute nothing and check what they are given. In bf16 or fp16, every
-// activation and every gradient flowing back must have the compute type, and the logits and their
-// gradient fp32, as the CUDA backend's kernels assume. (The numbers themselves are compared with
-// the CPU's in test_cuda.cpp, where a GPU answers.)
+// Mixed precision, checked without a GPU.
+// - Its plumbing: whole networks run forward and backward on a backend whose kernels compute nothing
+//   and check what they are given. In bf16 or fp16, every activation and every gradient flowing
+//   back must have the compute type, and the logits and their gradient fp32, as the kernels assume.
+// - Its numbers on the CPU: every layer in bf16 against the same layer in fp32, as test_cuda.cpp
+//   checks the GPU's (on the CPUs with bf16 instructions; elsewhere the test says what is missing).
 #include <map>
 #include <string>
 
 #include "helpers.hpp"
+#include "mixed_precision_layers.hpp"
 #include "tessera/models/resnet.hpp"
 
 namespace tessera::test {
@@ -125,6 +127,85 @@ TEST(MixedPrecision, EveryTensorOfBasicBlockResNetsHasTheComputeType) {
         check_types<models::ResNet18>("resnet18", compute, 20, 20);
         check_types<models::ResNet20>("resnet20", compute, 21, 21);
     }
+}
+
+// ---- the CPU's bf16 against its fp32 -------------------------------------------------------------
+
+// A tensor's values as fp32, whatever its type.
+std::vector<float> values(const Tensor& t) {
+    std::vector<float> v(t.size());
+    cpu::widen_to(t, v.data());
+    return v;
+}
+
+// n floats rounded to bf16, as bf16 values.
+std::vector<cpu::bf16> in_bf16(const std::vector<float>& v) {
+    std::vector<cpu::bf16> out(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) out[i] = cpu::to_bf16(v[i]);
+    return out;
+}
+
+// One layer twice from the same weights and inputs, in fp32 and in bf16: the output, the input's
+// gradient, every parameter's gradient and the running statistics must agree within 2e-2 of each
+// tensor's largest value. The fp32 side is given the bf16 side's rounded input and output gradient,
+// so that what differs is the layer's own arithmetic.
+template <class Spec, int In>
+void check_cpu_bf16(Shape in, bool training, bool backward) {
+    const double tol = 2e-2;
+    const std::string what = std::string(typeid(Spec).name()) + " at " + in.str();
+    Bound<Spec, In> fp32, bf16;
+    Rng rng(11);
+    fp32.layer.init(rng, {});
+    for (auto& e : fp32.store.params) fill_normal(fp32.store.values.data() + e.offset, e.size, rng, 0.5);
+    for (auto& e : fp32.store.buffer_entries)
+        for (std::size_t i = 0; i < e.size; ++i)
+            fp32.store.buffers[e.offset + i] = e.role == layers::Role::running_var ? float(0.5 + rng.uniform()) : 0.f;
+    std::copy(fp32.store.values.begin(), fp32.store.values.end(), bf16.store.values.begin());
+    std::copy(fp32.store.buffers.begin(), fp32.store.buffers.end(), bf16.store.buffers.begin());
+
+    cpu::Context fp32_ctx(2, DType::f32), bf16_ctx(2, DType::bf16);
+    fp32_ctx.training = bf16_ctx.training = training;
+    std::vector<float> x(in.size());
+    fill_normal(x.data(), x.size(), rng);
+    std::vector<cpu::bf16> x_bf16 = in_bf16(x);
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = cpu::widen(x_bf16[i]);
+
+    const Tensor y32 = fp32.layer.forward(fp32_ctx, Tensor{x.data(), in});
+    const Tensor y16 = bf16.layer.forward(bf16_ctx, Tensor{reinterpret_cast<float*>(x_bf16.data()), in, DType::bf16});
+    ASSERT_EQ(y16.shape, y32.shape) << what;
+    EXPECT_LT(distance(values(y16), values(y32)), tol) << what << ": forward";
+    if (!backward) return;
+
+    // The gradient has its output's type: fp32 after Linear (the logits), bf16 elsewhere.
+    std::vector<float> dy(y32.size());
+    fill_normal(dy.data(), dy.size(), rng);
+    std::vector<cpu::bf16> dy_bf16 = in_bf16(dy);
+    if (y16.dtype == DType::bf16)
+        for (std::size_t i = 0; i < dy.size(); ++i) dy[i] = cpu::widen(dy_bf16[i]);
+    const Tensor dy16 = y16.dtype == DType::bf16
+                            ? Tensor{reinterpret_cast<float*>(dy_bf16.data()), y16.shape, DType::bf16}
+                            : Tensor{dy.data(), y16.shape};
+    const Tensor dx32 = fp32.layer.backward(fp32_ctx, Tensor{dy.data(), y32.shape});
+    const Tensor dx16 = bf16.layer.backward(bf16_ctx, dy16);
+    EXPECT_EQ(dtype_name(dx16.dtype), "bf16") << what;
+    EXPECT_LT(distance(values(dx16), values(dx32)), tol) << what << ": dx";
+    for (auto& e : fp32.store.params) {
+        const auto slice = [&](const std::vector<float>& v) {
+            return std::vector<float>(v.begin() + e.offset, v.begin() + e.offset + e.size);
+        };
+        EXPECT_LT(distance(slice(bf16.store.grads), slice(fp32.store.grads)), tol)
+            << what << ": " << e.name << " gradient";
+    }
+    EXPECT_LT(distance(bf16.store.buffers, fp32.store.buffers), tol) << what << ": running statistics";
+}
+
+TEST(MixedPrecision, EveryLayerInBf16OnTheCpuIsFp32WithinBf16Rounding) {
+    if (!cpu::has_bf16_instructions())
+        GTEST_SKIP() << "this CPU has no bf16 instructions (AVX512-BF16 or AMX-BF16; oneDNN finds " << cpu::onednn_isa()
+                     << "), and the CPU backend does not emulate them";
+    for_each_mixed_precision_layer([]<class Spec, int In>(Shape in, bool training, bool backward) {
+        check_cpu_bf16<Spec, In>(in, training, backward);
+    });
 }
 
 }  // namespace

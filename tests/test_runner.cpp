@@ -156,10 +156,21 @@ TEST(Bench, TimesTrainingStepsAndReportsWhatItAllocated) {
         EXPECT_NE(bf16_infer.output.find("needs AVX512-BF16 or AMX-BF16, and this CPU has neither"), std::string::npos)
             << bf16_infer.output;
     }
-    // Mistakes: exit 2 with what to change. bf16 training on the CPU is refused, saying what works.
-    const RunResult bf16 = run_runner("bench --arch resnet20 --precision bf16 --steps 1");
-    EXPECT_EQ(bf16.exit_code, 2) << bf16.output;
-    EXPECT_NE(bf16.output.find("precision = \"fp32\""), std::string::npos) << bf16.output;
+    // bf16 training (mixed precision) likewise.
+    const RunResult bf16 =
+        run_runner("bench --arch resnet20 --precision bf16 --batch 8 --image-size 32 --steps 1 --json");
+    if (cpu::has_bf16_instructions()) {
+        ASSERT_EQ(bf16.exit_code, 0) << bf16.output;
+        EXPECT_EQ(last_json(bf16.output).object().at("precision").string(), "bf16");
+        EXPECT_GT(last_json(bf16.output).object().at("train_img_per_s").number(), 0) << bf16.output;
+    } else {
+        EXPECT_EQ(bf16.exit_code, 2) << bf16.output;
+        EXPECT_NE(bf16.output.find("precision = \"fp32\""), std::string::npos) << bf16.output;
+    }
+    // Mistakes: exit 2 with what to change.
+    const RunResult fp16 = run_runner("bench --arch resnet20 --precision fp16 --steps 1");
+    EXPECT_EQ(fp16.exit_code, 2) << fp16.output;
+    EXPECT_NE(fp16.output.find("\"bf16\" (mixed precision)"), std::string::npos) << fp16.output;
     const RunResult layers_alone = run_runner("bench --arch resnet20 --layers --steps 1");
     EXPECT_EQ(layers_alone.exit_code, 2) << layers_alone.output;
     const RunResult alone = run_runner("bench --allreduce");

@@ -94,18 +94,19 @@ struct Backend {
     static void global_avgpool_backward(Context& ctx, const Tensor& dy, const Tensor& dx) {
         cpu::global_avgpool_backward(ctx, dy, dx);
     }
-    static void linear_forward(Context&, const Tensor& x, const float* w, const float* b, int out, const Tensor& y) {
-        cpu::linear_forward(x, w, b, out, y);
+    static void linear_forward(Context& ctx, const Tensor& x, const float* w, const float* b, int out,
+                               const Tensor& y) {
+        cpu::linear_forward(ctx, x, w, b, out, y);
     }
-    static void linear_backward(Context&, const Tensor& x, const float* w, const Tensor& dy, int out, float* dw,
+    static void linear_backward(Context& ctx, const Tensor& x, const float* w, const Tensor& dy, int out, float* dw,
                                 float* db, const Tensor& dx) {
-        cpu::linear_backward(x, w, dy, out, dw, db, dx);
+        cpu::linear_backward(ctx, x, w, dy, out, dw, db, dx);
     }
     static void normalize_images(Context& ctx, const std::uint8_t* pixels, const float* mean, const float* inv_std,
                                  const Tensor& x) {
         cpu::normalize_images(ctx, pixels, mean, inv_std, x);
     }
-    static void copy_to_host(Context&, const Tensor& x, float* host) { std::copy_n(x.data, x.size(), host); }
+    static void copy_to_host(Context&, const Tensor& x, float* host) { cpu::widen_to(x, host); }
     static LossResult softmax_cross_entropy(Context&, const Tensor& logits, const std::int32_t* labels,
                                             float label_smoothing, float* dlogits) {
         return cpu::softmax_cross_entropy(logits, labels, label_smoothing, dlogits);

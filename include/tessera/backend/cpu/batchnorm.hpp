@@ -1,6 +1,7 @@
 #pragma once
 // Batch normalisation over the (N*H*W, C) view of an NHWC tensor, optionally followed by a ReLU
-// in the same passes.
+// in the same passes. x, y, dy and dx are fp32 or bf16 (bf16.hpp); every sum, statistic and
+// per-channel factor is fp32 or double either way.
 //   training:  y = gamma * (x - mean_B) / sqrt(var_B + eps) + beta, batch statistics, and
 //              running = (1 - momentum) * running + momentum * stat (unbiased variance, as PyTorch)
 //   eval:      the same with the running statistics
@@ -24,7 +25,9 @@
 #include <cmath>
 #include <vector>
 
+#include "tessera/backend/cpu/bf16.hpp"
 #include "tessera/backend/cpu/context.hpp"
+#include "tessera/backend/cpu/elementwise.hpp"
 #include "tessera/backend/cpu/dispatch.hpp"
 #include "tessera/backend/ops.hpp"
 #include "tessera/core/tensor.hpp"
@@ -40,12 +43,13 @@ namespace detail {
 // pixels of C channels; each loop runs across the channels, which vectorises, in row order.
 
 /// s += x - k and s2 += (x - k)^2 per channel over rows [r0, r1).
-TESSERA_CPU_CLONES inline void shifted_sums(const float* __restrict x, const float* __restrict k, std::size_t c,
-                                            std::size_t r0, std::size_t r1, float* __restrict s, float* __restrict s2) {
+template <class T>
+TESSERA_CPU_CLONES void shifted_sums(const T* __restrict x, const float* __restrict k, std::size_t c, std::size_t r0,
+                                     std::size_t r1, float* __restrict s, float* __restrict s2) {
     for (std::size_t r = r0; r < r1; ++r) {
-        const float* __restrict xr = x + r * c;
+        const T* __restrict xr = x + r * c;
         for (std::size_t j = 0; j < c; ++j) {
-            const float d = xr[j] - k[j];
+            const float d = widen(xr[j]) - k[j];
             s[j] += d;
             s2[j] += d * d;
         }
@@ -53,63 +57,68 @@ TESSERA_CPU_CLONES inline void shifted_sums(const float* __restrict x, const flo
 }
 
 /// y = x * scale + shift per channel over rows [r0, r1), then max(y, 0) when `relu`.
-TESSERA_CPU_CLONES inline void scale_shift_rows(const float* __restrict x, const float* __restrict scale,
-                                                const float* __restrict shift, bool relu, std::size_t c, std::size_t r0,
-                                                std::size_t r1, float* __restrict y) {
+template <class T>
+TESSERA_CPU_CLONES void scale_shift_rows(const T* __restrict x, const float* __restrict scale,
+                                         const float* __restrict shift, bool relu, std::size_t c, std::size_t r0,
+                                         std::size_t r1, T* __restrict y) {
     for (std::size_t r = r0; r < r1; ++r) {
-        const float* __restrict xr = x + r * c;
-        float* __restrict yr = y + r * c;
+        const T* __restrict xr = x + r * c;
+        T* __restrict yr = y + r * c;
         if (relu)
-            for (std::size_t j = 0; j < c; ++j) yr[j] = std::max(xr[j] * scale[j] + shift[j], 0.f);
+            for (std::size_t j = 0; j < c; ++j) yr[j] = narrow<T>(std::max(widen(xr[j]) * scale[j] + shift[j], 0.f));
         else
-            for (std::size_t j = 0; j < c; ++j) yr[j] = xr[j] * scale[j] + shift[j];
+            for (std::size_t j = 0; j < c; ++j) yr[j] = narrow<T>(widen(xr[j]) * scale[j] + shift[j]);
     }
 }
 
 /// s += g and s2 += g * xhat per channel over rows [r0, r1), with g = dy masked where y is 0 when y
 /// is given (the ReLU's backward), and xhat = (x - mean) * inv_std.
-TESSERA_CPU_CLONES inline void gradient_sums(const float* __restrict x, const float* __restrict y,
-                                             const float* __restrict dy, const float* __restrict mean,
-                                             const float* __restrict inv_std, std::size_t c, std::size_t r0,
-                                             std::size_t r1, float* __restrict s, float* __restrict s2) {
+template <class T>
+TESSERA_CPU_CLONES void gradient_sums(const T* __restrict x, const T* __restrict y, const T* __restrict dy,
+                                      const float* __restrict mean, const float* __restrict inv_std, std::size_t c,
+                                      std::size_t r0, std::size_t r1, float* __restrict s, float* __restrict s2) {
     for (std::size_t r = r0; r < r1; ++r) {
-        const float* __restrict xr = x + r * c;
-        const float* __restrict gr = dy + r * c;
+        const T* __restrict xr = x + r * c;
+        const T* __restrict gr = dy + r * c;
         if (y) {
-            const float* __restrict yr = y + r * c;
+            const T* __restrict yr = y + r * c;
             for (std::size_t j = 0; j < c; ++j) {
-                const float g = yr[j] > 0.f ? gr[j] : 0.f;
+                const float g = widen(yr[j]) > 0.f ? widen(gr[j]) : 0.f;
                 s[j] += g;
-                s2[j] += g * ((xr[j] - mean[j]) * inv_std[j]);
+                s2[j] += g * ((widen(xr[j]) - mean[j]) * inv_std[j]);
             }
         } else {
             for (std::size_t j = 0; j < c; ++j) {
-                s[j] += gr[j];
-                s2[j] += gr[j] * ((xr[j] - mean[j]) * inv_std[j]);
+                const float g = widen(gr[j]);
+                s[j] += g;
+                s2[j] += g * ((widen(xr[j]) - mean[j]) * inv_std[j]);
             }
         }
     }
 }
 
 /// dx = scale * (g - mean_dy - xhat * mean_dy_xhat) over rows [r0, r1), g and xhat as above.
-TESSERA_CPU_CLONES inline void gradient_rows(const float* __restrict x, const float* __restrict y,
-                                             const float* __restrict dy, const float* __restrict mean,
-                                             const float* __restrict inv_std, const float* __restrict scale,
-                                             const float* __restrict mean_dy, const float* __restrict mean_dy_xhat,
-                                             std::size_t c, std::size_t r0, std::size_t r1, float* __restrict dx) {
+template <class T>
+TESSERA_CPU_CLONES void gradient_rows(const T* __restrict x, const T* __restrict y, const T* __restrict dy,
+                                      const float* __restrict mean, const float* __restrict inv_std,
+                                      const float* __restrict scale, const float* __restrict mean_dy,
+                                      const float* __restrict mean_dy_xhat, std::size_t c, std::size_t r0,
+                                      std::size_t r1, T* __restrict dx) {
     for (std::size_t r = r0; r < r1; ++r) {
-        const float* __restrict xr = x + r * c;
-        const float* __restrict gr = dy + r * c;
-        float* __restrict dxr = dx + r * c;
+        const T* __restrict xr = x + r * c;
+        const T* __restrict gr = dy + r * c;
+        T* __restrict dxr = dx + r * c;
         if (y) {
-            const float* __restrict yr = y + r * c;
+            const T* __restrict yr = y + r * c;
             for (std::size_t j = 0; j < c; ++j) {
-                const float g = yr[j] > 0.f ? gr[j] : 0.f;
-                dxr[j] = scale[j] * (g - mean_dy[j] - (xr[j] - mean[j]) * inv_std[j] * mean_dy_xhat[j]);
+                const float g = widen(yr[j]) > 0.f ? widen(gr[j]) : 0.f;
+                dxr[j] =
+                    narrow<T>(scale[j] * (g - mean_dy[j] - (widen(xr[j]) - mean[j]) * inv_std[j] * mean_dy_xhat[j]));
             }
         } else {
             for (std::size_t j = 0; j < c; ++j)
-                dxr[j] = scale[j] * (gr[j] - mean_dy[j] - (xr[j] - mean[j]) * inv_std[j] * mean_dy_xhat[j]);
+                dxr[j] = narrow<T>(
+                    scale[j] * (widen(gr[j]) - mean_dy[j] - (widen(xr[j]) - mean[j]) * inv_std[j] * mean_dy_xhat[j]));
         }
     }
 }
@@ -156,11 +165,15 @@ inline double group_rows(parallel::Communicator* group, std::size_t rows) {
 inline void apply(Context& ctx, const Tensor& x, const std::vector<float>& scale_v, const std::vector<float>& shift_v,
                   bool relu, const Tensor& y) {
     const std::size_t c = std::size_t(x.shape.c);
-    const float *scale = scale_v.data(), *shift = shift_v.data(), *in = x.data;
-    float* out = y.data;
-    ctx.pool.parallel_for(
-        x.shape.pixels(),
-        [=](std::size_t begin, std::size_t end) { scale_shift_rows(in, scale, shift, relu, c, begin, end, out); }, 256);
+    const float *scale = scale_v.data(), *shift = shift_v.data();
+    with_element_type(x.dtype, [&]<class T>(T) {
+        const T* in = x.as<T>();
+        T* out = y.as<T>();
+        ctx.pool.parallel_for(
+            x.shape.pixels(),
+            [=](std::size_t begin, std::size_t end) { scale_shift_rows(in, scale, shift, relu, c, begin, end, out); },
+            256);
+    });
 }
 
 }  // namespace detail
@@ -172,12 +185,15 @@ inline void batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormPara
     const std::size_t c = std::size_t(x.shape.c), rows = x.shape.pixels();
     std::vector<float> mean(c), inv_std(c);
     if (training) {
-        const std::vector<float> k(x.data, x.data + c);  // the shift K: the batch's first pixel
-        const float *shift = k.data(), *in = x.data;
-        std::vector<double> sums =
-            detail::sum_rows(ctx, rows, int(c), [=](std::size_t r0, std::size_t r1, float* s, float* s2) {
+        std::vector<float> k(c);  // the shift K: the batch's first pixel
+        widen_to(Tensor{x.data, {1, 1, 1, int(c)}, x.dtype}, k.data());
+        const float* shift = k.data();
+        std::vector<double> sums = with_element_type(x.dtype, [&]<class T>(T) {
+            const T* in = x.as<T>();
+            return detail::sum_rows(ctx, rows, int(c), [=](std::size_t r0, std::size_t r1, float* s, float* s2) {
                 detail::shifted_sums(in, shift, c, r0, r1, s, s2);
             });
+        });
         // The shifted sums as sums of x and x^2, in double, where the cancellation of the variance
         // costs nothing that matters; each rank's shift is its own, and these add up across ranks.
         for (std::size_t j = 0; j < c; ++j) {
@@ -223,13 +239,14 @@ inline void batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& y, c
         mean[j] = training ? saved.mean[j] : p.running_mean[j];
         inv_std[j] = training ? saved.inv_std[j] : 1.f / std::sqrt(p.running_var[j] + p.eps);
     }
-    const float *m = mean.data(), *is = inv_std.data(), *in = x.data, *grad = dy.data;
-    const float* out = y.data;  // null: no ReLU to fold in
-    // sum(dy), then sum(dy * xhat), dy masked by the ReLU.
-    std::vector<double> sums =
-        detail::sum_rows(ctx, rows, int(c), [=](std::size_t r0, std::size_t r1, float* s, float* s2) {
+    const float *m = mean.data(), *is = inv_std.data();
+    // sum(dy), then sum(dy * xhat), dy masked by the ReLU (y null: no ReLU to fold in).
+    std::vector<double> sums = with_element_type(x.dtype, [&]<class T>(T) {
+        const T *in = x.as<T>(), *out = y.as<T>(), *grad = dy.as<T>();
+        return detail::sum_rows(ctx, rows, int(c), [=](std::size_t r0, std::size_t r1, float* s, float* s2) {
             detail::gradient_sums(in, out, grad, m, is, c, r0, r1, s, s2);
         });
+    });
     for (std::size_t j = 0; j < c; ++j) {
         dbeta[j] += float(sums[j]);
         dgamma[j] += float(sums[c + j]);
@@ -247,13 +264,16 @@ inline void batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& y, c
     }
     // Eval mode: the statistics are constants, and dx = scale * dy (the means stay 0).
     const float *sc = scale.data(), *mdy = mean_dy.data(), *mdyx = mean_dy_xhat.data();
-    float* result = dx.data;
-    ctx.pool.parallel_for(
-        rows,
-        [=](std::size_t begin, std::size_t end) {
-            detail::gradient_rows(in, out, grad, m, is, sc, mdy, mdyx, c, begin, end, result);
-        },
-        256);
+    with_element_type(x.dtype, [&]<class T>(T) {
+        const T *in = x.as<T>(), *out = y.as<T>(), *grad = dy.as<T>();
+        T* result = dx.as<T>();
+        ctx.pool.parallel_for(
+            rows,
+            [=](std::size_t begin, std::size_t end) {
+                detail::gradient_rows(in, out, grad, m, is, sc, mdy, mdyx, c, begin, end, result);
+            },
+            256);
+    });
 }
 
 }  // namespace tessera::cpu

@@ -17,8 +17,9 @@ struct Context {
         omp_set_num_threads(threads);  // oneDNN's threads (Debian's oneDNN runs on OpenMP)
     }
 
-    // The layers train in fp32; bf16 is for the compiled inference forward (export/cpu_inference.hpp),
-    // on CPUs with bf16 instructions (runner's make_context checks).
+    // The activations' type and their gradients': fp32, or bf16 for mixed precision (fp32 weights,
+    // gradients of the weights and statistics) on CPUs with bf16 instructions (runner's make_context
+    // checks).
     DType activations = DType::f32;
 
     ThreadPool pool;

@@ -170,20 +170,21 @@ inline bool forward_by_gemm(const ConvGeometry& g) {
 }
 inline bool filter_gradient_by_gemm(const ConvGeometry& g) { return g.patch() >= 256; }
 
-/// y = conv(x, w).
+/// y = conv(x, w). bf16 activations (mixed precision, on CPUs with bf16 instructions) run on oneDNN
+/// in every direction: the GEMM path is fp32's.
 inline void conv_forward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& y) {
-    if (forward_by_gemm(g))
+    if (x.dtype == DType::f32 && forward_by_gemm(g))
         gemm_conv_forward(ctx, x, w, g, y);
     else
-        ctx.onednn.at(g, x.shape).forward(ctx.onednn.stream(), x.data, w, y.data);
+        ctx.onednn.at(g, x.shape, x.dtype).forward(ctx.onednn.stream(), x.data, w, y.data);
 }
 
 /// dw += the filter gradient; dx = the data gradient unless dx.data is null (the network's input).
 inline void conv_backward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& dy,
                           float* dw, const Tensor& dx) {
-    OneDnnConv& conv = ctx.onednn.at(g, x.shape);
+    OneDnnConv& conv = ctx.onednn.at(g, x.shape, x.dtype);
     if (dx.data) conv.backward_data(ctx.onednn.stream(), dy.data, w, dx.data);
-    if (filter_gradient_by_gemm(g))
+    if (x.dtype == DType::f32 && filter_gradient_by_gemm(g))
         gemm_conv_backward(ctx, x, w, g, dy, dw, Tensor{nullptr, dx.shape, dx.dtype});
     else
         conv.backward_weights(ctx.onednn.stream(), x.data, dy.data, dw);

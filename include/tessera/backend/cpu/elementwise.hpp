@@ -1,9 +1,10 @@
 #pragma once
-// Element-wise kernels: ReLU and the residual sum.
+// Element-wise kernels: ReLU and the residual sum, over fp32 or bf16 (bf16.hpp).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 
+#include "tessera/backend/cpu/bf16.hpp"
 #include "tessera/backend/cpu/context.hpp"
 #include "tessera/backend/cpu/dispatch.hpp"
 #include "tessera/core/error.hpp"
@@ -17,27 +18,30 @@ constexpr std::size_t elementwise_grain = 1 << 14;
 // through __restrict pointers: through a Tensor, the compiler must assume each store may change the
 // Tensor itself, and neither hoists the loads nor vectorises.
 namespace detail {
-TESSERA_CPU_CLONES inline void relu_range(const float* __restrict x, float* __restrict y, std::size_t begin,
-                                          std::size_t end) {
-    for (std::size_t i = begin; i < end; ++i) y[i] = std::max(x[i], 0.f);
+template <class T>
+TESSERA_CPU_CLONES void relu_range(const T* __restrict x, T* __restrict y, std::size_t begin, std::size_t end) {
+    for (std::size_t i = begin; i < end; ++i) y[i] = narrow<T>(std::max(widen(x[i]), 0.f));
 }
-TESSERA_CPU_CLONES inline void relu_in_place_range(float* __restrict y, std::size_t begin, std::size_t end) {
-    for (std::size_t i = begin; i < end; ++i) y[i] = std::max(y[i], 0.f);
+template <class T>
+TESSERA_CPU_CLONES void relu_in_place_range(T* __restrict y, std::size_t begin, std::size_t end) {
+    for (std::size_t i = begin; i < end; ++i) y[i] = narrow<T>(std::max(widen(y[i]), 0.f));
 }
-TESSERA_CPU_CLONES inline void relu_backward_range(const float* __restrict y, const float* __restrict dy,
-                                                   float* __restrict dx, std::size_t begin, std::size_t end) {
+template <class T>
+TESSERA_CPU_CLONES void relu_backward_range(const T* __restrict y, const T* __restrict dy, T* __restrict dx,
+                                            std::size_t begin, std::size_t end) {
     for (std::size_t i = begin; i < end; ++i) {
-        const float g = dy[i];  // loaded either way, so the select vectorises
-        dx[i] = y[i] > 0.f ? g : 0.f;
+        const T g = dy[i];  // loaded either way, so the select vectorises
+        dx[i] = widen(y[i]) > 0.f ? g : T{};
     }
 }
-TESSERA_CPU_CLONES inline void add_range(const float* __restrict a, const float* __restrict b, float* __restrict y,
-                                         std::size_t begin, std::size_t end) {
-    for (std::size_t i = begin; i < end; ++i) y[i] = a[i] + b[i];
+template <class T>
+TESSERA_CPU_CLONES void add_range(const T* __restrict a, const T* __restrict b, T* __restrict y, std::size_t begin,
+                                  std::size_t end) {
+    for (std::size_t i = begin; i < end; ++i) y[i] = narrow<T>(widen(a[i]) + widen(b[i]));
 }
-TESSERA_CPU_CLONES inline void accumulate_range(const float* __restrict x, float* __restrict y, std::size_t begin,
-                                                std::size_t end) {
-    for (std::size_t i = begin; i < end; ++i) y[i] += x[i];
+template <class T>
+TESSERA_CPU_CLONES void accumulate_range(const T* __restrict x, T* __restrict y, std::size_t begin, std::size_t end) {
+    for (std::size_t i = begin; i < end; ++i) y[i] = narrow<T>(widen(y[i]) + widen(x[i]));
 }
 TESSERA_CPU_CLONES inline void axpby_range(float a, const float* __restrict x, float b, float* __restrict y,
                                            std::size_t begin, std::size_t end) {
@@ -53,45 +57,53 @@ TESSERA_CPU_CLONES inline void scale_range(float* __restrict y, float a, std::si
 
 /// y = max(x, 0); x and y may be the same tensor.
 inline void relu_forward(Context& ctx, const Tensor& x, const Tensor& y) {
-    const float* in = x.data;
-    float* out = y.data;
-    ctx.pool.parallel_for(
-        y.size(),
-        [=](std::size_t begin, std::size_t end) {
-            if (in == out)
-                detail::relu_in_place_range(out, begin, end);
-            else
-                detail::relu_range(in, out, begin, end);
-        },
-        elementwise_grain);
+    with_element_type(x.dtype, [&]<class T>(T) {
+        const T* in = x.as<T>();
+        T* out = y.as<T>();
+        ctx.pool.parallel_for(
+            y.size(),
+            [=](std::size_t begin, std::size_t end) {
+                if (in == out)
+                    detail::relu_in_place_range(out, begin, end);
+                else
+                    detail::relu_range(in, out, begin, end);
+            },
+            elementwise_grain);
+    });
 }
 
 /// dx = dy where the output was positive, else 0.
 inline void relu_backward(Context& ctx, const Tensor& y, const Tensor& dy, const Tensor& dx) {
-    const float *out = y.data, *grad = dy.data;
-    float* result = dx.data;
-    ctx.pool.parallel_for(
-        y.size(),
-        [=](std::size_t begin, std::size_t end) { detail::relu_backward_range(out, grad, result, begin, end); },
-        elementwise_grain);
+    with_element_type(y.dtype, [&]<class T>(T) {
+        const T *out = y.as<T>(), *grad = dy.as<T>();
+        T* result = dx.as<T>();
+        ctx.pool.parallel_for(
+            y.size(),
+            [=](std::size_t begin, std::size_t end) { detail::relu_backward_range(out, grad, result, begin, end); },
+            elementwise_grain);
+    });
 }
 
 /// y = a + b.
 inline void add(Context& ctx, const Tensor& a, const Tensor& b, const Tensor& y) {
-    const float *left = a.data, *right = b.data;
-    float* out = y.data;
-    ctx.pool.parallel_for(
-        y.size(), [=](std::size_t begin, std::size_t end) { detail::add_range(left, right, out, begin, end); },
-        elementwise_grain);
+    with_element_type(y.dtype, [&]<class T>(T) {
+        const T *left = a.as<T>(), *right = b.as<T>();
+        T* out = y.as<T>();
+        ctx.pool.parallel_for(
+            y.size(), [=](std::size_t begin, std::size_t end) { detail::add_range(left, right, out, begin, end); },
+            elementwise_grain);
+    });
 }
 
 /// y += x.
 inline void accumulate(Context& ctx, const Tensor& x, const Tensor& y) {
-    const float* in = x.data;
-    float* out = y.data;
-    ctx.pool.parallel_for(
-        y.size(), [=](std::size_t begin, std::size_t end) { detail::accumulate_range(in, out, begin, end); },
-        elementwise_grain);
+    with_element_type(y.dtype, [&]<class T>(T) {
+        const T* in = x.as<T>();
+        T* out = y.as<T>();
+        ctx.pool.parallel_for(
+            y.size(), [=](std::size_t begin, std::size_t end) { detail::accumulate_range(in, out, begin, end); },
+            elementwise_grain);
+    });
 }
 
 // ---- flat vectors: gradient accumulation and clipping, weight averages, mixed losses ----------------
@@ -119,35 +131,29 @@ inline double sum_squares(const float* x, std::size_t n) {
 
 namespace tessera::cpu {
 
-/// float -> bfloat16 bits, rounded to nearest even (as oneDNN's and PyTorch's conversions); NaN stays NaN.
-inline std::uint16_t to_bf16(float f) {
-    std::uint32_t bits;
-    std::memcpy(&bits, &f, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return std::uint16_t((bits >> 16) | 0x40u);
-    return std::uint16_t((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
-
-/// x (N, H, W, C) = (pixels / 255 - mean[c]) / std[c], from uint8 NHWC, in x's type (fp32, or bf16 for the compiled
-/// inference forward).
+/// x (N, H, W, C) = (pixels / 255 - mean[c]) / std[c], from uint8 NHWC, in x's type (fp32 or bf16).
 inline void normalize_images(Context& ctx, const std::uint8_t* pixels, const float* mean, const float* inv_std,
                              const Tensor& x) {
     const int c = x.shape.c;
-    const bool bf16 = x.dtype == DType::bf16;
-    TESSERA_CHECK(bf16 || x.dtype == DType::f32, "normalize_images: the CPU writes fp32 or bf16 images");
-    auto* halves = reinterpret_cast<std::uint16_t*>(x.data);
-    ctx.pool.parallel_for(
-        x.shape.pixels(),
-        [&](std::size_t begin, std::size_t end) {
-            for (std::size_t p = begin; p < end; ++p)
-                for (int ch = 0; ch < c; ++ch) {
-                    const float v = (pixels[p * c + ch] * (1.f / 255.f) - mean[ch]) * inv_std[ch];
-                    if (bf16)
-                        halves[p * c + ch] = to_bf16(v);
-                    else
-                        x.data[p * c + ch] = v;
-                }
-        },
-        1024);
+    with_element_type(x.dtype, [&]<class T>(T) {
+        T* out = x.as<T>();
+        ctx.pool.parallel_for(
+            x.shape.pixels(),
+            [&](std::size_t begin, std::size_t end) {
+                for (std::size_t p = begin; p < end; ++p)
+                    for (int ch = 0; ch < c; ++ch)
+                        out[p * c + ch] = narrow<T>((pixels[p * c + ch] * (1.f / 255.f) - mean[ch]) * inv_std[ch]);
+            },
+            1024);
+    });
+}
+
+/// x's values as fp32, into `out` (x.size() floats): the host's copy of an activation of any type.
+inline void widen_to(const Tensor& x, float* out) {
+    with_element_type(x.dtype, [&]<class T>(T) {
+        const T* in = x.as<T>();
+        for (std::size_t i = 0; i < x.size(); ++i) out[i] = widen(in[i]);
+    });
 }
 
 }  // namespace tessera::cpu

@@ -7,6 +7,10 @@
 // backward data and backward weights, each with the filter layout it prefers (a blocked one) and the
 // reorders between that layout and OHWI. The filter gradient is accumulated (+=), as every tessera
 // kernel does, by a reorder with a sum post-op.
+//
+// In bf16 (mixed precision) the activations and their gradients are bf16, the filters are cast to
+// bf16 by the reorders into the primitives' layouts, and the filter gradient is computed and
+// accumulated in fp32: fp32 master weights, as on CUDA and under PyTorch's autocast.
 #include <dnnl.hpp>
 
 #include <map>
@@ -30,15 +34,16 @@ public:
     using tag = dnnl::memory::format_tag;
     using dt = dnnl::memory::data_type;
 
-    OneDnnConv(const dnnl::engine& engine, const ConvGeometry& g, Shape x) : engine_(engine) {
+    OneDnnConv(const dnnl::engine& engine, const ConvGeometry& g, Shape x, DType activations) : engine_(engine) {
         const Shape y = g.output_shape(x);
         const dnnl::memory::dims src{dim(x.n), dim(x.c), dim(x.h), dim(x.w)},
             dst{dim(y.n), dim(y.c), dim(y.h), dim(y.w)}, weights{g.out_channels, g.in_channels, g.kernel, g.kernel},
             strides{g.stride, g.stride}, padding{g.pad, g.pad};
-        src_ = {src, dt::f32, tag::nhwc};
-        dst_ = {dst, dt::f32, tag::nhwc};
+        const dt compute = activations == DType::bf16 ? dt::bf16 : dt::f32;
+        src_ = {src, compute, tag::nhwc};
+        dst_ = {dst, compute, tag::nhwc};
         user_weights_ = {weights, dt::f32, tag::ohwi};
-        const dnnl::memory::desc any_weights(weights, dt::f32, tag::any);
+        const dnnl::memory::desc any_weights(weights, compute, tag::any), any_gradient(weights, dt::f32, tag::any);
         dnnl::primitive_attr attr;
         attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // one scratchpad, allocated here, not per call
 
@@ -51,7 +56,7 @@ public:
                                                   padding, padding),
             attr, engine, forward);
         const dnnl::convolution_backward_weights::primitive_desc backward_weights(
-            dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, src_, any_weights, dst_,
+            dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, src_, any_gradient, dst_,
                                                      strides, padding, padding),
             attr, engine, forward);
         forward_ = dnnl::convolution_forward(forward);
@@ -74,7 +79,7 @@ public:
         scratchpad_ = dnnl::memory({{dnnl::memory::dim(scratch)}, dt::u8, tag::x}, engine);
     }
 
-    /// y = conv(x, w).
+    /// y = conv(x, w); x, y, dx and dy are in the activations' type, w and dw fp32.
     void forward(dnnl::stream& s, const float* x, const float* w, float* y) {
         forward_.execute(s, {{DNNL_ARG_SRC, in(src_, x)},
                              {DNNL_ARG_WEIGHTS, weights(s, forward_weights_, w)},
@@ -109,7 +114,7 @@ public:
 private:
     static dnnl::memory::dim dim(int v) { return dnnl::memory::dim(v); }
 
-    dnnl::memory in(const dnnl::memory::desc& desc, const float* data) const {
+    dnnl::memory in(const dnnl::memory::desc& desc, const float* data) const {  // data: a handle, of desc's type
         return dnnl::memory(desc, engine_, const_cast<float*>(data));
     }
 
@@ -143,14 +148,16 @@ private:
     std::string kernel_;
 };
 
-/// oneDNN's engine and stream, and the convolutions met so far, one per (geometry, input shape):
+/// oneDNN's engine and stream, and the convolutions met so far, one per (geometry, input shape, type):
 /// a network has a few dozen, and a run meets two batch shapes at most (a last partial batch).
 class OneDnnConvs {
 public:
-    OneDnnConv& at(const ConvGeometry& g, Shape x) {
-        const auto key = std::make_tuple(g.in_channels, g.out_channels, g.kernel, g.stride, g.pad, x.n, x.h, x.w);
+    OneDnnConv& at(const ConvGeometry& g, Shape x, DType activations = DType::f32) {
+        const auto key =
+            std::make_tuple(g.in_channels, g.out_channels, g.kernel, g.stride, g.pad, x.n, x.h, x.w, activations);
         auto it = convs_.find(key);
-        if (it == convs_.end()) it = convs_.emplace(key, std::make_unique<OneDnnConv>(engine_, g, x)).first;
+        if (it == convs_.end())
+            it = convs_.emplace(key, std::make_unique<OneDnnConv>(engine_, g, x, activations)).first;
         return *it->second;
     }
     dnnl::stream& stream() { return stream_; }
@@ -158,7 +165,7 @@ public:
 private:
     dnnl::engine engine_{dnnl::engine::kind::cpu, 0};
     dnnl::stream stream_{engine_};
-    std::map<std::tuple<int, int, int, int, int, int, int, int>, std::unique_ptr<OneDnnConv>> convs_;
+    std::map<std::tuple<int, int, int, int, int, int, int, int, DType>, std::unique_ptr<OneDnnConv>> convs_;
 };
 
 }  // namespace tessera::cpu
