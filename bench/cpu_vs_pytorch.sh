@@ -5,7 +5,8 @@
 #   - ResNet50 at 224 px: training at batch 32, inference at batches 1 and 32.
 # Each row compares tessera's best with PyTorch's best on this machine: PyTorch runs channels-last
 # fp32 and, where the CPU has bf16 instructions (AVX512-BF16, AMX), bf16 autocast; tessera runs fp32
-# and, on such CPUs, its bf16 inference. A figure one side cannot give here is "-".
+# and, on such CPUs, bf16 (mixed precision for training, as scripts/quickstart does there). A figure one
+# side cannot give here is "-".
 # PyTorch is Debian's (/usr/bin/python3 with python3-torch, python3-torchvision; scripts/deps test).
 # Usage: bench/cpu_vs_pytorch.sh [BUILD_DIR] [--threads T] [--skip-quickstart]
 # Logs go to $OUT (default: a folder under /tmp); the table goes to standard output.
@@ -45,25 +46,26 @@ ratio() { $py -c "import sys; print('-' if '-' in sys.argv[1:] else f'{float(sys
 
 printf '\n| work | tessera fp32 | tessera bf16 | PyTorch fp32 (channels-last) | PyTorch bf16 (autocast) | tessera best / PyTorch best |\n|---|---|---|---|---|---|\n'
 if ((quickstart)); then
-  rm -rf "$out/runs"
-  "$runner" recipes/quickstart.toml --fresh --threads "$threads" --set run.out_dir="$out/runs" \
-    --set logger.0.mode=lines >"$out/tessera_quickstart.log" 2>&1
-  final=$(grep '^final:' "$out/tessera_quickstart.log")
-  t_time=$(sed -n 's/.*time_s=\([0-9.]*\).*/\1/p' <<<"$final")
-  t_top1=$(sed -n 's/.*val_top1=\([0-9.]*\).*/\1/p' <<<"$final")
-  declare -A p_time p_top1
+  declare -A t_time t_top1 p_time p_top1
   for p in fp32 bf16; do
-    p_time[$p]=- p_top1[$p]=-
+    t_time[$p]=- t_top1[$p]=- p_time[$p]=- p_top1[$p]=-
     [[ " $precisions " == *" $p "* ]] || continue
+    rm -rf "$out/runs"
+    "$runner" recipes/quickstart.toml --fresh --threads "$threads" --set run.out_dir="$out/runs" \
+      --set model.precision="\"$p\"" --set logger.0.mode=lines >"$out/tessera_quickstart_$p.log" 2>&1
+    final=$(grep '^final:' "$out/tessera_quickstart_$p.log")
+    t_time[$p]=$(sed -n 's/.*time_s=\([0-9.]*\).*/\1/p' <<<"$final")
+    t_top1[$p]=$(sed -n 's/.*val_top1=\([0-9.]*\).*/\1/p' <<<"$final")
     $py bench/pytorch_cpu.py quickstart --precision "$p" --threads "$threads" >"$out/pytorch_quickstart_$p.log"
     line=$(tail -1 "$out/pytorch_quickstart_$p.log")
     p_time[$p]=$(field "$line" time_s)
     p_top1[$p]=$(field "$line" top1)
   done
   # Time: PyTorch's best over tessera's, so that above 1 means tessera is faster, as in the other rows.
-  printf '| quick start, 2 epochs: seconds (top-1) | %s s (%s) | - | %s s (%s) | %s s (%s) | %s |\n' \
-    "$t_time" "$t_top1" "${p_time[fp32]}" "${p_top1[fp32]}" "${p_time[bf16]}" "${p_top1[bf16]}" \
-    "$(ratio "$(best lower "${p_time[fp32]}" "${p_time[bf16]}")" "$t_time")"
+  printf '| quick start, 2 epochs: seconds (top-1) | %s s (%s) | %s s (%s) | %s s (%s) | %s s (%s) | %s |\n' \
+    "${t_time[fp32]}" "${t_top1[fp32]}" "${t_time[bf16]}" "${t_top1[bf16]}" "${p_time[fp32]}" "${p_top1[fp32]}" \
+    "${p_time[bf16]}" "${p_top1[bf16]}" \
+    "$(ratio "$(best lower "${p_time[fp32]}" "${p_time[bf16]}")" "$(best lower "${t_time[fp32]}" "${t_time[bf16]}")")"
 fi
 
 declare -A t_train t_b1 t_b32 p_r50
@@ -71,8 +73,7 @@ for p in fp32 bf16; do
   t_train[$p]='{}' t_b1[$p]='{}' t_b32[$p]='{}' p_r50[$p]='{}'
   [[ " $precisions " == *" $p "* ]] || continue
   tessera_bench() { "$runner" bench --arch resnet50 --image-size 224 --threads "$threads" --precision "$p" --json "$@"; }
-  # tessera trains in fp32 on the CPU; bf16 is its compiled inference.
-  if [[ $p == fp32 ]]; then t_train[$p]=$(tessera_bench --batch 32 --steps 3 --warmup 1 | tee "$out/tessera_r50_train.json"); fi
+  t_train[$p]=$(tessera_bench --batch 32 --steps 3 --warmup 1 | tee "$out/tessera_r50_train_$p.json")
   t_b1[$p]=$(tessera_bench --batch 1 --steps 30 --warmup 3 --inference | tee "$out/tessera_r50_infer_b1_$p.json")
   t_b32[$p]=$(tessera_bench --batch 32 --steps 3 --warmup 1 --inference | tee "$out/tessera_r50_infer_b32_$p.json")
   p_r50[$p]=$($py bench/pytorch_cpu.py resnet50 --precision "$p" --threads "$threads" | tee "$out/pytorch_r50_$p.json")

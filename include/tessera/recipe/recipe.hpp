@@ -79,7 +79,8 @@ inline const std::map<std::string, std::vector<Option>>& core_sections() {
           {"num_classes", std::int64_t(0), "outputs of the classifier; 0 takes the data's", between(0, 1 << 20)},
           {"zero_init_residual", false, "start each block's last BatchNorm gamma at 0"},
           {"precision", std::string("fp32"),
-           "fp32 on the CPU; on CUDA fp32, tf32 (TF32 tensor cores), or bf16 / fp16 (mixed precision)",
+           "fp32, or bf16 (mixed precision) on CPUs with AVX512-BF16 or AMX; on CUDA also tf32 (TF32 tensor "
+           "cores) and fp16 (mixed precision)",
            one_of({"fp32", "tf32", "bf16", "fp16"})}}},
         {"train",
          {{"epochs", std::int64_t(1), "passes over the training data", between(1, max_epochs)},
