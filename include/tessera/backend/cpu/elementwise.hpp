@@ -29,9 +29,11 @@ TESSERA_CPU_CLONES void relu_in_place_range(T* __restrict y, std::size_t begin, 
 template <class T>
 TESSERA_CPU_CLONES void relu_backward_range(const T* __restrict y, const T* __restrict dy, T* __restrict dx,
                                             std::size_t begin, std::size_t end) {
+    // A select between floats, which vectorises (one between bf16 structs does not); narrowing dy's
+    // own value back is exact.
     for (std::size_t i = begin; i < end; ++i) {
-        const T g = dy[i];  // loaded either way, so the select vectorises
-        dx[i] = widen(y[i]) > 0.f ? g : T{};
+        const float g = widen(dy[i]);  // loaded either way, so the select vectorises
+        dx[i] = narrow<T>(widen(y[i]) > 0.f ? g : 0.f);
     }
 }
 template <class T>
