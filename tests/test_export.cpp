@@ -341,10 +341,13 @@ double json_number(const std::string& text, const std::string& key) {
     return at == std::string::npos ? -1 : std::stod(text.substr(at + key.size() + 4));
 }
 
-// The quick start's network, trained briefly, quantized on 256 training images: its int8 top-1 on
-// the first 2000 test images within 0.5 points of fp32's (runner eval, fake-quant forward); ONNX
-// Runtime runs the same file with int8 kernels (QLinearConv) and agrees with tessera's fake-quant
-// forward image by image; every convolution is in the form TensorRT's explicit quantization takes.
+// The quick start's network, trained briefly (200 steps, 87% top-1), quantized on 256 training
+// images: its int8 top-1 on the first 2000 test images within 0.5 points of fp32's (runner eval,
+// fake-quant forward); ONNX Runtime runs the same file with int8 kernels (QLinearConv) and agrees
+// with tessera's fake-quant forward image by image; every convolution is in the form TensorRT's
+// explicit quantization takes. (After 100 steps, at 73%, so many test images lay on the network's
+// decision boundaries that int8's rounding moved 13 of 2000: the bound then measured the network,
+// not the quantizer.)
 TEST(Quantize, QuickStartInt8MatchesFp32AndOnnxRuntime) {
     SKIP_WITHOUT_ONNX_RUNTIME();
     if (!fs::exists("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"))
@@ -353,7 +356,7 @@ TEST(Quantize, QuickStartInt8MatchesFp32AndOnnxRuntime) {
     const std::string recipe = "'" + (source_root() / "recipes" / "quickstart.toml").string() + "'";
     const std::string data = " --set data.limit_val=2000 --threads 2";
     auto r =
-        run_runner("train " + recipe + " --set run.out_dir=runs --set data.limit_train=12800 --set train.epochs=1" +
+        run_runner("train " + recipe + " --set run.out_dir=runs --set data.limit_train=25600 --set train.epochs=1" +
                        " --set run.name=q" + data,
                    dir.path());
     ASSERT_EQ(r.exit_code, 0) << r.output;
