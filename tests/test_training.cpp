@@ -57,8 +57,9 @@ TEST(Training, FashionMnistSubsetBeatsChanceByFar) {
 
 // The quick start itself, whole (2 epochs of all 60,000 images), in bf16 mixed precision: it must
 // reach the accuracy the README promises. scripts/quickstart trains in bf16 on CPUs with bf16
-// instructions on the strength of this test; elsewhere it trains in fp32, and this test skips.
-TEST(Training, QuickStartInBf16ReachesItsAccuracy) {
+// instructions on the strength of this test; elsewhere it trains in fp32, and this test skips. It
+// has a shard of its own (tests/meson.build): two minutes of training on two cores.
+TEST(QuickStart, InBf16ReachesItsAccuracy) {
     if (!fs::exists(fashion_mnist / "train-images-idx3-ubyte.gz"))
         GTEST_SKIP() << "Fashion-MNIST is not installed (apt install dataset-fashion-mnist); scripts/test installs it";
     if (!cpu::has_bf16_instructions())
