@@ -50,6 +50,8 @@ std::unique_ptr<models::Network<B>> make_network(const std::string& arch, int nu
         return make_cpu_network(arch, num_classes, in_channels);
 }
 
+/// The backend's context for `threads` CPU threads and `precision` (on GPU `device`), or a user
+/// error naming what this backend computes in.
 template <class B>
 std::unique_ptr<typename B::Context> make_context(int threads, const std::string& precision, const std::string& where,
                                                   [[maybe_unused]] int device = 0) {  // unused without CUDA

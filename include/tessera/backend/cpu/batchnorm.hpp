@@ -163,6 +163,22 @@ inline double group_rows(parallel::Communicator* group, std::size_t rows) {
     return total;
 }
 
+/// The per-channel factors y = x * scale + shift applies: scale = gamma * inv_std, shift = beta -
+/// mean * scale. Forward and backward both take them from here, so that backward's recomputed ReLU
+/// mask is the forward's own pre-activation, bit for bit.
+struct ScaleShift {
+    std::vector<float> scale, shift;
+};
+inline ScaleShift scale_and_shift(const BatchNormParams& p, const std::vector<float>& mean,
+                                  const std::vector<float>& inv_std) {
+    ScaleShift f{std::vector<float>(mean.size()), std::vector<float>(mean.size())};
+    for (std::size_t j = 0; j < mean.size(); ++j) {
+        f.scale[j] = p.gamma[j] * inv_std[j];
+        f.shift[j] = p.beta[j] - mean[j] * f.scale[j];
+    }
+    return f;
+}
+
 /// y = x * scale + shift per channel, then max(y, 0) when `relu`.
 inline void apply(Context& ctx, const Tensor& x, const std::vector<float>& scale_v, const std::vector<float>& shift_v,
                   bool relu, const Tensor& y) {
@@ -222,12 +238,8 @@ inline void batchnorm_forward(Context& ctx, const Tensor& x, const BatchNormPara
             inv_std[j] = 1.f / std::sqrt(p.running_var[j] + p.eps);
         }
     }
-    std::vector<float> scale(c), shift(c);
-    for (std::size_t j = 0; j < c; ++j) {
-        scale[j] = p.gamma[j] * inv_std[j];
-        shift[j] = p.beta[j] - mean[j] * scale[j];
-    }
-    detail::apply(ctx, x, scale, shift, relu, y);
+    const detail::ScaleShift f = detail::scale_and_shift(p, mean, inv_std);
+    detail::apply(ctx, x, f.scale, f.shift, relu, y);
 }
 
 /// dx from dy (N, H, W, C); dgamma and dbeta are accumulated (+=). With `y` (the forward's output
@@ -242,14 +254,9 @@ inline void batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& y, c
         mean[j] = training ? saved.mean[j] : p.running_mean[j];
         inv_std[j] = training ? saved.inv_std[j] : 1.f / std::sqrt(p.running_var[j] + p.eps);
     }
-    // The forward's scale and shift, computed as it computed them, for the ReLU's mask.
-    std::vector<float> scale(c), shift(c);
-    for (std::size_t j = 0; j < c; ++j) {
-        scale[j] = p.gamma[j] * inv_std[j];
-        shift[j] = p.beta[j] - mean[j] * scale[j];
-    }
-    const float *m = mean.data(), *is = inv_std.data(), *sc = scale.data();
-    const float* relu_shift = y.data ? shift.data() : nullptr;  // null: no ReLU to fold in
+    const detail::ScaleShift f = detail::scale_and_shift(p, mean, inv_std);  // the forward's, for the mask
+    const float *m = mean.data(), *is = inv_std.data(), *sc = f.scale.data();
+    const float* relu_shift = y.data ? f.shift.data() : nullptr;  // null: no ReLU to fold in
     // sum(dy), then sum(dy * xhat), dy masked by the ReLU.
     std::vector<double> sums = with_element_type(x.dtype, [&]<class T>(T) {
         const T *in = x.as<T>(), *grad = dy.as<T>();

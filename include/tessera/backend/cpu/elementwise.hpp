@@ -2,7 +2,6 @@
 // Element-wise kernels: ReLU and the residual sum, over fp32 or bf16 (bf16.hpp).
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 
 #include "tessera/backend/cpu/bf16.hpp"
 #include "tessera/backend/cpu/context.hpp"

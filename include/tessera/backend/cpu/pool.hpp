@@ -4,7 +4,6 @@
 // Activations are fp32 or bf16 (bf16.hpp); sums are fp32.
 #include <cstdint>
 #include <algorithm>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -41,19 +40,16 @@ TESSERA_CPU_CLONES void route_gradient(const T* __restrict g, const std::int32_t
 inline void maxpool_forward(Context& ctx, const Tensor& x, const PoolGeometry& g, const Tensor& y,
                             std::int32_t* argmax) {
     const int c = x.shape.c;
-    const auto scratch = ctx.arena.mark();
-    float* maxima = ctx.arena.allocate_floats(std::size_t(ctx.pool.size()) * c);  // each thread's running maxima
     with_element_type(x.dtype, [&]<class T>(T) {
-        ctx.pool.parallel_for(std::size_t(ctx.pool.size()), [&](std::size_t t0, std::size_t t1) {
-            for (std::size_t t = t0; t < t1; ++t) {
-                float* best = maxima + t * c;
-                const std::size_t pixels = y.shape.pixels(), begin = pixels * t / ctx.pool.size(),
-                                  end = pixels * (t + 1) / ctx.pool.size();
+        ctx.pool.parallel_for(
+            y.shape.pixels(),
+            [&](std::size_t begin, std::size_t end) {
+                std::vector<float> best(static_cast<std::size_t>(c));  // the running maxima, in fp32
                 for (std::size_t p = begin; p < end; ++p) {
                     const int ox = int(p % y.shape.w), oy = int(p / y.shape.w % y.shape.h);
                     const std::size_t n = p / (std::size_t(y.shape.w) * y.shape.h);
                     std::int32_t* arg = argmax + p * c;
-                    std::fill(best, best + c, -std::numeric_limits<float>::infinity());
+                    std::fill(best.begin(), best.end(), -std::numeric_limits<float>::infinity());
                     std::fill(arg, arg + c, 0);
                     for (int ky = 0; ky < g.kernel; ++ky) {
                         const int iy = oy * g.stride - g.pad + ky;
@@ -62,16 +58,16 @@ inline void maxpool_forward(Context& ctx, const Tensor& x, const PoolGeometry& g
                             const int ix = ox * g.stride - g.pad + kx;
                             if (ix < 0 || ix >= x.shape.w) continue;
                             const std::int32_t pixel = iy * x.shape.w + ix;
-                            detail::max_into(x.as<T>() + (n * x.shape.h * x.shape.w + pixel) * c, pixel, c, best, arg);
+                            detail::max_into(x.as<T>() + (n * x.shape.h * x.shape.w + pixel) * c, pixel, c, best.data(),
+                                             arg);
                         }
                     }
                     T* out = y.as<T>() + p * c;
                     for (int ch = 0; ch < c; ++ch) out[ch] = narrow<T>(best[ch]);  // exact: a value of x
                 }
-            }
-        });
+            },
+            16);
     });
-    ctx.arena.release(scratch);
 }
 
 /// dx (N, H, W, C) = the gradient of each output routed to its winning input pixel, summed in fp32
