@@ -1,0 +1,216 @@
+#pragma once
+// The context (stream, handles, the algorithm cache, the workspace, the per-step host staging and the
+// TESSERA_PROFILE timer), device memory, the device copy of the parameters, and the compute-type
+// copies of master weights.
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "tessera/backend/cuda/kernels.cuh"
+
+namespace tessera::cuda {
+
+namespace kernels {
+
+template <class T>
+__global__ void cast(const float* x, T* y, std::size_t n) {
+    TESSERA_GRID_STRIDE(i, n) y[i] = from_float<T>(x[i]);
+}
+
+}  // namespace kernels
+
+void* DeviceMemory::allocate(std::size_t bytes) {
+    void* p = nullptr;
+    TESSERA_CUDA(cudaMalloc(&p, bytes));
+    return p;
+}
+void DeviceMemory::free(void* p) { cudaFree(p); }
+
+bool device_available(std::string* why) {
+    int count = 0;
+    const cudaError_t status = cudaGetDeviceCount(&count);
+    if (status != cudaSuccess || count == 0) {
+        if (why) {
+            if (status == cudaErrorInsufficientDriver)
+                *why = "the NVIDIA driver is missing or older than the CUDA runtime this build uses";
+            else if (status == cudaErrorNoDevice || count == 0)
+                *why = "no NVIDIA GPU on this machine";
+            else
+                *why = cudaGetErrorString(status);
+        }
+        cudaGetLastError();
+        return false;
+    }
+    return true;
+}
+
+// A key for everything cached per shape: convolution algorithms.
+using ShapeKey = std::tuple<int, int, int, int, int, int, int, int, int>;  // n h w c out k stride pad kind
+
+struct Context::Impl {
+    cudaStream_t stream{};
+    cudnnHandle_t cudnn{};
+    cublasHandle_t cublas{};
+    void* workspace = nullptr;
+    std::map<ShapeKey, int> algorithms;  // found once per shape with cudnnFind*AlgorithmEx
+    std::size_t baseline_bytes = 0;
+    // Per-step host staging for labels and results.
+    std::int32_t* labels = nullptr;
+    float* losses = nullptr;
+    int* ranks = nullptr;
+    std::uint8_t* pixels = nullptr;
+    std::size_t pixels_capacity = 0;
+    int labels_capacity = 0;
+    // TESSERA_PROFILE=1: each operation is timed with events (synchronising after each) and the
+    // totals are printed when the context ends. For finding where a step's time goes, not for speed.
+    bool profile = std::getenv("TESSERA_PROFILE") != nullptr;
+    std::map<std::string, std::pair<double, long>> profile_ms;  // name -> (milliseconds, calls)
+};
+
+namespace detail {
+class OpTimer {
+public:
+    OpTimer(Context& ctx, const char* name) : impl_(*ctx.impl), name_(name) {
+        if (!impl_.profile) return;
+        cudaEventCreate(&start_);
+        cudaEventCreate(&stop_);
+        cudaEventRecord(start_, impl_.stream);
+    }
+    ~OpTimer() {
+        if (!impl_.profile) return;
+        cudaEventRecord(stop_, impl_.stream);
+        cudaEventSynchronize(stop_);
+        float ms = 0;
+        cudaEventElapsedTime(&ms, start_, stop_);
+        auto& entry = impl_.profile_ms[name_];
+        entry.first += ms;
+        entry.second += 1;
+        cudaEventDestroy(start_);
+        cudaEventDestroy(stop_);
+    }
+
+private:
+    Context::Impl& impl_;
+    const char* name_;
+    cudaEvent_t start_{}, stop_{};
+};
+}  // namespace detail
+
+inline std::size_t used_device_bytes() {
+    std::size_t free_bytes = 0, total = 0;
+    cudaMemGetInfo(&free_bytes, &total);
+    return total - free_bytes;
+}
+
+Context::Context(Settings s) : activations(s.compute), settings(s), impl(std::make_unique<Impl>()) {
+    std::string why;
+    if (!device_available(&why))
+        throw user_error("cuda", "no usable CUDA device: " + why,
+                         "train on the CPU: device = \"cpu\" (or --device cpu)");
+    if (cudnnGetVersion() / 10000 < CUDNN_MAJOR)
+        throw user_error("cuda",
+                         "cuDNN " + std::to_string(cudnnGetVersion()) + " is older than the " +
+                             std::to_string(CUDNN_VERSION) + " tessera was built with",
+                         "install cuDNN " + std::to_string(CUDNN_MAJOR) + " or newer");
+    TESSERA_CUDA(cudaSetDevice(s.device));
+    impl->baseline_bytes = used_device_bytes();
+    TESSERA_CUDA(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
+    TESSERA_CUDA(cudnnCreate(&impl->cudnn));
+    TESSERA_CUDA(cudnnSetStream(impl->cudnn, impl->stream));
+    TESSERA_CUDA(cublasCreate(&impl->cublas));
+    TESSERA_CUDA(cublasSetStream(impl->cublas, impl->stream));
+    // Tensor cores for bf16 and fp16; for fp32 only with TF32 allowed (then at TF32's precision).
+    TESSERA_CUDA(cublasSetMathMode(impl->cublas, s.compute != DType::f32 ? CUBLAS_DEFAULT_MATH
+                                                 : s.tf32                ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                                         : CUBLAS_PEDANTIC_MATH));
+    TESSERA_CUDA(cudaMalloc(&impl->workspace, std::max<std::size_t>(s.workspace_limit, 1)));
+}
+
+Context::~Context() {
+    if (!impl) return;
+    cudaStreamSynchronize(impl->stream);
+    if (impl->profile) {
+        std::vector<std::pair<double, std::string>> rows;
+        double total = 0;
+        for (auto& [name, entry] : impl->profile_ms) rows.push_back({entry.first, name}), total += entry.first;
+        std::sort(rows.rbegin(), rows.rend());
+        std::fprintf(stderr, "profile: %.1f ms in all\n", total);
+        for (auto& [ms, name] : rows)
+            std::fprintf(stderr, "profile: %-28s %10.1f ms %6.1f%% %8ld calls\n", name.c_str(), ms, 100 * ms / total,
+                         impl->profile_ms[name].second);
+    }
+    cudaFree(impl->workspace);
+    cudaFreeHost(impl->labels);
+    cudaFreeHost(impl->losses);
+    cudaFreeHost(impl->ranks);
+    cudaFreeHost(impl->pixels);
+    cublasDestroy(impl->cublas);
+    cudnnDestroy(impl->cudnn);
+    cudaStreamDestroy(impl->stream);
+}
+
+void Context::synchronize() { TESSERA_CUDA(cudaStreamSynchronize(impl->stream)); }
+std::size_t Context::device_bytes_in_use() const {
+    return used_device_bytes() - std::min(used_device_bytes(), impl->baseline_bytes);
+}
+
+DeviceParams::DeviceParams(std::size_t values, std::size_t buffers) : value_count_(values), buffer_count_(buffers) {
+    TESSERA_CUDA(cudaMalloc(&values_, std::max<std::size_t>(1, value_count_) * sizeof(float)));
+    TESSERA_CUDA(cudaMalloc(&grads_, std::max<std::size_t>(1, value_count_) * sizeof(float)));
+    TESSERA_CUDA(cudaMalloc(&buffers_, std::max<std::size_t>(1, buffer_count_) * sizeof(float)));
+    TESSERA_CUDA(cudaMemset(grads_, 0, value_count_ * sizeof(float)));
+}
+DeviceParams::~DeviceParams() {
+    cudaFree(values_);
+    cudaFree(grads_);
+    cudaFree(buffers_);
+}
+void DeviceParams::upload(const float* values, const float* buffers) {
+    TESSERA_CUDA(cudaMemcpy(values_, values, value_count_ * sizeof(float), cudaMemcpyHostToDevice));
+    TESSERA_CUDA(cudaMemcpy(buffers_, buffers, buffer_count_ * sizeof(float), cudaMemcpyHostToDevice));
+}
+void DeviceParams::download(float* values, float* grads, float* buffers) const {
+    TESSERA_CUDA(cudaDeviceSynchronize());
+    TESSERA_CUDA(cudaMemcpy(values, values_, value_count_ * sizeof(float), cudaMemcpyDeviceToHost));
+    TESSERA_CUDA(cudaMemcpy(grads, grads_, value_count_ * sizeof(float), cudaMemcpyDeviceToHost));
+    TESSERA_CUDA(cudaMemcpy(buffers, buffers_, buffer_count_ * sizeof(float), cudaMemcpyDeviceToHost));
+}
+
+void* Backend::stream(Context& ctx) { return ctx.impl->stream; }
+
+std::string Backend::kernels(Context&) {
+    int device = 0;
+    cudaDeviceProp properties{};
+    if (cudaGetDevice(&device) != cudaSuccess || cudaGetDeviceProperties(&properties, device) != cudaSuccess)
+        return "cudnn " + std::to_string(cudnnGetVersion()) + ", cublas";
+    return "cudnn " + std::to_string(cudnnGetVersion()) + ", cublas on " + properties.name;
+}
+
+namespace detail {
+
+// n fp32 values (a layer's master weights, the logits' gradient) as the compute type T: the values
+// themselves for fp32, else a copy cast into the arena (released with the caller's mark). Weights
+// are cast as each layer runs: one pass over them, and never a copy older than the weights.
+template <class T>
+const T* converted(Context& ctx, const float* values, std::size_t n) {
+    if constexpr (std::is_same_v<T, float>) {
+        return values;
+    } else {
+        T* copy = reinterpret_cast<T*>(ctx.arena.allocate_bytes(n * sizeof(T)));
+        if (n) kernels::cast<<<kernels::blocks_for(n), kernels::threads, 0, ctx.impl->stream>>>(values, copy, n);
+        TESSERA_CUDA(cudaGetLastError());
+        return copy;
+    }
+}
+inline const void* converted(Context& ctx, const float* values, std::size_t n, DType t) {
+    const void* result = nullptr;
+    with_element_type(t, [&](auto e) { result = converted<decltype(e)>(ctx, values, n); });
+    return result;
+}
+
+}  // namespace detail
+
+}  // namespace tessera::cuda
