@@ -94,6 +94,7 @@ int bench_allreduce(const Args& args) {
         gpus = std::make_unique<parallel::NcclCommunicator>(*world, world->local_rank());
         TESSERA_NCCL(cudaMalloc(reinterpret_cast<void**>(&gradients), floats * sizeof(float)));
         TESSERA_NCCL(cudaMemset(gradients, 0, floats * sizeof(float)));
+        TESSERA_NCCL(cudaDeviceSynchronize());  // the legacy stream's fill, before NCCL's stream reads it
         wait = [] { TESSERA_NCCL(cudaDeviceSynchronize()); };
 #else
         throw user_error("runner bench --allreduce --device cuda", "this build has no NCCL",

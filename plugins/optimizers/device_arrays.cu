@@ -36,6 +36,9 @@ DeviceArrays::DeviceArrays(std::size_t n, const std::vector<std::string>& names,
         arrays_[name] = upload(count, it == start.end() ? nullptr : &it->second);
     }
     for (auto& [name, values] : constants) arrays_[name] = upload(count, &values);
+    // The copies and fills above ran on the legacy default stream, which the trainer's non-blocking
+    // stream does not wait for: finish them before the first step's update reads the state.
+    check_cuda(cudaDeviceSynchronize(), "optimizer state", "cudaDeviceSynchronize");
 }
 
 DeviceArrays::~DeviceArrays() {

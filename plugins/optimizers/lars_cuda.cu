@@ -60,6 +60,8 @@ __global__ void update(float* w, const float* grad, float* velocity, const LarsT
 
 void upload_bytes(void* device, const void* host, std::size_t bytes) {
     check_cuda(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice), "optimizer lars (cuda)", "cudaMemcpy");
+    // Once, at setup, on the legacy stream: finished before the trainer's stream reads it.
+    check_cuda(cudaDeviceSynchronize(), "optimizer lars (cuda)", "cudaDeviceSynchronize");
 }
 
 void lars_step_cuda(const DeviceArrays& state, float* w, const float* grad, const LarsTensor* tensors, int count,

@@ -36,6 +36,9 @@ DeviceState::DeviceState(const std::vector<float>& decay, const std::vector<floa
     else
         check(cudaMemset(velocity, 0, count * sizeof(float)), "cudaMemset");
     check(cudaMemcpy(this->decay, decay.data(), count * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
+    // The copies and fill above ran on the legacy default stream, which the trainer's non-blocking
+    // stream does not wait for: finish them before the first update reads the state.
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
 }
 
 DeviceState::~DeviceState() {

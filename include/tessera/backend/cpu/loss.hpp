@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "tessera/backend/labels.hpp"
 #include "tessera/backend/ops.hpp"
 #include "tessera/core/tensor.hpp"
 
@@ -23,6 +24,7 @@ inline int rank_of_label(const float* z, int classes, int label) {
 inline LossResult softmax_cross_entropy(const Tensor& logits, const std::int32_t* labels, float label_smoothing,
                                         float* dlogits) {
     const int n = logits.shape.n, k = int(logits.size() / logits.shape.n);
+    check_labels(labels, n, k);
     const double off = double(label_smoothing) / k, on = 1.0 - label_smoothing + off;
     LossResult result;
     for (int i = 0; i < n; ++i) {

@@ -112,6 +112,13 @@ struct Backend {
                                   const Tensor& y);
     static void batchnorm_backward(Context& ctx, const Tensor& x, const Tensor& dy, const BatchNormParams& p,
                                    BatchNormSaved saved, float* dgamma, float* dbeta, const Tensor& dx);
+    /// BatchNorm then ReLU in the same passes (backend.hpp's FusedBatchNormReLU); backward recomputes
+    /// the ReLU's mask from x, so y is not read.
+    static void batchnorm_relu_forward(Context& ctx, const Tensor& x, const BatchNormParams& p, BatchNormSaved saved,
+                                       const Tensor& y);
+    static void batchnorm_relu_backward(Context& ctx, const Tensor& x, const Tensor& y, const Tensor& dy,
+                                        const BatchNormParams& p, BatchNormSaved saved, float* dgamma, float* dbeta,
+                                        const Tensor& dx);
     static void relu_forward(Context& ctx, const Tensor& x, const Tensor& y);
     static void relu_backward(Context& ctx, const Tensor& y, const Tensor& dy, const Tensor& dx);
     static void add(Context& ctx, const Tensor& a, const Tensor& b, const Tensor& y);
@@ -136,5 +143,6 @@ struct Backend {
 };
 
 static_assert(tessera::Backend<Backend>, "cuda::Backend lacks a kernel of backend/backend.hpp's checklist");
+static_assert(FusedBatchNormReLU<Backend>, "cuda::Backend's fused BatchNorm + ReLU does not match the concept");
 
 }  // namespace tessera::cuda

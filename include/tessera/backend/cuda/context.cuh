@@ -6,9 +6,9 @@
 #include <cstdlib>
 #include <map>
 #include <string>
-#include <tuple>
 #include <vector>
 
+#include "tessera/backend/cuda/algorithm_cache.hpp"
 #include "tessera/backend/cuda/kernels.cuh"
 
 namespace tessera::cuda {
@@ -47,15 +47,12 @@ bool device_available(std::string* why) {
     return true;
 }
 
-// A key for everything cached per shape: convolution algorithms.
-using ShapeKey = std::tuple<int, int, int, int, int, int, int, int, int>;  // n h w c out k stride pad kind
-
 struct Context::Impl {
     cudaStream_t stream{};
     cudnnHandle_t cudnn{};
     cublasHandle_t cublas{};
     void* workspace = nullptr;
-    std::map<ShapeKey, int> algorithms;  // found once per shape with cudnnFind*AlgorithmEx
+    AlgorithmCache algorithms;  // each convolution's, found with cudnnFind*AlgorithmEx
     std::size_t baseline_bytes = 0;
     // Per-step host staging for labels and results.
     std::int32_t* labels = nullptr;
@@ -157,11 +154,17 @@ std::size_t Context::device_bytes_in_use() const {
     return used_device_bytes() - std::min(used_device_bytes(), impl->baseline_bytes);
 }
 
+// Setup's copies and fills run on the legacy default stream, which the context's non-blocking stream
+// does not wait for (and a copy from pageable memory may return before its DMA ends): wait for them
+// before any step's kernel can read the parameters or their zeroed gradients.
+inline void finish_setup() { TESSERA_CUDA(cudaDeviceSynchronize()); }
+
 DeviceParams::DeviceParams(std::size_t values, std::size_t buffers) : value_count_(values), buffer_count_(buffers) {
     TESSERA_CUDA(cudaMalloc(&values_, std::max<std::size_t>(1, value_count_) * sizeof(float)));
     TESSERA_CUDA(cudaMalloc(&grads_, std::max<std::size_t>(1, value_count_) * sizeof(float)));
     TESSERA_CUDA(cudaMalloc(&buffers_, std::max<std::size_t>(1, buffer_count_) * sizeof(float)));
     TESSERA_CUDA(cudaMemset(grads_, 0, value_count_ * sizeof(float)));
+    finish_setup();
 }
 DeviceParams::~DeviceParams() {
     cudaFree(values_);
@@ -171,6 +174,7 @@ DeviceParams::~DeviceParams() {
 void DeviceParams::upload(const float* values, const float* buffers) {
     TESSERA_CUDA(cudaMemcpy(values_, values, value_count_ * sizeof(float), cudaMemcpyHostToDevice));
     TESSERA_CUDA(cudaMemcpy(buffers_, buffers, buffer_count_ * sizeof(float), cudaMemcpyHostToDevice));
+    finish_setup();
 }
 void DeviceParams::download(float* values, float* grads, float* buffers) const {
     TESSERA_CUDA(cudaDeviceSynchronize());
@@ -190,6 +194,14 @@ std::string Backend::kernels(Context&) {
 }
 
 namespace detail {
+
+// A grid-stride kernel over n values on the context's stream (TESSERA_LAUNCH, for kernels whose
+// template arguments hold a comma).
+template <class... Params, class... Args>
+void launch(Context& ctx, void (*kernel)(Params...), std::size_t n, Args... args) {
+    if (n) kernel<<<kernels::blocks_for(n), kernels::threads, 0, ctx.impl->stream>>>(args...);
+    TESSERA_CUDA(cudaGetLastError());
+}
 
 // n fp32 values (a layer's master weights, the logits' gradient) as the compute type T: the values
 // themselves for fp32, else a copy cast into the arena (released with the caller's mark). Weights

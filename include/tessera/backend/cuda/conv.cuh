@@ -1,6 +1,8 @@
 #pragma once
 // Convolutions on cuDNN: descriptors, the algorithm each shape runs (found once with
 // cudnnFind*AlgorithmEx), forward and backward.
+#include "tessera/backend/cuda/algorithm_cache.hpp"
+#include "tessera/backend/cuda/channel_padding.hpp"
 #include "tessera/backend/cuda/context.cuh"
 #include "tessera/backend/cuda/elementwise.cuh"
 
@@ -51,34 +53,92 @@ struct ConvDescriptors {
         : x(x_shape, t), y(g.output_shape(x_shape), t), w(g, t), conv(g, t, tf32) {}
 };
 
-enum ConvKind { forward, backward_data, backward_filter };
-
-// cudnnFind*AlgorithmEx lists algorithms fastest first; the first that ran is the one.
+// cudnnFind*AlgorithmEx lists algorithms fastest first; the first that ran is the one, with the math
+// type it ran in.
 template <class Perf>
-int fastest(const Perf* perf, int found, const char* call) {
+ConvChoice fastest(const Perf* perf, int found, int batch, const char* call) {
     for (int i = 0; i < found; ++i)
-        if (perf[i].status == CUDNN_STATUS_SUCCESS) return int(perf[i].algo);
+        if (perf[i].status == CUDNN_STATUS_SUCCESS) return {int(perf[i].algo), int(perf[i].mathType), batch};
     throw internal_error(call, "no algorithm for this convolution");
 }
 
-// The fastest algorithm that fits the workspace, measured once per shape and kind.
-template <class Find>
-int algorithm(Context& ctx, const ConvGeometry& g, Shape x, ConvKind kind, Find find) {
-    const ShapeKey key{x.n,
-                       x.h,
-                       x.w,
-                       x.c,
-                       g.out_channels,
-                       g.kernel,
-                       g.stride,
-                       g.pad,
-                       int(kind) + 3 * ctx.settings.tf32 + 6 * int(ctx.activations)};
-    auto it = ctx.impl->algorithms.find(key);
-    if (it != ctx.impl->algorithms.end()) return it->second;
-    const int algo = find();
-    ctx.impl->algorithms.emplace(key, algo);
-    return algo;
+// The algorithm for this convolution and pass (algorithm_cache.hpp says when one is measured), with its
+// math type set on the descriptor. `find` measures (cudnnFind*AlgorithmEx); `workspace(choice)` is
+// the workspace a remembered choice needs at this batch, which must fit the workspace there is.
+template <class Find, class Workspace>
+ConvChoice algorithm(Context& ctx, const ConvDescriptors& d, const ConvGeometry& g, Shape x, ConvPass pass, Find find,
+                     Workspace workspace) {
+    const ConvKey key = conv_key(g, x, pass, ctx.activations, ctx.settings.tf32);
+    const ConvChoice* known = ctx.impl->algorithms.find(key, x.n);
+    ConvChoice choice;
+    if (known && workspace(*known) <= ctx.settings.workspace_limit) {
+        choice = *known;
+    } else {
+        choice = find();
+        ctx.impl->algorithms.remember(key, choice);
+    }
+    // fp32 without TF32 runs in FMA math only: Find was asked in it, and PyTorch asserts that it
+    // reports no other (ASSERT_CORRECT_PRECISION); kept so, whatever a later cuDNN reports.
+    if (ctx.activations == DType::f32 && !ctx.settings.tf32) choice.math_type = int(CUDNN_FMA_MATH);
+    TESSERA_CUDA(cudnnSetConvolutionMathType(d.conv.d, cudnnMathType_t(choice.math_type)));
+    return choice;
 }
+
+}  // namespace detail
+
+namespace kernels {
+// The (rows, padded) copy of a (rows, c) array, cast to To, zeros in the padding (channel_padding.hpp).
+template <class From, class To>
+__global__ void pad_channels(const From* x, int c, int padded, To* y, std::size_t n) {
+    TESSERA_GRID_STRIDE(i, n) {
+        std::size_t source = 0;
+        y[i] = from_float<To>(padded_source(i, c, padded, &source) ? to_float(x[source]) : 0.f);
+    }
+}
+// y (rows, c) = the (rows, c) slice of a (rows, padded) array, or y += it.
+template <class From, class To, bool add>
+__global__ void slice_channels(const From* x, int c, int padded, To* y, std::size_t n) {
+    TESSERA_GRID_STRIDE(i, n) {
+        const float v = to_float(x[sliced_source(i, c, padded)]);
+        y[i] = from_float<To>(add ? to_float(y[i]) + v : v);
+    }
+}
+}  // namespace kernels
+
+namespace detail {
+
+// One convolution as cuDNN runs it: the geometry and input it sees (the input padded to
+// padded_channels where that differs from its own), and the filters in the compute type, padded the
+// same way. Everything it allocates is the caller's arena scratch.
+struct ConvOperands {
+    ConvGeometry g;  // with the padded input channel count
+    Tensor x;        // the input, padded
+    bool padded = false;
+
+    ConvOperands(Context& ctx, const Tensor& input, const ConvGeometry& geometry)
+        : g(with_input_channels(geometry, padded_channels(input.shape.c, input.dtype))), x(input) {
+        padded = g.in_channels != input.shape.c;
+        if (!padded) return;
+        x = ctx.arena.tensor({input.shape.n, input.shape.h, input.shape.w, g.in_channels}, input.dtype);
+        with_element_type(x.dtype, [&](auto t) {
+            using T = decltype(t);
+            launch(ctx, kernels::pad_channels<T, T>, x.size(), input.as<T>(), input.shape.c, g.in_channels, x.as<T>(),
+                   x.size());
+        });
+    }
+
+    // The fp32 master filters (OHWI, `in` input channels) in the compute type, padded like x.
+    const void* filters(Context& ctx, const float* w, int in) const {
+        const std::size_t count = std::size_t(g.out_channels) * g.patch();
+        if (!padded) return converted(ctx, w, count, x.dtype);
+        void* result = ctx.arena.allocate_bytes(count * element_bytes(x.dtype));
+        with_element_type(x.dtype, [&](auto t) {
+            using T = decltype(t);
+            launch(ctx, kernels::pad_channels<float, T>, count, w, in, g.in_channels, static_cast<T*>(result), count);
+        });
+        return result;
+    }
+};
 
 }  // namespace detail
 
@@ -86,79 +146,119 @@ void Backend::conv_forward(Context& ctx, const Tensor& x, const float* w, const 
     detail::OpTimer timer(ctx, "conv forward");
     using namespace detail;
     same_type(x, y, "conv forward");
-    const ConvDescriptors d(g, x.shape, x.dtype, ctx.settings.tf32);
     auto& impl = *ctx.impl;
     const auto mark = ctx.arena.mark();
-    const void* weights = converted(ctx, w, std::size_t(g.out_channels) * g.patch(), x.dtype);
-    const auto algo = cudnnConvolutionFwdAlgo_t(algorithm(ctx, g, x.shape, forward, [&] {
-        cudnnConvolutionFwdAlgoPerf_t perf[8];
-        int found = 0;
-        TESSERA_CUDA(cudnnFindConvolutionForwardAlgorithmEx(impl.cudnn, d.x.d, x.data, d.w.d, weights, d.conv.d, d.y.d,
-                                                            y.data, 8, &found, perf, impl.workspace,
-                                                            ctx.settings.workspace_limit));
-        return fastest(perf, found, "cudnnFindConvolutionForwardAlgorithmEx");
-    }));
+    const ConvOperands op(ctx, x, g);
+    const ConvDescriptors d(op.g, op.x.shape, x.dtype, ctx.settings.tf32);
+    const void* weights = op.filters(ctx, w, g.in_channels);
+    const auto choice = algorithm(
+        ctx, d, op.g, op.x.shape, ConvPass::forward,
+        [&] {
+            cudnnConvolutionFwdAlgoPerf_t perf[8];
+            int found = 0;
+            TESSERA_CUDA(cudnnFindConvolutionForwardAlgorithmEx(impl.cudnn, d.x.d, op.x.data, d.w.d, weights, d.conv.d,
+                                                                d.y.d, y.data, 8, &found, perf, impl.workspace,
+                                                                ctx.settings.workspace_limit));
+            return fastest(perf, found, x.shape.n, "cudnnFindConvolutionForwardAlgorithmEx");
+        },
+        [&](const ConvChoice& c) {
+            std::size_t bytes = 0;
+            TESSERA_CUDA(cudnnGetConvolutionForwardWorkspaceSize(impl.cudnn, d.x.d, d.w.d, d.conv.d, d.y.d,
+                                                                 cudnnConvolutionFwdAlgo_t(c.algorithm), &bytes));
+            return bytes;
+        });
     const float one = 1.f, zero = 0.f;
-    TESSERA_CUDA(cudnnConvolutionForward(impl.cudnn, &one, d.x.d, x.data, d.w.d, weights, d.conv.d, algo,
-                                         impl.workspace, ctx.settings.workspace_limit, &zero, d.y.d, y.data));
+    TESSERA_CUDA(cudnnConvolutionForward(impl.cudnn, &one, d.x.d, op.x.data, d.w.d, weights, d.conv.d,
+                                         cudnnConvolutionFwdAlgo_t(choice.algorithm), impl.workspace,
+                                         ctx.settings.workspace_limit, &zero, d.y.d, y.data));
     ctx.arena.release(mark);
 }
 
 // dw (fp32) += the filter gradient; dx = the input gradient, unless dx is null. In bf16 and fp16,
 // cuDNN writes the filter gradient in the compute type (as it does under PyTorch's autocast), into
-// scratch that is then added to the fp32 gradient.
+// scratch that is then added to the fp32 gradient. With a padded input, both gradients come back
+// padded and their slices are kept.
 void Backend::conv_backward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& dy,
                             float* dw, const Tensor& dx) {
     detail::OpTimer timer(ctx, "conv backward");
     using namespace detail;
     same_type(x, dy, "conv backward");
-    const ConvDescriptors d(g, x.shape, x.dtype, ctx.settings.tf32);
     auto& impl = *ctx.impl;
     const float one = 1.f, zero = 0.f;
-    const std::size_t weight_count = std::size_t(g.out_channels) * g.patch();
-    const bool fp32 = x.dtype == DType::f32;
     const auto mark = ctx.arena.mark();
-    // The filter gradient's destination: dw itself in fp32 (accumulated, beta 1), else scratch.
-    void* filter_grad = fp32 ? static_cast<void*>(dw) : ctx.arena.allocate_bytes(weight_count * element_bytes(x.dtype));
-    const float& filter_beta = fp32 ? one : zero;
-    const auto filter_algo = cudnnConvolutionBwdFilterAlgo_t(algorithm(ctx, g, x.shape, backward_filter, [&] {
-        // The search writes its output: give it scratch, not the gradients being accumulated.
-        const auto search_mark = ctx.arena.mark();
-        float* scratch = ctx.arena.allocate_bytes(weight_count * element_bytes(x.dtype));
-        cudnnConvolutionBwdFilterAlgoPerf_t perf[8];
-        int found = 0;
-        TESSERA_CUDA(cudnnFindConvolutionBackwardFilterAlgorithmEx(impl.cudnn, d.x.d, x.data, d.y.d, dy.data, d.conv.d,
-                                                                   d.w.d, scratch, 8, &found, perf, impl.workspace,
-                                                                   ctx.settings.workspace_limit));
-        ctx.arena.release(search_mark);
-        return fastest(perf, found, "cudnnFindConvolutionBackwardFilterAlgorithmEx");
-    }));
+    const ConvOperands op(ctx, x, g);
+    const ConvDescriptors d(op.g, op.x.shape, x.dtype, ctx.settings.tf32);
+    const std::size_t weight_count = std::size_t(op.g.out_channels) * op.g.patch();
+    const bool into_dw = x.dtype == DType::f32 && !op.padded;
+    // The filter gradient's destination: dw itself in unpadded fp32 (accumulated, beta 1), else scratch.
+    void* filter_grad =
+        into_dw ? static_cast<void*>(dw) : ctx.arena.allocate_bytes(weight_count * element_bytes(x.dtype));
+    const float& filter_beta = into_dw ? one : zero;
+    const auto filter_choice = algorithm(
+        ctx, d, op.g, op.x.shape, ConvPass::backward_filter,
+        [&] {
+            // The search writes its output: give it scratch, not the gradients being accumulated.
+            const auto search_mark = ctx.arena.mark();
+            float* scratch = ctx.arena.allocate_bytes(weight_count * element_bytes(x.dtype));
+            cudnnConvolutionBwdFilterAlgoPerf_t perf[8];
+            int found = 0;
+            TESSERA_CUDA(cudnnFindConvolutionBackwardFilterAlgorithmEx(impl.cudnn, d.x.d, op.x.data, d.y.d, dy.data,
+                                                                       d.conv.d, d.w.d, scratch, 8, &found, perf,
+                                                                       impl.workspace, ctx.settings.workspace_limit));
+            ctx.arena.release(search_mark);
+            return fastest(perf, found, x.shape.n, "cudnnFindConvolutionBackwardFilterAlgorithmEx");
+        },
+        [&](const ConvChoice& c) {
+            std::size_t bytes = 0;
+            TESSERA_CUDA(cudnnGetConvolutionBackwardFilterWorkspaceSize(
+                impl.cudnn, d.x.d, d.y.d, d.conv.d, d.w.d, cudnnConvolutionBwdFilterAlgo_t(c.algorithm), &bytes));
+            return bytes;
+        });
     {
         detail::OpTimer filter_timer(ctx, "conv backward filter");
-        TESSERA_CUDA(cudnnConvolutionBackwardFilter(impl.cudnn, &one, d.x.d, x.data, d.y.d, dy.data, d.conv.d,
-                                                    filter_algo, impl.workspace, ctx.settings.workspace_limit,
-                                                    &filter_beta, d.w.d, filter_grad));
-        if (!fp32)
+        TESSERA_CUDA(cudnnConvolutionBackwardFilter(impl.cudnn, &one, d.x.d, op.x.data, d.y.d, dy.data, d.conv.d,
+                                                    cudnnConvolutionBwdFilterAlgo_t(filter_choice.algorithm),
+                                                    impl.workspace, ctx.settings.workspace_limit, &filter_beta, d.w.d,
+                                                    filter_grad));
+        if (!into_dw)
             with_element_type(x.dtype, [&](auto t) {
-                kernels::accumulate<<<kernels::blocks_for(weight_count), kernels::threads, 0, impl.stream>>>(
-                    static_cast<const decltype(t)*>(filter_grad), dw, weight_count);
+                using T = decltype(t);
+                const std::size_t count = std::size_t(g.out_channels) * g.patch();
+                launch(ctx, kernels::slice_channels<T, float, true>, count, static_cast<const T*>(filter_grad),
+                       g.in_channels, op.g.in_channels, dw, count);
             });
-        TESSERA_CUDA(cudaGetLastError());
     }
     if (dx.data) {
         same_type(x, dx, "conv backward");
-        const void* weights = converted(ctx, w, weight_count, x.dtype);
-        const auto data_algo = cudnnConvolutionBwdDataAlgo_t(algorithm(ctx, g, x.shape, backward_data, [&] {
-            cudnnConvolutionBwdDataAlgoPerf_t perf[8];
-            int found = 0;
-            TESSERA_CUDA(cudnnFindConvolutionBackwardDataAlgorithmEx(impl.cudnn, d.w.d, weights, d.y.d, dy.data,
-                                                                     d.conv.d, d.x.d, dx.data, 8, &found, perf,
-                                                                     impl.workspace, ctx.settings.workspace_limit));
-            return fastest(perf, found, "cudnnFindConvolutionBackwardDataAlgorithmEx");
-        }));
+        const void* weights = op.filters(ctx, w, g.in_channels);
+        // With a padded input, cuDNN's input gradient is padded too: scratch, then sliced into dx.
+        const Tensor data_grad = op.padded ? ctx.arena.tensor(op.x.shape, x.dtype) : dx;
+        const auto data_choice = algorithm(
+            ctx, d, op.g, op.x.shape, ConvPass::backward_data,
+            [&] {
+                cudnnConvolutionBwdDataAlgoPerf_t perf[8];
+                int found = 0;
+                TESSERA_CUDA(cudnnFindConvolutionBackwardDataAlgorithmEx(
+                    impl.cudnn, d.w.d, weights, d.y.d, dy.data, d.conv.d, d.x.d, data_grad.data, 8, &found, perf,
+                    impl.workspace, ctx.settings.workspace_limit));
+                return fastest(perf, found, x.shape.n, "cudnnFindConvolutionBackwardDataAlgorithmEx");
+            },
+            [&](const ConvChoice& c) {
+                std::size_t bytes = 0;
+                TESSERA_CUDA(cudnnGetConvolutionBackwardDataWorkspaceSize(
+                    impl.cudnn, d.w.d, d.y.d, d.conv.d, d.x.d, cudnnConvolutionBwdDataAlgo_t(c.algorithm), &bytes));
+                return bytes;
+            });
         detail::OpTimer data_timer(ctx, "conv backward data");
-        TESSERA_CUDA(cudnnConvolutionBackwardData(impl.cudnn, &one, d.w.d, weights, d.y.d, dy.data, d.conv.d, data_algo,
-                                                  impl.workspace, ctx.settings.workspace_limit, &zero, d.x.d, dx.data));
+        TESSERA_CUDA(cudnnConvolutionBackwardData(impl.cudnn, &one, d.w.d, weights, d.y.d, dy.data, d.conv.d,
+                                                  cudnnConvolutionBwdDataAlgo_t(data_choice.algorithm), impl.workspace,
+                                                  ctx.settings.workspace_limit, &zero, d.x.d, data_grad.data));
+        if (op.padded)
+            with_element_type(x.dtype, [&](auto t) {
+                using T = decltype(t);
+                launch(ctx, kernels::slice_channels<T, T, false>, dx.size(), data_grad.as<T>(), g.in_channels,
+                       op.g.in_channels, dx.as<T>(), dx.size());
+            });
     }
     ctx.arena.release(mark);
 }

@@ -1,63 +1,105 @@
 #pragma once
-// ReLU, the residual add and gradient accumulation: one value per thread, grid-stride.
+// ReLU, the residual add and gradient accumulation: grid-stride over packs of V values (V = 8, one
+// 16-byte access of bf16 or fp16, two of fp32, where the tensors allow; else 1).
 #include "tessera/backend/cuda/context.cuh"
 
 namespace tessera::cuda {
 
 namespace kernels {
 
-template <class T>
-__global__ void relu_forward(const T* x, T* y, std::size_t n) {
-    TESSERA_GRID_STRIDE(i, n) y[i] = from_float<T>(fmaxf(to_float(x[i]), 0.f));
+#define TESSERA_PACKS(i, packs) TESSERA_GRID_STRIDE(i, packs)
+
+template <int V, class T>
+__global__ void relu_forward(const T* x, T* y, std::size_t packs) {
+    TESSERA_PACKS(i, packs) {
+        float v[V];
+        load<V>(x + i * V, v);
+#pragma unroll
+        for (int j = 0; j < V; ++j) v[j] = fmaxf(v[j], 0.f);
+        store<V>(y + i * V, v);
+    }
 }
-template <class T>
-__global__ void relu_backward(const T* y, const T* dy, T* dx, std::size_t n) {
-    TESSERA_GRID_STRIDE(i, n) dx[i] = to_float(y[i]) > 0.f ? dy[i] : from_float<T>(0.f);
+template <int V, class T>
+__global__ void relu_backward(const T* y, const T* dy, T* dx, std::size_t packs) {
+    TESSERA_PACKS(i, packs) {
+        float mask[V], g[V];
+        load<V>(y + i * V, mask);
+        load<V>(dy + i * V, g);
+#pragma unroll
+        for (int j = 0; j < V; ++j) g[j] = mask[j] > 0.f ? g[j] : 0.f;
+        store<V>(dx + i * V, g);
+    }
 }
-template <class T>
-__global__ void add(const T* a, const T* b, T* y, std::size_t n) {
-    TESSERA_GRID_STRIDE(i, n) y[i] = from_float<T>(to_float(a[i]) + to_float(b[i]));
+template <int V, class T>
+__global__ void add(const T* a, const T* b, T* y, std::size_t packs) {
+    TESSERA_PACKS(i, packs) {
+        float u[V], v[V];
+        load<V>(a + i * V, u);
+        load<V>(b + i * V, v);
+#pragma unroll
+        for (int j = 0; j < V; ++j) u[j] += v[j];
+        store<V>(y + i * V, u);
+    }
 }
-template <class T, class U>
-__global__ void accumulate(const T* x, U* y, std::size_t n) {  // y += x, in y's type
-    TESSERA_GRID_STRIDE(i, n) y[i] = from_float<U>(to_float(y[i]) + to_float(x[i]));
+template <int V, class T, class U>
+__global__ void accumulate(const T* x, U* y, std::size_t packs) {  // y += x, in y's type
+    TESSERA_PACKS(i, packs) {
+        float u[V], v[V];
+        load<V>(y + i * V, u);
+        load<V>(x + i * V, v);
+#pragma unroll
+        for (int j = 0; j < V; ++j) u[j] += v[j];
+        store<V>(y + i * V, u);
+    }
 }
 
+#undef TESSERA_PACKS
+
 }  // namespace kernels
+
+namespace detail {
+// Calls f(T{}, V) with the tensors' element type and vector width over n values.
+template <class F>
+void with_packs(DType dtype, std::size_t n, std::initializer_list<const void*> tensors, F&& f) {
+    with_element_type(dtype, [&](auto t) { with_vector_width(vector_width(n, tensors), [&](auto v) { f(t, v); }); });
+}
+}  // namespace detail
 
 void Backend::relu_forward(Context& ctx, const Tensor& x, const Tensor& y) {
     detail::OpTimer timer(ctx, "relu forward");
     detail::same_type(x, y, "relu forward");
-    detail::with_element_type(x.dtype, [&](auto t) {
+    detail::with_packs(x.dtype, x.size(), {x.data, y.data}, [&](auto t, auto v) {
         using T = decltype(t);
-        TESSERA_LAUNCH(relu_forward<T>, x.size(), x.as<T>(), y.as<T>(), x.size());
+        constexpr int V = decltype(v)::value;
+        detail::launch(ctx, kernels::relu_forward<V, T>, x.size() / V, x.as<T>(), y.as<T>(), x.size() / V);
     });
 }
 void Backend::relu_backward(Context& ctx, const Tensor& y, const Tensor& dy, const Tensor& dx) {
     detail::OpTimer timer(ctx, "relu backward");
     detail::same_type(y, dy, "relu backward");
-    detail::with_element_type(y.dtype, [&](auto t) {
+    detail::with_packs(y.dtype, y.size(), {y.data, dy.data, dx.data}, [&](auto t, auto v) {
         using T = decltype(t);
-        TESSERA_LAUNCH(relu_backward<T>, y.size(), y.as<T>(), dy.as<T>(), dx.as<T>(), y.size());
+        constexpr int V = decltype(v)::value;
+        detail::launch(ctx, kernels::relu_backward<V, T>, y.size() / V, y.as<T>(), dy.as<T>(), dx.as<T>(),
+                       y.size() / V);
     });
 }
 void Backend::add(Context& ctx, const Tensor& a, const Tensor& b, const Tensor& y) {
     detail::OpTimer timer(ctx, "add");
     detail::same_type(a, b, "add");
-    detail::with_element_type(y.dtype, [&](auto t) {
+    detail::with_packs(y.dtype, y.size(), {a.data, b.data, y.data}, [&](auto t, auto v) {
         using T = decltype(t);
-        TESSERA_LAUNCH(add<T>, y.size(), a.as<T>(), b.as<T>(), y.as<T>(), y.size());
+        constexpr int V = decltype(v)::value;
+        detail::launch(ctx, kernels::add<V, T>, y.size() / V, a.as<T>(), b.as<T>(), y.as<T>(), y.size() / V);
     });
 }
 void Backend::accumulate(Context& ctx, const Tensor& x, const Tensor& y) {
     detail::OpTimer timer(ctx, "accumulate");
     detail::same_type(x, y, "accumulate");
-    detail::with_element_type(y.dtype, [&](auto t) {
+    detail::with_packs(y.dtype, y.size(), {x.data, y.data}, [&](auto t, auto v) {
         using T = decltype(t);
-        if (y.size())
-            kernels::accumulate<<<kernels::blocks_for(y.size()), kernels::threads, 0, ctx.impl->stream>>>(
-                x.as<T>(), y.as<T>(), y.size());
-        TESSERA_CUDA(cudaGetLastError());
+        constexpr int V = decltype(v)::value;
+        detail::launch(ctx, kernels::accumulate<V, T, T>, y.size() / V, x.as<T>(), y.as<T>(), y.size() / V);
     });
 }
 

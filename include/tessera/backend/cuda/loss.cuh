@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "tessera/backend/cuda/context.cuh"
+#include "tessera/backend/labels.hpp"
 
 namespace tessera::cuda {
 
@@ -60,6 +61,7 @@ LossResult Backend::softmax_cross_entropy(Context& ctx, const Tensor& logits, co
     auto& impl = *ctx.impl;
     TESSERA_CHECK(logits.dtype == DType::f32, "the loss takes fp32 logits");
     const int n = logits.shape.n, k = int(logits.size() / n);
+    check_labels(labels, n, k);
     if (impl.labels_capacity < n) {
         cudaFreeHost(impl.labels);
         cudaFreeHost(impl.losses);
