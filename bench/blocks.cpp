@@ -303,6 +303,53 @@ void BatchNormForwardTraining(benchmark::State& state) {
         benchmark::Counter(3.0 * double(x.bytes()) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// BatchNorm fused with its ReLU, as every BatchNorm but a block's last runs: args = batch, size,
+// channels. Forward reads x twice (statistics, then apply) and writes y; backward reads x and dy twice
+// (sums, then the input gradient) and writes dx. GB/s is to be read against StreamCopy's.
+template <class B, bool backward, DType Precision = DType::f32>
+void BatchNormReLUTraining(benchmark::State& state) {
+    auto ctx = context_or_skip<B>(state, Precision);
+    if (!ctx) return;
+    const Shape shape{int(state.range(0)), int(state.range(1)), int(state.range(1)), int(state.range(2))};
+    const int c = shape.c;
+    const Tensor x = ctx->arena.tensor(shape, Precision), y = ctx->arena.tensor(shape, Precision),
+                 dy = ctx->arena.tensor(shape, Precision), dx = ctx->arena.tensor(shape, Precision);
+    float* v = ctx->arena.allocate_floats(8 * std::size_t(c));  // gamma, beta, running mean/var, saved, dgamma, dbeta
+    zero<B>(*ctx, x);
+    zero<B>(*ctx, dy);
+    B::fill_zero(*ctx, v, 8 * std::size_t(c));
+    const BatchNormParams p{v, v + c, v + 2 * c, v + 3 * c};
+    const BatchNormSaved saved{v + 4 * c, v + 5 * c};
+    B::batchnorm_relu_forward(*ctx, x, p, saved, y);
+    for (auto _ : state) {
+        if constexpr (backward)
+            B::batchnorm_relu_backward(*ctx, x, y, dy, p, saved, v + 6 * c, v + 7 * c, dx);
+        else
+            B::batchnorm_relu_forward(*ctx, x, p, saved, y);
+        Device<B>::sync(*ctx);
+    }
+    state.counters["GB/s"] = benchmark::Counter((backward ? 5.0 : 3.0) * double(x.bytes()) * 1e-9,
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// The memory's copy rate as a plain streaming kernel reaches it (y = x over fp32, axpby with b = 0):
+// the yardstick of the fused kernels' GB/s. args = megabytes copied.
+template <class B>
+void StreamCopy(benchmark::State& state) {
+    auto ctx = context_or_skip<B>(state, DType::f32);
+    if (!ctx) return;
+    const std::size_t n = std::size_t(state.range(0)) << 18;  // MB / 4 bytes
+    float* x = ctx->arena.allocate_floats(n);
+    float* y = ctx->arena.allocate_floats(n);
+    B::fill_zero(*ctx, x, n);
+    for (auto _ : state) {
+        B::axpby(*ctx, 1.f, x, 0.f, y, n);
+        Device<B>::sync(*ctx);
+    }
+    state.counters["GB/s"] =
+        benchmark::Counter(2.0 * double(n) * sizeof(float) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // ---- one bottleneck, and a whole training step ------------------------------------------------------
 
 template <class B, DType Precision = DType::f32>
@@ -367,6 +414,15 @@ BENCHMARK_TEMPLATE(BatchNormForwardTraining, cpu::Backend)
     ->Args({8, 56, 256})
     ->Args({8, 14, 1024})
     ->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BatchNormReLUTraining, cpu::Backend, false)
+    ->Name("BatchNormReLUTraining/cpu/forward")
+    ->Args({8, 56, 64})
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BatchNormReLUTraining, cpu::Backend, true)
+    ->Name("BatchNormReLUTraining/cpu/backward")
+    ->Args({8, 56, 64})
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(StreamCopy, cpu::Backend)->Name("StreamCopy/cpu")->Arg(64)->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BottleneckForwardBackward, cpu::Backend)->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(ResNet50TrainingStep, cpu::Backend)->Arg(8)->Iterations(2)->Unit(benchmark::kMillisecond);
 #ifdef TESSERA_WITH_CUDA
@@ -386,6 +442,24 @@ BENCHMARK_TEMPLATE(BatchNormForwardTraining, cuda::Backend, DType::bf16)
     ->Args({8, 14, 1024})
     ->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(BottleneckForwardBackward, cuda::Backend, DType::bf16)->Unit(benchmark::kMillisecond);
+// The fused element-wise kernels at batch 256, at layer1's sizes (bn1 and bn2: 64 channels at 56x56;
+// a block's output: 256) and layer4's (512 at 7x7; 2048), against the card's copy rate.
+void fused_sizes(benchmark::internal::Benchmark* b) {
+    for (const auto& args :
+         std::vector<std::vector<std::int64_t>>{{256, 56, 64}, {256, 56, 256}, {256, 7, 512}, {256, 7, 2048}})
+        b->Args(args);
+    b->Unit(benchmark::kMillisecond);
+}
+BENCHMARK_TEMPLATE(BatchNormReLUTraining, cuda::Backend, false, DType::bf16)
+    ->Name("BatchNormReLUTraining/cuda/forward/bf16")
+    ->Apply(fused_sizes);
+BENCHMARK_TEMPLATE(BatchNormReLUTraining, cuda::Backend, true, DType::bf16)
+    ->Name("BatchNormReLUTraining/cuda/backward/bf16")
+    ->Apply(fused_sizes);
+BENCHMARK_TEMPLATE(BatchNormReLUTraining, cuda::Backend, false, DType::f32)
+    ->Name("BatchNormReLUTraining/cuda/forward/fp32")
+    ->Apply(fused_sizes);
+BENCHMARK_TEMPLATE(StreamCopy, cuda::Backend)->Name("StreamCopy/cuda")->Arg(1024)->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(ResNet50TrainingStep, cuda::Backend, DType::bf16)->Arg(256)->Unit(benchmark::kMillisecond);
 #endif
 

@@ -52,6 +52,7 @@ struct Context::Impl {
     cudnnHandle_t cudnn{};
     cublasHandle_t cublas{};
     void* workspace = nullptr;
+    void* withheld = nullptr;   // TESSERA_DEVICE_MEMORY_GIB's (device_memory_limit)
     AlgorithmCache algorithms;  // each convolution's, found with cudnnFind*AlgorithmEx
     std::size_t baseline_bytes = 0;
     // Per-step host staging for labels and results.
@@ -102,6 +103,30 @@ inline std::size_t used_device_bytes() {
     return total - free_bytes;
 }
 
+// TESSERA_DEVICE_MEMORY_GIB=G makes this process see a card of G GiB: whatever the device has beyond
+// G is allocated here and never used, so a run that needs more fails as it would on the smaller
+// card. For showing on a large card that a recipe fits a small one (the seed's 24 GB A10G).
+inline void* withhold_device_memory() {
+    const char* text = std::getenv("TESSERA_DEVICE_MEMORY_GIB");
+    if (!text || !*text) return nullptr;
+    char* end = nullptr;
+    const double gib = std::strtod(text, &end);
+    if (*end != '\0' || !(gib > 0))
+        throw user_error("TESSERA_DEVICE_MEMORY_GIB", "\"" + std::string(text) + "\" is not a positive number of GiB",
+                         "set it to the memory of the card to emulate, e.g. 24, or unset it");
+    std::size_t free_bytes = 0, total = 0;
+    TESSERA_CUDA(cudaMemGetInfo(&free_bytes, &total));
+    const auto limit = std::size_t(gib * double(std::size_t(1) << 30));
+    if (limit >= total) return nullptr;
+    void* withheld = nullptr;
+    // Fails only where others already hold more than total - limit: then less than the limit is free.
+    if (cudaMalloc(&withheld, total - limit) != cudaSuccess) {
+        cudaGetLastError();
+        return nullptr;
+    }
+    return withheld;
+}
+
 Context::Context(Settings s) : activations(s.compute), settings(s), impl(std::make_unique<Impl>()) {
     std::string why;
     if (!device_available(&why))
@@ -113,6 +138,7 @@ Context::Context(Settings s) : activations(s.compute), settings(s), impl(std::ma
                              std::to_string(CUDNN_VERSION) + " tessera was built with",
                          "install cuDNN " + std::to_string(CUDNN_MAJOR) + " or newer");
     TESSERA_CUDA(cudaSetDevice(s.device));
+    impl->withheld = withhold_device_memory();
     impl->baseline_bytes = used_device_bytes();
     TESSERA_CUDA(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
     TESSERA_CUDA(cudnnCreate(&impl->cudnn));
@@ -140,6 +166,7 @@ Context::~Context() {
                          impl->profile_ms[name].second);
     }
     cudaFree(impl->workspace);
+    cudaFree(impl->withheld);
     cudaFreeHost(impl->labels);
     cudaFreeHost(impl->losses);
     cudaFreeHost(impl->ranks);
