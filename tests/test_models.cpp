@@ -113,6 +113,31 @@ TEST(Models, UnknownArchitectureListsTheKnownOnes) {
     }
 }
 
+// The residual sum goes into the branch's output when the branch ends in a BatchNorm, whose backward
+// never reads its output (torchvision's `out += identity`): one activation fewer per block. The same
+// block with an Identity after the BatchNorm cannot say so, and allocates the sum apart; both give
+// the same values.
+TEST(Models, ResidualSumReusesTheBranchOutput) {
+    using InPlace = Residual<Seq<Conv<4, 3>, BatchNorm<BlockOutput>>, Projection<4, 1>>;
+    using Apart = Residual<Seq<Conv<4, 3>, BatchNorm<BlockOutput>, Identity>, Projection<4, 1>>;
+    const Shape in{2, 4, 4, 4};  // 128 floats: 512 bytes, a whole number of the arena's alignment
+    std::vector<float> x(in.size());
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = std::sin(float(i));
+    auto run = [&]<class Spec>(Spec) {
+        Bound<Spec, 4> b;
+        Rng rng(3);
+        b.layer.init(rng, {});
+        cpu::Context ctx(1);
+        ctx.training = true;
+        const Tensor y = b.layer.forward(ctx, Tensor{x.data(), in});
+        return std::pair{std::vector<float>(y.data, y.data + y.size()), ctx.arena.in_use()};
+    };
+    const auto [in_place, in_place_bytes] = run(InPlace{});
+    const auto [apart, apart_bytes] = run(Apart{});
+    EXPECT_EQ(in_place, apart);
+    EXPECT_EQ(apart_bytes - in_place_bytes, in.size() * sizeof(float));
+}
+
 TEST(Models, KaimingFanOutInitAndZeroInitResidual) {
     auto net = make("resnet18", 10);
     net->init(5, {true});

@@ -65,6 +65,9 @@ public:
         return dx;
     }
 
+    /// Backward reads x and the saved statistics; the output only for a ReLU's mask.
+    bool output_is_scratch() const { return !then_relu_; }
+
     void visit(ParamVisitor& v) {
         v.param("weight", {channels_}, Role::bn_weight, gamma_, gamma_grad_);
         v.param("bias", {channels_}, Role::bn_bias, beta_, beta_grad_);

@@ -17,6 +17,8 @@
 //   void   init(Rng&, const InitOptions&)
 //   Shape  describe(Describer&, Shape in) const    // a row per leaf for `runner info`
 //   int    trace(Tracer&, int x) const             // its operations in the inference graph (graph.hpp)
+// and may have
+//   bool   output_is_scratch() const               // its output may be overwritten (ReportsScratchOutput)
 #include <concepts>
 #include <type_traits>
 #include <cstdint>
@@ -166,6 +168,22 @@ concept LayerSpec = requires(const BindOptions& options) {
     { Spec::template bind<In, B>(options) } -> Layer;
 }
 &&std::same_as<typename decltype(Spec::template bind<In, B>(BindOptions{}))::Context, typename B::Context>;
+
+/// A layer whose forward output is a tensor of its own that its backward never reads says so with
+/// `bool output_is_scratch() const`: the layer that consumes the output may then overwrite it, as the
+/// residual sum goes into the branch's output (torchvision's Bottleneck: `out += identity`). The
+/// default, for a layer that does not say, is no: its output may be its input, or kept for backward.
+template <class L>
+concept ReportsScratchOutput = requires(const L& layer) {
+    { layer.output_is_scratch() } -> std::same_as<bool>;
+};
+template <class L>
+bool output_is_scratch(const L& layer) {
+    if constexpr (ReportsScratchOutput<L>)
+        return layer.output_is_scratch();
+    else
+        return false;
+}
 
 /// A spec that can run the ReLU that follows it in the same passes: `with_relu` names the spec that
 /// does both (BatchNorm<P, true> for BatchNorm<P>). Seq binds it in place of the pair.

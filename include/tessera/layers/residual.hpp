@@ -27,6 +27,10 @@ public:
         Tensor a = branch_.forward(ctx, x);
         ctx.input_is_private = false;
         Tensor b = shortcut_.forward(ctx, x);
+        if (output_is_scratch(branch_)) {  // bn3's output: the sum goes in place, a tensor saved
+            B::accumulate(ctx, b, a);
+            return a;
+        }
         Tensor y = ctx.arena.tensor(a.shape, a.dtype);
         B::add(ctx, a, b, y);
         return y;

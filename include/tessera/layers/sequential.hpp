@@ -52,6 +52,12 @@ public:
         backward_from<sizeof...(Layers)>(ctx, g, dy);
         return g;
     }
+    bool output_is_scratch() const {
+        if constexpr (sizeof...(Layers) == 0)
+            return false;
+        else
+            return layers::output_is_scratch(std::get<sizeof...(Layers) - 1>(layers_));
+    }
     void visit(ParamVisitor& v) {
         std::apply([&](auto&... l) { (visit_child(v, l, [&](auto& c) { c.visit(v); }), ...); }, layers_);
     }
@@ -145,6 +151,7 @@ public:
     Shape output_shape(Shape in) const { return inner_.output_shape(in); }
     Tensor forward(Context& ctx, const Tensor& x) { return inner_.forward(ctx, x); }
     Tensor backward(Context& ctx, const Tensor& dy) { return inner_.backward(ctx, dy); }
+    bool output_is_scratch() const { return layers::output_is_scratch(inner_); }
     void visit(ParamVisitor& v) {
         v.push(name_);
         inner_.visit(v);
