@@ -223,7 +223,7 @@ int bench(const std::vector<std::string>& raw) {
         std::size_t allocated = ctx->arena.capacity_bytes() + ctx->grads.capacity_bytes() +
                                 sizeof(float) * (2 * store.values.size() + store.buffers.size());
         for (const auto& [name, values] : sgd->state()) allocated += sizeof(float) * values.size();
-        if constexpr (B::has_device_memory) allocated += ctx->settings.workspace_limit;
+        if constexpr (B::has_device_memory) allocated += ctx->workspace_bytes();
         if (forward) allocated += forward->bytes();
         if (args.flag("json")) {
             std::printf(

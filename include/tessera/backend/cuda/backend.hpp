@@ -33,7 +33,7 @@ struct Settings {
     int device = 0;
     bool tf32 = true;                                    // let cuDNN and cuBLAS use TF32 tensor cores for fp32
     DType compute = DType::f32;                          // activations: fp32, or bf16 / fp16 (mixed precision)
-    std::size_t workspace_limit = std::size_t(1) << 30;  // cuDNN workspace, bytes
+    std::size_t workspace_limit = std::size_t(1) << 30;  // the most cuDNN's workspace may take, bytes
 };
 
 /// Is a CUDA device there? Never throws; `why` says what is missing when not.
@@ -62,6 +62,8 @@ public:
     void synchronize();
     /// Bytes of device memory this process holds now (cudaMemGetInfo), for peak-memory reports.
     std::size_t device_bytes_in_use() const;
+    /// Bytes of cuDNN workspace held now: what the chosen algorithms need, not workspace_limit.
+    std::size_t workspace_bytes() const;
 };
 
 /// The device copy of a network's three flat buffers: `values` parameters, as many gradients (zeroed),

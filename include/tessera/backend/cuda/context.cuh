@@ -51,7 +51,10 @@ struct Context::Impl {
     cudaStream_t stream{};
     cudnnHandle_t cudnn{};
     cublasHandle_t cublas{};
+    // cuDNN's workspace: as large as the largest need of an algorithm run so far (grow_workspace);
+    // the searches take workspace_limit apart, for the time they run (FindWorkspace).
     void* workspace = nullptr;
+    std::size_t workspace_bytes = 0;
     void* withheld = nullptr;   // TESSERA_DEVICE_MEMORY_GIB's (device_memory_limit)
     AlgorithmCache algorithms;  // each convolution's, found with cudnnFind*AlgorithmEx
     std::size_t baseline_bytes = 0;
@@ -149,7 +152,6 @@ Context::Context(Settings s) : activations(s.compute), settings(s), impl(std::ma
     TESSERA_CUDA(cublasSetMathMode(impl->cublas, s.compute != DType::f32 ? CUBLAS_DEFAULT_MATH
                                                  : s.tf32                ? CUBLAS_TF32_TENSOR_OP_MATH
                                                                          : CUBLAS_PEDANTIC_MATH));
-    TESSERA_CUDA(cudaMalloc(&impl->workspace, std::max<std::size_t>(s.workspace_limit, 1)));
 }
 
 Context::~Context() {
@@ -177,6 +179,7 @@ Context::~Context() {
 }
 
 void Context::synchronize() { TESSERA_CUDA(cudaStreamSynchronize(impl->stream)); }
+std::size_t Context::workspace_bytes() const { return impl->workspace_bytes; }
 std::size_t Context::device_bytes_in_use() const {
     return used_device_bytes() - std::min(used_device_bytes(), impl->baseline_bytes);
 }

@@ -62,26 +62,70 @@ ConvChoice fastest(const Perf* perf, int found, int batch, const char* call) {
     throw internal_error(call, "no algorithm for this convolution");
 }
 
+// cuDNN's workspace, at least `bytes` of it. It grows to the largest need of the algorithms chosen
+// (all of them are met in the first step) and never shrinks, so no later step allocates: PyTorch
+// likewise holds only what the chosen algorithms ask for, not a fixed limit. Work queued on the
+// stream may still use the old one, so the stream is drained before it is freed.
+inline void* grow_workspace(Context& ctx, std::size_t bytes) {
+    auto& impl = *ctx.impl;
+    if (bytes <= impl.workspace_bytes) return impl.workspace;
+    TESSERA_CUDA(cudaStreamSynchronize(impl.stream));
+    TESSERA_CUDA(cudaFree(impl.workspace));
+    impl.workspace = nullptr;
+    impl.workspace_bytes = 0;
+    TESSERA_CUDA(cudaMalloc(&impl.workspace, bytes));
+    impl.workspace_bytes = bytes;
+    return impl.workspace;
+}
+
+// The scratch a search (cudnnFind*AlgorithmEx, which returns when its timings are done) may try
+// algorithms in: workspace_limit, or half as much again and again down to 16 MiB where the card has
+// less free (cudnnFind then skips the algorithms that need more), for as long as the search runs.
+struct FindWorkspace {
+    void* data = nullptr;
+    std::size_t bytes = 0;
+    explicit FindWorkspace(const Context& ctx) {
+        for (bytes = ctx.settings.workspace_limit; bytes > 0; bytes = bytes / 2 >= (16u << 20) ? bytes / 2 : 0) {
+            if (cudaMalloc(&data, bytes) == cudaSuccess) return;
+            cudaGetLastError();  // the failed allocation is not an error of the next call
+        }
+        data = nullptr;
+    }
+    ~FindWorkspace() { cudaFree(data); }
+    FindWorkspace(const FindWorkspace&) = delete;
+    FindWorkspace& operator=(const FindWorkspace&) = delete;
+};
+
+// What a convolution call runs: the algorithm and math type, and the workspace it needs at this batch.
+struct ConvAlgorithm {
+    ConvChoice choice;
+    void* workspace = nullptr;
+    std::size_t workspace_bytes = 0;
+};
+
 // The algorithm for this convolution and pass (algorithm_cache.hpp says when one is measured), with its
-// math type set on the descriptor. `find` measures (cudnnFind*AlgorithmEx); `workspace(choice)` is
-// the workspace a remembered choice needs at this batch, which must fit the workspace there is.
+// math type set on the descriptor and the workspace it needs. `find(scratch)` measures
+// (cudnnFind*AlgorithmEx) in the scratch given; `workspace(choice)` is the workspace a choice needs
+// at this batch, which must fit workspace_limit.
 template <class Find, class Workspace>
-ConvChoice algorithm(Context& ctx, const ConvDescriptors& d, const ConvGeometry& g, Shape x, ConvPass pass, Find find,
-                     Workspace workspace) {
+ConvAlgorithm algorithm(Context& ctx, const ConvDescriptors& d, const ConvGeometry& g, Shape x, ConvPass pass,
+                        Find find, Workspace workspace) {
     const ConvKey key = conv_key(g, x, pass, ctx.activations, ctx.settings.tf32);
     const ConvChoice* known = ctx.impl->algorithms.find(key, x.n);
     ConvChoice choice;
     if (known && workspace(*known) <= ctx.settings.workspace_limit) {
         choice = *known;
     } else {
-        choice = find();
+        const FindWorkspace scratch(ctx);
+        choice = find(scratch);
         ctx.impl->algorithms.remember(key, choice);
     }
     // fp32 without TF32 runs in FMA math only: Find was asked in it, and PyTorch asserts that it
     // reports no other (ASSERT_CORRECT_PRECISION); kept so, whatever a later cuDNN reports.
     if (ctx.activations == DType::f32 && !ctx.settings.tf32) choice.math_type = int(CUDNN_FMA_MATH);
     TESSERA_CUDA(cudnnSetConvolutionMathType(d.conv.d, cudnnMathType_t(choice.math_type)));
-    return choice;
+    const std::size_t bytes = workspace(choice);
+    return {choice, grow_workspace(ctx, bytes), bytes};
 }
 
 }  // namespace detail
@@ -151,14 +195,14 @@ void Backend::conv_forward(Context& ctx, const Tensor& x, const float* w, const 
     const ConvOperands op(ctx, x, g);
     const ConvDescriptors d(op.g, op.x.shape, x.dtype, ctx.settings.tf32);
     const void* weights = op.filters(ctx, w, g.in_channels);
-    const auto choice = algorithm(
+    const auto run = algorithm(
         ctx, d, op.g, op.x.shape, ConvPass::forward,
-        [&] {
+        [&](const FindWorkspace& scratch) {
             cudnnConvolutionFwdAlgoPerf_t perf[8];
             int found = 0;
             TESSERA_CUDA(cudnnFindConvolutionForwardAlgorithmEx(impl.cudnn, d.x.d, op.x.data, d.w.d, weights, d.conv.d,
-                                                                d.y.d, y.data, 8, &found, perf, impl.workspace,
-                                                                ctx.settings.workspace_limit));
+                                                                d.y.d, y.data, 8, &found, perf, scratch.data,
+                                                                scratch.bytes));
             return fastest(perf, found, x.shape.n, "cudnnFindConvolutionForwardAlgorithmEx");
         },
         [&](const ConvChoice& c) {
@@ -169,8 +213,8 @@ void Backend::conv_forward(Context& ctx, const Tensor& x, const float* w, const 
         });
     const float one = 1.f, zero = 0.f;
     TESSERA_CUDA(cudnnConvolutionForward(impl.cudnn, &one, d.x.d, op.x.data, d.w.d, weights, d.conv.d,
-                                         cudnnConvolutionFwdAlgo_t(choice.algorithm), impl.workspace,
-                                         ctx.settings.workspace_limit, &zero, d.y.d, y.data));
+                                         cudnnConvolutionFwdAlgo_t(run.choice.algorithm), run.workspace,
+                                         run.workspace_bytes, &zero, d.y.d, y.data));
     ctx.arena.release(mark);
 }
 
@@ -194,17 +238,17 @@ void Backend::conv_backward(Context& ctx, const Tensor& x, const float* w, const
     void* filter_grad =
         into_dw ? static_cast<void*>(dw) : ctx.arena.allocate_bytes(weight_count * element_bytes(x.dtype));
     const float& filter_beta = into_dw ? one : zero;
-    const auto filter_choice = algorithm(
+    const auto filter = algorithm(
         ctx, d, op.g, op.x.shape, ConvPass::backward_filter,
-        [&] {
+        [&](const FindWorkspace& scratch) {
             // The search writes its output: give it scratch, not the gradients being accumulated.
             const auto search_mark = ctx.arena.mark();
-            float* scratch = ctx.arena.allocate_bytes(weight_count * element_bytes(x.dtype));
+            float* output = ctx.arena.allocate_bytes(weight_count * element_bytes(x.dtype));
             cudnnConvolutionBwdFilterAlgoPerf_t perf[8];
             int found = 0;
             TESSERA_CUDA(cudnnFindConvolutionBackwardFilterAlgorithmEx(impl.cudnn, d.x.d, op.x.data, d.y.d, dy.data,
-                                                                       d.conv.d, d.w.d, scratch, 8, &found, perf,
-                                                                       impl.workspace, ctx.settings.workspace_limit));
+                                                                       d.conv.d, d.w.d, output, 8, &found, perf,
+                                                                       scratch.data, scratch.bytes));
             ctx.arena.release(search_mark);
             return fastest(perf, found, x.shape.n, "cudnnFindConvolutionBackwardFilterAlgorithmEx");
         },
@@ -217,8 +261,8 @@ void Backend::conv_backward(Context& ctx, const Tensor& x, const float* w, const
     {
         detail::OpTimer filter_timer(ctx, "conv backward filter");
         TESSERA_CUDA(cudnnConvolutionBackwardFilter(impl.cudnn, &one, d.x.d, op.x.data, d.y.d, dy.data, d.conv.d,
-                                                    cudnnConvolutionBwdFilterAlgo_t(filter_choice.algorithm),
-                                                    impl.workspace, ctx.settings.workspace_limit, &filter_beta, d.w.d,
+                                                    cudnnConvolutionBwdFilterAlgo_t(filter.choice.algorithm),
+                                                    filter.workspace, filter.workspace_bytes, &filter_beta, d.w.d,
                                                     filter_grad));
         if (!into_dw)
             with_element_type(x.dtype, [&](auto t) {
@@ -233,14 +277,14 @@ void Backend::conv_backward(Context& ctx, const Tensor& x, const float* w, const
         const void* weights = op.filters(ctx, w, g.in_channels);
         // With a padded input, cuDNN's input gradient is padded too: scratch, then sliced into dx.
         const Tensor data_grad = op.padded ? ctx.arena.tensor(op.x.shape, x.dtype) : dx;
-        const auto data_choice = algorithm(
+        const auto data = algorithm(
             ctx, d, op.g, op.x.shape, ConvPass::backward_data,
-            [&] {
+            [&](const FindWorkspace& scratch) {
                 cudnnConvolutionBwdDataAlgoPerf_t perf[8];
                 int found = 0;
-                TESSERA_CUDA(cudnnFindConvolutionBackwardDataAlgorithmEx(
-                    impl.cudnn, d.w.d, weights, d.y.d, dy.data, d.conv.d, d.x.d, data_grad.data, 8, &found, perf,
-                    impl.workspace, ctx.settings.workspace_limit));
+                TESSERA_CUDA(cudnnFindConvolutionBackwardDataAlgorithmEx(impl.cudnn, d.w.d, weights, d.y.d, dy.data,
+                                                                         d.conv.d, d.x.d, data_grad.data, 8, &found,
+                                                                         perf, scratch.data, scratch.bytes));
                 return fastest(perf, found, x.shape.n, "cudnnFindConvolutionBackwardDataAlgorithmEx");
             },
             [&](const ConvChoice& c) {
@@ -251,8 +295,8 @@ void Backend::conv_backward(Context& ctx, const Tensor& x, const float* w, const
             });
         detail::OpTimer data_timer(ctx, "conv backward data");
         TESSERA_CUDA(cudnnConvolutionBackwardData(impl.cudnn, &one, d.w.d, weights, d.y.d, dy.data, d.conv.d,
-                                                  cudnnConvolutionBwdDataAlgo_t(data_choice.algorithm), impl.workspace,
-                                                  ctx.settings.workspace_limit, &zero, d.x.d, data_grad.data));
+                                                  cudnnConvolutionBwdDataAlgo_t(data.choice.algorithm), data.workspace,
+                                                  data.workspace_bytes, &zero, d.x.d, data_grad.data));
         if (op.padded)
             with_element_type(x.dtype, [&](auto t) {
                 using T = decltype(t);
