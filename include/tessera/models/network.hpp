@@ -155,6 +155,18 @@ protected:
     Network(std::string arch, int in_channels, int num_classes)
         : arch_(std::move(arch)), in_channels_(in_channels), num_classes_(num_classes) {}
 
+    /// On a backend that keeps the weights in the compute type for a forward and its backward (CUDA
+    /// in bf16 and fp16: one cast of the whole buffer, not one per layer and pass), from the start
+    /// of a forward until the weights may change: the end of the backward, or of an evaluation's
+    /// forward.
+    void begin_weight_copies(Context& ctx) {
+        if constexpr (requires { B::begin_weight_copies(ctx, working().values, std::size_t{}); })
+            B::begin_weight_copies(ctx, working().values, params_.values.size());
+    }
+    void end_weight_copies(Context& ctx) {
+        if constexpr (requires { B::end_weight_copies(ctx); }) B::end_weight_copies(ctx);
+    }
+
     /// Gives the layers device memory when the backend has its own; call once the host store is bound.
     template <class Layer>
     void place(Layer& net) {
@@ -192,11 +204,15 @@ public:
     Tensor forward(Context& ctx, const Tensor& x) override {
         ctx.network_input = x.data;
         ctx.input_is_private = false;  // the caller's images are never overwritten
-        return net_.forward(ctx, x);
+        this->begin_weight_copies(ctx);
+        const Tensor logits = net_.forward(ctx, x);
+        if (!ctx.training) this->end_weight_copies(ctx);
+        return logits;
     }
     void backward(Context& ctx, const Tensor& dlogits) override {
         const Tensor dx = net_.backward(ctx, dlogits);  // null at the network's input, else a pooled gradient
         if (dx.data != dlogits.data) ctx.grads.release(dx);
+        this->end_weight_copies(ctx);
     }
     Shape output_shape(Shape in) const override { return net_.output_shape(in); }
     std::vector<layers::Describer::Row> describe(Shape in) const override {

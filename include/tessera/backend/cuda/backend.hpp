@@ -107,6 +107,13 @@ struct Backend {
     static void scale(Context& ctx, float* y, std::size_t n, float a);
     static double sum_squares(Context& ctx, const float* x, std::size_t n);
 
+    /// The network's `count` fp32 weights at `values` cast to the compute type (bf16, fp16) once, for
+    /// the convolutions and the classifier of one forward and its backward, instead of once per layer
+    /// and pass; end_weight_copies() when the weights may change (models/network.hpp calls both).
+    /// Nothing in fp32.
+    static void begin_weight_copies(Context& ctx, const float* values, std::size_t count);
+    static void end_weight_copies(Context& ctx);
+
     static void conv_forward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& y);
     static void conv_backward(Context& ctx, const Tensor& x, const float* w, const ConvGeometry& g, const Tensor& dy,
                               float* dw, const Tensor& dx);

@@ -55,6 +55,14 @@ struct Context::Impl {
     // the searches take workspace_limit apart, for the time they run (FindWorkspace).
     void* workspace = nullptr;
     std::size_t workspace_bytes = 0;
+    // The network's weights in the compute type, valid from begin_weight_copies to end_weight_copies.
+    struct WeightCopy {
+        const float* values = nullptr;  // the fp32 weights copied
+        std::size_t count = 0;
+        void* copy = nullptr;  // count values of the compute type, in a buffer of capacity bytes
+        std::size_t capacity = 0;
+        bool valid = false;
+    } weights;
     void* withheld = nullptr;   // TESSERA_DEVICE_MEMORY_GIB's (device_memory_limit)
     AlgorithmCache algorithms;  // each convolution's, found with cudnnFind*AlgorithmEx
     std::size_t baseline_bytes = 0;
@@ -168,6 +176,7 @@ Context::~Context() {
                          impl->profile_ms[name].second);
     }
     cudaFree(impl->workspace);
+    cudaFree(impl->weights.copy);
     cudaFree(impl->withheld);
     cudaFreeHost(impl->labels);
     cudaFreeHost(impl->losses);
@@ -234,12 +243,16 @@ void launch(Context& ctx, void (*kernel)(Params...), std::size_t n, Args... args
 }
 
 // n fp32 values (a layer's master weights, the logits' gradient) as the compute type T: the values
-// themselves for fp32, else a copy cast into the arena (released with the caller's mark). Weights
-// are cast as each layer runs: one pass over them, and never a copy older than the weights.
+// themselves for fp32; the network's copy while one is valid (begin_weight_copies: cast once per
+// forward and backward, never older than the weights); else a copy cast into the arena (released
+// with the caller's mark).
 template <class T>
 const T* converted(Context& ctx, const float* values, std::size_t n) {
+    const auto& w = ctx.impl->weights;
     if constexpr (std::is_same_v<T, float>) {
         return values;
+    } else if (w.valid && values >= w.values && values + n <= w.values + w.count) {
+        return static_cast<const T*>(w.copy) + (values - w.values);  // the copy is of the compute type, as T
     } else {
         T* copy = reinterpret_cast<T*>(ctx.arena.allocate_bytes(n * sizeof(T)));
         if (n) kernels::cast<<<kernels::blocks_for(n), kernels::threads, 0, ctx.impl->stream>>>(values, copy, n);
@@ -254,5 +267,28 @@ inline const void* converted(Context& ctx, const float* values, std::size_t n, D
 }
 
 }  // namespace detail
+
+void Backend::begin_weight_copies(Context& ctx, const float* values, std::size_t count) {
+    auto& w = ctx.impl->weights;
+    w.valid = false;
+    if (ctx.activations == DType::f32 || count == 0) return;
+    const std::size_t bytes = count * element_bytes(ctx.activations);
+    if (bytes > w.capacity) {  // the first forward: the buffer stays for the run
+        TESSERA_CUDA(cudaStreamSynchronize(ctx.impl->stream));
+        TESSERA_CUDA(cudaFree(w.copy));
+        w.copy = nullptr;
+        w.capacity = 0;
+        TESSERA_CUDA(cudaMalloc(&w.copy, bytes));
+        w.capacity = bytes;
+    }
+    detail::with_element_type(ctx.activations, [&](auto e) {
+        using T = decltype(e);
+        detail::launch(ctx, kernels::cast<T>, count, values, static_cast<T*>(w.copy), count);
+    });
+    w.values = values;
+    w.count = count;
+    w.valid = true;
+}
+void Backend::end_weight_copies(Context& ctx) { ctx.impl->weights.valid = false; }
 
 }  // namespace tessera::cuda
