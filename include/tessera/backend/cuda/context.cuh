@@ -47,20 +47,42 @@ bool device_available(std::string* why) {
     return true;
 }
 
+// Device memory that grows to the largest size asked of it and never shrinks, so that only a run's
+// first step allocates (cuDNN's workspace, the weights' copy). Work queued on the stream may still
+// use the old block, so the stream is drained before it is freed.
+struct GrowingBuffer {
+    void* data = nullptr;
+    std::size_t bytes = 0;
+
+    void* reserve(cudaStream_t stream, std::size_t wanted) {
+        if (wanted <= bytes) return data;
+        TESSERA_CUDA(cudaStreamSynchronize(stream));
+        TESSERA_CUDA(cudaFree(data));
+        data = nullptr;
+        bytes = 0;
+        TESSERA_CUDA(cudaMalloc(&data, wanted));
+        bytes = wanted;
+        return data;
+    }
+    GrowingBuffer() = default;
+    GrowingBuffer(const GrowingBuffer&) = delete;
+    GrowingBuffer& operator=(const GrowingBuffer&) = delete;
+    ~GrowingBuffer() { cudaFree(data); }
+};
+
 struct Context::Impl {
     cudaStream_t stream{};
     cudnnHandle_t cudnn{};
     cublasHandle_t cublas{};
-    // cuDNN's workspace: as large as the largest need of an algorithm run so far (grow_workspace);
-    // the searches take workspace_limit apart, for the time they run (FindWorkspace).
-    void* workspace = nullptr;
-    std::size_t workspace_bytes = 0;
+    // cuDNN's workspace: as large as the largest need of an algorithm run so far; the searches take
+    // workspace_limit apart, for the time they run (conv.cuh's FindWorkspace).
+    GrowingBuffer workspace;
     // The network's weights in the compute type, valid from begin_weight_copies to end_weight_copies.
     struct WeightCopy {
         const float* values = nullptr;  // the fp32 weights copied
         std::size_t count = 0;
-        void* copy = nullptr;  // count values of the compute type, in a buffer of capacity bytes
-        std::size_t capacity = 0;
+        DType type = DType::f32;  // of the copy
+        GrowingBuffer copy;
         bool valid = false;
     } weights;
     void* withheld = nullptr;   // TESSERA_DEVICE_MEMORY_GIB's (device_memory_limit)
@@ -175,8 +197,6 @@ Context::~Context() {
             std::fprintf(stderr, "profile: %-28s %10.1f ms %6.1f%% %8ld calls\n", name.c_str(), ms, 100 * ms / total,
                          impl->profile_ms[name].second);
     }
-    cudaFree(impl->workspace);
-    cudaFree(impl->weights.copy);
     cudaFree(impl->withheld);
     cudaFreeHost(impl->labels);
     cudaFreeHost(impl->losses);
@@ -188,7 +208,7 @@ Context::~Context() {
 }
 
 void Context::synchronize() { TESSERA_CUDA(cudaStreamSynchronize(impl->stream)); }
-std::size_t Context::workspace_bytes() const { return impl->workspace_bytes; }
+std::size_t Context::workspace_bytes() const { return impl->workspace.bytes; }
 std::size_t Context::device_bytes_in_use() const {
     return used_device_bytes() - std::min(used_device_bytes(), impl->baseline_bytes);
 }
@@ -251,8 +271,9 @@ const T* converted(Context& ctx, const float* values, std::size_t n) {
     const auto& w = ctx.impl->weights;
     if constexpr (std::is_same_v<T, float>) {
         return values;
-    } else if (w.valid && values >= w.values && values + n <= w.values + w.count) {
-        return static_cast<const T*>(w.copy) + (values - w.values);  // the copy is of the compute type, as T
+    } else if (constexpr DType type = std::is_same_v<T, __half> ? DType::f16 : DType::bf16;
+               w.valid && w.type == type && values >= w.values && values + n <= w.values + w.count) {
+        return static_cast<const T*>(w.copy.data) + (values - w.values);
     } else {
         T* copy = reinterpret_cast<T*>(ctx.arena.allocate_bytes(n * sizeof(T)));
         if (n) kernels::cast<<<kernels::blocks_for(n), kernels::threads, 0, ctx.impl->stream>>>(values, copy, n);
@@ -272,21 +293,14 @@ void Backend::begin_weight_copies(Context& ctx, const float* values, std::size_t
     auto& w = ctx.impl->weights;
     w.valid = false;
     if (ctx.activations == DType::f32 || count == 0) return;
-    const std::size_t bytes = count * element_bytes(ctx.activations);
-    if (bytes > w.capacity) {  // the first forward: the buffer stays for the run
-        TESSERA_CUDA(cudaStreamSynchronize(ctx.impl->stream));
-        TESSERA_CUDA(cudaFree(w.copy));
-        w.copy = nullptr;
-        w.capacity = 0;
-        TESSERA_CUDA(cudaMalloc(&w.copy, bytes));
-        w.capacity = bytes;
-    }
+    void* copy = w.copy.reserve(ctx.impl->stream, count * element_bytes(ctx.activations));
     detail::with_element_type(ctx.activations, [&](auto e) {
         using T = decltype(e);
-        detail::launch(ctx, kernels::cast<T>, count, values, static_cast<T*>(w.copy), count);
+        detail::launch(ctx, kernels::cast<T>, count, values, static_cast<T*>(copy), count);
     });
     w.values = values;
     w.count = count;
+    w.type = ctx.activations;
     w.valid = true;
 }
 void Backend::end_weight_copies(Context& ctx) { ctx.impl->weights.valid = false; }

@@ -32,6 +32,11 @@ struct FilterDesc {  // KRSC = tessera's OHWI
     }
     ~FilterDesc() { cudnnDestroyFilterDescriptor(d); }
 };
+// The math type a convolution's descriptor is made with, and searched in: tensor cores for bf16 and
+// fp16, and for fp32 when TF32 is allowed.
+inline cudnnMathType_t search_math_type(DType t, bool tf32) {
+    return t != DType::f32 || tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
+}
 // Accumulation in fp32 whatever the data type (cuDNN's PSEUDO_HALF and PSEUDO_BFLOAT16 configurations);
 // tensor cores for bf16 and fp16, and for fp32 when TF32 is allowed.
 struct ConvDesc {
@@ -40,7 +45,7 @@ struct ConvDesc {
         TESSERA_CUDA(cudnnCreateConvolutionDescriptor(&d));
         TESSERA_CUDA(cudnnSetConvolution2dDescriptor(d, g.pad, g.pad, g.stride, g.stride, 1, 1, CUDNN_CROSS_CORRELATION,
                                                      CUDNN_DATA_FLOAT));
-        TESSERA_CUDA(cudnnSetConvolutionMathType(d, t != DType::f32 || tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH));
+        TESSERA_CUDA(cudnnSetConvolutionMathType(d, search_math_type(t, tf32)));
     }
     ~ConvDesc() { cudnnDestroyConvolutionDescriptor(d); }
 };
@@ -60,22 +65,6 @@ ConvChoice fastest(const Perf* perf, int found, int batch, const char* call) {
     for (int i = 0; i < found; ++i)
         if (perf[i].status == CUDNN_STATUS_SUCCESS) return {int(perf[i].algo), int(perf[i].mathType), batch};
     throw internal_error(call, "no algorithm for this convolution");
-}
-
-// cuDNN's workspace, at least `bytes` of it. It grows to the largest need of the algorithms chosen
-// (all of them are met in the first step) and never shrinks, so no later step allocates: PyTorch
-// likewise holds only what the chosen algorithms ask for, not a fixed limit. Work queued on the
-// stream may still use the old one, so the stream is drained before it is freed.
-inline void* grow_workspace(Context& ctx, std::size_t bytes) {
-    auto& impl = *ctx.impl;
-    if (bytes <= impl.workspace_bytes) return impl.workspace;
-    TESSERA_CUDA(cudaStreamSynchronize(impl.stream));
-    TESSERA_CUDA(cudaFree(impl.workspace));
-    impl.workspace = nullptr;
-    impl.workspace_bytes = 0;
-    TESSERA_CUDA(cudaMalloc(&impl.workspace, bytes));
-    impl.workspace_bytes = bytes;
-    return impl.workspace;
 }
 
 // The scratch a search (cudnnFind*AlgorithmEx, which returns when its timings are done) may try
@@ -104,28 +93,36 @@ struct ConvAlgorithm {
 };
 
 // The algorithm for this convolution and pass (algorithm_cache.hpp says when one is measured), with its
-// math type set on the descriptor and the workspace it needs. `find(scratch)` measures
+// math type set on the descriptor and the workspace it needs, held in the context's workspace (grown
+// to the largest need of the algorithms chosen, all met in the first step: PyTorch likewise holds
+// what the chosen algorithms ask for, not a fixed limit). `find(scratch)` measures
 // (cudnnFind*AlgorithmEx) in the scratch given; `workspace(choice)` is the workspace a choice needs
-// at this batch, which must fit workspace_limit.
+// at this batch, in the math type set, which must fit workspace_limit.
 template <class Find, class Workspace>
 ConvAlgorithm algorithm(Context& ctx, const ConvDescriptors& d, const ConvGeometry& g, Shape x, ConvPass pass,
                         Find find, Workspace workspace) {
+    auto& impl = *ctx.impl;
+    // The choice's math type on the descriptor, then what it needs there. fp32 without TF32 runs in
+    // FMA math only: Find was asked in it, and PyTorch asserts that it reports no other
+    // (ASSERT_CORRECT_PRECISION); kept so, whatever a later cuDNN reports.
+    const auto prepared = [&](ConvChoice choice) {
+        if (ctx.activations == DType::f32 && !ctx.settings.tf32) choice.math_type = int(CUDNN_FMA_MATH);
+        TESSERA_CUDA(cudnnSetConvolutionMathType(d.conv.d, cudnnMathType_t(choice.math_type)));
+        return ConvAlgorithm{choice, nullptr, workspace(choice)};
+    };
     const ConvKey key = conv_key(g, x, pass, ctx.activations, ctx.settings.tf32);
-    const ConvChoice* known = ctx.impl->algorithms.find(key, x.n);
-    ConvChoice choice;
-    if (known && workspace(*known) <= ctx.settings.workspace_limit) {
-        choice = *known;
-    } else {
+    ConvAlgorithm run;
+    const ConvChoice* known = impl.algorithms.find(key, x.n);
+    if (known) run = prepared(*known);
+    if (!known || run.workspace_bytes > ctx.settings.workspace_limit) {
+        TESSERA_CUDA(cudnnSetConvolutionMathType(d.conv.d, search_math_type(ctx.activations, ctx.settings.tf32)));
         const FindWorkspace scratch(ctx);
-        choice = find(scratch);
-        ctx.impl->algorithms.remember(key, choice);
+        const ConvChoice found = find(scratch);
+        impl.algorithms.remember(key, found);
+        run = prepared(found);
     }
-    // fp32 without TF32 runs in FMA math only: Find was asked in it, and PyTorch asserts that it
-    // reports no other (ASSERT_CORRECT_PRECISION); kept so, whatever a later cuDNN reports.
-    if (ctx.activations == DType::f32 && !ctx.settings.tf32) choice.math_type = int(CUDNN_FMA_MATH);
-    TESSERA_CUDA(cudnnSetConvolutionMathType(d.conv.d, cudnnMathType_t(choice.math_type)));
-    const std::size_t bytes = workspace(choice);
-    return {choice, grow_workspace(ctx, bytes), bytes};
+    run.workspace = impl.workspace.reserve(impl.stream, run.workspace_bytes);
+    return run;
 }
 
 }  // namespace detail
