@@ -16,7 +16,7 @@ cp -r "$out"/unpacked/*.data/data/. "$out/onednn3/"
 g++ -O2 -std=c++20 bench/onednn_versions/conv.cpp -o "$out/conv-debian" -ldnnl
 g++ -O2 -std=c++20 -I"$out/onednn3/include" bench/onednn_versions/conv.cpp -o "$out/conv-pypi" \
   -L"$out/onednn3/lib" -ldnnl -Wl,-rpath,"$out/onednn3/lib"
-export OMP_NUM_THREADS=$threads OMP_WAIT_POLICY=passive  # as tessera runs oneDNN (select_cpu_kernels)
+export OMP_NUM_THREADS=$threads  # OpenMP otherwise as tessera leaves it (select_cpu_kernels)
 lscpu | grep -E '^Model name' || true
 for precision in bf16 f32; do
   for round in 1 2; do

@@ -1,5 +1,4 @@
 // runner: train from a recipe, inspect a network, list plugins, time a training step.
-#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -45,18 +44,9 @@ given (the message says what to change), 1 an internal error, 3 runner parity's 
 
 }  // namespace
 
-// The commands that only run networks forward (select_cpu_kernels: how OpenMP's threads wait).
-static bool inference_only(const std::vector<std::string>& args) {
-    if (args.empty()) return false;
-    const std::string& verb = args[0];
-    const bool forward_bench = verb == "bench" && std::find(args.begin(), args.end(), "--inference") != args.end();
-    return verb == "predict" || verb == "serve" || forward_bench;
-}
-
 int main(int argc, char** argv) {
     std::vector<std::string> args(argv + 1, argv + argc);
-    tessera::cpu::select_cpu_kernels(
-        argv, inference_only(args) ? tessera::cpu::Workload::inference : tessera::cpu::Workload::training);
+    tessera::cpu::select_cpu_kernels(argv);
     if (args.empty() || args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
         std::fputs(usage, args.empty() ? stderr : stdout);
         return args.empty() ? 2 : 0;

@@ -1,8 +1,14 @@
-// Arena, random numbers and the epoch order of samples.
+// Arena, random numbers, the epoch order of samples, and the threads kernels run on.
 #include <algorithm>
+#include <atomic>
+#include <mutex>
 #include <set>
+#include <stdexcept>
+#include <utility>
+#include <vector>
 
 #include "helpers.hpp"
+#include "tessera/backend/cpu/openmp_threads.hpp"
 #include "tessera/core/arena.hpp"
 #include "tessera/core/thread_pool.hpp"
 #include "tessera/data/sampler.hpp"
@@ -99,6 +105,52 @@ TEST(ThreadPool, ThreadsThatCannotStartAreAUserError) {
                                  }),
               0)
         << "a pool that fits is made as asked";
+}
+
+// The chunks [begin, end) each call of parallel_for made, in order.
+std::vector<std::pair<std::size_t, std::size_t>> chunks_of(const cpu::OpenMpThreads& threads, std::size_t n,
+                                                           std::size_t grain = 1) {
+    std::mutex mutex;
+    std::vector<std::pair<std::size_t, std::size_t>> chunks;
+    threads.parallel_for(
+        n,
+        [&](std::size_t begin, std::size_t end) {
+            std::lock_guard lock(mutex);
+            chunks.emplace_back(begin, end);
+        },
+        grain);
+    std::sort(chunks.begin(), chunks.end());
+    return chunks;
+}
+
+TEST(OpenMpThreads, SplitsIntoOneContiguousChunkPerThread) {
+    using Chunks = std::vector<std::pair<std::size_t, std::size_t>>;
+    const cpu::OpenMpThreads threads(3);
+    EXPECT_EQ(chunks_of(threads, 10), (Chunks{{0, 3}, {3, 6}, {6, 10}})) << "ThreadPool's split, fixed by n alone";
+    EXPECT_EQ(chunks_of(threads, 2), (Chunks{{0, 1}, {1, 2}}));
+    EXPECT_EQ(chunks_of(threads, 10, 8), (Chunks{{0, 10}})) << "chunks smaller than the grain are not split";
+    EXPECT_EQ(chunks_of(threads, 0), Chunks{});
+}
+
+TEST(OpenMpThreads, EveryChunkRunsOnceInsideAnotherParallelRegion) {
+    // Inside a parallel region OpenMP gives a nested one a single thread: it must still run every chunk.
+    const cpu::OpenMpThreads outer(2), inner(4);
+    std::vector<std::vector<std::pair<std::size_t, std::size_t>>> seen(2);
+    outer.parallel_for(2, [&](std::size_t begin, std::size_t) { seen[begin] = chunks_of(inner, 8); });
+    for (const auto& chunks : seen)
+        EXPECT_EQ(chunks, (std::vector<std::pair<std::size_t, std::size_t>>{{0, 2}, {2, 4}, {4, 6}, {6, 8}}));
+}
+
+TEST(OpenMpThreads, AnExceptionInAChunkReachesTheCaller) {
+    const cpu::OpenMpThreads threads(2);
+    std::atomic<int> ran{0};
+    EXPECT_THROW(threads.parallel_for(2,
+                                      [&](std::size_t begin, std::size_t) {
+                                          ++ran;
+                                          if (begin == 1) throw std::runtime_error("chunk 1");
+                                      }),
+                 std::runtime_error);
+    EXPECT_EQ(ran.load(), 2) << "the other chunk still ran to its end";
 }
 
 }  // namespace

@@ -17,7 +17,7 @@
 using namespace tessera;
 
 int main(int argc, char** argv) {
-    cpu::select_cpu_kernels(argv, cpu::Workload::inference);
+    cpu::select_cpu_kernels(argv);
     if (argc < 4) return std::fprintf(stderr, "usage: classify CHECKPOINT NUM_CLASSES IMAGE...\n"), 2;
     try {
         models::Model<models::ResNet20, 3, cpu::Backend> net("resnet20", std::atoi(argv[2]));

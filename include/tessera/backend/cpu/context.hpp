@@ -4,6 +4,7 @@
 
 #include "tessera/backend/cpu/gemm.hpp"
 #include "tessera/backend/cpu/onednn_conv.hpp"
+#include "tessera/backend/cpu/openmp_threads.hpp"
 #include "tessera/core/arena.hpp"
 #include "tessera/core/thread_pool.hpp"
 #include "tessera/parallel/communicator.hpp"
@@ -22,9 +23,9 @@ struct Context {
     // checks).
     DType activations = DType::f32;
 
-    ThreadPool pool;
-    Arena arena;       // activations and scratch of one step
-    TensorPool grads;  // gradients flowing back, each freed once the layer below has used it
+    OpenMpThreads pool;  // every kernel's loops, on oneDNN's (OpenMP's) threads
+    Arena arena;         // activations and scratch of one step
+    TensorPool grads;    // gradients flowing back, each freed once the layer below has used it
     OneDnnConvs onednn;
     bool training = true;
     // Set by Seq and Repeat for the child they call: its input is a tensor no one else holds, so a
