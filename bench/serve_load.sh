@@ -3,19 +3,28 @@
 # torchvision) on the same checkpoint, image and CPU threads, one after the other in one run.
 #   bench/serve_load.sh CHECKPOINT IMAGE [--arch A] [--build DIR] [--threads T] [--seconds S]
 #                       [--connections "1 8 64"] [--max-batch B] [--max-wait-ms W] [--no-torch]
+#                       [--rounds R] [--round-seconds RS]
 # wrk (scripts/deps test) posts IMAGE as the body of POST /v1/predict on each of C connections, for
 # S seconds, after a 3-second warm-up. For each server and each C: requests per second, latency
 # p50/p99, non-2xx answers and socket errors; for runner serve also the mean batch it ran (from
 # /metrics). Below them, the network alone (runner bench --inference) at batch 1 and at the largest
 # mean batch seen: what the server would reach with nothing but the network to run.
+# The server's cost is measured apart, in R alternated rounds (default 3) of about RS seconds each
+# (default 10): the network alone at the batch the server reached under the most connections, then
+# the server under those connections, counted over whole batches. Each round's ratio sets the two
+# side by side within seconds, so the machine's drift over the run (other tenants, clocks) falls on
+# both alike; the median is reported, and beside each round the network's own rate inside the
+# server (images per second of forward time, from /metrics), which tells the time the network lost
+# to the threads around it from the time spent outside it.
 # wrk takes one core of its own; on a small machine it competes with both servers alike.
 # Logs go to $OUT (default: a folder under /tmp); the table goes to standard output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-(($# >= 2)) || { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+(($# >= 2)) || { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 checkpoint=$(realpath "$1") image=$(realpath "$2")
 shift 2
 build=build arch="" threads=$(nproc) seconds=30 connections="1 8 64" max_batch=32 max_wait="" torch=1
+rounds=3 round_seconds=10
 while (($#)); do
   case "$1" in
     --arch) arch=$2; shift 2 ;;
@@ -26,6 +35,8 @@ while (($#)); do
     --max-batch) max_batch=$2; shift 2 ;;
     --max-wait-ms) max_wait=$2; shift 2 ;;
     --no-torch) torch=0; shift ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --round-seconds) round_seconds=$2; shift 2 ;;
     *) echo "bench/serve_load.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -75,6 +86,7 @@ load() {  # NAME PORT C: a warm-up, then S seconds of load; appends a row to the
     batch=$(/usr/bin/python3 -c "import sys; a, b = map(float, sys.argv[1:]); print(f'{a / b:.1f}' if b else '-')" \
       "$(($(metric "$port" tessera_batch_size_sum) - images0))" "$(($(metric "$port" tessera_batch_size_count) - batches0))")
     mean_batches+=("$batch")
+    mean_batch[$c]=$batch
   fi
   rps[$name$c]=$(field "$line" rps)
   printf '| %s | %s | %s | %s ms | %s ms | %s | %s |\n' "$name" "$c" "$(field "$line" rps)" "$(field "$line" p50_ms)" \
@@ -83,7 +95,7 @@ load() {  # NAME PORT C: a warm-up, then S seconds of load; appends a row to the
 
 echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores here, $threads threads for each server"
 echo "model: $(basename "$checkpoint")${arch:+ ($arch)}, image: $(basename "$image") ($(stat -c %s "$image") bytes), logs in $out"
-declare -A rps
+declare -A rps mean_batch
 mean_batches=()
 printf '\n| server | connections | requests/s | p50 | p99 | mean batch | errors |\n|---|---|---|---|---|---|---|\n'
 
@@ -96,6 +108,59 @@ port=$(grep -o 'http://[0-9.]*:[0-9]*/' "$out/tessera_serve.log" | head -1 | sed
 wait_for "http://127.0.0.1:$port/healthz"
 card=$(curl -s "http://127.0.0.1:$port/v1/model")
 for c in $connections; do load tessera "$port" "$c"; done
+read -r net_arch size classes < <(/usr/bin/python3 -c "import json,sys; d = json.loads(sys.argv[1]); \
+print(d['arch'], d['input']['height'], d['classes'])" "$card")
+bench() {  # BATCH STEPS FILE: the network alone, inference at BATCH (3-channel input: runner bench has
+  # no channel option; the stem's share of a grey model's work is small); prints images/s
+  "$runner" bench --arch "$net_arch" --batch "$1" --image-size "$size" --num-classes "$classes" --inference \
+    --threads "$threads" --steps "$2" --json >"$3" 2>"${3%.json}.log"
+  field "$(tail -1 "$3")" infer_img_per_s
+}
+
+edge() {  # PORT: waits for the server's next batch to end; prints its image count, the network's
+  # time so far (both from /metrics) and the time
+  local before now
+  before=$(metric "$1" tessera_images_total)
+  while now=$(metric "$1" tessera_images_total); [[ $now == "$before" ]]; do sleep 0.005; done
+  echo "$now $(metric "$1" tessera_forward_duration_seconds_sum) $(date +%s.%N)"
+}
+steady() {  # PORT C RAMP S LOG: under C connections, from the first batch to end after RAMP seconds
+  # of load to the first to end S seconds later (whole batches: a count over a fixed window would be
+  # off by up to a batch, 1.5 s of ResNet50's), prints the requests answered per second and the
+  # network's own rate in the server (images per second of forward time); then waits until the
+  # requests wrk leaves behind are answered, so that nothing runs on into the next round.
+  local port=$1 c=$2 ramp=$3 s=$4 log=$5 n0 f0 t0 n1 f1 t1
+  wrk -t1 -c"$c" -d"$((ramp + 2 * s))s" --timeout 60s -s "$out/post.lua" "http://127.0.0.1:$port/v1/predict" >"$log" &
+  local load=$!
+  sleep "$ramp"
+  read -r n0 f0 t0 < <(edge "$port")
+  sleep "$s"
+  read -r n1 f1 t1 < <(edge "$port")
+  kill "$load" 2>/dev/null; wait "$load" 2>/dev/null || true
+  while (($(metric "$port" tessera_queue_depth) > 0)); do sleep 0.1; done
+  /usr/bin/python3 -c "import sys; n0, f0, t0, n1, f1, t1 = map(float, sys.argv[1:]); \
+print(f'{(n1 - n0) / (t1 - t0):.2f} {(n1 - n0) / (f1 - f0):.2f}')" "$n0" "$f0" "$t0" "$n1" "$f1" "$t1"
+}
+
+# The server's cost, in alternated rounds (see the top), with the server up and idle during the
+# network's rounds.
+most=$(printf '%s\n' $connections | sort -n | tail -1)
+b=$(awk -v m="${mean_batch[$most]}" 'BEGIN { b = int(m + 0.5); print b < 1 ? 1 : b }')
+steps=$(/usr/bin/python3 -c "import sys; r, s, b = map(float, sys.argv[1:]); print(max(5, round(r * s / b)))" \
+  "${rps[tessera$most]}" "$round_seconds" "$b")
+cost=$(printf '\n| round | the network alone, batch %s: images/s | runner serve, %s connections: requests/s | its network: images/s of forward time | ratio |\n|---|---|---|---|---|' \
+  "$b" "$most")
+ratios=()
+ramp=$(/usr/bin/python3 -c "import sys; r, b = map(float, sys.argv[1:]); print(max(2, round(3 * b / r + 0.5)))" \
+  "${rps[tessera$most]}" "$b")
+for r in $(seq "$rounds"); do
+  alone=$(bench "$b" "$steps" "$out/round${r}_bench.json")
+  read -r served inside < <(steady "$port" "$most" "$ramp" "$round_seconds" "$out/round${r}_wrk.log")
+  ratios+=("$(/usr/bin/python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$served" "$alone")")
+  cost+=$(printf '\n| %s | %s | %s | %s | %sx |' "$r" "$alone" "$served" "$inside" "${ratios[-1]}")
+done
+median=$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f", (v[int((NR + 1) / 2)] + v[int(NR / 2) + 1]) / 2 }')
+cost+=$(printf '\n| median | | | | %sx |' "$median")
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
 
 if ((torch)); then
@@ -113,14 +178,10 @@ if ((torch)); then
   done
 fi
 
-# The network alone, at batch 1 and at the largest mean batch the server ran (3-channel input: runner
-# bench has no channel option; the stem's share of a grey model's work is small).
-read -r net_arch size classes < <(/usr/bin/python3 -c "import json,sys; d = json.loads(sys.argv[1]); \
-print(d['arch'], d['input']['height'], d['classes'])" "$card")
+# The network alone, at batch 1 and at the largest mean batch the server ran.
 largest=$(printf '%s\n' "${mean_batches[@]}" | sort -g | tail -1 | awk '{ b = int($1 + 0.5); print b < 1 ? 1 : b }')
 printf '\n| the network alone (runner bench --inference, %s px) | images/s |\n|---|---|\n' "$size"
 for b in $(printf '%s\n' 1 "$largest" | sort -un); do
-  "$runner" bench --arch "$net_arch" --batch "$b" --image-size "$size" --num-classes "$classes" --inference \
-    --threads "$threads" --steps $((b == 1 ? 100 : 20)) --json >"$out/bench_b$b.json" 2>"$out/bench_b$b.log"
-  printf '| batch %s | %s |\n' "$b" "$(field "$(tail -1 "$out/bench_b$b.json")" infer_img_per_s)"
+  printf '| batch %s | %s |\n' "$b" "$(bench "$b" $((b == 1 ? 100 : 20)) "$out/bench_b$b.json")"
 done
+printf '\nWhat the server costs, in rounds alternated with the network alone:\n%s\n' "$cost"

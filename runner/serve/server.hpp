@@ -25,7 +25,7 @@ struct Options {
     std::chrono::microseconds max_wait{0};  // the longest the first image of a batch waits for more (0: none)
     std::chrono::seconds idle_timeout{10};  // a request's headers and body must arrive within it
     int decode_threads = 2;                 // images decoded in parallel
-    int io_threads = 2;                     // threads running the connections
+    int io_threads = 1;                     // threads running the connections (see serve_forever)
 };
 
 /// Serves `classifier` until SIGTERM or SIGINT: then it stops accepting, answers the requests in

@@ -17,6 +17,18 @@
 
 namespace tessera {
 
+/// The split every parallel_for makes (ThreadPool's and the CPU backend's OpenMpThreads): [0, n)
+/// in `chunks` contiguous chunks, one per thread and none of fewer than `grain` elements, chunk t
+/// being [n*t/chunks, n*(t+1)/chunks). It depends on n alone, never on timing, so sums taken per
+/// chunk add up the same way every run.
+struct Split {
+    std::size_t n, chunks;
+    Split(std::size_t n, std::size_t threads, std::size_t grain)
+        : n(n), chunks(std::min(threads, std::max<std::size_t>(1, n / std::max<std::size_t>(grain, 1)))) {}
+    std::size_t begin(std::size_t chunk) const { return n * chunk / chunks; }
+    std::size_t end(std::size_t chunk) const { return n * (chunk + 1) / chunks; }
+};
+
 class ThreadPool {
 public:
     explicit ThreadPool(int threads = default_threads()) : size_(std::max(1, threads)) {
@@ -40,22 +52,20 @@ public:
 
     /// Calls body(begin, end) over chunks of [0, n); chunks smaller than `grain` are not split further.
     void parallel_for(std::size_t n, const std::function<void(std::size_t, std::size_t)>& body, std::size_t grain = 1) {
-        std::size_t chunks =
-            std::min<std::size_t>(size_, std::max<std::size_t>(1, n / std::max<std::size_t>(grain, 1)));
-        if (chunks <= 1 || n == 0) {
+        const Split split(n, std::size_t(size_), grain);
+        if (split.chunks <= 1 || n == 0) {
             if (n) body(0, n);
             return;
         }
         {
             std::lock_guard lock(mutex_);
             body_ = &body;
-            n_ = n;
-            chunks_ = chunks;
-            pending_ = chunks - 1;
+            split_ = split;
+            pending_ = split.chunks - 1;
             ++generation_;
         }
         wake_.notify_all();
-        body(0, chunk_end(0));
+        body(split.begin(0), split.end(0));
         std::unique_lock lock(mutex_);
         done_.wait(lock, [&] { return pending_ == 0; });
         body_ = nullptr;
@@ -80,8 +90,6 @@ private:
         for (auto& w : workers_) w.join();
         workers_.clear();
     }
-    std::size_t chunk_end(std::size_t chunk) const { return n_ * (chunk + 1) / chunks_; }
-
     void work(int index) {
         std::size_t seen = 0;
         for (;;) {
@@ -92,10 +100,10 @@ private:
                 wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
                 if (stopping_) return;
                 seen = generation_;
-                if (std::size_t(index) >= chunks_) continue;
+                if (std::size_t(index) >= split_.chunks) continue;
                 body = body_;
-                begin = n_ * index / chunks_;
-                end = chunk_end(index);
+                begin = split_.begin(std::size_t(index));
+                end = split_.end(std::size_t(index));
             }
             (*body)(begin, end);
             {
@@ -110,7 +118,8 @@ private:
     std::mutex mutex_;
     std::condition_variable wake_, done_;
     const std::function<void(std::size_t, std::size_t)>* body_ = nullptr;
-    std::size_t n_ = 0, chunks_ = 0, pending_ = 0, generation_ = 0;
+    Split split_{0, 1, 1};
+    std::size_t pending_ = 0, generation_ = 0;
     bool stopping_ = false;
 };
 

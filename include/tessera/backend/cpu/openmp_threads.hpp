@@ -7,7 +7,7 @@
 // then paid a sleep and a wake-up per thread (7% of a ResNet-20 step's cycles went to try_to_wake_up
 // under `perf`).
 //
-// The split is ThreadPool's: [0, n) in one contiguous chunk per thread, chunk t to thread t, so the
+// The split is ThreadPool's (Split): [0, n) in one contiguous chunk per thread, chunk t to thread t, so the
 // results do not depend on timing; where OpenMP gives fewer threads than asked (a loop inside another
 // parallel region), each thread takes every team-size-th chunk, so every chunk still runs once.
 #include <omp.h>
@@ -16,6 +16,8 @@
 #include <cstddef>
 #include <exception>
 #include <mutex>
+
+#include "tessera/core/thread_pool.hpp"
 
 namespace tessera::cpu {
 
@@ -29,8 +31,8 @@ public:
     /// An exception thrown by the body is rethrown here, once every chunk has ended.
     template <class Body>
     void parallel_for(std::size_t n, const Body& body, std::size_t grain = 1) const {
-        const std::size_t chunks =
-            std::min<std::size_t>(std::size_t(size_), std::max<std::size_t>(1, n / std::max<std::size_t>(grain, 1)));
+        const Split split(n, std::size_t(size_), grain);
+        const std::size_t chunks = split.chunks;
         if (chunks <= 1 || n == 0) {
             if (n) body(std::size_t(0), n);
             return;
@@ -42,7 +44,7 @@ public:
             const std::size_t team = std::size_t(omp_get_num_threads());
             for (std::size_t t = std::size_t(omp_get_thread_num()); t < chunks; t += team) {
                 try {
-                    body(n * t / chunks, n * (t + 1) / chunks);
+                    body(split.begin(t), split.end(t));
                 } catch (...) {  // an exception must not leave an OpenMP region (std::terminate)
                     std::lock_guard lock(failure_mutex);
                     if (!failure) failure = std::current_exception();
