@@ -171,6 +171,7 @@ if ((torch)); then
   pids+=($!)
   wait_for "http://127.0.0.1:$torch_port/healthz"
   for c in $connections; do load pytorch "$torch_port" "$c"; done
+  kill "${pids[1]}"; wait "${pids[1]}" 2>/dev/null || true  # its threads must not share the cores below
   printf '\n| connections | runner serve / PyTorch demo, requests/s |\n|---|---|\n'
   for c in $connections; do
     printf '| %s | %s |\n' "$c" "$(/usr/bin/python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}x')" \
