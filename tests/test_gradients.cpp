@@ -257,6 +257,51 @@ TEST(Fusion, BatchNormReLUEqualsTheTwoLayers) {
     }
 }
 
+// BatchNorm's row loops take rows of 1 to 32 channels 64 values at a time, with the per-channel
+// vectors tiled (batchnorm.hpp): the same products and sums, so every value must equal the one the
+// row-by-row loop gives, block and leftover rows alike, in float and in bf16.
+template <class T>
+void expect_tiled_rows_match_row_by_row() {
+    using cpu::detail::gradient_rows, cpu::detail::scale_shift_rows, cpu::narrow, cpu::widen;
+    for (const std::size_t c : {1, 4, 16, 32}) {
+        const std::size_t rows = 64 / c * 5 + 3;  // five blocks and three rows left over
+        Rng rng{std::uint64_t(c)};
+        std::vector<float> xf(rows * c), gf(rows * c), v[6];
+        fill_normal(xf.data(), xf.size(), rng);
+        fill_normal(gf.data(), gf.size(), rng);
+        for (auto& p : v) {
+            p.resize(c);
+            fill_normal(p.data(), c, rng, 0.5);
+        }
+        for (float& s : v[3]) s += 1.5f;  // inv_std: positive
+        std::vector<T> x(rows * c), g(rows * c);
+        for (std::size_t i = 0; i < x.size(); ++i) x[i] = narrow<T>(xf[i]), g[i] = narrow<T>(gf[i]);
+        const float *scale = v[0].data(), *shift = v[1].data(), *mean = v[2].data(), *inv_std = v[3].data(),
+                    *mean_dy = v[4].data(), *mean_dy_xhat = v[5].data();
+        for (const bool relu : {false, true}) {
+            std::vector<T> y(rows * c), dx(rows * c);
+            scale_shift_rows(x.data(), scale, shift, relu, c, 0, rows, y.data());
+            gradient_rows(x.data(), g.data(), mean, inv_std, scale, relu ? shift : nullptr, mean_dy, mean_dy_xhat, c, 0,
+                          rows, dx.data());
+            for (std::size_t r = 0; r < rows; ++r)
+                for (std::size_t j = 0; j < c; ++j) {
+                    const std::size_t i = r * c + j;
+                    const float pre = widen(x[i]) * scale[j] + shift[j];
+                    const float want_y = widen(narrow<T>(relu ? std::max(pre, 0.f) : pre));
+                    const float gi = !relu || pre > 0.f ? widen(g[i]) : 0.f;
+                    const float want_dx = widen(narrow<T>(
+                        scale[j] * (gi - mean_dy[j] - (widen(x[i]) - mean[j]) * inv_std[j] * mean_dy_xhat[j])));
+                    ASSERT_EQ(widen(y[i]), want_y) << c << " channels, row " << r << ", relu " << relu;
+                    ASSERT_EQ(widen(dx[i]), want_dx) << c << " channels, row " << r << ", relu " << relu;
+                }
+        }
+    }
+}
+TEST(Fusion, BatchNormTiledRowsEqualRowByRow) {
+    expect_tiled_rows_match_row_by_row<float>();
+    expect_tiled_rows_match_row_by_row<cpu::bf16>();
+}
+
 // A layer's result may not depend on where its parameters sit in memory: a run would then follow the
 // heap's layout (a longer run name moved it) instead of its recipe. One forward and backward of a
 // whole small ResNet with the parameter, gradient and statistics buffers placed at each of the

@@ -57,10 +57,34 @@ TESSERA_CPU_CLONES void shifted_sums(const T* __restrict x, const float* __restr
 }
 
 /// y = x * scale + shift per channel over rows [r0, r1), then max(y, 0) when `relu`.
+/// Rows of fewer than `lanes` channels, where C divides it, are taken `lanes` / C at a time as one
+/// flat run of `lanes` values, with the per-channel vectors tiled to match: a 16-channel row alone
+/// is one vector, and the loop around it cost more than the arithmetic.
+inline constexpr std::size_t lanes = 64;
+inline bool tiles(std::size_t c) { return c < lanes && lanes % c == 0; }
+inline void tile(const float* v, std::size_t c, float* out) {
+    for (std::size_t i = 0; i < lanes; ++i) out[i] = v[i % c];
+}
+
 template <class T>
 TESSERA_CPU_CLONES void scale_shift_rows(const T* __restrict x, const float* __restrict scale,
                                          const float* __restrict shift, bool relu, std::size_t c, std::size_t r0,
                                          std::size_t r1, T* __restrict y) {
+    if (tiles(c) && r1 - r0 >= lanes / c) {
+        alignas(64) float sc[lanes], sh[lanes];
+        tile(scale, c, sc);
+        tile(shift, c, sh);
+        const std::size_t step = lanes / c, blocks = (r1 - r0) / step;
+        const T* __restrict xb = x + r0 * c;
+        T* __restrict yb = y + r0 * c;
+        for (std::size_t b = 0; b < blocks; ++b, xb += lanes, yb += lanes) {
+            if (relu)
+                for (std::size_t j = 0; j < lanes; ++j) yb[j] = narrow<T>(std::max(widen(xb[j]) * sc[j] + sh[j], 0.f));
+            else
+                for (std::size_t j = 0; j < lanes; ++j) yb[j] = narrow<T>(widen(xb[j]) * sc[j] + sh[j]);
+        }
+        r0 += blocks * step;
+    }
     for (std::size_t r = r0; r < r1; ++r) {
         const T* __restrict xr = x + r * c;
         T* __restrict yr = y + r * c;
@@ -107,6 +131,31 @@ TESSERA_CPU_CLONES void gradient_rows(const T* __restrict x, const T* __restrict
                                       const float* __restrict shift, const float* __restrict mean_dy,
                                       const float* __restrict mean_dy_xhat, std::size_t c, std::size_t r0,
                                       std::size_t r1, T* __restrict dx) {
+    if (tiles(c) && r1 - r0 >= lanes / c) {
+        alignas(64) float m[lanes], is[lanes], sc[lanes], sh[lanes], mdy[lanes], mdyx[lanes];
+        tile(mean, c, m);
+        tile(inv_std, c, is);
+        tile(scale, c, sc);
+        tile(mean_dy, c, mdy);
+        tile(mean_dy_xhat, c, mdyx);
+        if (shift) tile(shift, c, sh);
+        const std::size_t step = lanes / c, blocks = (r1 - r0) / step;
+        const T* __restrict xb = x + r0 * c;
+        const T* __restrict gb = dy + r0 * c;
+        T* __restrict db = dx + r0 * c;
+        for (std::size_t b = 0; b < blocks; ++b, xb += lanes, gb += lanes, db += lanes) {
+            if (shift) {
+                for (std::size_t j = 0; j < lanes; ++j) {
+                    const float g = widen(xb[j]) * sc[j] + sh[j] > 0.f ? widen(gb[j]) : 0.f;
+                    db[j] = narrow<T>(sc[j] * (g - mdy[j] - (widen(xb[j]) - m[j]) * is[j] * mdyx[j]));
+                }
+            } else {
+                for (std::size_t j = 0; j < lanes; ++j)
+                    db[j] = narrow<T>(sc[j] * (widen(gb[j]) - mdy[j] - (widen(xb[j]) - m[j]) * is[j] * mdyx[j]));
+            }
+        }
+        r0 += blocks * step;
+    }
     for (std::size_t r = r0; r < r1; ++r) {
         const T* __restrict xr = x + r * c;
         const T* __restrict gr = dy + r * c;
