@@ -56,7 +56,6 @@ TESSERA_CPU_CLONES void shifted_sums(const T* __restrict x, const float* __restr
     }
 }
 
-/// y = x * scale + shift per channel over rows [r0, r1), then max(y, 0) when `relu`.
 /// Rows of fewer than `lanes` channels, where C divides it, are taken `lanes` / C at a time as one
 /// flat run of `lanes` values, with the per-channel vectors tiled to match: a 16-channel row alone
 /// is one vector, and the loop around it cost more than the arithmetic.
@@ -66,6 +65,7 @@ inline void tile(const float* v, std::size_t c, float* out) {
     for (std::size_t i = 0; i < lanes; ++i) out[i] = v[i % c];
 }
 
+/// y = x * scale + shift per channel over rows [r0, r1), then max(y, 0) when `relu`.
 template <class T>
 TESSERA_CPU_CLONES void scale_shift_rows(const T* __restrict x, const float* __restrict scale,
                                          const float* __restrict shift, bool relu, std::size_t c, std::size_t r0,
