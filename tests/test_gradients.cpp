@@ -259,10 +259,12 @@ TEST(Fusion, BatchNormReLUEqualsTheTwoLayers) {
 
 // BatchNorm's row loops take rows of 1 to 32 channels 64 values at a time, with the per-channel
 // vectors tiled (batchnorm.hpp): the same products and sums, so every value must equal the one the
-// row-by-row loop gives, block and leftover rows alike, in float and in bf16.
+// row-by-row loop gives, block and leftover rows alike, in float and in bf16; and the sums, taken
+// per lane and folded, must be the channels' sums.
 template <class T>
 void expect_tiled_rows_match_row_by_row() {
-    using cpu::detail::gradient_rows, cpu::detail::scale_shift_rows, cpu::narrow, cpu::widen;
+    using cpu::detail::gradient_rows, cpu::detail::gradient_sums, cpu::detail::scale_shift_rows,
+        cpu::detail::shifted_sums, cpu::narrow, cpu::widen;
     for (const std::size_t c : {1, 4, 16, 32}) {
         const std::size_t rows = 64 / c * 5 + 3;  // five blocks and three rows left over
         Rng rng{std::uint64_t(c)};
@@ -294,6 +296,29 @@ void expect_tiled_rows_match_row_by_row() {
                     ASSERT_EQ(widen(y[i]), want_y) << c << " channels, row " << r << ", relu " << relu;
                     ASSERT_EQ(widen(dx[i]), want_dx) << c << " channels, row " << r << ", relu " << relu;
                 }
+            // The sums go per lane, then fold into their channels: another order than row by row, so
+            // they are checked against sums in double, within float rounding of the terms' size.
+            std::vector<float> s(c, 0.f), s2(c, 0.f), d(c, 0.f), d2(c, 0.f);
+            gradient_sums(x.data(), g.data(), mean, inv_std, scale, relu ? shift : nullptr, c, 0, rows, s.data(),
+                          s2.data());
+            shifted_sums(x.data(), mean, c, 0, rows, d.data(), d2.data());
+            for (std::size_t j = 0; j < c; ++j) {
+                double want_s = 0, want_s2 = 0, want_d = 0, want_d2 = 0, size = 0;
+                for (std::size_t r = 0; r < rows; ++r) {
+                    const std::size_t i = r * c + j;
+                    const double xi = widen(x[i]), pre = widen(x[i]) * scale[j] + shift[j];
+                    const double gi = !relu || pre > 0 ? widen(g[i]) : 0.0, xhat = (xi - mean[j]) * inv_std[j];
+                    want_s += gi, want_s2 += gi * xhat;
+                    want_d += xi - mean[j], want_d2 += (xi - mean[j]) * (xi - mean[j]);
+                    size += std::abs(gi) * (1 + std::abs(xhat)) +
+                            (1 + std::abs(xi - mean[j])) * (1 + std::abs(xi - mean[j]));
+                }
+                const double tolerance = 1e-6 * size;
+                EXPECT_NEAR(s[j], want_s, tolerance) << c << " channels, channel " << j << ", relu " << relu;
+                EXPECT_NEAR(s2[j], want_s2, tolerance) << c << " channels, channel " << j << ", relu " << relu;
+                EXPECT_NEAR(d[j], want_d, tolerance) << c << " channels, channel " << j;
+                EXPECT_NEAR(d2[j], want_d2, tolerance) << c << " channels, channel " << j;
+            }
         }
     }
 }

@@ -22,7 +22,10 @@
 // row count P, are taken over every rank's batch; dgamma and dbeta stay this rank's sums, which the
 // gradient all-reduce then averages like every other gradient.
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "tessera/backend/cpu/bf16.hpp"
@@ -42,27 +45,69 @@ namespace detail {
 // The loops over rows, each compiled for AVX-512, AVX2 and the baseline (dispatch.hpp). Rows are
 // pixels of C channels; each loop runs across the channels, which vectorises, in row order.
 
-/// s += x - k and s2 += (x - k)^2 per channel over rows [r0, r1).
-template <class T>
-TESSERA_CPU_CLONES void shifted_sums(const T* __restrict x, const float* __restrict k, std::size_t c, std::size_t r0,
-                                     std::size_t r1, float* __restrict s, float* __restrict s2) {
-    for (std::size_t r = r0; r < r1; ++r) {
-        const T* __restrict xr = x + r * c;
-        for (std::size_t j = 0; j < c; ++j) {
-            const float d = widen(xr[j]) - k[j];
-            s[j] += d;
-            s2[j] += d * d;
-        }
-    }
-}
-
 /// Rows of fewer than `lanes` channels, where C divides it, are taken `lanes` / C at a time as one
 /// flat run of `lanes` values, with the per-channel vectors tiled to match: a 16-channel row alone
 /// is one vector, and the loop around it cost more than the arithmetic.
 inline constexpr std::size_t lanes = 64;
 inline bool tiles(std::size_t c) { return c < lanes && lanes % c == 0; }
-inline void tile(const float* v, std::size_t c, float* out) {
-    for (std::size_t i = 0; i < lanes; ++i) out[i] = v[i % c];
+
+/// The per-channel vectors a loop over rows reads (`in`; a null one stays null) and adds to (`out`).
+template <std::size_t In, std::size_t Out = 0>
+struct Channels {
+    std::array<const float*, In> in{};
+    std::array<float*, Out> out{};
+};
+
+/// Calls run(at, n, v) over rows [r0, r1) of C channels: the n values from index `at` on, with v's
+/// vectors indexed from the run's first value. A run is one row (n = C) or, where tiles(C), lanes / C
+/// rows as one (n = `lanes`, a constant, so that the loop in `run` compiles to whole vectors), with
+/// v's inputs tiled to match and its outputs summed per lane, then folded into their channels (lane
+/// i into channel i % C, in lane order: the same sums on every CPU). Inlined into the cloned loop
+/// that calls it, so that it is compiled for that loop's instruction set.
+template <std::size_t In, std::size_t Out, class Run>
+TESSERA_CPU_INLINE inline void for_each_run(std::size_t c, std::size_t r0, std::size_t r1, const Channels<In, Out>& v,
+                                            Run&& run) {
+    if (tiles(c) && r1 - r0 >= lanes / c) {
+        alignas(64) float in[In][lanes], out[Out > 0 ? Out : 1][lanes] = {};
+        Channels<In, Out> t;
+        for (std::size_t k = 0; k < In; ++k) {
+            if (!v.in[k]) continue;
+            for (std::size_t i = 0; i < lanes; ++i) in[k][i] = v.in[k][i % c];
+            t.in[k] = in[k];
+        }
+        for (std::size_t k = 0; k < Out; ++k) t.out[k] = out[k];
+        const std::size_t step = lanes / c, blocks = (r1 - r0) / step;
+        for (std::size_t b = 0; b < blocks; ++b)
+            run(r0 * c + b * lanes, std::integral_constant<std::size_t, lanes>{}, std::as_const(t));
+        for (std::size_t k = 0; k < Out; ++k)
+            for (std::size_t i = 0; i < lanes; ++i) v.out[k][i % c] += out[k][i];
+        r0 += blocks * step;
+    }
+    for (std::size_t r = r0; r < r1; ++r) run(r * c, c, v);
+}
+
+// The element-wise maths, written once for every loop below.
+inline float normalised(float x, float mean, float inv_std) { return (x - mean) * inv_std; }
+/// The ReLU's backward: g where the forward's pre-activation x * scale + shift was positive. That is
+/// recomputed from x, not read from y: the same products and sums as the forward's, never contracted
+/// into FMAs (meson.build), so the same mask bit for bit, and one tensor fewer through the cache.
+inline float relu_gradient(float g, float x, float scale, float shift) { return x * scale + shift > 0.f ? g : 0.f; }
+
+/// s += x - k and s2 += (x - k)^2 per channel over rows [r0, r1).
+template <class T>
+TESSERA_CPU_CLONES void shifted_sums(const T* __restrict x, const float* __restrict k, std::size_t c, std::size_t r0,
+                                     std::size_t r1, float* __restrict s, float* __restrict s2) {
+    for_each_run(c, r0, r1, Channels<1, 2>{{k}, {s, s2}},
+                 [=](std::size_t at, auto n, const Channels<1, 2>& v) TESSERA_CPU_INLINE {
+                     const T* __restrict xr = x + at;
+                     const float* __restrict kr = v.in[0];
+                     float* __restrict sr = v.out[0], * __restrict s2r = v.out[1];
+                     for (std::size_t j = 0; j < n; ++j) {
+                         const float d = widen(xr[j]) - kr[j];
+                         sr[j] += d;
+                         s2r[j] += d * d;
+                     }
+                 });
 }
 
 /// y = x * scale + shift per channel over rows [r0, r1), then max(y, 0) when `relu`.
@@ -70,58 +115,46 @@ template <class T>
 TESSERA_CPU_CLONES void scale_shift_rows(const T* __restrict x, const float* __restrict scale,
                                          const float* __restrict shift, bool relu, std::size_t c, std::size_t r0,
                                          std::size_t r1, T* __restrict y) {
-    if (tiles(c) && r1 - r0 >= lanes / c) {
-        alignas(64) float sc[lanes], sh[lanes];
-        tile(scale, c, sc);
-        tile(shift, c, sh);
-        const std::size_t step = lanes / c, blocks = (r1 - r0) / step;
-        const T* __restrict xb = x + r0 * c;
-        T* __restrict yb = y + r0 * c;
-        for (std::size_t b = 0; b < blocks; ++b, xb += lanes, yb += lanes) {
-            if (relu)
-                for (std::size_t j = 0; j < lanes; ++j) yb[j] = narrow<T>(std::max(widen(xb[j]) * sc[j] + sh[j], 0.f));
-            else
-                for (std::size_t j = 0; j < lanes; ++j) yb[j] = narrow<T>(widen(xb[j]) * sc[j] + sh[j]);
-        }
-        r0 += blocks * step;
-    }
-    for (std::size_t r = r0; r < r1; ++r) {
-        const T* __restrict xr = x + r * c;
-        T* __restrict yr = y + r * c;
-        if (relu)
-            for (std::size_t j = 0; j < c; ++j) yr[j] = narrow<T>(std::max(widen(xr[j]) * scale[j] + shift[j], 0.f));
-        else
-            for (std::size_t j = 0; j < c; ++j) yr[j] = narrow<T>(widen(xr[j]) * scale[j] + shift[j]);
-    }
+    for_each_run(c, r0, r1, Channels<2>{{scale, shift}},
+                 [=](std::size_t at, auto n, const Channels<2>& v) TESSERA_CPU_INLINE {
+                     const T* __restrict xr = x + at;
+                     T* __restrict yr = y + at;
+                     const float* __restrict sc = v.in[0], * __restrict sh = v.in[1];
+                     if (relu)
+                         for (std::size_t j = 0; j < n; ++j)
+                             yr[j] = narrow<T>(std::max(widen(xr[j]) * sc[j] + sh[j], 0.f));
+                     else
+                         for (std::size_t j = 0; j < n; ++j) yr[j] = narrow<T>(widen(xr[j]) * sc[j] + sh[j]);
+                 });
 }
 
 /// s += g and s2 += g * xhat per channel over rows [r0, r1), with xhat = (x - mean) * inv_std and
-/// g = dy, masked where the forward's ReLU gave 0 when `shift` is given (the ReLU's backward). The
-/// mask is recomputed from x, not read from y: x * scale + shift > 0 is the forward's own
-/// pre-activation, bit for bit (the same products and sums, never contracted into FMAs), and one
-/// tensor fewer goes through the cache in each pass.
+/// g = dy, masked by the forward's ReLU (relu_gradient) when `shift` is given.
 template <class T>
 TESSERA_CPU_CLONES void gradient_sums(const T* __restrict x, const T* __restrict dy, const float* __restrict mean,
                                       const float* __restrict inv_std, const float* __restrict scale,
                                       const float* __restrict shift, std::size_t c, std::size_t r0, std::size_t r1,
                                       float* __restrict s, float* __restrict s2) {
-    for (std::size_t r = r0; r < r1; ++r) {
-        const T* __restrict xr = x + r * c;
-        const T* __restrict gr = dy + r * c;
-        if (shift) {
-            for (std::size_t j = 0; j < c; ++j) {
-                const float g = widen(xr[j]) * scale[j] + shift[j] > 0.f ? widen(gr[j]) : 0.f;
-                s[j] += g;
-                s2[j] += g * ((widen(xr[j]) - mean[j]) * inv_std[j]);
+    for_each_run(
+        c, r0, r1, Channels<4, 2>{{mean, inv_std, scale, shift}, {s, s2}},
+        [=](std::size_t at, auto n, const Channels<4, 2>& v) TESSERA_CPU_INLINE {
+            const T* __restrict xr = x + at, * __restrict gr = dy + at;
+            const float* __restrict m = v.in[0], * __restrict is = v.in[1], * __restrict sc = v.in[2], * __restrict sh = v.in[3];
+            float* __restrict sr = v.out[0], * __restrict s2r = v.out[1];
+            if (sh) {
+                for (std::size_t j = 0; j < n; ++j) {
+                    const float g = relu_gradient(widen(gr[j]), widen(xr[j]), sc[j], sh[j]);
+                    sr[j] += g;
+                    s2r[j] += g * normalised(widen(xr[j]), m[j], is[j]);
+                }
+            } else {
+                for (std::size_t j = 0; j < n; ++j) {
+                    const float g = widen(gr[j]);
+                    sr[j] += g;
+                    s2r[j] += g * normalised(widen(xr[j]), m[j], is[j]);
+                }
             }
-        } else {
-            for (std::size_t j = 0; j < c; ++j) {
-                const float g = widen(gr[j]);
-                s[j] += g;
-                s2[j] += g * ((widen(xr[j]) - mean[j]) * inv_std[j]);
-            }
-        }
-    }
+        });
 }
 
 /// dx = scale * (g - mean_dy - xhat * mean_dy_xhat) over rows [r0, r1), g and xhat as above.
@@ -131,62 +164,40 @@ TESSERA_CPU_CLONES void gradient_rows(const T* __restrict x, const T* __restrict
                                       const float* __restrict shift, const float* __restrict mean_dy,
                                       const float* __restrict mean_dy_xhat, std::size_t c, std::size_t r0,
                                       std::size_t r1, T* __restrict dx) {
-    if (tiles(c) && r1 - r0 >= lanes / c) {
-        alignas(64) float m[lanes], is[lanes], sc[lanes], sh[lanes], mdy[lanes], mdyx[lanes];
-        tile(mean, c, m);
-        tile(inv_std, c, is);
-        tile(scale, c, sc);
-        tile(mean_dy, c, mdy);
-        tile(mean_dy_xhat, c, mdyx);
-        if (shift) tile(shift, c, sh);
-        const std::size_t step = lanes / c, blocks = (r1 - r0) / step;
-        const T* __restrict xb = x + r0 * c;
-        const T* __restrict gb = dy + r0 * c;
-        T* __restrict db = dx + r0 * c;
-        for (std::size_t b = 0; b < blocks; ++b, xb += lanes, gb += lanes, db += lanes) {
-            if (shift) {
-                for (std::size_t j = 0; j < lanes; ++j) {
-                    const float g = widen(xb[j]) * sc[j] + sh[j] > 0.f ? widen(gb[j]) : 0.f;
-                    db[j] = narrow<T>(sc[j] * (g - mdy[j] - (widen(xb[j]) - m[j]) * is[j] * mdyx[j]));
+    for_each_run(
+        c, r0, r1, Channels<6>{{mean, inv_std, scale, shift, mean_dy, mean_dy_xhat}},
+        [=](std::size_t at, auto n, const Channels<6>& v) TESSERA_CPU_INLINE {
+            const T* __restrict xr = x + at, * __restrict gr = dy + at;
+            T* __restrict dxr = dx + at;
+            const float* __restrict m = v.in[0], * __restrict is = v.in[1], * __restrict sc = v.in[2], * __restrict sh = v.in[3], * __restrict mdy = v.in[4], * __restrict mdyx = v.in[5];
+            if (sh) {
+                for (std::size_t j = 0; j < n; ++j) {
+                    const float g = relu_gradient(widen(gr[j]), widen(xr[j]), sc[j], sh[j]);
+                    dxr[j] = narrow<T>(sc[j] * (g - mdy[j] - normalised(widen(xr[j]), m[j], is[j]) * mdyx[j]));
                 }
             } else {
-                for (std::size_t j = 0; j < lanes; ++j)
-                    db[j] = narrow<T>(sc[j] * (widen(gb[j]) - mdy[j] - (widen(xb[j]) - m[j]) * is[j] * mdyx[j]));
+                for (std::size_t j = 0; j < n; ++j)
+                    dxr[j] =
+                        narrow<T>(sc[j] * (widen(gr[j]) - mdy[j] - normalised(widen(xr[j]), m[j], is[j]) * mdyx[j]));
             }
-        }
-        r0 += blocks * step;
-    }
-    for (std::size_t r = r0; r < r1; ++r) {
-        const T* __restrict xr = x + r * c;
-        const T* __restrict gr = dy + r * c;
-        T* __restrict dxr = dx + r * c;
-        if (shift) {
-            for (std::size_t j = 0; j < c; ++j) {
-                const float g = widen(xr[j]) * scale[j] + shift[j] > 0.f ? widen(gr[j]) : 0.f;
-                dxr[j] =
-                    narrow<T>(scale[j] * (g - mean_dy[j] - (widen(xr[j]) - mean[j]) * inv_std[j] * mean_dy_xhat[j]));
-            }
-        } else {
-            for (std::size_t j = 0; j < c; ++j)
-                dxr[j] = narrow<T>(
-                    scale[j] * (widen(gr[j]) - mean_dy[j] - (widen(xr[j]) - mean[j]) * inv_std[j] * mean_dy_xhat[j]));
-        }
-    }
+        });
 }
 
 /// Sums, per channel, two quantities of each row over all rows: add(r0, r1, first, second) adds
 /// the terms of rows [r0, r1) into two float vectors of C, which are flushed into double every 256
-/// rows (exact enough, and fast). One partial sum per thread, added in thread order:
-/// deterministic. Returns the 2C sums, first then second.
+/// rows (exact enough, and fast). One partial sum per chunk of the rows (Split: the same chunks for
+/// the same rows, whatever the timing), added in chunk order: deterministic. Returns the 2C sums,
+/// first then second.
 template <class AddRow>
 std::vector<double> sum_rows(Context& ctx, std::size_t rows, int channels, AddRow add) {
-    const std::size_t c = std::size_t(channels), threads = ctx.pool.size();
-    std::vector<double> partial(threads * 2 * c, 0.0);
-    ctx.pool.parallel_for(threads, [&](std::size_t t0, std::size_t t1) {
+    const std::size_t c = std::size_t(channels);
+    const Split split(rows, ctx.pool.size(), 1);
+    std::vector<double> partial(split.chunks * 2 * c, 0.0);
+    ctx.pool.parallel_for(split.chunks, [&](std::size_t t0, std::size_t t1) {
         std::vector<float> acc(2 * c);
         for (std::size_t t = t0; t < t1; ++t) {
             double* out = partial.data() + t * 2 * c;
-            const std::size_t begin = rows * t / threads, end = rows * (t + 1) / threads;
+            const std::size_t begin = split.begin(t), end = split.end(t);
             for (std::size_t block = begin; block < end; block += 256) {
                 std::fill(acc.begin(), acc.end(), 0.f);
                 add(block, std::min(end, block + 256), acc.data(), acc.data() + c);
@@ -195,7 +206,7 @@ std::vector<double> sum_rows(Context& ctx, std::size_t rows, int channels, AddRo
         }
     });
     std::vector<double> total(2 * c, 0.0);
-    for (std::size_t t = 0; t < threads; ++t)
+    for (std::size_t t = 0; t < split.chunks; ++t)
         for (std::size_t i = 0; i < 2 * c; ++i) total[i] += partial[t * 2 * c + i];
     return total;
 }

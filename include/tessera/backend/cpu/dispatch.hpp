@@ -17,3 +17,12 @@
 #else
 #define TESSERA_CPU_CLONES
 #endif
+
+// TESSERA_CPU_INLINE: a function (or lambda: after its parameter list) that a cloned loop calls,
+// inlined into each clone so that it is compiled for that clone's instruction set. Without it a
+// lambda holding the loop body is a function of its own, compiled once for the baseline (SSE2).
+#if defined(__GNUC__)
+#define TESSERA_CPU_INLINE __attribute__((always_inline))
+#else
+#define TESSERA_CPU_INLINE
+#endif
