@@ -282,6 +282,28 @@ void family_shapes(benchmark::internal::Benchmark* b) {
         ->Unit(benchmark::kMillisecond);
 }
 
+// oneDNN's bf16 filter gradient in one call on all threads, or one call per thread over its share of
+// the batch (filter_gradient_by_batch_shares in backend/cpu/onednn_conv.hpp: how its rule was made).
+template <cpu::FilterGradientCalls Calls>
+void CpuFilterGradient(benchmark::State& state) {
+    cpu::Context ctx(2);
+    if (!cpu::has_bf16_instructions()) {
+        state.SkipWithError("this CPU has no bf16 instructions (AVX512-BF16 or AMX-BF16)");
+        return;
+    }
+    const ConvShape c(state);
+    const std::size_t weights = std::size_t(c.g.out_channels) * c.g.patch();
+    const Tensor x = ctx.arena.tensor(c.in, DType::bf16), dy = ctx.arena.tensor(c.out, DType::bf16);
+    float* dw = ctx.arena.allocate_floats(weights);
+    zero<cpu::Backend>(ctx, x);
+    zero<cpu::Backend>(ctx, dy);
+    std::fill(dw, dw + weights, 0.f);
+    const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+    cpu::OneDnnConv conv(engine, c.g, c.in, DType::bf16, Calls);
+    dnnl::stream stream(engine);
+    run_flops<cpu::Backend>(state, ctx, c.flops, [&] { conv.backward_weights(stream, x.data, dy.data, dw); });
+}
+
 // ---- BatchNorm: args = batch, size, channels ------------------------------------------------------
 
 template <class B, DType Precision = DType::f32>
@@ -408,6 +430,12 @@ BENCHMARK_TEMPLATE(CpuConvCandidate, ConvPass::data, false)->Name("CpuConv/data/
 BENCHMARK_TEMPLATE(CpuConvCandidate, ConvPass::data, true)->Name("CpuConv/data+filter/gemm")->Apply(family_shapes);
 BENCHMARK_TEMPLATE(CpuConvCandidate, ConvPass::filter, false)->Name("CpuConv/filter/onednn")->Apply(family_shapes);
 BENCHMARK_TEMPLATE(CpuConvCandidate, ConvPass::filter, true)->Name("CpuConv/filter/gemm")->Apply(family_shapes);
+BENCHMARK_TEMPLATE(CpuFilterGradient, cpu::FilterGradientCalls::whole_batch)
+    ->Name("CpuFilterGradient/bf16/whole")
+    ->Apply(family_shapes);
+BENCHMARK_TEMPLATE(CpuFilterGradient, cpu::FilterGradientCalls::batch_shares)
+    ->Name("CpuFilterGradient/bf16/shares")
+    ->Apply(family_shapes);
 BENCHMARK_TEMPLATE(ConvForward, cpu::Backend)->Apply(stage_shapes);
 BENCHMARK_TEMPLATE(ConvBackward, cpu::Backend)->Apply(stage_shapes);
 BENCHMARK_TEMPLATE(BatchNormForwardTraining, cpu::Backend)

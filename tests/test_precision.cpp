@@ -4,6 +4,8 @@
 //   back must have the compute type, and the logits and their gradient fp32, as the kernels assume.
 // - Its numbers on the CPU: every layer in bf16 against the same layer in fp32, as test_cuda.cpp
 //   checks the GPU's (on the CPUs with bf16 instructions; elsewhere the test says what is missing).
+#include <algorithm>
+#include <cmath>
 #include <map>
 #include <string>
 
@@ -206,6 +208,49 @@ TEST(MixedPrecision, EveryLayerInBf16OnTheCpuIsFp32WithinBf16Rounding) {
     for_each_mixed_precision_layer([]<class Spec, int In>(Shape in, bool training, bool backward) {
         check_cpu_bf16<Spec, In>(in, training, backward);
     });
+}
+
+// A filter gradient taken as one oneDNN call per thread over shares of the batch
+// (filter_gradient_by_batch_shares) must be the whole batch's, added into dw as the one call adds
+// it: an odd batch, so that the shares differ in size, and a dw that starts non-zero.
+TEST(MixedPrecision, Bf16FilterGradientByBatchSharesIsTheWholeBatchs) {
+    if (!cpu::has_bf16_instructions())
+        GTEST_SKIP() << "this CPU has no bf16 instructions (AVX512-BF16 or AMX-BF16; oneDNN finds " << cpu::onednn_isa()
+                     << "), and the CPU backend does not emulate them";
+    cpu::Context ctx(2);
+    const ConvGeometry g{16, 32, 3, 2, 1};
+    ASSERT_TRUE(cpu::filter_gradient_by_batch_shares(g, DType::bf16)) << "the rule no longer takes this shape";
+    const Shape in{5, 9, 9, 16}, out = g.output_shape(in);
+    Rng rng(11);
+    auto random_bf16 = [&](Shape shape) {
+        std::vector<float> v(shape.size());
+        fill_normal(v.data(), v.size(), rng);
+        std::vector<cpu::bf16> b(v.size());
+        for (std::size_t i = 0; i < v.size(); ++i) b[i] = cpu::narrow<cpu::bf16>(v[i]);
+        return b;
+    };
+    std::vector<cpu::bf16> x = random_bf16(in), dy = random_bf16(out);
+    const std::size_t weights = std::size_t(g.out_channels) * g.patch();
+    std::vector<float> start(weights);
+    fill_normal(start.data(), weights, rng);
+    const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+    dnnl::stream stream(engine);
+    auto gradient = [&](cpu::FilterGradientCalls calls) {
+        cpu::OneDnnConv conv(engine, g, in, DType::bf16, calls);
+        std::vector<float> dw = start;
+        conv.backward_weights(stream, reinterpret_cast<const float*>(x.data()),
+                              reinterpret_cast<const float*>(dy.data()), dw.data());
+        return dw;
+    };
+    const std::vector<float> whole = gradient(cpu::FilterGradientCalls::whole_batch),
+                             shares = gradient(cpu::FilterGradientCalls::batch_shares);
+    double largest = 0, worst = 0;
+    for (std::size_t i = 0; i < weights; ++i) {
+        largest = std::max(largest, double(std::abs(whole[i] - start[i])));
+        worst = std::max(worst, double(std::abs(whole[i] - shares[i])));
+    }
+    ASSERT_GT(largest, 1.0) << "the filter gradient added nothing";
+    EXPECT_LT(worst, 1e-5 * largest) << "by shares of the batch the filter gradient is another";
 }
 
 }  // namespace

@@ -11,13 +11,21 @@
 // In bf16 (mixed precision) the activations and their gradients are bf16, the filters are cast to
 // bf16 by the reorders into the primitives' layouts, and the filter gradient is computed and
 // accumulated in fp32: fp32 master weights, as on CUDA and under PyTorch's autocast.
+//
+// Some filter gradients run as one oneDNN call per thread, each on one thread over its share of the
+// batch, their sums then added in the shares' order (filter_gradient_by_batch_shares, where the rule
+// and its measurements are).
 #include <dnnl.hpp>
+#include <omp.h>
 
+#include <cstddef>
 #include <map>
 #include <memory>
 #include <string>
 #include <tuple>
+#include <vector>
 
+#include "tessera/backend/cpu/openmp_threads.hpp"
 #include "tessera/backend/ops.hpp"
 #include "tessera/core/tensor.hpp"
 
@@ -29,54 +37,178 @@ inline bool onednn_has_avx512() {
     return (isa & avx512) == avx512;
 }
 
+/// Whether a filter gradient runs as one oneDNN call per thread, each on one thread over its share of
+/// the batch (the shares' sums then added in order, so the result does not depend on timing),
+/// instead of one call on all of them. oneDNN 2.6's bf16 kernel (jit_bf16, avx512_core_bf16) splits
+/// a strided 3x3 convolution's filter gradient poorly between threads: one call on 2 threads took as
+/// long as on one, and inside a training step (its verbose log) 4.0 and 5.1 ms instead of about 1.
+/// CpuFilterGradient in bench/blocks.cpp, 2 threads, AMD EPYC with AVX512-BF16, ms per call, whole
+/// batch against shares: ResNet-20's 16->32 at 28x28, batch 128, 1.29 against 0.73, 32->64 at 14x14
+/// 1.70 against 0.95; ResNet50's, batch 32, from 64 channels at 56x56 on, gained little or lost
+/// (512->512 at 7x7: 19.3 against 29.5), and fp32 gained nothing.
+inline bool filter_gradient_by_batch_shares(const ConvGeometry& g, DType activations) {
+    return activations == DType::bf16 && g.kernel == 3 && g.stride > 1 && g.in_channels <= 64;
+}
+
+/// How a OneDnnConv calls oneDNN for its filter gradient: by the rule above, or as told (the
+/// benchmark that measures the rule).
+enum class FilterGradientCalls { by_rule, whole_batch, batch_shares };
+
+namespace onednn_detail {
+
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+inline dnnl::memory::dim dim(int v) { return dnnl::memory::dim(v); }
+
+/// One convolution at one input shape, as oneDNN describes it: NHWC activations, filters in any
+/// layout the primitive prefers, the user's filters OHWI fp32.
+struct Problem {
+    dnnl::memory::desc src, dst, any_weights, any_gradient, user_weights;
+    dnnl::memory::dims strides, padding;
+
+    Problem(const ConvGeometry& g, Shape x, DType activations) : strides{g.stride, g.stride}, padding{g.pad, g.pad} {
+        const Shape y = g.output_shape(x);
+        const dnnl::memory::dims weights{g.out_channels, g.in_channels, g.kernel, g.kernel};
+        const dt compute = activations == DType::bf16 ? dt::bf16 : dt::f32;
+        src = {{dim(x.n), dim(x.c), dim(x.h), dim(x.w)}, compute, tag::nhwc};
+        dst = {{dim(y.n), dim(y.c), dim(y.h), dim(y.w)}, compute, tag::nhwc};
+        any_weights = {weights, compute, tag::any};
+        any_gradient = {weights, dt::f32, tag::any};
+        user_weights = {weights, dt::f32, tag::ohwi};
+    }
+    dnnl::convolution_forward::primitive_desc forward(const dnnl::primitive_attr& attr,
+                                                      const dnnl::engine& engine) const {
+        return {{dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src, any_weights, dst, strides,
+                 padding, padding},
+                attr,
+                engine};
+    }
+};
+
+/// The primitives' attributes: one scratchpad, the caller's, allocated once, not per call.
+inline dnnl::primitive_attr user_scratchpad() {
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    return attr;
+}
+
+/// A scratchpad of `bytes`.
+inline dnnl::memory scratchpad(const dnnl::engine& engine, std::size_t bytes) {
+    return dnnl::memory({{dnnl::memory::dim(bytes)}, dt::u8, tag::x}, engine);
+}
+
+/// A filter gradient: oneDNN's primitive, the gradient in the layout it writes, and the reorder that
+/// adds it into the OHWI fp32 gradient (a reorder with a sum post-op: dw +=).
+struct FilterGradient {
+    dnnl::convolution_backward_weights primitive;
+    dnnl::memory gradient;
+    dnnl::reorder add;
+    dnnl::memory::desc src, dst;
+    std::size_t scratchpad_bytes = 0;
+
+    FilterGradient() = default;
+    FilterGradient(const dnnl::engine& engine, const Problem& p,
+                   const dnnl::convolution_forward::primitive_desc& forward)
+        : src(p.src), dst(p.dst) {
+        const dnnl::convolution_backward_weights::primitive_desc pd(
+            dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, p.src, p.any_gradient, p.dst,
+                                                     p.strides, p.padding, p.padding),
+            user_scratchpad(), engine, forward);
+        primitive = dnnl::convolution_backward_weights(pd);
+        gradient = dnnl::memory(pd.diff_weights_desc(), engine);
+        dnnl::primitive_attr accumulate;
+        dnnl::post_ops sum;
+        sum.append_sum(1.f);
+        accumulate.set_post_ops(sum);
+        add = dnnl::reorder(
+            dnnl::reorder::primitive_desc(engine, gradient.get_desc(), engine, p.user_weights, accumulate));
+        scratchpad_bytes = pd.scratchpad_desc().get_size();
+    }
+    /// gradient = the filter gradient of (x, dy), x and dy given as raw handles of src's and dst's type.
+    void compute(dnnl::stream& s, const dnnl::engine& engine, const void* x, const void* dy,
+                 const dnnl::memory& scratchpad) {
+        primitive.execute(s, {{DNNL_ARG_SRC, dnnl::memory(src, engine, const_cast<void*>(x))},
+                              {DNNL_ARG_DIFF_DST, dnnl::memory(dst, engine, const_cast<void*>(dy))},
+                              {DNNL_ARG_DIFF_WEIGHTS, gradient},
+                              {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    }
+};
+
+/// One share of the batch's filter gradient, on one thread: its own primitive (made for one thread),
+/// stream and scratchpad, and where its images start in the batch's x and dy.
+struct BatchShare {
+    FilterGradient gradient;
+    dnnl::stream stream;
+    dnnl::memory scratchpad;
+    std::size_t x_offset, dy_offset;  // bytes
+};
+
+/// OpenMP's thread count for primitives made while it lives, as oneDNN reads it when it plans a
+/// primitive's split between threads; the count before is restored after.
+class OpenMpThreadsForPlanning {
+public:
+    explicit OpenMpThreadsForPlanning(int threads) : before_(omp_get_max_threads()) { omp_set_num_threads(threads); }
+    ~OpenMpThreadsForPlanning() { omp_set_num_threads(before_); }
+    OpenMpThreadsForPlanning(const OpenMpThreadsForPlanning&) = delete;
+    OpenMpThreadsForPlanning& operator=(const OpenMpThreadsForPlanning&) = delete;
+
+private:
+    int before_;
+};
+
+}  // namespace onednn_detail
+
 class OneDnnConv {
 public:
     using tag = dnnl::memory::format_tag;
     using dt = dnnl::memory::data_type;
 
-    OneDnnConv(const dnnl::engine& engine, const ConvGeometry& g, Shape x, DType activations) : engine_(engine) {
-        const Shape y = g.output_shape(x);
-        const dnnl::memory::dims src{dim(x.n), dim(x.c), dim(x.h), dim(x.w)},
-            dst{dim(y.n), dim(y.c), dim(y.h), dim(y.w)}, weights{g.out_channels, g.in_channels, g.kernel, g.kernel},
-            strides{g.stride, g.stride}, padding{g.pad, g.pad};
-        const dt compute = activations == DType::bf16 ? dt::bf16 : dt::f32;
-        src_ = {src, compute, tag::nhwc};
-        dst_ = {dst, compute, tag::nhwc};
-        user_weights_ = {weights, dt::f32, tag::ohwi};
-        const dnnl::memory::desc any_weights(weights, compute, tag::any), any_gradient(weights, dt::f32, tag::any);
-        dnnl::primitive_attr attr;
-        attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // one scratchpad, allocated here, not per call
+    OneDnnConv(const dnnl::engine& engine, const ConvGeometry& g, Shape x, DType activations,
+               FilterGradientCalls calls = FilterGradientCalls::by_rule)
+        : engine_(engine) {
+        using namespace onednn_detail;
+        const Problem p(g, x, activations);
+        src_ = p.src;
+        dst_ = p.dst;
+        user_weights_ = p.user_weights;
+        const dnnl::primitive_attr attr = user_scratchpad();
 
-        const dnnl::convolution_forward::primitive_desc forward(
-            dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-                                            src_, any_weights, dst_, strides, padding, padding),
-            attr, engine);
+        const dnnl::convolution_forward::primitive_desc forward = p.forward(attr, engine);
         const dnnl::convolution_backward_data::primitive_desc backward_data(
-            dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, src_, any_weights, dst_, strides,
-                                                  padding, padding),
-            attr, engine, forward);
-        const dnnl::convolution_backward_weights::primitive_desc backward_weights(
-            dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, src_, any_gradient, dst_,
-                                                     strides, padding, padding),
+            dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, p.src, p.any_weights, p.dst,
+                                                  p.strides, p.padding, p.padding),
             attr, engine, forward);
         forward_ = dnnl::convolution_forward(forward);
         backward_data_ = dnnl::convolution_backward_data(backward_data);
-        backward_weights_ = dnnl::convolution_backward_weights(backward_weights);
         kernel_ = forward.impl_info_str();
-
         forward_weights_ = weights_in(forward.weights_desc());
         data_weights_ = weights_in(backward_data.weights_desc());
-        weights_gradient_ = dnnl::memory(backward_weights.diff_weights_desc(), engine);
-        dnnl::primitive_attr accumulate;
-        dnnl::post_ops sum;
-        sum.append_sum(1.f);
-        accumulate.set_post_ops(sum);
-        add_gradient_ = dnnl::reorder(
-            dnnl::reorder::primitive_desc(engine, weights_gradient_.get_desc(), engine, user_weights_, accumulate));
-        const std::size_t scratch =
-            std::max({forward.scratchpad_desc().get_size(), backward_data.scratchpad_desc().get_size(),
-                      backward_weights.scratchpad_desc().get_size()});
-        scratchpad_ = dnnl::memory({{dnnl::memory::dim(scratch)}, dt::u8, tag::x}, engine);
+
+        const int threads = omp_get_max_threads();
+        const bool by_shares = calls == FilterGradientCalls::by_rule ? filter_gradient_by_batch_shares(g, activations)
+                                                                     : calls == FilterGradientCalls::batch_shares;
+        if (by_shares && threads > 1 && x.n > 1) {
+            const Split split(std::size_t(x.n), std::size_t(threads), 1);
+            const std::size_t element = activations == DType::bf16 ? 2 : 4;
+            const std::size_t x_image = std::size_t(x.h) * x.w * x.c * element,
+                              dy_image =
+                                  g.output_shape(x).pixels() / std::size_t(x.n) * std::size_t(g.out_channels) * element;
+            const OpenMpThreadsForPlanning one(1);
+            for (std::size_t t = 0; t < split.chunks; ++t) {
+                const Shape share{int(split.end(t) - split.begin(t)), x.h, x.w, x.c};
+                const Problem q(g, share, activations);
+                FilterGradient gradient(engine, q, q.forward(attr, engine));
+                dnnl::memory pad = scratchpad(engine, gradient.scratchpad_bytes);
+                shares_.push_back({std::move(gradient), dnnl::stream(engine), pad, split.begin(t) * x_image,
+                                   split.begin(t) * dy_image});
+            }
+        } else {
+            whole_ = FilterGradient(engine, p, forward);
+        }
+        scratchpad_ =
+            scratchpad(engine, std::max({forward.scratchpad_desc().get_size(),
+                                         backward_data.scratchpad_desc().get_size(), whole_.scratchpad_bytes}));
     }
 
     /// y = conv(x, w); x, y, dx and dy are in the activations' type, w and dw fp32.
@@ -99,12 +231,24 @@ public:
 
     /// dw += the filter gradient of (x, dy).
     void backward_weights(dnnl::stream& s, const float* x, const float* dy, float* dw) {
-        backward_weights_.execute(s, {{DNNL_ARG_SRC, in(src_, x)},
-                                      {DNNL_ARG_DIFF_DST, in(dst_, dy)},
-                                      {DNNL_ARG_DIFF_WEIGHTS, weights_gradient_},
-                                      {DNNL_ARG_SCRATCHPAD, scratchpad_}});
         dnnl::memory user = in(user_weights_, dw);
-        add_gradient_.execute(s, weights_gradient_, user);
+        if (shares_.empty()) {
+            whole_.compute(s, engine_, x, dy, scratchpad_);
+            whole_.add.execute(s, whole_.gradient, user);
+            s.wait();
+            return;
+        }
+        // Share t on thread t, its primitive planned for one thread (oneDNN runs it on the calling thread
+        // inside this parallel region); then the shares' gradients added in order.
+        OpenMpThreads(int(shares_.size())).parallel_for(shares_.size(), [&](std::size_t t0, std::size_t t1) {
+            for (std::size_t t = t0; t < t1; ++t) {
+                onednn_detail::BatchShare& share = shares_[t];
+                share.gradient.compute(share.stream, engine_, reinterpret_cast<const char*>(x) + share.x_offset,
+                                       reinterpret_cast<const char*>(dy) + share.dy_offset, share.scratchpad);
+                share.stream.wait();
+            }
+        });
+        for (onednn_detail::BatchShare& share : shares_) share.gradient.add.execute(s, share.gradient.gradient, user);
         s.wait();
     }
 
@@ -112,8 +256,6 @@ public:
     const std::string& kernel() const { return kernel_; }
 
 private:
-    static dnnl::memory::dim dim(int v) { return dnnl::memory::dim(v); }
-
     dnnl::memory in(const dnnl::memory::desc& desc, const float* data) const {  // data: a handle, of desc's type
         return dnnl::memory(desc, engine_, const_cast<float*>(data));
     }
@@ -141,10 +283,10 @@ private:
     dnnl::memory::desc src_, dst_, user_weights_;
     dnnl::convolution_forward forward_;
     dnnl::convolution_backward_data backward_data_;
-    dnnl::convolution_backward_weights backward_weights_;
+    onednn_detail::FilterGradient whole_;            // the filter gradient in one call,
+    std::vector<onednn_detail::BatchShare> shares_;  // or by shares of the batch
     Weights forward_weights_, data_weights_;
-    dnnl::memory weights_gradient_, scratchpad_;
-    dnnl::reorder add_gradient_;
+    dnnl::memory scratchpad_;
     std::string kernel_;
 };
 
