@@ -61,6 +61,11 @@ using dt = dnnl::memory::data_type;
 
 inline dnnl::memory::dim dim(int v) { return dnnl::memory::dim(v); }
 
+/// `data` as a memory of `desc` (a handle: nothing is copied), of desc's element type.
+inline dnnl::memory handle(const dnnl::memory::desc& desc, const dnnl::engine& engine, const void* data) {
+    return dnnl::memory(desc, engine, const_cast<void*>(data));
+}
+
 /// One convolution at one input shape, as oneDNN describes it: NHWC activations, filters in any
 /// layout the primitive prefers, the user's filters OHWI fp32.
 struct Problem {
@@ -128,8 +133,8 @@ struct FilterGradient {
     /// gradient = the filter gradient of (x, dy), x and dy given as raw handles of src's and dst's type.
     void compute(dnnl::stream& s, const dnnl::engine& engine, const void* x, const void* dy,
                  const dnnl::memory& scratchpad) {
-        primitive.execute(s, {{DNNL_ARG_SRC, dnnl::memory(src, engine, const_cast<void*>(x))},
-                              {DNNL_ARG_DIFF_DST, dnnl::memory(dst, engine, const_cast<void*>(dy))},
+        primitive.execute(s, {{DNNL_ARG_SRC, handle(src, engine, x)},
+                              {DNNL_ARG_DIFF_DST, handle(dst, engine, dy)},
                               {DNNL_ARG_DIFF_WEIGHTS, gradient},
                               {DNNL_ARG_SCRATCHPAD, scratchpad}});
     }
@@ -161,9 +166,6 @@ private:
 
 class OneDnnConv {
 public:
-    using tag = dnnl::memory::format_tag;
-    using dt = dnnl::memory::data_type;
-
     OneDnnConv(const dnnl::engine& engine, const ConvGeometry& g, Shape x, DType activations,
                FilterGradientCalls calls = FilterGradientCalls::by_rule)
         : engine_(engine) {
@@ -190,10 +192,9 @@ public:
                                                                      : calls == FilterGradientCalls::batch_shares;
         if (by_shares && threads > 1 && x.n > 1) {
             const Split split(std::size_t(x.n), std::size_t(threads), 1);
-            const std::size_t element = activations == DType::bf16 ? 2 : 4;
-            const std::size_t x_image = std::size_t(x.h) * x.w * x.c * element,
-                              dy_image =
-                                  g.output_shape(x).pixels() / std::size_t(x.n) * std::size_t(g.out_channels) * element;
+            const Shape y = g.output_shape(x);
+            const std::size_t x_image = Shape{1, x.h, x.w, x.c}.size() * element_bytes(activations),
+                              dy_image = Shape{1, y.h, y.w, y.c}.size() * element_bytes(activations);
             const OpenMpThreadsForPlanning one(1);
             for (std::size_t t = 0; t < split.chunks; ++t) {
                 const Shape share{int(split.end(t) - split.begin(t)), x.h, x.w, x.c};
@@ -256,8 +257,8 @@ public:
     const std::string& kernel() const { return kernel_; }
 
 private:
-    dnnl::memory in(const dnnl::memory::desc& desc, const float* data) const {  // data: a handle, of desc's type
-        return dnnl::memory(desc, engine_, const_cast<float*>(data));
+    dnnl::memory in(const dnnl::memory::desc& desc, const float* data) const {  // data: of desc's type
+        return onednn_detail::handle(desc, engine_, data);
     }
 
     /// The layout a primitive wants its filters in, with the reorder from OHWI (none when it is OHWI).
