@@ -282,8 +282,22 @@ void family_shapes(benchmark::internal::Benchmark* b) {
         ->Unit(benchmark::kMillisecond);
 }
 
-// oneDNN's bf16 filter gradient in one call on all threads, or one call per thread over its share of
-// the batch (filter_gradient_by_batch_shares in backend/cpu/onednn_conv.hpp: how its rule was made).
+// The family's 3x3 stride-1 shapes, the ones PairedFilterGradient can compute.
+void pairs_shapes(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"n", "hw", "in", "out", "k", "s"})
+        ->Args({128, 28, 16, 16, 3, 1})
+        ->Args({128, 14, 32, 32, 3, 1})
+        ->Args({128, 7, 64, 64, 3, 1})
+        ->Args({32, 56, 64, 64, 3, 1})
+        ->Args({32, 28, 128, 128, 3, 1})
+        ->Args({32, 14, 256, 256, 3, 1})
+        ->Args({32, 7, 512, 512, 3, 1})
+        ->Unit(benchmark::kMillisecond);
+}
+
+// A bf16 filter gradient: oneDNN's in one call on all threads, or one call per thread over its share
+// of the batch, or tessera's image-pairs kernel (filter_gradient_calls in backend/cpu/onednn_conv.hpp:
+// how its rule was made).
 template <cpu::FilterGradientCalls Calls>
 void CpuFilterGradient(benchmark::State& state) {
     cpu::Context ctx(2);
@@ -436,6 +450,9 @@ BENCHMARK_TEMPLATE(CpuFilterGradient, cpu::FilterGradientCalls::whole_batch)
 BENCHMARK_TEMPLATE(CpuFilterGradient, cpu::FilterGradientCalls::batch_shares)
     ->Name("CpuFilterGradient/bf16/shares")
     ->Apply(family_shapes);
+BENCHMARK_TEMPLATE(CpuFilterGradient, cpu::FilterGradientCalls::image_pairs)
+    ->Name("CpuFilterGradient/bf16/pairs")
+    ->Apply(pairs_shapes);
 BENCHMARK_TEMPLATE(ConvForward, cpu::Backend)->Apply(stage_shapes);
 BENCHMARK_TEMPLATE(ConvBackward, cpu::Backend)->Apply(stage_shapes);
 BENCHMARK_TEMPLATE(BatchNormForwardTraining, cpu::Backend)

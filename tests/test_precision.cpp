@@ -8,6 +8,7 @@
 #include <cmath>
 #include <map>
 #include <string>
+#include <utility>
 
 #include "helpers.hpp"
 #include "mixed_precision_layers.hpp"
@@ -251,6 +252,66 @@ TEST(MixedPrecision, Bf16FilterGradientByBatchSharesIsTheWholeBatchs) {
     }
     ASSERT_GT(largest, 1.0) << "the filter gradient added nothing";
     EXPECT_LT(worst, 1e-5 * largest) << "by shares of the batch the filter gradient is another";
+}
+
+// tessera's own bf16 filter gradient (PairedFilterGradient, images taken two at a time) against the
+// sum written out in double precision, and added into a dw that starts non-zero. Odd batches, so that
+// the last image is paired with a zero image; images that are not square; one shape whose image pairs
+// run in groups, one that runs them one at a time; channels in and out that differ.
+TEST(MixedPrecision, Bf16FilterGradientByImagePairsIsTheSumWrittenOut) {
+    if (!cpu::has_bf16_instructions())
+        GTEST_SKIP() << "this CPU has no bf16 instructions (AVX512-BF16 or AMX-BF16; oneDNN finds " << cpu::onednn_isa()
+                     << "), and the CPU backend does not emulate them";
+    cpu::Context ctx(2);
+    ASSERT_EQ(cpu::filter_gradient_calls({16, 16, 3, 1, 1}, DType::bf16), cpu::FilterGradientCalls::image_pairs)
+        << "the rule no longer takes the quick start's first stage";
+    Rng rng(12);
+    for (const auto& [g, in] : {std::pair{ConvGeometry{32, 16, 3, 1, 1}, Shape{5, 6, 7, 32}},
+                                std::pair{ConvGeometry{16, 48, 3, 1, 1}, Shape{3, 17, 16, 16}}}) {
+        SCOPED_TRACE(testing::Message() << in.n << "x" << in.h << "x" << in.w << ", " << g.in_channels << " -> "
+                                        << g.out_channels);
+        const Shape out = g.output_shape(in);
+        auto random_bf16 = [&](Shape shape) {
+            std::vector<float> v(shape.size());
+            fill_normal(v.data(), v.size(), rng);
+            std::vector<cpu::bf16> b(v.size());
+            for (std::size_t i = 0; i < v.size(); ++i) b[i] = cpu::narrow<cpu::bf16>(v[i]);
+            return b;
+        };
+        const std::vector<cpu::bf16> x = random_bf16(in), dy = random_bf16(out);
+        const std::size_t weights = std::size_t(g.out_channels) * g.patch();
+        std::vector<float> dw(weights);
+        fill_normal(dw.data(), weights, rng);
+        // dw[o][kh][kw][c] + sum over n, h, w of dy[n][h][w][o] * x[n][h+kh-1][w+kw-1][c]
+        std::vector<double> expected(dw.begin(), dw.end());
+        for (int n = 0; n < in.n; ++n)
+            for (int h = 0; h < out.h; ++h)
+                for (int w = 0; w < out.w; ++w)
+                    for (int o = 0; o < g.out_channels; ++o) {
+                        const double d = cpu::widen(dy[((std::size_t(n) * out.h + h) * out.w + w) * out.c + o]);
+                        for (int kh = 0; kh < 3; ++kh)
+                            for (int kw = 0; kw < 3; ++kw) {
+                                const int ih = h + kh - 1, iw = w + kw - 1;
+                                if (ih < 0 || ih >= in.h || iw < 0 || iw >= in.w) continue;
+                                const cpu::bf16* xs = &x[((std::size_t(n) * in.h + ih) * in.w + iw) * in.c];
+                                double* e = &expected[(std::size_t(o) * 9 + std::size_t(kh * 3 + kw)) * in.c];
+                                for (int c = 0; c < in.c; ++c) e[c] += d * cpu::widen(xs[c]);
+                            }
+                    }
+        const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+        dnnl::stream stream(engine);
+        cpu::OneDnnConv conv(engine, g, in, DType::bf16, cpu::FilterGradientCalls::image_pairs);
+        const std::vector<float> start = dw;
+        conv.backward_weights(stream, reinterpret_cast<const float*>(x.data()),
+                              reinterpret_cast<const float*>(dy.data()), dw.data());
+        double largest = 0, worst = 0;
+        for (std::size_t i = 0; i < weights; ++i) {
+            largest = std::max(largest, std::abs(expected[i] - start[i]));
+            worst = std::max(worst, std::abs(expected[i] - double(dw[i])));
+        }
+        ASSERT_GT(largest, 1.0) << "the filter gradient written out is nothing";
+        EXPECT_LT(worst, 1e-5 * largest) << "by image pairs the filter gradient is another";
+    }
 }
 
 }  // namespace

@@ -24,12 +24,6 @@ inline std::string onednn_isa() {
     return isa;
 }
 
-/// Whether the CPU multiplies bf16 in hardware (AVX512-BF16, which every AMX-BF16 CPU also has).
-inline bool has_bf16_instructions() {
-    const unsigned isa = unsigned(dnnl_get_effective_cpu_isa());
-    return (isa & unsigned(dnnl_cpu_isa_avx512_core_bf16)) == unsigned(dnnl_cpu_isa_avx512_core_bf16);
-}
-
 struct Backend {
     using Context = cpu::Context;
     static constexpr const char* name = "cpu";
