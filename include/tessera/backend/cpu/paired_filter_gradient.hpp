@@ -142,14 +142,11 @@ public:
     }
 
     PairedFilterGradient(const ConvGeometry& g, Shape x, int threads)
-        : packed_{x.h, x.w, g.in_channels, g.out_channels},
-          batch_(x.n),
+        : packed_{x.h, x.w, g.in_channels, g.out_channels}, batch_(x.n),
           split_(std::size_t((x.n + 1) / 2), std::size_t(std::max(1, threads)), 1),
           // Image pairs packed and run together: enough pixels per tile (about 256) that loading and
           // storing the tile's sums costs little, few enough that they stay in cache.
-          group_(std::max(1, 256 / (x.h * x.w))),
-          columns_(g.patch()),
-          threads_(split_.chunks) {
+          group_(std::max(1, 256 / (x.h * x.w))), columns_(g.patch()), threads_(split_.chunks) {
         for (auto& t : threads_) {
             t.xp.resize(std::size_t(group_) * packed_.x());
             t.dyp.resize(std::size_t(group_) * packed_.dy());
