@@ -2,8 +2,8 @@
 // convolutions at ResNet50's stage shapes (forward, and backward: data and filter gradients),
 // BatchNorm, one bottleneck forward and backward, and a whole ResNet50 training step. Counters give
 // GFLOP/s and GB/s, and on the CPU the fraction of the FP32 peak of the cores in use, measured here
-// by an FMA loop of the widest vectors the CPU has (FmaPeak), so each figure reads against what the
-// cores can do.
+// by an FMA loop of the widest vectors the CPU has (FmaPeak; Bf16DotPeak for AVX512-BF16), so each
+// figure reads against what the cores can do.
 //   build/bench/tessera_bench [--benchmark_filter=Conv]
 #include <benchmark/benchmark.h>
 
@@ -64,6 +64,20 @@ __attribute__((target("avx512f"), flatten)) double fma_flops_avx512(std::int64_t
                     [](float f) TESSERA_AVX512 { return _mm512_set1_ps(f); },
                     [](__m512 x, __m512 y) TESSERA_AVX512 { return _mm512_add_ps(x, y); }>(rounds);
 }
+
+// AVX512-BF16's dot product, the instruction of bf16 convolutions on CPUs without AMX (oneDNN's
+// avx512_core_bf16 kernels, tessera's PairedFilterGradient): each vdpbf16ps adds the products of
+// two bf16 pairs into each of 16 fp32 lanes, 32 products, 64 FLOP. Twelve independent chains, as
+// above.
+__attribute__((target("avx512f,avx512bf16"), flatten)) double bf16_dot_flops(std::int64_t rounds) {
+    return fma_loop < __m512, 32,  // 32 bf16 products per instruction, each a multiply and an add
+           [](__m512 v, __m512 a, __m512 b) __attribute__((target("avx512f,avx512bf16"))) {
+        return _mm512_dpbf16_ps(v, __m512bh(a), __m512bh(b));
+    }
+    , [](float f) __attribute__((target("avx512f"))) { return _mm512_set1_ps(f); }
+    , [](__m512 x, __m512 y) __attribute__((target("avx512f"))) { return _mm512_add_ps(x, y); }
+    > (rounds);
+}
 #pragma GCC diagnostic pop
 
 /// The widest FMA this CPU has: AVX-512 where there is one (OpenBLAS's kernels use it), else AVX2.
@@ -100,6 +114,24 @@ void FmaPeak(benchmark::State& state) {  // one core
 }
 BENCHMARK_TEMPLATE(FmaPeak, fma_flops_avx2)->Name("FmaPeak/avx2")->Unit(benchmark::kMillisecond);
 BENCHMARK_TEMPLATE(FmaPeak, fma_flops)->Name("FmaPeak/widest")->Unit(benchmark::kMillisecond);
+
+// The most a bf16 convolution can reach on this CPU without AMX: vdpbf16ps alone, from registers,
+// on each of `threads` OpenMP threads at once (args = threads). ResNet50's bf16 inference at batch
+// 32 reads against it (README, "CPU: side by side with PyTorch").
+void Bf16DotPeak(benchmark::State& state) {
+    if (!__builtin_cpu_supports("avx512bf16")) {
+        state.SkipWithError("this CPU has no AVX512-BF16");
+        return;
+    }
+    const int threads = int(state.range(0));
+    double flops = 0;
+    for (auto _ : state) {
+#pragma omp parallel num_threads(threads) reduction(+ : flops)
+        flops += bf16_dot_flops(1'000'000);
+    }
+    state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsRate);
+}
+BENCHMARK(Bf16DotPeak)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
 #endif
 
 // ---- backends --------------------------------------------------------------------------------------
