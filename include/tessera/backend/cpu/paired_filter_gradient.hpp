@@ -58,17 +58,18 @@ struct CacheLines {
     bool operator==(const CacheLines&) const = default;
 };
 
-/// out[i] = (a[i], b[i]) for i < count (a multiple of 16), b null: zeros. (The zero-masking forms: the
-/// plain _mm512_cvtepu16_epi32 and _mm512_slli_epi32 trip GCC 12's -Wmaybe-uninitialized.)
+/// 16 bf16 values at p, each in the low half of a 32-bit lane. (The zero-masking forms here and in
+/// pair_up: the plain _mm512_cvtepu16_epi32 and _mm512_slli_epi32 trip GCC 12's -Wmaybe-uninitialized.)
+TESSERA_AVX512_BF16 inline __m512i to_low_halves(const std::uint16_t* p) {
+    return _mm512_maskz_cvtepu16_epi32(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+/// out[i] = (a[i], b[i]) for i < count (a multiple of 16), b null: zeros.
 TESSERA_AVX512_BF16 inline void pair_up(const std::uint16_t* a, const std::uint16_t* b, std::uint32_t* out,
                                         std::size_t count) {
-    const __mmask16 all = 0xffff;
-    auto widen = [all](const std::uint16_t* p) TESSERA_AVX512_BF16 {
-        return _mm512_maskz_cvtepu16_epi32(all, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    };
     for (std::size_t i = 0; i < count; i += 16) {
-        const __m512i high = b ? _mm512_maskz_slli_epi32(all, widen(b + i), 16) : _mm512_setzero_si512();
-        _mm512_storeu_si512(out + i, _mm512_or_si512(widen(a + i), high));
+        const __m512i high = b ? _mm512_maskz_slli_epi32(0xffff, to_low_halves(b + i), 16) : _mm512_setzero_si512();
+        _mm512_storeu_si512(out + i, _mm512_or_si512(to_low_halves(a + i), high));
     }
 }
 
