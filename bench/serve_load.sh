@@ -3,7 +3,7 @@
 # torchvision) on the same checkpoint, image and CPU threads, one after the other in one run.
 #   bench/serve_load.sh CHECKPOINT IMAGE [--arch A] [--build DIR] [--threads T] [--seconds S]
 #                       [--connections "1 8 64"] [--max-batch B] [--max-wait-ms W] [--no-torch]
-#                       [--rounds R] [--round-seconds RS]
+#                       [--rounds R] [--round-seconds RS] [--workers W]
 # wrk (scripts/deps test) posts IMAGE as the body of POST /v1/predict on each of C connections, for
 # S seconds, after a 3-second warm-up. For each server and each C: requests per second, latency
 # p50/p99, non-2xx answers and socket errors; for runner serve also the mean batch it ran (from
@@ -16,6 +16,8 @@
 # both alike; the median is reported, and beside each round the network's own rate inside the
 # server (images per second of forward time, from /metrics), which tells the time the network lost
 # to the threads around it from the time spent outside it.
+# --workers W serves with W copies of the network (runner serve --workers), the threads split among
+# them; the network alone keeps all the threads, and "its network" is then the workers' summed rate.
 # wrk takes one core of its own; on a small machine it competes with both servers alike.
 # Logs go to $OUT (default: a folder under /tmp); the table goes to standard output.
 set -euo pipefail
@@ -24,7 +26,7 @@ cd "$(dirname "$0")/.."
 checkpoint=$(realpath "$1") image=$(realpath "$2")
 shift 2
 build=build arch="" threads=$(nproc) seconds=30 connections="1 8 64" max_batch=32 max_wait="" torch=1
-rounds=3 round_seconds=10
+rounds=3 round_seconds=10 workers=1
 while (($#)); do
   case "$1" in
     --arch) arch=$2; shift 2 ;;
@@ -37,6 +39,7 @@ while (($#)); do
     --no-torch) torch=0; shift ;;
     --rounds) rounds=$2; shift 2 ;;
     --round-seconds) round_seconds=$2; shift 2 ;;
+    --workers) workers=$2; shift 2 ;;
     *) echo "bench/serve_load.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -93,13 +96,14 @@ load() {  # NAME PORT C: a warm-up, then S seconds of load; appends a row to the
     "$(field "$line" p99_ms)" "$batch" "$(($(field "$line" non2xx) + $(field "$line" socket_errors)))"
 }
 
-echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores here, $threads threads for each server"
+echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores here, $threads threads for each server" \
+  "(runner serve: $workers worker(s))"
 echo "model: $(basename "$checkpoint")${arch:+ ($arch)}, image: $(basename "$image") ($(stat -c %s "$image") bytes), logs in $out"
 declare -A rps mean_batch
 mean_batches=()
 printf '\n| server | connections | requests/s | p50 | p99 | mean batch | errors |\n|---|---|---|---|---|---|---|\n'
 
-"$runner" serve --checkpoint "$checkpoint" ${arch:+--arch "$arch"} --port 0 --threads "$threads" \
+"$runner" serve --checkpoint "$checkpoint" ${arch:+--arch "$arch"} --port 0 --threads "$threads" --workers "$workers" \
   --max-batch "$max_batch" ${max_wait:+--max-wait-ms "$max_wait"} --max-queue 4096 >"$out/tessera_serve.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 600); do grep -q 'http://' "$out/tessera_serve.log" && break; sleep 0.1; done
@@ -138,8 +142,8 @@ steady() {  # PORT C RAMP S LOG: under C connections, from the first batch to en
   read -r n1 f1 t1 < <(edge "$port")
   kill "$load" 2>/dev/null; wait "$load" 2>/dev/null || true
   while (($(metric "$port" tessera_queue_depth) > 0)); do sleep 0.1; done
-  /usr/bin/python3 -c "import sys; n0, f0, t0, n1, f1, t1 = map(float, sys.argv[1:]); \
-print(f'{(n1 - n0) / (t1 - t0):.2f} {(n1 - n0) / (f1 - f0):.2f}')" "$n0" "$f0" "$t0" "$n1" "$f1" "$t1"
+  /usr/bin/python3 -c "import sys; n0, f0, t0, n1, f1, t1, w = map(float, sys.argv[1:]); \
+print(f'{(n1 - n0) / (t1 - t0):.2f} {w * (n1 - n0) / (f1 - f0):.2f}')" "$n0" "$f0" "$t0" "$n1" "$f1" "$t1" "$workers"
 }
 
 # The server's cost, in alternated rounds (see the top), with the server up and idle during the

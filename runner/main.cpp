@@ -19,8 +19,8 @@ constexpr const char* usage =
                       [--resize 256] [--device cpu|cuda] [--precision fp32|bf16] [--json] IMAGE...
        runner serve --checkpoint PATH [--host 127.0.0.1] [--port 8080] [--device cpu|cuda] [--labels FILE|imagenet]
                     [--max-batch 32] [--max-wait-ms 0] [--max-queue 256] [--max-bytes 20971520]
-                    [--max-pixels 40000000] [--idle-timeout-s 10] [--threads T] [--io-threads 1]
-                    [--precision fp32|bf16]
+                    [--max-pixels 40000000] [--idle-timeout-s 10] [--threads T] [--workers 1]
+                    [--io-threads 1] [--precision fp32|bf16]
        runner export --checkpoint PATH --onnx OUT.onnx [--opset 17] [--batch 1 | --dynamic-batch] [--fold-bn]
                      [--with-preprocessing] [--nhwc] [--image-size S] [--arch A] [--labels FILE|imagenet]
        runner quantize --checkpoint PATH --recipe RECIPE --out OUT.onnx [--calibration 512]

@@ -1,7 +1,10 @@
 // runner serve --checkpoint PATH: a web page and an HTTP API that classify images with a trained
 // model (serve/server.hpp says the routes). The network, its preprocessing and its answers are
-// runner predict's (classifier.hpp); requests that arrive together run as one batch.
+// runner predict's (classifier.hpp); requests that arrive together run as one batch, on one of
+// --workers copies of the network that split --threads between them.
 #include <cstdio>
+#include <memory>
+#include <vector>
 
 #include "classifier.hpp"
 #include "runner.hpp"
@@ -12,7 +15,8 @@ namespace tessera::runner {
 int serve(const std::vector<std::string>& raw) {
     Args args(raw, {},
               {"checkpoint", "arch", "labels", "image-size", "resize", "host", "port", "device", "threads", "max-batch",
-               "max-wait-ms", "max-queue", "max-bytes", "max-pixels", "idle-timeout-s", "io-threads", "precision"});
+               "max-wait-ms", "max-queue", "max-bytes", "max-pixels", "idle-timeout-s", "io-threads", "precision",
+               "workers"});
     if (!args.value("checkpoint") || !args.positional().empty())
         throw user_error("runner serve", "expected --checkpoint PATH (and no other arguments)",
                          "e.g. runner serve --checkpoint runs/quickstart/best.safetensors --port 8080");
@@ -31,9 +35,24 @@ int serve(const std::vector<std::string>& raw) {
     o.io_threads = args.integer("io-threads", o.io_threads);
     const int threads = args.value("threads") ? thread_count(args) : ThreadPool::default_threads();
     o.decode_threads = threads;
-    const auto classifier =
-        Classifier::open(card, args.value("device").value_or("cpu"), threads, args.value("precision").value_or("fp32"));
-    return serve::serve_forever(card, *classifier, o);
+    const std::string device = args.value("device").value_or("cpu");
+    const int workers = args.integer("workers", 1);
+    if (workers > 1 && device != "cpu")
+        throw user_error("--workers " + std::to_string(workers), "runs copies of the network on the CPU's cores",
+                         "leave it out with --device " + device + " (the device runs one network at a time)");
+    if (workers > threads)
+        throw user_error("--workers " + std::to_string(workers),
+                         "is more than --threads " + std::to_string(threads) + ": each worker needs a thread",
+                         "give at most one worker per thread, e.g. --workers " + std::to_string(threads));
+    // The threads split as evenly as they go: worker i gets one more while i < threads % workers.
+    std::vector<std::unique_ptr<Classifier>> copies;
+    std::vector<Classifier*> networks;
+    for (int i = 0; i < workers; ++i) {
+        const int share = threads / workers + (i < threads % workers ? 1 : 0);
+        copies.push_back(Classifier::open(card, device, share, args.value("precision").value_or("fp32")));
+        networks.push_back(copies.back().get());
+    }
+    return serve::serve_forever(card, networks, o);
 }
 
 }  // namespace tessera::runner

@@ -336,6 +336,48 @@ TEST_F(Serve, AnswersAsPredictDoesForEachImageOfABatch) {
     EXPECT_EQ(page.body.find("http"), page.body.find("http-equiv"));  // nothing fetched from elsewhere
 }
 
+TEST_F(Serve, WorkersTakeTurnsAndEachAnswersAsPredictDoes) {
+    // Two workers (--workers 2), each its own copy of the network on one thread: 16 images at once in
+    // batches of at most 4, so that while one worker runs a batch the other forms the next. Every
+    // answer must be its own image's, and both workers must have run some.
+    std::vector<fs::path> files;
+    for (int i = 0; i < 16; ++i) {
+        files.push_back(dir() / ("w" + std::to_string(i) + (i % 2 ? ".jpg" : ".png")));
+        write_image(files.back(), 20 + 3 * i, 30 - i, 15 * i);
+    }
+    const json::Value expected = predict_json(files, 3);
+    Server server(model_args() + "--threads 2 --workers 2 --max-batch 4 --max-wait-ms 300");
+    ASSERT_GT(server.port(), 0) << server.log();
+    EXPECT_NE(server.log().find("2 workers, each"), std::string::npos) << server.log();
+    std::vector<Reply> replies(files.size());
+    std::vector<std::thread> clients;
+    for (std::size_t i = 0; i < files.size(); ++i)
+        clients.emplace_back([&, i] {
+            replies[i] =
+                post(server.port(), read_file(files[i]), i % 2 ? "image/jpeg" : "image/png", "/v1/predict?topk=3");
+        });
+    for (auto& c : clients) c.join();
+    for (std::size_t i = 0; i < files.size(); ++i) {
+        ASSERT_EQ(replies[i].status, 200) << files[i] << ": " << replies[i].body;
+        const json::Value got = json::parse(replies[i].body, "answer");
+        ASSERT_EQ(got.array().size(), 1u);
+        expect_same_answer(got.array()[0], expected.array()[i], files[i].filename().string());
+    }
+    const std::string metrics = get(server.port(), "/metrics").body;
+    int total = 0;
+    for (const char* worker : {"0", "1"}) {
+        std::smatch m;
+        ASSERT_TRUE(std::regex_search(
+            metrics, m, std::regex(std::string("tessera_worker_images_total\\{worker=\"") + worker + "\"\\} ([0-9]+)")))
+            << metrics;
+        EXPECT_GT(std::stoi(m[1]), 0) << "worker " << worker << " ran nothing\n" << metrics;
+        total += std::stoi(m[1]);
+    }
+    EXPECT_EQ(total, int(files.size())) << metrics;
+    std::string rest;
+    EXPECT_EQ(server.terminate(rest), 0) << rest;  // both workers end
+}
+
 TEST_F(Serve, RefusesBadInputWithItsStatusAndKeepsServingWithoutGrowing) {
     // Each kind of bad request, interleaved with good ones, from 8 clients: every good one answered
     // as predict answers it, every bad one with its status, and memory after 10,000 requests within
@@ -472,6 +514,14 @@ TEST_F(Serve, BadOptionsAreUserErrors) {
     EXPECT_NE(r.output.find("--host not-an-address"), std::string::npos) << r.output;
     r = run_runner("serve --checkpoint '" + (dir() / "missing.safetensors").string() + "'");
     EXPECT_EQ(r.exit_code, 2) << r.output;
+    // More workers than threads, and workers beside a GPU, are named with what to do.
+    r = run_runner("serve " + model_args() + " --threads 2 --workers 3");
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("--workers 3"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("--workers 2"), std::string::npos) << r.output;
+    r = run_runner("serve " + model_args() + " --workers 2 --device cuda");
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_NE(r.output.find("--workers 2"), std::string::npos) << r.output;
     // A port already taken is named, with what to do.
     Server first(model_args() + "--threads 1");
     ASSERT_GT(first.port(), 0);

@@ -5,7 +5,12 @@
 // default max_wait is 0: a batch is whatever waits when the network is free, so a lone request
 // never waits for company, and under load the requests that arrive while one batch runs form the
 // next (measured in bench/serve_load.sh: with 5 ms, one client got 2.6x fewer answers per second
-// and 64 clients none more). One thread runs the network, so its own threads have the cores.
+// and 64 clients none more).
+//
+// Each worker is a copy of the network on a thread of its own (runner serve --workers, Triton's
+// instance_group count): one worker at a time forms a batch from the queue, and while it runs that
+// batch the next free worker forms the next. With one worker, the network's own threads have the
+// cores; with one per core, no layer waits at a barrier for a core that an I/O thread took.
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -27,7 +32,7 @@ class Batcher {
 public:
     using Clock = std::chrono::steady_clock;
     /// One image, preprocessed; `done` gets its class probabilities, or `failed` the reason the
-    /// network could not run. Both are called on the batcher's thread.
+    /// network could not run. Both are called on the thread of the worker that ran it.
     struct Job {
         std::vector<std::uint8_t> pixels;
         std::function<void(std::span<const double>)> done;
@@ -35,10 +40,13 @@ public:
         Clock::time_point queued = Clock::now();
     };
 
-    Batcher(runner::Classifier& classifier, const runner::ModelCard& card, int max_batch,
+    /// One worker per classifier; each must be its own (they run at once).
+    Batcher(std::span<runner::Classifier* const> workers, const runner::ModelCard& card, int max_batch,
             std::chrono::microseconds max_wait, Metrics& metrics)
-        : classifier_(classifier), card_(card), max_batch_(max_batch), max_wait_(max_wait), metrics_(metrics),
-          thread_([this] { run(); }) {}
+        : card_(card), max_batch_(max_batch), max_wait_(max_wait), metrics_(metrics) {
+        for (std::size_t i = 0; i < workers.size(); ++i)
+            threads_.emplace_back([this, i, network = workers[i]] { run(*network, int(i)); });
+    }
     ~Batcher() { stop(); }
     Batcher(const Batcher&) = delete;
     Batcher& operator=(const Batcher&) = delete;
@@ -48,43 +56,49 @@ public:
             std::lock_guard lock(mutex_);
             queue_.push_back(std::move(job));
         }
-        wake_.notify_one();
+        wake_.notify_all();  // the worker forming a batch counts it; an idle one may start the next
     }
 
-    /// Runs what is queued, then ends the thread.
+    /// Runs what is queued, then ends the workers.
     void stop() {
         {
             std::lock_guard lock(mutex_);
             stopping_ = true;
         }
-        wake_.notify_one();
-        if (thread_.joinable()) thread_.join();
+        wake_.notify_all();
+        for (std::thread& t : threads_)
+            if (t.joinable()) t.join();
     }
 
 private:
-    void run() {
+    void run(runner::Classifier& network, int worker) {
         std::vector<Job> batch;
         std::vector<std::uint8_t> pixels;
         for (;;) {
             {
                 std::unique_lock lock(mutex_);
-                wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+                wake_.wait(lock, [&] { return stopping_ || (!forming_ && !queue_.empty()); });
                 if (queue_.empty()) return;  // stopping, nothing left
+                // This worker forms the batch; the others wait for it to be taken.
+                forming_ = true;
                 const auto deadline = queue_.front().queued + max_wait_;
                 wake_.wait_until(lock, deadline, [&] { return stopping_ || int(queue_.size()) >= max_batch_; });
+                forming_ = false;
                 const std::size_t n = std::min(queue_.size(), std::size_t(max_batch_));
                 batch.assign(std::make_move_iterator(queue_.begin()),
                              std::make_move_iterator(queue_.begin() + long(n)));
                 queue_.erase(queue_.begin(), queue_.begin() + long(n));
             }
+            wake_.notify_all();           // the next free worker forms the next batch
+            if (batch.empty()) continue;  // stopping: another worker took what was left
             const std::size_t bytes = card_.input_bytes();
             pixels.resize(batch.size() * bytes);
             for (std::size_t i = 0; i < batch.size(); ++i)
                 std::memcpy(pixels.data() + i * bytes, batch[i].pixels.data(), bytes);
             try {
                 const auto start = Clock::now();
-                const std::vector<double> p = classifier_.probabilities(pixels.data(), int(batch.size()));
-                metrics_.batch(int(batch.size()), std::chrono::duration<double>(Clock::now() - start).count());
+                const std::vector<double> p = network.probabilities(pixels.data(), int(batch.size()));
+                metrics_.batch(int(batch.size()), std::chrono::duration<double>(Clock::now() - start).count(), worker);
                 const std::size_t classes = std::size_t(card_.classes);
                 for (std::size_t i = 0; i < batch.size(); ++i) batch[i].done({p.data() + i * classes, classes});
             } catch (const std::exception& e) {
@@ -94,7 +108,6 @@ private:
         }
     }
 
-    runner::Classifier& classifier_;
     const runner::ModelCard& card_;
     const int max_batch_;
     const std::chrono::microseconds max_wait_;
@@ -103,7 +116,8 @@ private:
     std::condition_variable wake_;
     std::deque<Job> queue_;
     bool stopping_ = false;
-    std::thread thread_;  // last: it starts once the members above exist
+    bool forming_ = false;              // a worker is gathering the next batch
+    std::vector<std::thread> threads_;  // last: they start once the members above exist
 };
 
 }  // namespace tessera::serve

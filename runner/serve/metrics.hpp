@@ -1,7 +1,8 @@
 #pragma once
 // The server's counters in Prometheus's text exposition format (version 0.0.4): requests by status
-// code, a latency histogram, the batch-size and forward-pass histograms, images served and their rate over the last
-// ten seconds, and the requests waiting. Thread-safe: the I/O threads and the batcher record.
+// code, a latency histogram, the batch-size and forward-pass histograms, images served (in all and by
+// each worker) and their rate over the last ten seconds, and the requests waiting. Thread-safe: the
+// I/O threads and the batcher's workers record.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -53,17 +54,21 @@ class Metrics {
 public:
     using Clock = std::chrono::steady_clock;
 
+    explicit Metrics(int workers = 1) : worker_images_(std::size_t(workers)) {}
+
     void request(int status, double seconds) {
         std::lock_guard lock(mutex_);
         ++requests_[status];
         latency_.add(seconds);
     }
-    /// A forward pass of `images` that took `seconds` (the network alone, without decoding).
-    void batch(int images, double seconds) {
+    /// A forward pass of `images` that took `seconds` (the network alone, without decoding) on the
+    /// batcher's worker number `worker`.
+    void batch(int images, double seconds, int worker = 0) {
         std::lock_guard lock(mutex_);
         batch_size_.add(images);
         forward_.add(seconds);
         images_ += unsigned(images);
+        worker_images_.at(std::size_t(worker)) += unsigned(images);
         const auto now = Clock::now();
         recent_.push_back({now, images});
         while (!recent_.empty() && now - recent_.front().first > window) recent_.pop_front();
@@ -109,6 +114,12 @@ public:
             "tessera_images_total " +
             std::to_string(images_) + "\n";
         out +=
+            "# HELP tessera_worker_images_total Images classified by each of the batcher's workers (--workers).\n"
+            "# TYPE tessera_worker_images_total counter\n";
+        for (std::size_t w = 0; w < worker_images_.size(); ++w)
+            out += "tessera_worker_images_total{worker=\"" + std::to_string(w) + "\"} " +
+                   std::to_string(worker_images_[w]) + "\n";
+        out +=
             "# HELP tessera_images_per_second Images classified per second over the last 10 s.\n"
             "# TYPE tessera_images_per_second gauge\ntessera_images_per_second " +
             std::string(rate) + "\n";
@@ -127,6 +138,7 @@ private:
     Histogram batch_size_{{1, 2, 4, 8, 16, 32, 64, 128, 256}};
     Histogram forward_{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}};
     unsigned long long images_ = 0;
+    std::vector<unsigned long long> worker_images_;  // by worker
     std::deque<std::pair<Clock::time_point, int>> recent_;
     int queue_depth_ = 0;
     const Clock::time_point started_ = Clock::now();

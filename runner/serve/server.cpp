@@ -79,9 +79,11 @@ class Service {
 public:
     using Reply = std::function<void(Response)>;
 
-    Service(asio::io_context& io, const runner::ModelCard& card, runner::Classifier& classifier, const Options& options)
-        : io_(io), card_(card), options_(options), decoders_(std::size_t(options.decode_threads)),
-          batcher_(classifier, card, options.max_batch, options.max_wait, metrics_), model_json_(card.json() + "\n") {}
+    Service(asio::io_context& io, const runner::ModelCard& card, std::span<runner::Classifier* const> workers,
+            const Options& options)
+        : io_(io), card_(card), options_(options), metrics_(int(workers.size())),
+          decoders_(std::size_t(options.decode_threads)),
+          batcher_(workers, card, options.max_batch, options.max_wait, metrics_), model_json_(card.json() + "\n") {}
 
     ~Service() {
         decoders_.join();
@@ -425,7 +427,7 @@ private:
 
 }  // namespace
 
-int serve_forever(const runner::ModelCard& card, runner::Classifier& classifier, const Options& options) {
+int serve_forever(const runner::ModelCard& card, std::span<runner::Classifier* const> workers, const Options& options) {
     // One thread runs the connections by default: they only parse and write (the decoders decode),
     // and one thread needs no locks between handlers. Measured under 64 connections on the quick
     // start's model (wrk as in bench/serve_load.sh, CPU time per thread from /proc), the connections
@@ -438,7 +440,7 @@ int serve_forever(const runner::ModelCard& card, runner::Classifier& classifier,
     if (ec)
         throw user_error("--host " + options.host, "is not an IP address",
                          "give one, e.g. --host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every interface)");
-    Service service(io, card, classifier, options);
+    Service service(io, card, workers, options);
     auto listener =
         std::make_shared<Listener>(io, tcp::endpoint(address, std::uint16_t(options.port)), service, options);
     listener->start();
@@ -450,10 +452,13 @@ int serve_forever(const runner::ModelCard& card, runner::Classifier& classifier,
         std::fflush(stdout);
         listener->stop();
     });
+    const std::string with = workers.size() == 1
+                                 ? workers[0]->device()
+                                 : std::to_string(workers.size()) + " workers, each " + workers[0]->device();
     std::printf(
         "serving %s (%d classes, %dx%d) on http://%s:%d/ with %s; batches of up to %d, waiting at most %.1f ms\n",
-        card.arch.c_str(), card.classes, card.crop, card.crop, options.host.c_str(), listener->port(),
-        classifier.device().c_str(), options.max_batch, double(options.max_wait.count()) / 1000);
+        card.arch.c_str(), card.classes, card.crop, card.crop, options.host.c_str(), listener->port(), with.c_str(),
+        options.max_batch, double(options.max_wait.count()) / 1000);
     std::fflush(stdout);
     std::vector<std::thread> threads;
     for (int i = 1; i < options.io_threads; ++i)

@@ -9,6 +9,7 @@
 //   GET  /metrics     Prometheus's text format (metrics.hpp)
 #include <chrono>
 #include <cstdint>
+#include <span>
 #include <string>
 
 #include "../classifier.hpp"
@@ -28,8 +29,9 @@ struct Options {
     int io_threads = 1;                     // threads running the connections (see serve_forever)
 };
 
-/// Serves `classifier` until SIGTERM or SIGINT: then it stops accepting, answers the requests in
-/// flight, closes idle connections and returns 0.
-int serve_forever(const runner::ModelCard& card, runner::Classifier& classifier, const Options& options);
+/// Serves the model with one batcher worker per classifier in `workers` (each its own copy of the
+/// network) until SIGTERM or SIGINT: then it stops accepting, answers the requests in flight, closes
+/// idle connections and returns 0.
+int serve_forever(const runner::ModelCard& card, std::span<runner::Classifier* const> workers, const Options& options);
 
 }  // namespace tessera::serve
