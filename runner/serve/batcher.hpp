@@ -9,8 +9,8 @@
 //
 // Each worker is a copy of the network on a thread of its own (runner serve --workers, Triton's
 // instance_group count): one worker at a time forms a batch from the queue, and while it runs that
-// batch the next free worker forms the next. With one worker, the network's own threads have the
-// cores; with one per core, no layer waits at a barrier for a core that an I/O thread took.
+// batch the worker that came free first forms the next. With one worker, the network's own threads
+// have the cores; with one per core, no layer waits at a barrier for a core that an I/O thread took.
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -76,21 +76,22 @@ private:
         std::vector<std::uint8_t> pixels;
         for (;;) {
             {
+                // Free workers form batches in the order they came free (a ticket each), so that no
+                // worker waits while another takes every batch.
                 std::unique_lock lock(mutex_);
-                wake_.wait(lock, [&] { return stopping_ || (!forming_ && !queue_.empty()); });
+                const std::uint64_t turn = tickets_++;
+                wake_.wait(lock,
+                           [&] { return (turn == serving_ && !queue_.empty()) || (stopping_ && queue_.empty()); });
                 if (queue_.empty()) return;  // stopping, nothing left
-                // This worker forms the batch; the others wait for it to be taken.
-                forming_ = true;
                 const auto deadline = queue_.front().queued + max_wait_;
                 wake_.wait_until(lock, deadline, [&] { return stopping_ || int(queue_.size()) >= max_batch_; });
-                forming_ = false;
                 const std::size_t n = std::min(queue_.size(), std::size_t(max_batch_));
                 batch.assign(std::make_move_iterator(queue_.begin()),
                              std::make_move_iterator(queue_.begin() + long(n)));
                 queue_.erase(queue_.begin(), queue_.begin() + long(n));
+                ++serving_;
             }
-            wake_.notify_all();           // the next free worker forms the next batch
-            if (batch.empty()) continue;  // stopping: another worker took what was left
+            wake_.notify_all();  // the next ticket forms the next batch
             const std::size_t bytes = card_.input_bytes();
             pixels.resize(batch.size() * bytes);
             for (std::size_t i = 0; i < batch.size(); ++i)
@@ -116,8 +117,8 @@ private:
     std::condition_variable wake_;
     std::deque<Job> queue_;
     bool stopping_ = false;
-    bool forming_ = false;              // a worker is gathering the next batch
-    std::vector<std::thread> threads_;  // last: they start once the members above exist
+    std::uint64_t tickets_ = 0, serving_ = 0;  // the next ticket to hand out; the one forming a batch
+    std::vector<std::thread> threads_;         // last: they start once the members above exist
 };
 
 }  // namespace tessera::serve
