@@ -45,13 +45,11 @@ int serve(const std::vector<std::string>& raw) {
                          "is more than --threads " + std::to_string(threads) + ": each worker needs a thread",
                          "give at most one worker per thread, e.g. --workers " + std::to_string(threads));
     // The threads split as evenly as they go: worker i gets one more while i < threads % workers.
-    std::vector<std::unique_ptr<Classifier>> copies;
-    std::vector<Classifier*> networks;
-    for (int i = 0; i < workers; ++i) {
-        const int share = threads / workers + (i < threads % workers ? 1 : 0);
-        copies.push_back(Classifier::open(card, device, share, args.value("precision").value_or("fp32")));
-        networks.push_back(copies.back().get());
-    }
+    const std::string precision = args.value("precision").value_or("fp32");
+    std::vector<std::unique_ptr<Classifier>> networks;
+    for (int i = 0; i < workers; ++i)
+        networks.push_back(
+            Classifier::open(card, device, threads / workers + (i < threads % workers ? 1 : 0), precision));
     return serve::serve_forever(card, networks, o);
 }
 

@@ -276,6 +276,30 @@ void expect_same_answer(const json::Value& served, const json::Value& predicted,
     }
 }
 
+/// Each file posted at once, from a client thread of its own, with ?topk=K; the replies in file order.
+std::vector<Reply> post_at_once(int port, const std::vector<fs::path>& files, int topk) {
+    std::vector<Reply> replies(files.size());
+    std::vector<std::thread> clients;
+    for (std::size_t i = 0; i < files.size(); ++i)
+        clients.emplace_back([&, i] {
+            replies[i] = post(port, read_file(files[i]), files[i].extension() == ".png" ? "image/png" : "image/jpeg",
+                              "/v1/predict?topk=" + std::to_string(topk));
+        });
+    for (auto& c : clients) c.join();
+    return replies;
+}
+
+/// Each reply answers 200 with one object, runner predict's for its file (`expected`, in file order).
+void expect_predict_answers(const std::vector<Reply>& replies, const std::vector<fs::path>& files,
+                            const json::Value& expected) {
+    for (std::size_t i = 0; i < files.size(); ++i) {
+        ASSERT_EQ(replies[i].status, 200) << files[i] << ": " << replies[i].body;
+        const json::Value got = json::parse(replies[i].body, "answer");
+        ASSERT_EQ(got.array().size(), 1u);
+        expect_same_answer(got.array()[0], expected.array()[i], files[i].filename().string());
+    }
+}
+
 TEST_F(Serve, AnswersAsPredictDoesForEachImageOfABatch) {
     // Mixed sizes and formats, sent at once: the batcher runs them together (it waits up to 300 ms
     // for more), and each request must get its own image's answer.
@@ -288,21 +312,9 @@ TEST_F(Serve, AnswersAsPredictDoesForEachImageOfABatch) {
     const json::Value expected = predict_json(files, 4);
     Server server(model_args() + "--threads 1 --max-batch 8 --max-wait-ms 300");
     ASSERT_GT(server.port(), 0) << server.log();
-    std::vector<Reply> replies(files.size());
-    std::vector<std::thread> clients;
-    for (std::size_t i = 0; i < files.size(); ++i)
-        clients.emplace_back([&, i] {
-            replies[i] = post(server.port(), read_file(files[i]),
-                              files[i].extension() == ".png" ? "image/png" : "image/jpeg", "/v1/predict?topk=4");
-        });
-    for (auto& c : clients) c.join();
-    for (std::size_t i = 0; i < files.size(); ++i) {
-        ASSERT_EQ(replies[i].status, 200) << files[i] << ": " << replies[i].body;
-        const json::Value got = json::parse(replies[i].body, "answer");
-        ASSERT_EQ(got.array().size(), 1u);
-        expect_same_answer(got.array()[0], expected.array()[i], files[i].filename().string());
-        EXPECT_TRUE(replies[i].headers.count("Server-Timing"));
-    }
+    const std::vector<Reply> replies = post_at_once(server.port(), files, 4);
+    ASSERT_NO_FATAL_FAILURE(expect_predict_answers(replies, files, expected));
+    for (const Reply& reply : replies) EXPECT_TRUE(reply.headers.count("Server-Timing"));
     // They ran as batches: fewer forward passes than images.
     const std::string metrics = get(server.port(), "/metrics").body;
     std::smatch m;
@@ -349,20 +361,7 @@ TEST_F(Serve, WorkersTakeTurnsAndEachAnswersAsPredictDoes) {
     Server server(model_args() + "--threads 2 --workers 2 --max-batch 4 --max-wait-ms 300");
     ASSERT_GT(server.port(), 0) << server.log();
     EXPECT_NE(server.log().find("2 workers, each"), std::string::npos) << server.log();
-    std::vector<Reply> replies(files.size());
-    std::vector<std::thread> clients;
-    for (std::size_t i = 0; i < files.size(); ++i)
-        clients.emplace_back([&, i] {
-            replies[i] =
-                post(server.port(), read_file(files[i]), i % 2 ? "image/jpeg" : "image/png", "/v1/predict?topk=3");
-        });
-    for (auto& c : clients) c.join();
-    for (std::size_t i = 0; i < files.size(); ++i) {
-        ASSERT_EQ(replies[i].status, 200) << files[i] << ": " << replies[i].body;
-        const json::Value got = json::parse(replies[i].body, "answer");
-        ASSERT_EQ(got.array().size(), 1u);
-        expect_same_answer(got.array()[0], expected.array()[i], files[i].filename().string());
-    }
+    ASSERT_NO_FATAL_FAILURE(expect_predict_answers(post_at_once(server.port(), files, 3), files, expected));
     const std::string metrics = get(server.port(), "/metrics").body;
     int total = 0;
     for (const char* worker : {"0", "1"}) {

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <span>
 #include <string>
@@ -41,11 +42,11 @@ public:
     };
 
     /// One worker per classifier; each must be its own (they run at once).
-    Batcher(std::span<runner::Classifier* const> workers, const runner::ModelCard& card, int max_batch,
+    Batcher(std::span<const std::unique_ptr<runner::Classifier>> workers, const runner::ModelCard& card, int max_batch,
             std::chrono::microseconds max_wait, Metrics& metrics)
         : card_(card), max_batch_(max_batch), max_wait_(max_wait), metrics_(metrics) {
         for (std::size_t i = 0; i < workers.size(); ++i)
-            threads_.emplace_back([this, i, network = workers[i]] { run(*network, int(i)); });
+            threads_.emplace_back([this, i, network = workers[i].get()] { run(*network, int(i)); });
     }
     ~Batcher() { stop(); }
     Batcher(const Batcher&) = delete;
@@ -56,7 +57,7 @@ public:
             std::lock_guard lock(mutex_);
             queue_.push_back(std::move(job));
         }
-        wake_.notify_all();  // the worker forming a batch counts it; an idle one may start the next
+        wake_.notify_all();  // the worker forming a batch counts it, or the next ticket's holder starts one
     }
 
     /// Runs what is queued, then ends the workers.

@@ -54,7 +54,7 @@ class Metrics {
 public:
     using Clock = std::chrono::steady_clock;
 
-    explicit Metrics(int workers = 1) : worker_images_(std::size_t(workers)) {}
+    explicit Metrics(int workers) : worker_images_(std::size_t(workers)) {}
 
     void request(int status, double seconds) {
         std::lock_guard lock(mutex_);
@@ -63,7 +63,7 @@ public:
     }
     /// A forward pass of `images` that took `seconds` (the network alone, without decoding) on the
     /// batcher's worker number `worker`.
-    void batch(int images, double seconds, int worker = 0) {
+    void batch(int images, double seconds, int worker) {
         std::lock_guard lock(mutex_);
         batch_size_.add(images);
         forward_.add(seconds);

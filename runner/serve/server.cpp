@@ -79,8 +79,8 @@ class Service {
 public:
     using Reply = std::function<void(Response)>;
 
-    Service(asio::io_context& io, const runner::ModelCard& card, std::span<runner::Classifier* const> workers,
-            const Options& options)
+    Service(asio::io_context& io, const runner::ModelCard& card,
+            std::span<const std::unique_ptr<runner::Classifier>> workers, const Options& options)
         : io_(io), card_(card), options_(options), metrics_(int(workers.size())),
           decoders_(std::size_t(options.decode_threads)),
           batcher_(workers, card, options.max_batch, options.max_wait, metrics_), model_json_(card.json() + "\n") {}
@@ -427,7 +427,8 @@ private:
 
 }  // namespace
 
-int serve_forever(const runner::ModelCard& card, std::span<runner::Classifier* const> workers, const Options& options) {
+int serve_forever(const runner::ModelCard& card, std::span<const std::unique_ptr<runner::Classifier>> workers,
+                  const Options& options) {
     // One thread runs the connections by default: they only parse and write (the decoders decode),
     // and one thread needs no locks between handlers. Measured under 64 connections on the quick
     // start's model (wrk as in bench/serve_load.sh, CPU time per thread from /proc), the connections

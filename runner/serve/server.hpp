@@ -9,6 +9,7 @@
 //   GET  /metrics     Prometheus's text format (metrics.hpp)
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 
@@ -32,6 +33,7 @@ struct Options {
 /// Serves the model with one batcher worker per classifier in `workers` (each its own copy of the
 /// network) until SIGTERM or SIGINT: then it stops accepting, answers the requests in flight, closes
 /// idle connections and returns 0.
-int serve_forever(const runner::ModelCard& card, std::span<runner::Classifier* const> workers, const Options& options);
+int serve_forever(const runner::ModelCard& card, std::span<const std::unique_ptr<runner::Classifier>> workers,
+                  const Options& options);
 
 }  // namespace tessera::serve
