@@ -190,7 +190,6 @@ int bench(const std::vector<std::string>& raw) {
         if (inference) ctx->training = false;
         std::optional<deploy::InferenceForward<B>> forward;
         if (inference && !layers) forward.emplace(*net, ctx->activations);
-        const std::string kernels = forward ? forward->kernels(*ctx) : B::kernels(*ctx);
 
         double timed = 0;
         std::size_t peak = 0;  // on a GPU: the most device memory in use after any step
@@ -215,6 +214,7 @@ int bench(const std::vector<std::string>& raw) {
             if (s >= warmup) timed += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         }
         const double img_per_s = double(batch) * steps / timed;
+        const std::string kernels = forward ? forward->kernels(*ctx) : B::kernels(*ctx);  // after a forward ran
         if constexpr (!B::has_device_memory) peak = peak_resident_bytes();
         // What tessera allocated, counted as PyTorch's max_memory_allocated() counts: activations
         // and scratch (the arena), gradients in flight, the weights with their gradients and

@@ -216,6 +216,10 @@ TEST(Deploy, TracedGraphComputesTheNetworksForward) {
             EXPECT_LT(relative_difference({y.data, y.data + y.size()}, head), 1e-5) << arch << " compiled, batch " << n;
         }
         EXPECT_FALSE(compiled.kernels().empty());
+        if (cpu::winograd::enabled()) {  // both have 3x3 convolutions of 64 channels (ResNet-20's last stage)
+            EXPECT_NE(compiled.kernels().find(deploy::CpuInference::winograd_kernel), std::string::npos)
+                << arch << ": " << compiled.kernels();
+        }
         const std::size_t batchnorms = std::size_t(std::count_if(
             graph.nodes.begin(), graph.nodes.end(), [](auto& n) { return n.op == layers::GraphNode::Op::batchnorm; }));
         EXPECT_EQ(deploy::fold_batchnorm(graph).nodes.size(), graph.nodes.size() - batchnorms) << arch;
@@ -225,6 +229,74 @@ TEST(Deploy, TracedGraphComputesTheNetworksForward) {
     EXPECT_EQ(deploy::int8::quantize(1000.f, 1.f), 127);
     EXPECT_EQ(deploy::int8::quantize(-1000.f, 1.f), -128);
     EXPECT_EQ(deploy::int8::quantize(-1000.f, 1.f, -127), -127);  // weights: symmetric range
+}
+
+// Winograd's F(4x4, 3x3) against the direct convolution summed in double, in each layout oneDNN
+// may hand it (nChw8c, nChw16c, NHWC), with images whose sides are not multiples of the 4-pixel tile,
+// with and without a bias, with the sum and ReLU post-ops, in chunks of 5 tiles that end mid-row.
+// The bound: fp32's rounding of the transforms, 2e-5 of the largest output (measured: about 4e-6).
+TEST(Deploy, WinogradMatchesTheDirectConvolution) {
+    namespace wg = cpu::winograd;
+    struct Case {
+        int block;
+        bool nhwc, bias, accumulate, relu;
+        int n, c, h, w, k;
+    };
+    const Case cases[] = {{8, false, true, false, true, 2, 64, 9, 7, 72},  {16, false, true, true, true, 2, 64, 8, 8, 80},
+                          {8, true, false, false, false, 3, 64, 5, 11, 64}, {8, false, true, true, false, 1, 128, 14, 13, 64},
+                          {16, true, true, false, true, 2, 64, 7, 7, 64}};
+    const cpu::OpenMpThreads threads(2);
+    for (const Case& t : cases) {
+        const wg::Shape shape{t.n, t.c, t.h, t.w, t.k};
+        const std::size_t pixels = std::size_t(t.h) * std::size_t(t.w), B = std::size_t(t.block);
+        auto layout = [&](int channels) {
+            const std::size_t c = std::size_t(channels);
+            return t.nhwc ? wg::Layout{c * pixels, B, c} : wg::Layout{c * pixels, pixels * B, B};
+        };
+        const wg::Layout in = layout(t.c), out = layout(t.k);
+        auto at = [&](const wg::Layout& l, int n, int c, int y, int x) {
+            return std::size_t(n) * l.image + std::size_t(c / t.block) * l.block +
+                   (std::size_t(y) * std::size_t(t.w) + std::size_t(x)) * l.pixel + std::size_t(c % t.block);
+        };
+        Rng rng(7);
+        std::vector<float> x(std::size_t(t.n) * t.c * pixels), w(std::size_t(t.k) * t.c * 9), bias(std::size_t(t.k)),
+            y(std::size_t(t.n) * t.k * pixels);
+        for (float& v : x) v = float(rng.uniform(-1, 1));
+        for (float& v : w) v = float(rng.uniform(-1, 1) / std::sqrt(9.0 * t.c));
+        for (float& v : bias) v = float(rng.uniform(-1, 1));
+        for (float& v : y) v = float(rng.uniform(-1, 1));  // what the sum post-op adds to
+        const std::vector<float> before = y;
+        const std::size_t chunk = 5;  // tiles: chunks that end mid-row and mid-image
+        std::vector<float> workspace(wg::workspace_floats(shape, chunk));
+        const std::vector<float> u = wg::transform_filters(w.data(), t.k, t.c);
+        const float* b = t.bias ? bias.data() : nullptr;
+        if (t.block == 16)
+            wg::forward<16>(threads, x.data(), in, u, b, t.accumulate, t.relu, y.data(), out, shape, workspace.data(), chunk);
+        else
+            wg::forward<8>(threads, x.data(), in, u, b, t.accumulate, t.relu, y.data(), out, shape, workspace.data(), chunk);
+        double worst = 0, largest = 0;
+        for (int n = 0; n < t.n; ++n)
+            for (int o = 0; o < t.k; ++o)
+                for (int yy = 0; yy < t.h; ++yy)
+                    for (int xx = 0; xx < t.w; ++xx) {
+                        double sum = t.bias ? bias[std::size_t(o)] : 0.0;
+                        for (int c = 0; c < t.c; ++c)
+                            for (int r = 0; r < 3; ++r)
+                                for (int q = 0; q < 3; ++q) {
+                                    const int sy = yy + r - 1, sx = xx + q - 1;
+                                    if (sy >= 0 && sy < t.h && sx >= 0 && sx < t.w)
+                                        sum += double(x[at(in, n, c, sy, sx)]) *
+                                               w[((std::size_t(o) * std::size_t(t.c) + std::size_t(c)) * 3 +
+                                                  std::size_t(r)) * 3 + std::size_t(q)];
+                                }
+                        if (t.accumulate) sum += before[at(out, n, o, yy, xx)];
+                        if (t.relu) sum = std::max(sum, 0.0);
+                        worst = std::max(worst, std::abs(y[at(out, n, o, yy, xx)] - sum));
+                        largest = std::max(largest, std::abs(sum));
+                    }
+        EXPECT_LT(worst, 2e-5 * largest) << "block " << t.block << (t.nhwc ? " nhwc" : "") << ", " << t.h << "x" << t.w
+                                         << ", " << t.c << " -> " << t.k << " channels";
+    }
 }
 
 // bf16 (activations and filters; fp32 accumulation, biases and logits): within 2e-2 of the logits'

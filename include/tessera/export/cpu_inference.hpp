@@ -22,6 +22,7 @@
 #include <omp.h>
 
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -30,6 +31,7 @@
 #include <vector>
 
 #include "tessera/backend/cpu/backend.hpp"
+#include "tessera/backend/cpu/winograd.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/export/inference_graph.hpp"
 #include "tessera/models/network.hpp"
@@ -98,7 +100,11 @@ public:
         plan.input.set_data_handle(x.data);
         plan.output.set_data_handle(logits.data);
         for (auto& [memory, buffer] : plan.bound) memory.set_data_handle(buffers_[std::size_t(buffer)].get());
-        for (auto& step : plan.steps) step.primitive.execute(stream_, step.args);
+        for (auto& step : plan.steps)
+            if (step.run)
+                step.run(step.args);
+            else
+                step.primitive.execute(stream_, step.args);
         stream_.wait();
         return logits;
     }
@@ -109,10 +115,15 @@ public:
         for (std::size_t size : sizes_) total += size;
         for (auto& [name, copies] : parameters_)
             for (auto& [desc, memory] : copies) total += desc.get_size();
+        for (auto& [name, u] : winograd_filters_) total += u.size() * sizeof(float);
         return total;
     }
 
-    /// oneDNN's names for the convolution kernels of the plans made so far ("brg:avx512_core", …).
+    /// The name kernels() gives the convolutions of backend/cpu/winograd.hpp.
+    static constexpr const char* winograd_kernel = "winograd F(4x4,3x3)";
+
+    /// oneDNN's names for the convolution kernels of the plans made so far ("brg:avx512_core", …),
+    /// and winograd_kernel.
     std::string kernels() const {
         std::string names;
         for (auto& [n, plan] : plans_)
@@ -179,9 +190,12 @@ private:
         }
     }
 
+    using Args = std::unordered_map<int, dnnl::memory>;
+    // A oneDNN primitive, or tessera's own kernel (`run`) on the same arguments.
     struct Step {
         dnnl::primitive primitive;
-        std::unordered_map<int, dnnl::memory> args;
+        Args args;
+        std::function<void(const Args&)> run = {};
     };
     struct Plan {
         std::vector<Step> steps;
@@ -268,6 +282,8 @@ private:
                                   : cf::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
                                              src_any, weights_any, dst_any, strides, pad, pad);
             const cf::primitive_desc pd(desc, attr, self_.engine_);
+            if (compute == dt::f32 && cpu::winograd::applies(g) && self_.winograd_)
+                if (winograd(f, n, x, pd.src_desc(), pd.dst_desc(), has_bias)) return;
             plan_.kernels.push_back(pd.impl_info_str());
             Step s{cf(pd), {}};
             s.args[DNNL_ARG_SRC] = in_layout(x, pd.src_desc());
@@ -279,6 +295,53 @@ private:
             s.args[DNNL_ARG_SCRATCHPAD] = scratchpad(pd.scratchpad_desc());
             values_[f.output] = s.args[DNNL_ARG_DST];
             plan_.steps.push_back(std::move(s));
+        }
+
+        // The convolution by Winograd's F(4x4, 3x3) (backend/cpu/winograd.hpp), on the layouts oneDNN's
+        // kernel chose, so that its neighbours do not change; false where they are not ones it reads.
+        bool winograd(const Fused& f, const layers::GraphNode& n, const dnnl::memory& x, const dnnl::memory::desc& src,
+                      const dnnl::memory::desc& dst, bool has_bias) {
+            const auto in = layout_of(src), out = layout_of(dst);
+            if (!in || !out || in->second != out->second) return false;
+            const auto d = src.dims();
+            const cpu::winograd::Shape shape{int(d[0]), int(d[1]), int(d[2]), int(d[3]), n.conv.out_channels};
+            const std::vector<float>& u = self_.winograd_filters(n);
+            const float* bias = has_bias ? self_.graph_.tensor(n.name + ".bias").data() : nullptr;
+            plan_.kernels.push_back(winograd_kernel);
+            Step s;
+            s.args[DNNL_ARG_SRC] = in_layout(x, src);
+            s.args[DNNL_ARG_DST] = f.sum >= 0 ? take_over(f.sum, dst) : fresh(dst);
+            s.args[DNNL_ARG_SCRATCHPAD] = scratchpad(
+                {{dims::value_type(cpu::winograd::workspace_floats(shape))}, dt::f32, tag::a});
+            const bool accumulate = f.sum >= 0, relu = f.relu;
+            const auto [lin, block] = *in;
+            const cpu::winograd::Layout lout = out->first;
+            s.run = [&u, bias, accumulate, relu, lin, lout, block, shape](const Args& args) {
+                const cpu::OpenMpThreads threads(omp_get_max_threads());
+                auto* x = static_cast<const float*>(args.at(DNNL_ARG_SRC).get_data_handle());
+                auto* y = static_cast<float*>(args.at(DNNL_ARG_DST).get_data_handle());
+                auto* workspace = static_cast<float*>(args.at(DNNL_ARG_SCRATCHPAD).get_data_handle());
+                if (block == 16)
+                    cpu::winograd::forward<16>(threads, x, lin, u, bias, accumulate, relu, y, lout, shape, workspace);
+                else
+                    cpu::winograd::forward<8>(threads, x, lin, u, bias, accumulate, relu, y, lout, shape, workspace);
+            };
+            values_[f.output] = s.args[DNNL_ARG_DST];
+            plan_.steps.push_back(std::move(s));
+            return true;
+        }
+
+        // An fp32 activation layout as winograd::Layout and its channels per block: blocked nChw16c or
+        // nChw8c, or NHWC (read 8 channels at a time); nothing for any other.
+        static std::optional<std::pair<cpu::winograd::Layout, int>> layout_of(const dnnl::memory::desc& desc) {
+            const auto d = desc.dims();
+            const std::size_t c = std::size_t(d[1]), pixels = std::size_t(d[2] * d[3]);
+            for (const int block : {16, 8})
+                if (c % std::size_t(block) == 0 && desc == dnnl::memory::desc(d, dt::f32, block == 16 ? tag::nChw16c : tag::nChw8c))
+                    return std::pair{cpu::winograd::Layout{c * pixels, pixels * std::size_t(block), std::size_t(block)}, block};
+            if (c % 8 == 0 && desc == dnnl::memory::desc(d, dt::f32, tag::nhwc))
+                return std::pair{cpu::winograd::Layout{c * pixels, 8, c}, 8};
+            return std::nullopt;
         }
 
         void eltwise(const Fused& f, const dnnl::memory& x) {
@@ -439,6 +502,15 @@ private:
         return target;
     }
 
+    // Conv n's filters transformed for Winograd (winograd::transform_filters), once, shared by every plan.
+    const std::vector<float>& winograd_filters(const layers::GraphNode& n) {
+        auto [it, fresh] = winograd_filters_.try_emplace(n.name);
+        if (fresh)
+            it->second = cpu::winograd::transform_filters(graph_.tensor(n.name + ".weight").data(),
+                                                          n.conv.out_channels, n.conv.in_channels);
+        return it->second;
+    }
+
     struct Free {
         void operator()(char* p) const { std::free(p); }
     };
@@ -450,6 +522,8 @@ private:
     dt compute_;
     std::map<std::tuple<int, int, int, int, int>, std::unique_ptr<Plan>> plans_;
     std::map<std::string, std::vector<std::pair<dnnl::memory::desc, dnnl::memory>>> parameters_;
+    std::map<std::string, std::vector<float>> winograd_filters_;  // stable addresses: plans point to them
+    bool winograd_ = cpu::winograd::enabled();
     std::vector<std::unique_ptr<char, Free>> buffers_;
     std::vector<std::size_t> sizes_;
 };
@@ -480,10 +554,13 @@ public:
     }
     /// Whether the compiled forward runs (else the network's layers).
     bool compiled() const { return compiled_.has_value(); }
-    /// The kernels that run: the backend's, and the compiled forward's precision where it runs.
+    /// The kernels that run: the backend's, the compiled forward's precision where it runs, and
+    /// Winograd's where a forward so far ran it.
     std::string kernels(typename B::Context& ctx) const {
         if (!compiled_) return B::kernels(ctx);
-        return B::kernels(ctx) + ", compiled inference" + (ctx.activations == DType::bf16 ? " in bf16" : "");
+        const bool winograd = compiled_->kernels().find(CpuInference::winograd_kernel) != std::string::npos;
+        return B::kernels(ctx) + ", compiled inference" + (ctx.activations == DType::bf16 ? " in bf16" : "") +
+               (winograd ? std::string(", ") + CpuInference::winograd_kernel : "");
     }
     /// The compiled forward's own memory (0 for the layers', which use the context's arena).
     std::size_t bytes() const { return compiled_ ? compiled_->bytes() : 0; }
