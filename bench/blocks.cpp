@@ -10,6 +10,7 @@
 #include <chrono>
 
 #include "tessera/backend/cpu/backend.hpp"
+#include "tessera/export/cpu_inference.hpp"
 #include "tessera/models/network.hpp"
 #include "tessera/models/resnet.hpp"
 #include "tessera/plugin/registry.hpp"
@@ -294,6 +295,68 @@ void CpuConvCandidate(benchmark::State& state) {
     });
 }
 
+// ---- the compiled inference path's 3x3 convolutions: oneDNN's direct kernel or Winograd's --------
+// Each as CpuInference runs it: fp32, on the activation layouts oneDNN's kernel chooses, with a bias
+// and a ReLU. How winograd::pays was chosen, and how to recheck it on another CPU.
+template <bool Winograd>
+void CpuInferenceConv(benchmark::State& state) {
+    using tag = dnnl::memory::format_tag;
+    using dt = dnnl::memory::data_type;
+    cpu::Context ctx(2);
+    omp_set_num_threads(2);
+    const ConvShape c(state);
+    const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+    dnnl::stream stream(engine);
+    const dnnl::memory::dims src{c.in.n, c.in.c, c.in.h, c.in.w}, dst{c.out.n, c.out.c, c.out.h, c.out.w},
+        weights{c.g.out_channels, c.g.in_channels, 3, 3}, pad{1, 1};
+    dnnl::post_ops relu;
+    relu.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(relu);
+    using cf = dnnl::convolution_forward;
+    const cf::primitive_desc pd({dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                                 {src, dt::f32, tag::any}, {weights, dt::f32, tag::any},
+                                 {{c.g.out_channels}, dt::f32, tag::x}, {dst, dt::f32, tag::any}, {1, 1}, pad, pad},
+                                attr, engine);
+    dnnl::memory x(pd.src_desc(), engine), w(pd.weights_desc(), engine), b({{c.g.out_channels}, dt::f32, tag::x}, engine),
+        y(pd.dst_desc(), engine);
+    for (const dnnl::memory& m : {x, w, b, y}) {
+        float* p = static_cast<float*>(m.get_data_handle());
+        std::fill(p, p + m.get_desc().get_size() / sizeof(float), 0.01f);
+    }
+    const cf conv(pd);
+    const auto in = deploy::CpuInference::winograd_layout(pd.src_desc()),
+               out = deploy::CpuInference::winograd_layout(pd.dst_desc());
+    if (Winograd && (!in || !out || in->second != out->second))
+        return state.SkipWithError("oneDNN chose layouts Winograd does not read");
+    const cpu::winograd::Shape shape{c.in.n, c.in.c, c.in.h, c.in.w, c.g.out_channels};
+    const std::vector<float> filters(std::size_t(c.g.out_channels) * c.g.patch(), 0.01f);
+    const std::vector<float> u = cpu::winograd::transform_filters(filters.data(), shape.k, shape.c);
+    std::vector<float> workspace(Winograd ? cpu::winograd::workspace_floats(shape) : 0);
+    const cpu::OpenMpThreads threads(2);
+    run_flops<cpu::Backend>(state, ctx, c.flops, [&] {
+        auto* from = static_cast<const float*>(x.get_data_handle());
+        auto* to = static_cast<float*>(y.get_data_handle());
+        auto* bias = static_cast<const float*>(b.get_data_handle());
+        if (!Winograd)
+            conv.execute(stream, {{DNNL_ARG_SRC, x}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b}, {DNNL_ARG_DST, y}});
+        else if (in->second == 16)
+            cpu::winograd::forward<16>(threads, from, in->first, u, bias, false, true, to, out->first, shape,
+                                       workspace.data());
+        else
+            cpu::winograd::forward<8>(threads, from, in->first, u, bias, false, true, to, out->first, shape,
+                                      workspace.data());
+    });
+    state.SetLabel(Winograd ? "winograd F(4x4,3x3)" : pd.impl_info_str());
+}
+
+// ResNet50's stride-1 3x3 convolutions at batches 32 and 1, and ResNet-20's at the quick start's 128.
+void inference_3x3_shapes(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"n", "hw", "in", "out", "k", "s"});
+    for (const int n : {32, 1}) b->Args({n, 56, 64, 64, 3, 1})->Args({n, 28, 128, 128, 3, 1})->Args({n, 14, 256, 256, 3, 1})->Args({n, 7, 512, 512, 3, 1});
+    b->Args({128, 28, 16, 16, 3, 1})->Args({128, 14, 32, 32, 3, 1})->Args({128, 7, 64, 64, 3, 1})->Unit(benchmark::kMillisecond);
+}
+
 // ResNet-20's convolutions at the quick start's batch of 128, and ResNet50's at 32.
 void family_shapes(benchmark::internal::Benchmark* b) {
     b->ArgNames({"n", "hw", "in", "out", "k", "s"})
@@ -471,6 +534,8 @@ void ResNet50TrainingStep(benchmark::State& state) {
 }
 
 BENCHMARK_TEMPLATE(CpuConvCandidate, ConvPass::forward, false)->Name("CpuConv/forward/onednn")->Apply(family_shapes);
+BENCHMARK_TEMPLATE(CpuInferenceConv, false)->Name("CpuConv/inference/onednn")->Apply(inference_3x3_shapes);
+BENCHMARK_TEMPLATE(CpuInferenceConv, true)->Name("CpuConv/inference/winograd")->Apply(inference_3x3_shapes);
 BENCHMARK_TEMPLATE(CpuConvCandidate, ConvPass::forward, true)->Name("CpuConv/forward/gemm")->Apply(family_shapes);
 BENCHMARK_TEMPLATE(CpuConvCandidate, ConvPass::data, false)->Name("CpuConv/data/onednn")->Apply(family_shapes);
 BENCHMARK_TEMPLATE(CpuConvCandidate, ConvPass::data, true)->Name("CpuConv/data+filter/gemm")->Apply(family_shapes);

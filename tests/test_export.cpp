@@ -216,7 +216,7 @@ TEST(Deploy, TracedGraphComputesTheNetworksForward) {
             EXPECT_LT(relative_difference({y.data, y.data + y.size()}, head), 1e-5) << arch << " compiled, batch " << n;
         }
         EXPECT_FALSE(compiled.kernels().empty());
-        if (cpu::winograd::enabled()) {  // both have 3x3 convolutions of 64 channels (ResNet-20's last stage)
+        if (!small && cpu::winograd::enabled()) {  // 64 channels at 16x16: 16 tiles an image (winograd::pays)
             EXPECT_NE(compiled.kernels().find(deploy::CpuInference::winograd_kernel), std::string::npos)
                 << arch << ": " << compiled.kernels();
         }

@@ -132,6 +132,21 @@ public:
         return names;
     }
 
+    /// An fp32 activation layout as winograd::Layout and its channels per block: blocked nChw16c or
+    /// nChw8c, or NHWC (read 8 channels at a time); nothing for any other.
+    static std::optional<std::pair<cpu::winograd::Layout, int>> winograd_layout(const dnnl::memory::desc& desc) {
+        const auto d = desc.dims();
+        const std::size_t c = std::size_t(d[1]), pixels = std::size_t(d[2] * d[3]);
+        for (const int block : {16, 8})
+            if (c % std::size_t(block) == 0 &&
+                desc == dnnl::memory::desc(d, dt::f32, block == 16 ? tag::nChw16c : tag::nChw8c))
+                return std::pair{cpu::winograd::Layout{c * pixels, pixels * std::size_t(block), std::size_t(block)},
+                                 block};
+        if (c % 8 == 0 && desc == dnnl::memory::desc(d, dt::f32, tag::nhwc))
+            return std::pair{cpu::winograd::Layout{c * pixels, 8, c}, 8};
+        return std::nullopt;
+    }
+
 private:
     using tag = dnnl::memory::format_tag;
     using dt = dnnl::memory::data_type;
@@ -282,8 +297,9 @@ private:
                                   : cf::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
                                              src_any, weights_any, dst_any, strides, pad, pad);
             const cf::primitive_desc pd(desc, attr, self_.engine_);
-            if (compute == dt::f32 && cpu::winograd::applies(g) && self_.winograd_)
-                if (winograd(f, n, x, pd.src_desc(), pd.dst_desc(), has_bias)) return;
+            const cpu::winograd::Shape shape{int(in[0]), int(in[1]), int(in[2]), int(in[3]), g.out_channels};
+            if (compute == dt::f32 && self_.winograd_ && cpu::winograd::computes(g) && cpu::winograd::pays(shape))
+                if (winograd(f, n, x, pd.src_desc(), pd.dst_desc(), shape, has_bias)) return;
             plan_.kernels.push_back(pd.impl_info_str());
             Step s{cf(pd), {}};
             s.args[DNNL_ARG_SRC] = in_layout(x, pd.src_desc());
@@ -300,11 +316,9 @@ private:
         // The convolution by Winograd's F(4x4, 3x3) (backend/cpu/winograd.hpp), on the layouts oneDNN's
         // kernel chose, so that its neighbours do not change; false where they are not ones it reads.
         bool winograd(const Fused& f, const layers::GraphNode& n, const dnnl::memory& x, const dnnl::memory::desc& src,
-                      const dnnl::memory::desc& dst, bool has_bias) {
-            const auto in = layout_of(src), out = layout_of(dst);
+                      const dnnl::memory::desc& dst, const cpu::winograd::Shape& shape, bool has_bias) {
+            const auto in = winograd_layout(src), out = winograd_layout(dst);
             if (!in || !out || in->second != out->second) return false;
-            const auto d = src.dims();
-            const cpu::winograd::Shape shape{int(d[0]), int(d[1]), int(d[2]), int(d[3]), n.conv.out_channels};
             const std::vector<float>& u = self_.winograd_filters(n);
             const float* bias = has_bias ? self_.graph_.tensor(n.name + ".bias").data() : nullptr;
             plan_.kernels.push_back(winograd_kernel);
@@ -329,19 +343,6 @@ private:
             values_[f.output] = s.args[DNNL_ARG_DST];
             plan_.steps.push_back(std::move(s));
             return true;
-        }
-
-        // An fp32 activation layout as winograd::Layout and its channels per block: blocked nChw16c or
-        // nChw8c, or NHWC (read 8 channels at a time); nothing for any other.
-        static std::optional<std::pair<cpu::winograd::Layout, int>> layout_of(const dnnl::memory::desc& desc) {
-            const auto d = desc.dims();
-            const std::size_t c = std::size_t(d[1]), pixels = std::size_t(d[2] * d[3]);
-            for (const int block : {16, 8})
-                if (c % std::size_t(block) == 0 && desc == dnnl::memory::desc(d, dt::f32, block == 16 ? tag::nChw16c : tag::nChw8c))
-                    return std::pair{cpu::winograd::Layout{c * pixels, pixels * std::size_t(block), std::size_t(block)}, block};
-            if (c % 8 == 0 && desc == dnnl::memory::desc(d, dt::f32, tag::nhwc))
-                return std::pair{cpu::winograd::Layout{c * pixels, 8, c}, 8};
-            return std::nullopt;
         }
 
         void eltwise(const Fused& f, const dnnl::memory& x) {

@@ -3,8 +3,8 @@
 // (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016, section 4): each
 // 4x4 tile of the output from a 6x6 patch of the input, in 36 products per channel pair instead of
 // 144, so 4x fewer multiplications than the direct convolution. The compiled inference path
-// (export/cpu_inference.hpp) runs ResNet's stride-1 3x3 convolutions of 64 channels and more here
-// (applies); oneDNN 2.6 has no Winograd kernel for AVX2, and an AVX-512 one for fp32 only.
+// (export/cpu_inference.hpp) runs ResNet's stride-1 3x3 convolutions here where it is faster (pays);
+// oneDNN 2.6 has no Winograd kernel for AVX2, and an AVX-512 one for fp32 only.
 //
 // With d a 6x6 input patch, g a 3x3 filter and the matrices below (points 0, 1, -1, 2, -2, infinity):
 //   Y = A^T [ (G g G^T) . (B^T d B) ] A        (. the element-wise product)
@@ -36,13 +36,9 @@ constexpr int tile = 4;      // output pixels per tile side: F(4x4, 3x3)
 constexpr int patch = 6;     // input pixels per patch side: tile + 3 - 1
 constexpr int points = 36;   // patch * patch
 
-/// Whether a convolution is one this file computes, and faster than oneDNN's direct kernel: 3x3,
-/// stride 1, padding 1, channels in blocks of 8, and at least 64 channels in and out. With fewer, the
-/// products (tiles x c by c x k) are too thin for sgemm: ResNet-20's 16-channel layer at batch 128
-/// ran at 0.4x oneDNN's speed (bench/blocks.cpp, CpuConv/inference; README, "CPU inference, compiled").
-inline bool applies(const ConvGeometry& g) {
-    return g.kernel == 3 && g.stride == 1 && g.pad == 1 && g.in_channels % 8 == 0 && g.out_channels % 8 == 0 &&
-           g.in_channels >= 64 && g.out_channels >= 64;
+/// Whether a convolution is one this file computes: 3x3, stride 1, padding 1, channels in blocks of 8.
+inline bool computes(const ConvGeometry& g) {
+    return g.kernel == 3 && g.stride == 1 && g.pad == 1 && g.in_channels % 8 == 0 && g.out_channels % 8 == 0;
 }
 
 /// Whether the compiled inference path uses this file: yes, unless the environment sets
@@ -66,6 +62,14 @@ struct Shape {
     int tiles_w() const { return (w + tile - 1) / tile; }
     std::size_t tiles() const { return std::size_t(n) * std::size_t(tiles_h()) * std::size_t(tiles_w()); }
 };
+
+/// Whether it is faster here than oneDNN's direct kernel, as measured on ResNet's shapes (bench/blocks.cpp,
+/// CpuConv/inference; README, "CPU inference, compiled"):
+///   - at least 64 channels in and out: with fewer, the products (tiles x c by c x k) are too thin for
+///     sgemm, and ResNet-20's 16- and 32-channel layers at batch 128 ran at 0.7x and 0.9x oneDNN's speed;
+///   - at least 16 tiles: the transformed filters are 4x the filters' size (36 values per 3x3), read
+///     once per chunk of tiles, and ResNet50's 7x7 layer at batch 1 (4 tiles) ran at 0.8x.
+inline bool pays(const Shape& s) { return s.c >= 64 && s.k >= 64 && s.tiles() >= 16; }
 
 /// U[p][c][k] from filters w[k][c][3][3] (oihw), in double, rounded once.
 inline std::vector<float> transform_filters(const float* w, int k, int c) {
