@@ -314,12 +314,18 @@ void CpuInferenceConv(benchmark::State& state) {
     dnnl::primitive_attr attr;
     attr.set_post_ops(relu);
     using cf = dnnl::convolution_forward;
-    const cf::primitive_desc pd({dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-                                 {src, dt::f32, tag::any}, {weights, dt::f32, tag::any},
-                                 {{c.g.out_channels}, dt::f32, tag::x}, {dst, dt::f32, tag::any}, {1, 1}, pad, pad},
+    const cf::primitive_desc pd({dnnl::prop_kind::forward_inference,
+                                 dnnl::algorithm::convolution_direct,
+                                 {src, dt::f32, tag::any},
+                                 {weights, dt::f32, tag::any},
+                                 {{c.g.out_channels}, dt::f32, tag::x},
+                                 {dst, dt::f32, tag::any},
+                                 {1, 1},
+                                 pad,
+                                 pad},
                                 attr, engine);
-    dnnl::memory x(pd.src_desc(), engine), w(pd.weights_desc(), engine), b({{c.g.out_channels}, dt::f32, tag::x}, engine),
-        y(pd.dst_desc(), engine);
+    dnnl::memory x(pd.src_desc(), engine), w(pd.weights_desc(), engine),
+        b({{c.g.out_channels}, dt::f32, tag::x}, engine), y(pd.dst_desc(), engine);
     for (const dnnl::memory& m : {x, w, b, y}) {
         float* p = static_cast<float*>(m.get_data_handle());
         std::fill(p, p + m.get_desc().get_size() / sizeof(float), 0.01f);
@@ -353,8 +359,15 @@ void CpuInferenceConv(benchmark::State& state) {
 // ResNet50's stride-1 3x3 convolutions at batches 32 and 1, and ResNet-20's at the quick start's 128.
 void inference_3x3_shapes(benchmark::internal::Benchmark* b) {
     b->ArgNames({"n", "hw", "in", "out", "k", "s"});
-    for (const int n : {32, 1}) b->Args({n, 56, 64, 64, 3, 1})->Args({n, 28, 128, 128, 3, 1})->Args({n, 14, 256, 256, 3, 1})->Args({n, 7, 512, 512, 3, 1});
-    b->Args({128, 28, 16, 16, 3, 1})->Args({128, 14, 32, 32, 3, 1})->Args({128, 7, 64, 64, 3, 1})->Unit(benchmark::kMillisecond);
+    for (const int n : {32, 1})
+        b->Args({n, 56, 64, 64, 3, 1})
+            ->Args({n, 28, 128, 128, 3, 1})
+            ->Args({n, 14, 256, 256, 3, 1})
+            ->Args({n, 7, 512, 512, 3, 1});
+    b->Args({128, 28, 16, 16, 3, 1})
+        ->Args({128, 14, 32, 32, 3, 1})
+        ->Args({128, 7, 64, 64, 3, 1})
+        ->Unit(benchmark::kMillisecond);
 }
 
 // ResNet-20's convolutions at the quick start's batch of 128, and ResNet50's at 32.

@@ -242,8 +242,10 @@ TEST(Deploy, WinogradMatchesTheDirectConvolution) {
         bool nhwc, bias, accumulate, relu;
         int n, c, h, w, k;
     };
-    const Case cases[] = {{8, false, true, false, true, 2, 64, 9, 7, 72},  {16, false, true, true, true, 2, 64, 8, 8, 80},
-                          {8, true, false, false, false, 3, 64, 5, 11, 64}, {8, false, true, true, false, 1, 128, 14, 13, 64},
+    const Case cases[] = {{8, false, true, false, true, 2, 64, 9, 7, 72},
+                          {16, false, true, true, true, 2, 64, 8, 8, 80},
+                          {8, true, false, false, false, 3, 64, 5, 11, 64},
+                          {8, false, true, true, false, 1, 128, 14, 13, 64},
                           {16, true, true, false, true, 2, 64, 7, 7, 64}};
     const cpu::OpenMpThreads threads(2);
     for (const Case& t : cases) {
@@ -271,9 +273,11 @@ TEST(Deploy, WinogradMatchesTheDirectConvolution) {
         const std::vector<float> u = wg::transform_filters(w.data(), t.k, t.c);
         const float* b = t.bias ? bias.data() : nullptr;
         if (t.block == 16)
-            wg::forward<16>(threads, x.data(), in, u, b, t.accumulate, t.relu, y.data(), out, shape, workspace.data(), chunk);
+            wg::forward<16>(threads, x.data(), in, u, b, t.accumulate, t.relu, y.data(), out, shape, workspace.data(),
+                            chunk);
         else
-            wg::forward<8>(threads, x.data(), in, u, b, t.accumulate, t.relu, y.data(), out, shape, workspace.data(), chunk);
+            wg::forward<8>(threads, x.data(), in, u, b, t.accumulate, t.relu, y.data(), out, shape, workspace.data(),
+                           chunk);
         double worst = 0, largest = 0;
         for (int n = 0; n < t.n; ++n)
             for (int o = 0; o < t.k; ++o)
@@ -287,7 +291,9 @@ TEST(Deploy, WinogradMatchesTheDirectConvolution) {
                                     if (sy >= 0 && sy < t.h && sx >= 0 && sx < t.w)
                                         sum += double(x[at(in, n, c, sy, sx)]) *
                                                w[((std::size_t(o) * std::size_t(t.c) + std::size_t(c)) * 3 +
-                                                  std::size_t(r)) * 3 + std::size_t(q)];
+                                                  std::size_t(r)) *
+                                                     3 +
+                                                 std::size_t(q)];
                                 }
                         if (t.accumulate) sum += before[at(out, n, o, yy, xx)];
                         if (t.relu) sum = std::max(sum, 0.0);
@@ -297,6 +303,40 @@ TEST(Deploy, WinogradMatchesTheDirectConvolution) {
         EXPECT_LT(worst, 2e-5 * largest) << "block " << t.block << (t.nhwc ? " nhwc" : "") << ", " << t.h << "x" << t.w
                                          << ", " << t.c << " -> " << t.k << " channels";
     }
+}
+
+// The compiled ResNet50 at 224 px and batch 4, where every stage's 3x3 convolutions run by Winograd
+// (16 tiles and more: winograd::pays), against the same compiled with oneDNN's direct kernels
+// (TESSERA_WINOGRAD=0): the logits within 1e-5 of the largest.
+TEST(Deploy, CompiledWinogradIsTheDirectForwardWithinRounding) {
+    auto net = runner::make_cpu_network("resnet50", 1000, 3);
+    net->init(9, {});
+    Rng rng(3);
+    for (auto& e : net->params().buffer_entries)
+        for (std::size_t i = 0; i < e.size; ++i)
+            if (e.role == layers::Role::running_var) net->params().buffers[e.offset + i] = float(rng.uniform(0.5, 2.0));
+    const int n = 4, s = 224;
+    std::vector<float> x(std::size_t(n) * s * s * 3);
+    for (float& v : x) v = float(rng.uniform(-2, 2));
+    const deploy::InferenceGraph graph = deploy::inference_graph(*net);
+    cpu::Context ctx(2);
+    ctx.training = false;
+    auto logits = [&](bool winograd) {
+        const char* before = std::getenv("TESSERA_WINOGRAD");
+        const std::string saved = before ? before : "";
+        ::setenv("TESSERA_WINOGRAD", winograd ? "1" : "0", 1);
+        deploy::CpuInference compiled(graph);
+        before ? ::setenv("TESSERA_WINOGRAD", saved.c_str(), 1) : ::unsetenv("TESSERA_WINOGRAD");
+        const Tensor y = compiled.forward(ctx, Tensor{x.data(), {n, s, s, 3}});
+        const bool ran = compiled.kernels().find(deploy::CpuInference::winograd_kernel) != std::string::npos;
+        EXPECT_EQ(ran, winograd) << compiled.kernels();
+        return std::vector<float>(y.data, y.data + y.size());
+    };
+    const std::vector<float> direct = logits(false), winograd = logits(true);
+    const double diff = distance(winograd, direct);  // max |a - b| over max |b|
+    EXPECT_LT(diff, 1e-5);
+    EXPECT_GT(diff, 0) << "Winograd rounds differently from the direct convolution; equal logits mean it did not run";
+    std::printf("[ winograd] ResNet50 logits, Winograd against oneDNN's direct kernels: %.2e of the largest\n", diff);
 }
 
 // bf16 (activations and filters; fp32 accumulation, biases and logits): within 2e-2 of the logits'

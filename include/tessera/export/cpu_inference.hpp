@@ -325,8 +325,8 @@ private:
             Step s;
             s.args[DNNL_ARG_SRC] = in_layout(x, src);
             s.args[DNNL_ARG_DST] = f.sum >= 0 ? take_over(f.sum, dst) : fresh(dst);
-            s.args[DNNL_ARG_SCRATCHPAD] = scratchpad(
-                {{dims::value_type(cpu::winograd::workspace_floats(shape))}, dt::f32, tag::a});
+            s.args[DNNL_ARG_SCRATCHPAD] =
+                scratchpad({{dims::value_type(cpu::winograd::workspace_floats(shape))}, dt::f32, tag::a});
             const bool accumulate = f.sum >= 0, relu = f.relu;
             const auto [lin, block] = *in;
             const cpu::winograd::Layout lout = out->first;
@@ -507,8 +507,8 @@ private:
     const std::vector<float>& winograd_filters(const layers::GraphNode& n) {
         auto [it, fresh] = winograd_filters_.try_emplace(n.name);
         if (fresh)
-            it->second = cpu::winograd::transform_filters(graph_.tensor(n.name + ".weight").data(),
-                                                          n.conv.out_channels, n.conv.in_channels);
+            it->second = cpu::winograd::transform_filters(graph_.tensor(n.name + ".weight").data(), n.conv.out_channels,
+                                                          n.conv.in_channels);
         return it->second;
     }
 

@@ -32,9 +32,9 @@
 
 namespace tessera::cpu::winograd {
 
-constexpr int tile = 4;      // output pixels per tile side: F(4x4, 3x3)
-constexpr int patch = 6;     // input pixels per patch side: tile + 3 - 1
-constexpr int points = 36;   // patch * patch
+constexpr int tile = 4;     // output pixels per tile side: F(4x4, 3x3)
+constexpr int patch = 6;    // input pixels per patch side: tile + 3 - 1
+constexpr int points = 36;  // patch * patch
 
 /// Whether a convolution is one this file computes: 3x3, stride 1, padding 1, channels in blocks of 8.
 inline bool computes(const ConvGeometry& g) {
@@ -74,9 +74,12 @@ inline bool pays(const Shape& s) { return s.c >= 64 && s.k >= 64 && s.tiles() >=
 /// U[p][c][k] from filters w[k][c][3][3] (oihw), in double, rounded once.
 inline std::vector<float> transform_filters(const float* w, int k, int c) {
     // G, 6x3.
-    static constexpr double G[patch][3] = {{1. / 4, 0, 0},           {-1. / 6, -1. / 6, -1. / 6},
-                                           {-1. / 6, 1. / 6, -1. / 6}, {1. / 24, 1. / 12, 1. / 6},
-                                           {1. / 24, -1. / 12, 1. / 6}, {0, 0, 1}};
+    static constexpr double G[patch][3] = {{1. / 4, 0, 0},
+                                           {-1. / 6, -1. / 6, -1. / 6},
+                                           {-1. / 6, 1. / 6, -1. / 6},
+                                           {1. / 24, 1. / 12, 1. / 6},
+                                           {1. / 24, -1. / 12, 1. / 6},
+                                           {0, 0, 1}};
     std::vector<float> u(std::size_t(points) * std::size_t(c) * std::size_t(k));
     for (int o = 0; o < k; ++o)
         for (int i = 0; i < c; ++i) {
@@ -173,7 +176,7 @@ TESSERA_CPU_CLONES void inputs(const float* __restrict x, Layout in, Shape s, fl
 #pragma GCC unroll 6
             for (int q = 0; q < patch; ++q) input_1d<B>(&d[0][q], patch, &rows[0][q], patch);  // B^T d
 #pragma GCC unroll 6
-            for (int r = 0; r < patch; ++r) input_1d<B>(&rows[r][0], 1, &out[r][0], 1);       // (B^T d) B
+            for (int r = 0; r < patch; ++r) input_1d<B>(&rows[r][0], 1, &out[r][0], 1);  // (B^T d) B
             float* dst = v + slot * std::size_t(s.c) + std::size_t(cb) * B;
 #pragma GCC unroll 6
             for (int r = 0; r < patch; ++r)
@@ -187,8 +190,8 @@ TESSERA_CPU_CLONES void inputs(const float* __restrict x, Layout in, Shape s, fl
 // `accumulate`, then ReLU where `relu`, as oneDNN's post-ops (sum, eltwise_relu) order them.
 template <int B>
 TESSERA_CPU_CLONES void outputs(const float* __restrict m, std::size_t m_step, const float* __restrict bias,
-                                bool accumulate, bool relu, float* __restrict y, Layout out, Shape s,
-                                std::size_t first, std::size_t begin, std::size_t end) {
+                                bool accumulate, bool relu, float* __restrict y, Layout out, Shape s, std::size_t first,
+                                std::size_t begin, std::size_t end) {
     Lanes<B> mm[patch][patch], cols[tile][patch], res[tile][tile];
     for (std::size_t slot = begin; slot < end; ++slot) {
         const TileAt at(s, first + slot);
@@ -201,7 +204,7 @@ TESSERA_CPU_CLONES void outputs(const float* __restrict m, std::size_t m_step, c
 #pragma GCC unroll 6
             for (int q = 0; q < patch; ++q) output_1d<B>(&mm[0][q], patch, &cols[0][q], patch);  // A^T M
 #pragma GCC unroll 4
-            for (int r = 0; r < tile; ++r) output_1d<B>(&cols[r][0], 1, &res[r][0], 1);        // (A^T M) A
+            for (int r = 0; r < tile; ++r) output_1d<B>(&cols[r][0], 1, &res[r][0], 1);  // (A^T M) A
             Lanes<B> b{}, old;
             if (bias) load<B>(b, bias + kb * B);
             float* image = y + std::size_t(at.n) * out.image + std::size_t(kb) * out.block;
@@ -258,7 +261,8 @@ void forward(const OpenMpThreads& threads, const float* x, Layout in, const std:
         });
         threads.parallel_for(std::size_t(points), [&](std::size_t begin, std::size_t end) {
             for (std::size_t p = begin; p < end; ++p)
-                gemm(false, false, count, k, c, 1.f, v + p * v_step, c, u.data() + p * c * k, k, 0.f, m + p * m_step, k);
+                gemm(false, false, count, k, c, 1.f, v + p * v_step, c, u.data() + p * c * k, k, 0.f, m + p * m_step,
+                     k);
         });
         threads.parallel_for(count, [&](std::size_t begin, std::size_t end) {
             detail::outputs<B>(m, m_step, bias, accumulate, relu, y, out, s, first, begin, end);
