@@ -55,7 +55,7 @@ struct Layout {
     std::size_t image, block, pixel;
 };
 
-/// The shape of one convolution: n images of c channels, h x w, into k channels, B channels per block.
+/// The shape of one convolution: n images of c channels, h x w, into k channels.
 struct Shape {
     int n, c, h, w, k;
     int tiles_h() const { return (h + tile - 1) / tile; }
