@@ -272,7 +272,10 @@ void expect_same_answer(const json::Value& served, const json::Value& predicted,
     for (std::size_t j = 0; j < a.size(); ++j) {
         EXPECT_EQ(a[j].at("class").number(), b[j].at("class").number()) << what << ", rank " << j;
         EXPECT_EQ(a[j].at("label").string(), b[j].at("label").string()) << what << ", rank " << j;
-        EXPECT_NEAR(a[j].at("prob").number(), b[j].at("prob").number(), 1e-6) << what << ", rank " << j;
+        // 1e-5, not exact: the compiled forward runs a 3x3 convolution by Winograd only where the batch
+        // has enough tiles (winograd::pays), and Winograd rounds differently from oneDNN's direct kernel,
+        // so an image served in a batch of 4 and predicted in one of 16 differ (1.2e-6 measured).
+        EXPECT_NEAR(a[j].at("prob").number(), b[j].at("prob").number(), 1e-5) << what << ", rank " << j;
     }
 }
 
@@ -421,7 +424,7 @@ TEST_F(Serve, RefusesBadInputWithItsStatusAndKeepsServingWithoutGrowing) {
                 ok = got.at("top").array()[0].at("class").number() ==
                          expected.at("top").array()[0].at("class").number() &&
                      std::abs(got.at("top").array()[0].at("prob").number() -
-                              expected.at("top").array()[0].at("prob").number()) <= 1e-6;
+                              expected.at("top").array()[0].at("prob").number()) <= 1e-5;  // expect_same_answer's
             }
             if (!ok && wrong++ == 0) {
                 std::lock_guard lock(mutex);

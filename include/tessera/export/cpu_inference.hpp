@@ -21,6 +21,7 @@
 #include <dnnl.hpp>
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <functional>
 #include <map>
@@ -130,6 +131,16 @@ public:
             for (auto& k : plan->kernels)
                 if (names.find(k) == std::string::npos) names += (names.empty() ? "" : ", ") + k;
         return names;
+    }
+
+    /// Whether a plan may run a convolution by Winograd: in fp32, not turned off, with a 3x3 convolution
+    /// it computes of 64 channels and more (whether it runs also depends on the batch: winograd::pays).
+    bool may_run_winograd() const {
+        if (compute_ != dt::f32 || !winograd_) return false;
+        return std::any_of(graph_.nodes.begin(), graph_.nodes.end(), [](const layers::GraphNode& n) {
+            return n.op == Op::conv && cpu::winograd::computes(n.conv) && n.conv.in_channels >= 64 &&
+                   n.conv.out_channels >= 64;
+        });
     }
 
     /// An fp32 activation layout as winograd::Layout and its channels per block: blocked nChw16c or
@@ -556,10 +567,13 @@ public:
     /// Whether the compiled forward runs (else the network's layers).
     bool compiled() const { return compiled_.has_value(); }
     /// The kernels that run: the backend's, the compiled forward's precision where it runs, and
-    /// Winograd's where a forward so far ran it.
+    /// Winograd's where a forward so far ran it or, before the first forward (a server's first line),
+    /// where it may run.
     std::string kernels(typename B::Context& ctx) const {
         if (!compiled_) return B::kernels(ctx);
-        const bool winograd = compiled_->kernels().find(CpuInference::winograd_kernel) != std::string::npos;
+        const std::string ran = compiled_->kernels();
+        const bool winograd =
+            ran.empty() ? compiled_->may_run_winograd() : ran.find(CpuInference::winograd_kernel) != std::string::npos;
         return B::kernels(ctx) + ", compiled inference" + (ctx.activations == DType::bf16 ? " in bf16" : "") +
                (winograd ? std::string(", ") + CpuInference::winograd_kernel : "");
     }
