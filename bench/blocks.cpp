@@ -333,7 +333,7 @@ void CpuInferenceConv(benchmark::State& state) {
     const cf conv(pd);
     const auto in = deploy::CpuInference::winograd_layout(pd.src_desc()),
                out = deploy::CpuInference::winograd_layout(pd.dst_desc());
-    if (Winograd && (!in || !out || in->second != out->second))
+    if (Winograd && (!in || !out || in->lanes != out->lanes))
         return state.SkipWithError("oneDNN chose layouts Winograd does not read");
     const cpu::winograd::Shape shape{c.in.n, c.in.c, c.in.h, c.in.w, c.g.out_channels};
     const std::vector<float> filters(std::size_t(c.g.out_channels) * c.g.patch(), 0.01f);
@@ -344,14 +344,10 @@ void CpuInferenceConv(benchmark::State& state) {
         auto* from = static_cast<const float*>(x.get_data_handle());
         auto* to = static_cast<float*>(y.get_data_handle());
         auto* bias = static_cast<const float*>(b.get_data_handle());
-        if (!Winograd)
-            conv.execute(stream, {{DNNL_ARG_SRC, x}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b}, {DNNL_ARG_DST, y}});
-        else if (in->second == 16)
-            cpu::winograd::forward<16>(threads, from, in->first, u, bias, false, true, to, out->first, shape,
-                                       workspace.data());
+        if (Winograd)
+            cpu::winograd::forward(threads, from, *in, u, bias, false, true, to, *out, shape, workspace.data());
         else
-            cpu::winograd::forward<8>(threads, from, in->first, u, bias, false, true, to, out->first, shape,
-                                      workspace.data());
+            conv.execute(stream, {{DNNL_ARG_SRC, x}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b}, {DNNL_ARG_DST, y}});
     });
     state.SetLabel(Winograd ? "winograd F(4x4,3x3)" : pd.impl_info_str());
 }

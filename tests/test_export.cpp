@@ -165,6 +165,17 @@ fs::path resnet20_checkpoint(const TempDir& dir) {
     return file;
 }
 
+/// ResNet50 (1000 classes, RGB) initialised from seed 9, its running variances drawn from U(0.5, 2)
+/// by `rng`: statistics that make BatchNorm folding matter.
+std::unique_ptr<models::Network<cpu::Backend>> resnet50_with_statistics(Rng& rng) {
+    auto net = runner::make_cpu_network("resnet50", 1000, 3);
+    net->init(9, {});
+    for (auto& e : net->params().buffer_entries)
+        for (std::size_t i = 0; i < e.size; ++i)
+            if (e.role == layers::Role::running_var) net->params().buffers[e.offset + i] = float(rng.uniform(0.5, 2.0));
+    return net;
+}
+
 // Without ONNX Runtime (the unit shard, and the sanitizers): the traced graph run value by value is
 // the network's own forward, before and after folding, for ResNet-20 and ResNet50; the ops and names
 // are torchvision's; the compiled CPU forward (CpuInference) is the same; int8's rounding is QuantizeLinear's.
@@ -172,16 +183,11 @@ TEST(Deploy, TracedGraphComputesTheNetworksForward) {
     TempDir dir;
     for (const char* arch : {"resnet20", "resnet50"}) {
         const bool small = std::string(arch) == "resnet20";
-        const int c = small ? 1 : 3, s = small ? 28 : 64, classes = small ? 10 : 1000;
+        const int c = small ? 1 : 3, s = small ? 28 : 64;
         Reference ref = small ? reference(resnet20_checkpoint(dir), arch) : Reference{};
         if (!small) {
-            ref.net = runner::make_cpu_network(arch, classes, c);
-            ref.net->init(9, {});
             Rng rng(2);
-            for (auto& e : ref.net->params().buffer_entries)  // statistics that make folding matter
-                for (std::size_t i = 0; i < e.size; ++i)
-                    if (e.role == layers::Role::running_var)
-                        ref.net->params().buffers[e.offset + i] = float(rng.uniform(0.5, 2.0));
+            ref.net = resnet50_with_statistics(rng);
             ref.card.crop = s;
             ref.card.channels = c;
             ref.card.mean = {0.5f, 0.5f, 0.5f};
@@ -238,7 +244,7 @@ TEST(Deploy, TracedGraphComputesTheNetworksForward) {
 TEST(Deploy, WinogradMatchesTheDirectConvolution) {
     namespace wg = cpu::winograd;
     struct Case {
-        int block;
+        int lanes;
         bool nhwc, bias, accumulate, relu;
         int n, c, h, w, k;
     };
@@ -250,15 +256,15 @@ TEST(Deploy, WinogradMatchesTheDirectConvolution) {
     const cpu::OpenMpThreads threads(2);
     for (const Case& t : cases) {
         const wg::Shape shape{t.n, t.c, t.h, t.w, t.k};
-        const std::size_t pixels = std::size_t(t.h) * std::size_t(t.w), B = std::size_t(t.block);
+        const std::size_t pixels = std::size_t(t.h) * std::size_t(t.w), B = std::size_t(t.lanes);
         auto layout = [&](int channels) {
             const std::size_t c = std::size_t(channels);
-            return t.nhwc ? wg::Layout{c * pixels, B, c} : wg::Layout{c * pixels, pixels * B, B};
+            return t.nhwc ? wg::Layout{c * pixels, B, c, t.lanes} : wg::Layout{c * pixels, pixels * B, B, t.lanes};
         };
         const wg::Layout in = layout(t.c), out = layout(t.k);
         auto at = [&](const wg::Layout& l, int n, int c, int y, int x) {
-            return std::size_t(n) * l.image + std::size_t(c / t.block) * l.block +
-                   (std::size_t(y) * std::size_t(t.w) + std::size_t(x)) * l.pixel + std::size_t(c % t.block);
+            return std::size_t(n) * l.image + std::size_t(c / t.lanes) * l.block +
+                   (std::size_t(y) * std::size_t(t.w) + std::size_t(x)) * l.pixel + std::size_t(c % t.lanes);
         };
         Rng rng(7);
         std::vector<float> x(std::size_t(t.n) * t.c * pixels), w(std::size_t(t.k) * t.c * 9), bias(std::size_t(t.k)),
@@ -272,12 +278,7 @@ TEST(Deploy, WinogradMatchesTheDirectConvolution) {
         std::vector<float> workspace(wg::workspace_floats(shape, chunk));
         const std::vector<float> u = wg::transform_filters(w.data(), t.k, t.c);
         const float* b = t.bias ? bias.data() : nullptr;
-        if (t.block == 16)
-            wg::forward<16>(threads, x.data(), in, u, b, t.accumulate, t.relu, y.data(), out, shape, workspace.data(),
-                            chunk);
-        else
-            wg::forward<8>(threads, x.data(), in, u, b, t.accumulate, t.relu, y.data(), out, shape, workspace.data(),
-                           chunk);
+        wg::forward(threads, x.data(), in, u, b, t.accumulate, t.relu, y.data(), out, shape, workspace.data(), chunk);
         double worst = 0, largest = 0;
         for (int n = 0; n < t.n; ++n)
             for (int o = 0; o < t.k; ++o)
@@ -300,7 +301,7 @@ TEST(Deploy, WinogradMatchesTheDirectConvolution) {
                         worst = std::max(worst, std::abs(y[at(out, n, o, yy, xx)] - sum));
                         largest = std::max(largest, std::abs(sum));
                     }
-        EXPECT_LT(worst, 2e-5 * largest) << "block " << t.block << (t.nhwc ? " nhwc" : "") << ", " << t.h << "x" << t.w
+        EXPECT_LT(worst, 2e-5 * largest) << t.lanes << " lanes" << (t.nhwc ? " nhwc" : "") << ", " << t.h << "x" << t.w
                                          << ", " << t.c << " -> " << t.k << " channels";
     }
 }
@@ -309,12 +310,8 @@ TEST(Deploy, WinogradMatchesTheDirectConvolution) {
 // (16 tiles and more: winograd::pays), against the same compiled with oneDNN's direct kernels
 // (TESSERA_WINOGRAD=0): the logits within 1e-5 of the largest.
 TEST(Deploy, CompiledWinogradIsTheDirectForwardWithinRounding) {
-    auto net = runner::make_cpu_network("resnet50", 1000, 3);
-    net->init(9, {});
     Rng rng(3);
-    for (auto& e : net->params().buffer_entries)
-        for (std::size_t i = 0; i < e.size; ++i)
-            if (e.role == layers::Role::running_var) net->params().buffers[e.offset + i] = float(rng.uniform(0.5, 2.0));
+    auto net = resnet50_with_statistics(rng);
     const int n = 4, s = 224;
     std::vector<float> x(std::size_t(n) * s * s * 3);
     for (float& v : x) v = float(rng.uniform(-2, 2));
@@ -345,12 +342,8 @@ TEST(Deploy, CompiledBf16IsFp32WithinBf16Rounding) {
     if (!cpu::has_bf16_instructions())
         GTEST_SKIP() << "this CPU has no AVX512-BF16 or AMX (oneDNN finds " << cpu::onednn_isa()
                      << "), so tessera refuses bf16 on it";
-    auto net = runner::make_cpu_network("resnet50", 1000, 3);
-    net->init(9, {});
     Rng rng(2);
-    for (auto& e : net->params().buffer_entries)
-        for (std::size_t i = 0; i < e.size; ++i)
-            if (e.role == layers::Role::running_var) net->params().buffers[e.offset + i] = float(rng.uniform(0.5, 2.0));
+    auto net = resnet50_with_statistics(rng);
     const int n = 2, s = 64;
     std::vector<float> x(std::size_t(n) * s * s * 3);
     for (float& v : x) v = float(rng.uniform(-2, 2));

@@ -138,23 +138,22 @@ public:
     bool may_run_winograd() const {
         if (compute_ != dt::f32 || !winograd_) return false;
         return std::any_of(graph_.nodes.begin(), graph_.nodes.end(), [](const layers::GraphNode& n) {
-            return n.op == Op::conv && cpu::winograd::computes(n.conv) && n.conv.in_channels >= 64 &&
-                   n.conv.out_channels >= 64;
+            return n.op == Op::conv && cpu::winograd::computes(n.conv) &&
+                   cpu::winograd::enough_channels(n.conv.in_channels, n.conv.out_channels);
         });
     }
 
-    /// An fp32 activation layout as winograd::Layout and its channels per block: blocked nChw16c or
-    /// nChw8c, or NHWC (read 8 channels at a time); nothing for any other.
-    static std::optional<std::pair<cpu::winograd::Layout, int>> winograd_layout(const dnnl::memory::desc& desc) {
+    /// An fp32 activation layout as winograd::Layout: blocked nChw16c or nChw8c, or NHWC (read 8
+    /// channels at a time); nothing for any other.
+    static std::optional<cpu::winograd::Layout> winograd_layout(const dnnl::memory::desc& desc) {
         const auto d = desc.dims();
         const std::size_t c = std::size_t(d[1]), pixels = std::size_t(d[2] * d[3]);
-        for (const int block : {16, 8})
-            if (c % std::size_t(block) == 0 &&
-                desc == dnnl::memory::desc(d, dt::f32, block == 16 ? tag::nChw16c : tag::nChw8c))
-                return std::pair{cpu::winograd::Layout{c * pixels, pixels * std::size_t(block), std::size_t(block)},
-                                 block};
+        for (const int lanes : {16, 8})
+            if (c % std::size_t(lanes) == 0 &&
+                desc == dnnl::memory::desc(d, dt::f32, lanes == 16 ? tag::nChw16c : tag::nChw8c))
+                return cpu::winograd::Layout{c * pixels, pixels * std::size_t(lanes), std::size_t(lanes), lanes};
         if (c % 8 == 0 && desc == dnnl::memory::desc(d, dt::f32, tag::nhwc))
-            return std::pair{cpu::winograd::Layout{c * pixels, 8, c}, 8};
+            return cpu::winograd::Layout{c * pixels, 8, c, 8};
         return std::nullopt;
     }
 
@@ -329,7 +328,7 @@ private:
         bool winograd(const Fused& f, const layers::GraphNode& n, const dnnl::memory& x, const dnnl::memory::desc& src,
                       const dnnl::memory::desc& dst, const cpu::winograd::Shape& shape, bool has_bias) {
             const auto in = winograd_layout(src), out = winograd_layout(dst);
-            if (!in || !out || in->second != out->second) return false;
+            if (!in || !out || in->lanes != out->lanes) return false;
             const std::vector<float>& u = self_.winograd_filters(n);
             const float* bias = has_bias ? self_.graph_.tensor(n.name + ".bias").data() : nullptr;
             plan_.kernels.push_back(winograd_kernel);
@@ -338,18 +337,12 @@ private:
             s.args[DNNL_ARG_DST] = f.sum >= 0 ? take_over(f.sum, dst) : fresh(dst);
             s.args[DNNL_ARG_SCRATCHPAD] =
                 scratchpad({{dims::value_type(cpu::winograd::workspace_floats(shape))}, dt::f32, tag::a});
-            const bool accumulate = f.sum >= 0, relu = f.relu;
-            const auto [lin, block] = *in;
-            const cpu::winograd::Layout lout = out->first;
-            s.run = [&u, bias, accumulate, relu, lin, lout, block, shape](const Args& args) {
-                const cpu::OpenMpThreads threads(omp_get_max_threads());
+            s.run = [&u, bias, accumulate = f.sum >= 0, relu = f.relu, from = *in, to = *out, shape](const Args& args) {
                 auto* x = static_cast<const float*>(args.at(DNNL_ARG_SRC).get_data_handle());
                 auto* y = static_cast<float*>(args.at(DNNL_ARG_DST).get_data_handle());
                 auto* workspace = static_cast<float*>(args.at(DNNL_ARG_SCRATCHPAD).get_data_handle());
-                if (block == 16)
-                    cpu::winograd::forward<16>(threads, x, lin, u, bias, accumulate, relu, y, lout, shape, workspace);
-                else
-                    cpu::winograd::forward<8>(threads, x, lin, u, bias, accumulate, relu, y, lout, shape, workspace);
+                cpu::winograd::forward(cpu::OpenMpThreads(omp_get_max_threads()), x, from, u, bias, accumulate, relu, y,
+                                       to, shape, workspace);
             };
             values_[f.output] = s.args[DNNL_ARG_DST];
             plan_.steps.push_back(std::move(s));

@@ -29,6 +29,7 @@
 #include "tessera/backend/cpu/gemm.hpp"
 #include "tessera/backend/cpu/openmp_threads.hpp"
 #include "tessera/backend/ops.hpp"
+#include "tessera/core/error.hpp"
 
 namespace tessera::cpu::winograd {
 
@@ -50,9 +51,11 @@ inline bool enabled() {
 }
 
 /// Where element (n, channel block cb, y, x, lane) of an activation lives: n * image + cb * block +
-/// (y * width + x) * pixel + lane, with B channels per block.
+/// (y * width + x) * pixel + lane, with `lanes` channels per block (8 or 16), the width the
+/// transforms run at.
 struct Layout {
     std::size_t image, block, pixel;
+    int lanes;
 };
 
 /// The shape of one convolution: n images of c channels, h x w, into k channels.
@@ -63,13 +66,15 @@ struct Shape {
     std::size_t tiles() const { return std::size_t(n) * std::size_t(tiles_h()) * std::size_t(tiles_w()); }
 };
 
-/// Whether it is faster here than oneDNN's direct kernel, as measured on ResNet's shapes (bench/blocks.cpp,
+/// Whether it is faster here than oneDNN's direct kernel (enough_channels: the half that holds at
+/// every batch size), as measured on ResNet's shapes (bench/blocks.cpp,
 /// CpuConv/inference; README, "CPU inference, compiled"):
 ///   - at least 64 channels in and out: with fewer, the products (tiles x c by c x k) are too thin for
 ///     sgemm, and ResNet-20's 16- and 32-channel layers at batch 128 ran at 0.7x and 0.9x oneDNN's speed;
 ///   - at least 16 tiles: the transformed filters are 4x the filters' size (36 values per 3x3), read
 ///     once per chunk of tiles, and ResNet50's 7x7 layer at batch 1 (4 tiles) ran at 0.8x.
-inline bool pays(const Shape& s) { return s.c >= 64 && s.k >= 64 && s.tiles() >= 16; }
+inline bool enough_channels(int c, int k) { return c >= 64 && k >= 64; }
+inline bool pays(const Shape& s) { return enough_channels(s.c, s.k) && s.tiles() >= 16; }
 
 /// U[p][c][k] from filters w[k][c][3][3] (oihw), in double, rounded once.
 inline std::vector<float> transform_filters(const float* w, int k, int c) {
@@ -242,13 +247,13 @@ inline std::size_t workspace_floats(const Shape& s, std::size_t chunk) {
 }
 inline std::size_t workspace_floats(const Shape& s) { return workspace_floats(s, chunk_tiles(s)); }
 
-/// y = conv3x3(x, w) (+ bias) (+ y) (ReLU), with u = transform_filters(w), `chunk` tiles at a time
-/// (chunk_tiles(s) unless a test asks for fewer). B channels per block: 8 or 16, dividing c and k.
-/// `workspace` holds workspace_floats(s, chunk).
+namespace detail {
+
+// forward() with B = in.lanes = out.lanes.
 template <int B>
-void forward(const OpenMpThreads& threads, const float* x, Layout in, const std::vector<float>& u, const float* bias,
-             bool accumulate, bool relu, float* y, Layout out, Shape s, float* workspace, std::size_t chunk) {
-    static_assert(B == 8 || B == 16);
+void forward_lanes(const OpenMpThreads& threads, const float* x, Layout in, const std::vector<float>& u,
+                   const float* bias, bool accumulate, bool relu, float* y, Layout out, Shape s, float* workspace,
+                   std::size_t chunk) {
     set_gemm_threads(1);
     const std::size_t c = std::size_t(s.c), k = std::size_t(s.k);
     const std::size_t v_step = point_stride(chunk, s.c), m_step = point_stride(chunk, s.k);
@@ -256,23 +261,37 @@ void forward(const OpenMpThreads& threads, const float* x, Layout in, const std:
     float* m = workspace + std::size_t(points) * v_step;
     for (std::size_t first = 0; first < s.tiles(); first += chunk) {
         const std::size_t count = std::min(chunk, s.tiles() - first);
-        threads.parallel_for(count, [&](std::size_t begin, std::size_t end) {
-            detail::inputs<B>(x, in, s, v, v_step, first, begin, end);
-        });
+        threads.parallel_for(
+            count, [&](std::size_t begin, std::size_t end) { inputs<B>(x, in, s, v, v_step, first, begin, end); });
         threads.parallel_for(std::size_t(points), [&](std::size_t begin, std::size_t end) {
             for (std::size_t p = begin; p < end; ++p)
                 gemm(false, false, count, k, c, 1.f, v + p * v_step, c, u.data() + p * c * k, k, 0.f, m + p * m_step,
                      k);
         });
         threads.parallel_for(count, [&](std::size_t begin, std::size_t end) {
-            detail::outputs<B>(m, m_step, bias, accumulate, relu, y, out, s, first, begin, end);
+            outputs<B>(m, m_step, bias, accumulate, relu, y, out, s, first, begin, end);
         });
     }
 }
-template <int B>
-void forward(const OpenMpThreads& threads, const float* x, Layout in, const std::vector<float>& u, const float* bias,
-             bool accumulate, bool relu, float* y, Layout out, Shape s, float* workspace) {
-    forward<B>(threads, x, in, u, bias, accumulate, relu, y, out, s, workspace, chunk_tiles(s));
+
+}  // namespace detail
+
+/// y = conv3x3(x, w) (+ bias) (+ y) (ReLU), with u = transform_filters(w), `chunk` tiles at a time
+/// (chunk_tiles(s) unless a test asks for fewer). x and y have the same lanes (8 or 16), dividing c
+/// and k. `workspace` holds workspace_floats(s, chunk).
+inline void forward(const OpenMpThreads& threads, const float* x, Layout in, const std::vector<float>& u,
+                    const float* bias, bool accumulate, bool relu, float* y, Layout out, Shape s, float* workspace,
+                    std::size_t chunk) {
+    TESSERA_CHECK(in.lanes == out.lanes && (in.lanes == 8 || in.lanes == 16),
+                  "winograd::forward reads and writes 8 or 16 lanes, the same on both sides");
+    if (in.lanes == 16)
+        detail::forward_lanes<16>(threads, x, in, u, bias, accumulate, relu, y, out, s, workspace, chunk);
+    else
+        detail::forward_lanes<8>(threads, x, in, u, bias, accumulate, relu, y, out, s, workspace, chunk);
+}
+inline void forward(const OpenMpThreads& threads, const float* x, Layout in, const std::vector<float>& u,
+                    const float* bias, bool accumulate, bool relu, float* y, Layout out, Shape s, float* workspace) {
+    forward(threads, x, in, u, bias, accumulate, relu, y, out, s, workspace, chunk_tiles(s));
 }
 
 }  // namespace tessera::cpu::winograd
