@@ -14,8 +14,8 @@
 //
 // Some filter gradients run as one oneDNN call per thread, each on one thread over its share of the
 // batch, their sums then added in the shares' order (filter_gradient_by_batch_shares); bf16 stride-1
-// 3x3 ones of up to 64 channels run on tessera's own kernel instead (PairedFilterGradient), where it
-// beat oneDNN's. filter_gradient_calls holds the rule and its measurements.
+// 3x3 ones of up to 64 channels run on tessera's own kernel instead (PairedFilterGradient) on CPUs
+// without AMX, where it beat oneDNN's. filter_gradient_calls holds the rule and its measurements.
 #include <dnnl.hpp>
 #include <omp.h>
 
@@ -47,6 +47,13 @@ inline bool has_bf16_instructions() {
     return (isa & unsigned(dnnl_cpu_isa_avx512_core_bf16)) == unsigned(dnnl_cpu_isa_avx512_core_bf16);
 }
 
+/// Whether oneDNN runs AMX kernels here (avx512_core_amx, from cpuid): its bf16 convolutions then
+/// multiply on the tile unit, several times faster than AVX512-BF16's dot products.
+inline bool onednn_has_amx() {
+    const unsigned isa = unsigned(dnnl_get_effective_cpu_isa()), amx = unsigned(dnnl_cpu_isa_avx512_core_amx);
+    return (isa & amx) == amx;
+}
+
 /// Whether a filter gradient runs as one oneDNN call per thread, each on one thread over its share of
 /// the batch (the shares' sums then added in order, so the result does not depend on timing),
 /// instead of one call on all of them. oneDNN 2.6's bf16 kernel (jit_bf16, avx512_core_bf16) splits
@@ -66,12 +73,16 @@ inline bool filter_gradient_by_batch_shares(const ConvGeometry& g, DType activat
 enum class FilterGradientCalls { by_rule, whole_batch, batch_shares, image_pairs };
 
 /// The rule. image_pairs for bf16 3x3 stride-1 convolutions of up to 64 input channels, on CPUs with
-/// AVX512-BF16. CpuFilterGradient in bench/blocks.cpp, 2 threads, AMD EPYC with AVX512-BF16, batch
-/// 128, ms per call, oneDNN (whole batch) against image pairs: 16 channels at 28x28 1.55 and 1.54
-/// against 1.23 and 1.27; 32 at 14x14 1.43 and 1.37 against 1.25 and 1.23; 64 at 7x7 1.67 and 1.87
-/// against 1.45 and 1.49. Wider layers stay with oneDNN: a thread's copy of dw outgrows the cache.
+/// AVX512-BF16 and no AMX. CpuFilterGradient in bench/blocks.cpp, 2 threads, batch 128, ms per call,
+/// oneDNN (whole batch) against image pairs:
+///  - AMD EPYC with AVX512-BF16: 16 channels at 28x28 1.55 and 1.54 against 1.23 and 1.27; 32 at
+///    14x14 1.43 and 1.37 against 1.25 and 1.23; 64 at 7x7 1.67 and 1.87 against 1.45 and 1.49. Wider
+///    layers stay with oneDNN: a thread's copy of dw outgrows the cache.
+///  - Intel Xeon with AMX (oneDNN's avx512_core_amx): 0.57, 0.51 and 0.97 against 2.12, 2.03 and
+///    2.08; the tile unit wins every shape by 2x to 4x.
 inline FilterGradientCalls filter_gradient_calls(const ConvGeometry& g, DType activations) {
-    if (activations == DType::bf16 && PairedFilterGradient::fits(g) && g.in_channels <= 64 && has_bf16_instructions())
+    if (activations == DType::bf16 && PairedFilterGradient::fits(g) && g.in_channels <= 64 && has_bf16_instructions() &&
+        !onednn_has_amx())
         return FilterGradientCalls::image_pairs;
     return filter_gradient_by_batch_shares(g, activations) ? FilterGradientCalls::batch_shares
                                                            : FilterGradientCalls::whole_batch;
