@@ -352,7 +352,8 @@ void CpuInferenceConv(benchmark::State& state) {
     state.SetLabel(Winograd ? "winograd F(4x4,3x3)" : pd.impl_info_str());
 }
 
-// ResNet50's stride-1 3x3 convolutions at batches 32 and 1, and ResNet-20's at the quick start's 128.
+// ResNet50's stride-1 3x3 convolutions at batches 32 and 1, its last two stages' at the batches
+// around winograd::pays's threshold (16 to 64 tiles), and ResNet-20's at the quick start's 128.
 void inference_3x3_shapes(benchmark::internal::Benchmark* b) {
     b->ArgNames({"n", "hw", "in", "out", "k", "s"});
     for (const int n : {32, 1})
@@ -360,6 +361,11 @@ void inference_3x3_shapes(benchmark::internal::Benchmark* b) {
             ->Args({n, 28, 128, 128, 3, 1})
             ->Args({n, 14, 256, 256, 3, 1})
             ->Args({n, 7, 512, 512, 3, 1});
+    b->Args({2, 14, 256, 256, 3, 1})
+        ->Args({4, 14, 256, 256, 3, 1})
+        ->Args({4, 7, 512, 512, 3, 1})
+        ->Args({8, 7, 512, 512, 3, 1})
+        ->Args({16, 7, 512, 512, 3, 1});
     b->Args({128, 28, 16, 16, 3, 1})
         ->Args({128, 14, 32, 32, 3, 1})
         ->Args({128, 7, 64, 64, 3, 1})
