@@ -220,8 +220,8 @@ TEST(MixedPrecision, Bf16FilterGradientByBatchSharesIsTheWholeBatchs) {
                      << "), and the CPU backend does not emulate them";
     cpu::Context ctx(2);
     const ConvGeometry g{16, 32, 3, 2, 1};
-    ASSERT_TRUE(cpu::filter_gradient_by_batch_shares(g, DType::bf16)) << "the rule no longer takes this shape";
     const Shape in{5, 9, 9, 16}, out = g.output_shape(in);
+    ASSERT_TRUE(cpu::filter_gradient_by_batch_shares(g, in, DType::bf16)) << "the rule no longer takes this shape";
     Rng rng(11);
     auto random_bf16 = [&](Shape shape) {
         std::vector<float> v(shape.size());
@@ -265,7 +265,7 @@ TEST(MixedPrecision, Bf16FilterGradientByImagePairsIsTheSumWrittenOut) {
     cpu::Context ctx(2);
     // The rule gives the quick start's first stage to the pairs where oneDNN has no AMX, and to oneDNN's
     // tile kernels where it has; the kernel itself is checked below on every bf16 CPU.
-    ASSERT_EQ(cpu::filter_gradient_calls({16, 16, 3, 1, 1}, DType::bf16),
+    ASSERT_EQ(cpu::filter_gradient_calls({16, 16, 3, 1, 1}, {128, 28, 28, 16}, DType::bf16),
               cpu::onednn_has_amx() ? cpu::FilterGradientCalls::whole_batch : cpu::FilterGradientCalls::image_pairs)
         << "the rule no longer takes the quick start's first stage as measured (oneDNN runs " << cpu::onednn_isa() << ")";
     Rng rng(12);

@@ -63,8 +63,14 @@ inline bool onednn_has_amx() {
 /// batch against shares: ResNet-20's 16->32 at 28x28, batch 128, 1.29 against 0.73, 32->64 at 14x14
 /// 1.70 against 0.95; ResNet50's, batch 32, from 64 channels at 56x56 on, gained little or lost
 /// (512->512 at 7x7: 19.3 against 29.5), and fp32 gained nothing.
-inline bool filter_gradient_by_batch_shares(const ConvGeometry& g, DType activations) {
-    return activations == DType::bf16 && g.kernel == 3 && g.stride > 1 && g.in_channels <= 64;
+/// On AMX (oneDNN's avx512_core_amx) the tile kernel splits a stride-1 one poorly too where the
+/// output is small: CpuFilterGradient on an Intel Xeon with AMX, batch 128, medians of 3, ms, whole
+/// against shares: 64->64 at 7x7 0.902 against 0.639, while 32->32 at 14x14 (0.480 against 0.530) and
+/// 16->16 at 28x28 (0.535 against 0.543) gained nothing; the strided ones were within 5%.
+inline bool filter_gradient_by_batch_shares(const ConvGeometry& g, Shape x, DType activations) {
+    if (activations != DType::bf16 || g.kernel != 3 || g.in_channels > 64) return false;
+    const Shape y = g.output_shape(x);
+    return g.stride > 1 || (onednn_has_amx() && y.h * y.w <= 64);
 }
 
 /// How a OneDnnConv computes its filter gradient: by the rule below, or as told (the benchmark that
@@ -80,12 +86,12 @@ enum class FilterGradientCalls { by_rule, whole_batch, batch_shares, image_pairs
 ///    layers stay with oneDNN: a thread's copy of dw outgrows the cache.
 ///  - Intel Xeon with AMX (oneDNN's avx512_core_amx): 0.57, 0.51 and 0.97 against 2.12, 2.03 and
 ///    2.08; the tile unit wins every shape by 2x to 4x.
-inline FilterGradientCalls filter_gradient_calls(const ConvGeometry& g, DType activations) {
+inline FilterGradientCalls filter_gradient_calls(const ConvGeometry& g, Shape x, DType activations) {
     if (activations == DType::bf16 && PairedFilterGradient::fits(g) && g.in_channels <= 64 && has_bf16_instructions() &&
         !onednn_has_amx())
         return FilterGradientCalls::image_pairs;
-    return filter_gradient_by_batch_shares(g, activations) ? FilterGradientCalls::batch_shares
-                                                           : FilterGradientCalls::whole_batch;
+    return filter_gradient_by_batch_shares(g, x, activations) ? FilterGradientCalls::batch_shares
+                                                              : FilterGradientCalls::whole_batch;
 }
 
 namespace onednn_detail {
@@ -222,7 +228,7 @@ public:
         data_weights_ = weights_in(backward_data.weights_desc());
 
         const int threads = omp_get_max_threads();
-        if (calls == FilterGradientCalls::by_rule) calls = filter_gradient_calls(g, activations);
+        if (calls == FilterGradientCalls::by_rule) calls = filter_gradient_calls(g, x, activations);
         if (calls == FilterGradientCalls::image_pairs) {
             TESSERA_CHECK(activations == DType::bf16 && PairedFilterGradient::fits(g) && has_bf16_instructions(),
                           "OneDnnConv: image_pairs computes bf16 3x3 stride-1 filter gradients, with AVX512-BF16");
