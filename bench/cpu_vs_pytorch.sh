@@ -42,6 +42,8 @@ field() { $py -c "import json,sys; print(json.loads(sys.argv[1]).get(sys.argv[2]
 best() {
   $py -c "import sys; v=[float(x) for x in sys.argv[2:] if x != '-']; print((max if sys.argv[1] == 'higher' else min)(v) if v else '-')" "$@"
 }
+# percent FRACTION: "91.48%", or "-".
+percent() { $py -c "import sys; print('-' if sys.argv[1] == '-' else f'{100 * float(sys.argv[1]):.2f}%')" "$1"; }
 ratio() { $py -c "import sys; print('-' if '-' in sys.argv[1:] else f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}x')" "$1" "$2"; }
 
 printf '\n| work | tessera fp32 | tessera bf16 | PyTorch fp32 (channels-last) | PyTorch bf16 (autocast) | tessera best / PyTorch best |\n|---|---|---|---|---|---|\n'
@@ -55,11 +57,11 @@ if ((quickstart)); then
       --set model.precision="\"$p\"" --set logger.0.mode=lines >"$out/tessera_quickstart_$p.log" 2>&1
     final=$(grep '^final:' "$out/tessera_quickstart_$p.log")
     t_time[$p]=$(sed -n 's/.*time_s=\([0-9.]*\).*/\1/p' <<<"$final")
-    t_top1[$p]=$(sed -n 's/.*val_top1=\([0-9.]*\).*/\1/p' <<<"$final")
+    t_top1[$p]=$(percent "$(sed -n 's/.*val_top1=\([0-9.]*\).*/\1/p' <<<"$final")")
     $py bench/pytorch_cpu.py quickstart --precision "$p" --threads "$threads" >"$out/pytorch_quickstart_$p.log"
     line=$(tail -1 "$out/pytorch_quickstart_$p.log")
     p_time[$p]=$(field "$line" time_s)
-    p_top1[$p]=$(field "$line" top1)
+    p_top1[$p]=$(percent "$(field "$line" top1)")
   done
   # Time: PyTorch's best over tessera's, so that above 1 means tessera is faster, as in the other rows.
   printf '| quick start, 2 epochs: seconds (top-1) | %s s (%s) | %s s (%s) | %s s (%s) | %s s (%s) | %s |\n' \
