@@ -222,6 +222,9 @@ TEST(MixedPrecision, Bf16FilterGradientByBatchSharesIsTheWholeBatchs) {
     const ConvGeometry g{16, 32, 3, 2, 1};
     const Shape in{5, 9, 9, 16}, out = g.output_shape(in);
     ASSERT_TRUE(cpu::filter_gradient_by_batch_shares(g, in, DType::bf16)) << "the rule no longer takes this shape";
+    EXPECT_EQ(cpu::filter_gradient_by_batch_shares({64, 64, 3, 1, 1}, {128, 7, 7, 64}, DType::bf16),
+              cpu::onednn_has_amx())
+        << "the rule takes the quick start's 64-channel stride-1 layer by shares where oneDNN has AMX, and only there";
     Rng rng(11);
     auto random_bf16 = [&](Shape shape) {
         std::vector<float> v(shape.size());
@@ -267,7 +270,8 @@ TEST(MixedPrecision, Bf16FilterGradientByImagePairsIsTheSumWrittenOut) {
     // tile kernels where it has; the kernel itself is checked below on every bf16 CPU.
     ASSERT_EQ(cpu::filter_gradient_calls({16, 16, 3, 1, 1}, {128, 28, 28, 16}, DType::bf16),
               cpu::onednn_has_amx() ? cpu::FilterGradientCalls::whole_batch : cpu::FilterGradientCalls::image_pairs)
-        << "the rule no longer takes the quick start's first stage as measured (oneDNN runs " << cpu::onednn_isa() << ")";
+        << "the rule no longer takes the quick start's first stage as measured (oneDNN runs " << cpu::onednn_isa()
+        << ")";
     Rng rng(12);
     for (const auto& [g, in] : {std::pair{ConvGeometry{32, 16, 3, 1, 1}, Shape{5, 6, 7, 32}},
                                 std::pair{ConvGeometry{16, 48, 3, 1, 1}, Shape{3, 17, 16, 16}}}) {
