@@ -35,24 +35,22 @@
 
 namespace tessera::cpu {
 
-/// Whether oneDNN runs AVX-512 kernels here (avx512_core or above, from cpuid).
-inline bool onednn_has_avx512() {
-    const unsigned isa = unsigned(dnnl_get_effective_cpu_isa()), avx512 = unsigned(dnnl_cpu_isa_avx512_core);
-    return (isa & avx512) == avx512;
+/// Whether oneDNN's kernels here (chosen from cpuid) include those of `isa`: oneDNN's ISA values are
+/// bit sets, each holding the bits of the sets it extends.
+inline bool onednn_runs(dnnl_cpu_isa_t isa) {
+    const unsigned bits = unsigned(isa);
+    return (unsigned(dnnl_get_effective_cpu_isa()) & bits) == bits;
 }
+
+/// Whether oneDNN runs AVX-512 kernels here (avx512_core or above).
+inline bool onednn_has_avx512() { return onednn_runs(dnnl_cpu_isa_avx512_core); }
 
 /// Whether the CPU multiplies bf16 in hardware (AVX512-BF16, which every AMX-BF16 CPU also has).
-inline bool has_bf16_instructions() {
-    const unsigned isa = unsigned(dnnl_get_effective_cpu_isa());
-    return (isa & unsigned(dnnl_cpu_isa_avx512_core_bf16)) == unsigned(dnnl_cpu_isa_avx512_core_bf16);
-}
+inline bool has_bf16_instructions() { return onednn_runs(dnnl_cpu_isa_avx512_core_bf16); }
 
-/// Whether oneDNN runs AMX kernels here (avx512_core_amx, from cpuid): its bf16 convolutions then
-/// multiply on the tile unit, several times faster than AVX512-BF16's dot products.
-inline bool onednn_has_amx() {
-    const unsigned isa = unsigned(dnnl_get_effective_cpu_isa()), amx = unsigned(dnnl_cpu_isa_avx512_core_amx);
-    return (isa & amx) == amx;
-}
+/// Whether oneDNN runs AMX kernels here (avx512_core_amx): its bf16 convolutions then multiply on the
+/// tile unit, several times faster than AVX512-BF16's dot products.
+inline bool onednn_has_amx() { return onednn_runs(dnnl_cpu_isa_avx512_core_amx); }
 
 /// Whether a filter gradient runs as one oneDNN call per thread, each on one thread over its share of
 /// the batch (the shares' sums then added in order, so the result does not depend on timing),
